@@ -1,0 +1,265 @@
+//! A campaign: N trials of one configuration, with a progress bar, results
+//! written as each trial finishes, and a summary.
+//!
+//! Results layout (see results/README.md):
+//! `results/<campaign-id>/campaign.json`, `trials.jsonl`, `summary.txt`,
+//! `trials/<n>/` (protocol and console logs, and the crashed disk when it
+//! broke a rule).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::config::CampaignConfig;
+use crate::plan::plan_trial;
+use crate::qemu::AccelUsed;
+use crate::trial::{run_trial, RunEnd, TrialContext, TrialRecord};
+use crate::{accel, images, qemu, vm};
+
+#[derive(Serialize)]
+struct CampaignMeta<'a> {
+    campaign_id: &'a str,
+    config: &'a CampaignConfig,
+    crashlab_version: &'static str,
+    qemu_version: String,
+    kernel_release: &'a str,
+    accel: AccelUsed,
+    accel_reason: &'a str,
+    only_trial: Option<u64>,
+    rerun: &'a str,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub campaign_id: String,
+    pub results_dir: PathBuf,
+    pub trials_run: u64,
+    pub trials_passed: u64,
+    pub trials_failed: u64,
+    pub crashed: u64,
+    pub workload_done: u64,
+    pub workload_errors: u64,
+    pub violations: u64,
+    pub observations: u64,
+    pub acked: u64,
+    pub in_flight: u64,
+    pub lost: u64,
+    pub torn: u64,
+    pub elapsed_s: f64,
+    pub seconds_per_trial: f64,
+    pub states_per_minute: f64,
+    pub interrupted: bool,
+}
+
+impl Summary {
+    fn add(&mut self, t: &TrialRecord) {
+        self.trials_run += 1;
+        if t.verdict.passed {
+            self.trials_passed += 1
+        } else {
+            self.trials_failed += 1
+        }
+        match t.run_end {
+            RunEnd::Crashed => self.crashed += 1,
+            RunEnd::WorkloadDone => self.workload_done += 1,
+            RunEnd::WorkloadError => self.workload_errors += 1,
+        }
+        self.violations += t.verdict.violation_count;
+        self.observations += t.verdict.observation_count;
+        self.acked += t.verdict.counts.acked;
+        self.in_flight += t.verdict.counts.in_flight;
+        self.lost += t.verdict.counts.lost;
+        self.torn += t.verdict.counts.torn;
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s += &format!("campaign {}\n", self.campaign_id);
+        s += &format!(
+            "trials: {} run, {} passed, {} failed{}\n",
+            self.trials_run,
+            self.trials_passed,
+            self.trials_failed,
+            if self.interrupted { " (interrupted)" } else { "" }
+        );
+        s += &format!(
+            "ends: {} crashed at their point, {} finished first, {} workload errors\n",
+            self.crashed, self.workload_done, self.workload_errors
+        );
+        s += &format!(
+            "records: {} acked, {} in flight, {} lost, {} torn\n",
+            self.acked, self.in_flight, self.lost, self.torn
+        );
+        s += &format!("violations: {}   observations: {}\n", self.violations, self.observations);
+        s += &format!(
+            "time: {:.1} s, {:.1} s per trial, {:.2} crash states verified per minute\n",
+            self.elapsed_s, self.seconds_per_trial, self.states_per_minute
+        );
+        s += &format!("results: {}\n", self.results_dir.display());
+        s
+    }
+}
+
+pub struct CampaignRequest<'a> {
+    pub config: &'a CampaignConfig,
+    pub results_root: &'a Path,
+    pub campaign_id: String,
+    pub only_trial: Option<u64>,
+    pub show_progress: bool,
+    pub interrupt: &'a AtomicBool,
+}
+
+pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
+    let config = req.config;
+    config.validate().map_err(anyhow::Error::msg)?;
+    if let Some(t) = req.only_trial {
+        anyhow::ensure!(t < config.trials, "--only-trial {t} is outside the campaign's {} trials", config.trials);
+    }
+    let images = images::locate(&config.images_dir)?;
+    let dir = req.results_root.join(&req.campaign_id);
+    std::fs::create_dir_all(dir.join("trials"))
+        .with_context(|| format!("cannot create results directory {} (disk full? read-only?)", dir.display()))?;
+
+    let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
+    let base_disk = dir.join("base-disk.img");
+    images::make_filesystem(config.fs, &base_disk, config.disk_size_bytes)?;
+
+    let rerun = format!("crashlab {}", config.to_cli_args().join(" "));
+    let meta = CampaignMeta {
+        campaign_id: &req.campaign_id,
+        config,
+        crashlab_version: env!("CARGO_PKG_VERSION"),
+        qemu_version: qemu::qemu_version(),
+        kernel_release: &images.kernel_release,
+        accel,
+        accel_reason: &accel_reason,
+        only_trial: req.only_trial,
+        rerun: &rerun,
+    };
+    std::fs::write(dir.join("campaign.json"), serde_json::to_string_pretty(&meta)? + "\n")?;
+    let mut trials_log = File::create(dir.join("trials.jsonl"))?;
+
+    let ctx = TrialContext {
+        config,
+        images: &images,
+        accel,
+        base_disk: &base_disk,
+        interrupt: req.interrupt,
+        rerun_command: &rerun,
+    };
+    let trial_ids: Vec<u64> = match req.only_trial {
+        Some(t) => vec![t],
+        None => (0..config.trials).collect(),
+    };
+    let progress = Progress::new(trial_ids.len() as u64, req.show_progress);
+    let mut summary = Summary { campaign_id: req.campaign_id.clone(), results_dir: dir.clone(), ..Default::default() };
+    let start = Instant::now();
+    let mut failure = None;
+    for &trial in &trial_ids {
+        let plan = plan_trial(config, trial);
+        match run_trial(&ctx, &plan, &dir.join("trials").join(trial.to_string())) {
+            Ok(record) => {
+                // One line per finished trial, flushed at once: an interrupted
+                // or crashed campaign keeps every trial it finished.
+                writeln!(trials_log, "{}", serde_json::to_string(&record)?)?;
+                trials_log.flush()?;
+                summary.add(&record);
+                progress.trial_done(&record, &summary, start);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    progress.finish();
+    let _ = std::fs::remove_file(&base_disk);
+    summary.elapsed_s = start.elapsed().as_secs_f64();
+    if summary.trials_run > 0 {
+        summary.seconds_per_trial = summary.elapsed_s / summary.trials_run as f64;
+        summary.states_per_minute = 60.0 / summary.seconds_per_trial;
+    }
+    if let Some(e) = failure {
+        summary.interrupted = e.downcast_ref::<vm::Interrupted>().is_some();
+        std::fs::write(dir.join("summary.txt"), summary.render())?;
+        if summary.interrupted {
+            return Ok(summary);
+        }
+        return Err(e.context(format!("campaign stopped; finished trials are in {}", dir.display())));
+    }
+    std::fs::write(dir.join("summary.txt"), summary.render())?;
+    Ok(summary)
+}
+
+/// The progress bar on a terminal; one line per trial otherwise (CI logs).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+}
+
+impl Progress {
+    fn new(total: u64, show: bool) -> Progress {
+        let tty = show && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = tty.then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} trials  {msg}  ETA {eta}",
+                )
+                .expect("static template"),
+            );
+            bar
+        });
+        Progress { bar, total }
+    }
+
+    fn trial_done(&self, record: &TrialRecord, summary: &Summary, start: Instant) {
+        let per_min = summary.trials_run as f64 * 60.0 / start.elapsed().as_secs_f64().max(1e-9);
+        let msg = format!("{per_min:.1} states/min, {} violations", summary.violations);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(msg);
+                bar.inc(1);
+            }
+            None => eprintln!(
+                "trial {} ({}/{}): {} acked, {} lost, {} violations, {:?}; {msg}",
+                record.trial,
+                summary.trials_run,
+                self.total,
+                record.verdict.counts.acked,
+                record.verdict.counts.lost,
+                record.verdict.violation_count,
+                record.run_end,
+            ),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `YYYYmmddTHHMMSSZ`, from the system clock (the controller may read the
+/// clock; the workload and the verifier never do).
+pub fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}

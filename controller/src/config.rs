@@ -1,0 +1,252 @@
+//! A campaign's resolved configuration: plain data, validated once, written
+//! verbatim into `campaign.json`, and renderable back into the command line
+//! that reruns any one of its trials.
+
+use std::path::PathBuf;
+
+use record::{DurabilityMode, PlantedBug, WorkloadParams};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filesystem {
+    Ext4,
+    Xfs,
+    Btrfs,
+    F2fs,
+}
+
+impl Filesystem {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ext4 => "ext4",
+            Self::Xfs => "xfs",
+            Self::Btrfs => "btrfs",
+            Self::F2fs => "f2fs",
+        }
+    }
+
+    /// Smallest disk mkfs accepts for this filesystem, with room for the file.
+    pub fn min_disk_size_bytes(self) -> u64 {
+        match self {
+            Self::Ext4 => 16 << 20,
+            Self::Xfs => 300 << 20,
+            Self::Btrfs => 128 << 20,
+            Self::F2fs => 64 << 20,
+        }
+    }
+}
+
+/// Which kind of crash point a trial draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrashPointKind {
+    /// Right after a random number of acks (exact: the workload holds there).
+    Acks,
+    /// At a random delay after the workload reported READY.
+    Delay,
+    /// Each trial draws one of the two.
+    Mixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accel {
+    /// Try KVM with a short sanity boot, fall back to TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrashModel {
+    /// SIGKILL of QEMU: the guest kernel's page cache is lost, every block
+    /// write QEMU already handed to the host survives.
+    KernelCrash,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignConfig {
+    pub fs: Filesystem,
+    pub mount_opts: String,
+    pub mode: DurabilityMode,
+    pub record_size_bytes: u32,
+    pub file_size_bytes: u64,
+    pub records_per_trial: u64,
+    pub trials: u64,
+    pub seed: u64,
+    pub crash_model: CrashModel,
+    pub crash_points: CrashPointKind,
+    pub crash_delay_max_ms: u64,
+    pub planted_bug: Option<PlantedBug>,
+    pub profile: verifier::Profile,
+    pub disk_size_bytes: u64,
+    pub guest_memory_mib: u32,
+    pub accel: Accel,
+    pub boot_timeout_ms: u64,
+    pub stall_timeout_ms: u64,
+    pub trial_timeout_ms: u64,
+    pub images_dir: PathBuf,
+    pub keep_images: bool,
+}
+
+/// Upper bound on trials in one campaign: results stay a size one can open.
+pub const TRIALS_MAX: u64 = 1_000_000;
+
+impl CampaignConfig {
+    /// The workload parameters of one trial (each trial has its own seed so
+    /// that a record from another trial is recognisably foreign).
+    pub fn workload_params(&self, workload_seed: u64, hold_after_acks: Option<u64>) -> WorkloadParams {
+        WorkloadParams {
+            mode: self.mode,
+            record_size_bytes: self.record_size_bytes,
+            file_size_bytes: self.file_size_bytes,
+            records: self.records_per_trial,
+            seed: workload_seed,
+            planted_bug: self.planted_bug,
+            hold_after_acks,
+        }
+    }
+
+    /// Checks everything that can be checked before a VM starts. The message
+    /// names the problem and the flag that fixes it.
+    pub fn validate(&self) -> Result<(), String> {
+        self.workload_params(0, None).validate().map_err(|e| e.to_string())?;
+        if self.trials == 0 || self.trials > TRIALS_MAX {
+            return Err(format!("--trials must be between 1 and {TRIALS_MAX}"));
+        }
+        let min_disk = self.fs.min_disk_size_bytes();
+        if self.disk_size_bytes < min_disk {
+            return Err(format!(
+                "--disk-size {} is too small for {}: use at least {} MiB",
+                self.disk_size_bytes,
+                self.fs.name(),
+                min_disk >> 20
+            ));
+        }
+        // Filesystem metadata and the journal need room beside the file.
+        let usable_bytes = self.disk_size_bytes / 10 * 7;
+        if self.file_size_bytes > usable_bytes {
+            return Err(format!(
+                "the data file ({} bytes) does not fit on the {} byte disk beside the filesystem's \
+                 metadata: raise --disk-size to at least {} or lower --file-size",
+                self.file_size_bytes,
+                self.disk_size_bytes,
+                self.file_size_bytes / 7 * 10 + (1 << 20)
+            ));
+        }
+        if self.mount_opts.contains(char::is_whitespace) || self.mount_opts.is_empty() {
+            return Err(format!(
+                "--mount-opts {:?} must be one comma-separated word, e.g. data=ordered",
+                self.mount_opts
+            ));
+        }
+        if !(128..=16384).contains(&self.guest_memory_mib) {
+            return Err("--guest-memory-mib must be between 128 and 16384".into());
+        }
+        if self.boot_timeout_ms == 0 || self.stall_timeout_ms == 0 || self.trial_timeout_ms == 0 {
+            return Err("timeouts must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The `crashlab run` arguments that reproduce this configuration.
+    pub fn to_cli_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "run".to_string(),
+            format!("--fs={}", self.fs.name()),
+            format!("--mount-opts={}", self.mount_opts),
+            format!("--mode={}", self.mode),
+            format!("--record-size={}", self.record_size_bytes),
+            format!("--file-size={}", self.file_size_bytes),
+            format!("--records={}", self.records_per_trial),
+            format!("--trials={}", self.trials),
+            format!("--seed={}", self.seed),
+            format!("--crash-points={}", kebab(&self.crash_points)),
+            format!("--crash-delay-max-ms={}", self.crash_delay_max_ms),
+            format!("--profile={}", kebab(&self.profile)),
+            format!("--disk-size={}", self.disk_size_bytes),
+        ];
+        if let Some(bug) = self.planted_bug {
+            args.push(format!("--planted-bug={bug}"));
+        }
+        args
+    }
+}
+
+fn kebab<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// Parses sizes such as `4096`, `64K`, `4M`, `1G` (binary units).
+pub fn parse_size_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size: use e.g. 4096, 64K, 4M, 1G"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+pub(crate) fn sample_config() -> CampaignConfig {
+    CampaignConfig {
+        fs: Filesystem::Ext4,
+        mount_opts: "data=ordered".into(),
+        mode: DurabilityMode::MsSync,
+        record_size_bytes: 4096,
+        file_size_bytes: 4 << 20,
+        records_per_trial: 2000,
+        trials: 10,
+        seed: 1,
+        crash_model: CrashModel::KernelCrash,
+        crash_points: CrashPointKind::Mixed,
+        crash_delay_max_ms: 3000,
+        planted_bug: None,
+        profile: verifier::Profile::Linux,
+        disk_size_bytes: 64 << 20,
+        guest_memory_mib: 512,
+        accel: Accel::Auto,
+        boot_timeout_ms: 60_000,
+        stall_timeout_ms: 30_000,
+        trial_timeout_ms: 300_000,
+        images_dir: "vm-images/cache".into(),
+        keep_images: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size_bytes("4096"), Ok(4096));
+        assert_eq!(parse_size_bytes("64K"), Ok(65536));
+        assert_eq!(parse_size_bytes("4M"), Ok(4 << 20));
+        assert!(parse_size_bytes("four").is_err());
+        assert!(parse_size_bytes("99999999999G").is_err());
+    }
+
+    #[test]
+    fn file_larger_than_disk_names_the_fix() {
+        let c = CampaignConfig { file_size_bytes: 60 << 20, ..sample_config() };
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("--disk-size"), "{err}");
+    }
+
+    #[test]
+    fn zero_record_size_is_rejected() {
+        let c = CampaignConfig { record_size_bytes: 0, ..sample_config() };
+        assert!(c.validate().unwrap_err().contains("record size 0"));
+    }
+
+    #[test]
+    fn default_is_valid() {
+        sample_config().validate().unwrap();
+    }
+}

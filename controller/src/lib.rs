@@ -1,0 +1,17 @@
+//! The crashlab controller: everything between a campaign configuration and
+//! its results. The `crashlab` binary is a thin CLI over [`campaign`].
+//!
+//! Data flows one way: [`config::CampaignConfig`] -> [`plan`] (seeded crash
+//! points) -> [`trial`] (VM runs through [`vm`] and [`qemu`], leaving
+//! evidence) -> `verifier` (a verdict per state) -> [`campaign`] (results and
+//! summary).
+
+pub mod accel;
+pub mod campaign;
+pub mod config;
+pub mod images;
+pub mod plan;
+pub mod qemu;
+pub mod signals;
+pub mod trial;
+pub mod vm;

@@ -1,0 +1,190 @@
+//! `crashlab`: the command line over the controller library.
+//!
+//! Exit codes: 0 no violation, 1 at least one violation, 2 usage or setup
+//! error, 130 interrupted (finished trials are kept).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use controller::campaign::{self, CampaignRequest};
+use controller::config::{self, Accel, CampaignConfig, CrashModel, CrashPointKind, Filesystem};
+use record::{DurabilityMode, PlantedBug};
+
+#[derive(Parser)]
+#[command(name = "crashlab", version, about = "Crash-consistency testing of mmap + msync in a QEMU guest")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a crash campaign and write its results.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Filesystem under test.
+    #[arg(long, value_enum, default_value = "ext4")]
+    fs: Filesystem,
+    /// Mount options (one comma-separated word; "defaults" for none).
+    #[arg(long, default_value = "data=ordered")]
+    mount_opts: String,
+    /// Durability mode: ms-sync, batch:N, ms-async, ms-async-fsync, ms-async-fdatasync, none.
+    #[arg(long, default_value = "ms-sync")]
+    mode: DurabilityMode,
+    /// Record size (512 to 64K, a multiple of 512).
+    #[arg(long, default_value = "4096", value_parser = config::parse_size_bytes)]
+    record_size: u64,
+    /// Data file size; records wrap around when it is full.
+    #[arg(long, default_value = "4M", value_parser = config::parse_size_bytes)]
+    file_size: u64,
+    /// Records the workload writes per trial (if no crash comes first).
+    #[arg(long, default_value_t = 2000)]
+    records: u64,
+    /// Number of trials.
+    #[arg(long, default_value_t = 10)]
+    trials: u64,
+    /// Campaign seed: the same seed gives the same crash points.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Crash model.
+    #[arg(long, value_enum, default_value = "kernel-crash")]
+    crash_model: CrashModel,
+    /// Which crash points trials draw.
+    #[arg(long, value_enum, default_value = "mixed")]
+    crash_points: CrashPointKind,
+    /// Upper bound of delay-based crash points, after READY.
+    #[arg(long, default_value_t = 3000)]
+    crash_delay_max_ms: u64,
+    /// A deliberate workload bug, to prove the verifier catches it.
+    #[arg(long)]
+    planted_bug: Option<PlantedBug>,
+    /// How strictly to read msync's promise.
+    #[arg(long, value_enum, default_value = "linux")]
+    profile: ProfileArg,
+    /// Guest disk size.
+    #[arg(long, default_value = "64M", value_parser = config::parse_size_bytes)]
+    disk_size: u64,
+    #[arg(long, default_value_t = 512)]
+    guest_memory_mib: u32,
+    /// KVM or TCG; auto proves KVM with a sanity boot.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: Accel,
+    #[arg(long, default_value_t = 60_000)]
+    boot_timeout_ms: u64,
+    #[arg(long, default_value_t = 30_000)]
+    stall_timeout_ms: u64,
+    #[arg(long, default_value_t = 300_000)]
+    trial_timeout_ms: u64,
+    /// Guest kernel and initramfs, as built by `cargo xtask images`.
+    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value = "vm-images/cache")]
+    images_dir: PathBuf,
+    /// Where campaign directories are created.
+    #[arg(long, default_value = "results")]
+    results_dir: PathBuf,
+    /// Name of the campaign directory (default: timestamp, fs, mode, seed).
+    #[arg(long)]
+    campaign_id: Option<String>,
+    /// Run only this trial of the campaign (its crash point is the same as
+    /// in the full campaign).
+    #[arg(long)]
+    only_trial: Option<u64>,
+    /// Keep every crashed disk image, not only those that broke a rule.
+    #[arg(long)]
+    keep_images: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProfileArg {
+    Linux,
+    Posix,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let Ok(record_size_bytes) = u32::try_from(args.record_size) else {
+        eprintln!("error: --record-size {} is too large: at most 64K", args.record_size);
+        return ExitCode::from(2);
+    };
+    let config = CampaignConfig {
+        fs: args.fs,
+        mount_opts: args.mount_opts,
+        mode: args.mode,
+        record_size_bytes,
+        file_size_bytes: args.file_size,
+        records_per_trial: args.records,
+        trials: args.trials,
+        seed: args.seed,
+        crash_model: args.crash_model,
+        crash_points: args.crash_points,
+        crash_delay_max_ms: args.crash_delay_max_ms,
+        planted_bug: args.planted_bug,
+        profile: match args.profile {
+            ProfileArg::Linux => verifier::Profile::Linux,
+            ProfileArg::Posix => verifier::Profile::Posix,
+        },
+        disk_size_bytes: args.disk_size,
+        guest_memory_mib: args.guest_memory_mib,
+        accel: args.accel,
+        boot_timeout_ms: args.boot_timeout_ms,
+        stall_timeout_ms: args.stall_timeout_ms,
+        trial_timeout_ms: args.trial_timeout_ms,
+        images_dir: args.images_dir,
+        keep_images: args.keep_images,
+    };
+    if let Err(msg) = config.validate() {
+        eprintln!("error: {msg}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = controller::signals::install() {
+        eprintln!("error: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::from(2);
+    }
+    let campaign_id = args.campaign_id.unwrap_or_else(|| {
+        format!("{}-{}-{}-seed{}", campaign::utc_timestamp(), config.fs.name(), config.mode, config.seed)
+            .replace(':', "")
+    });
+    let request = CampaignRequest {
+        config: &config,
+        results_root: &args.results_dir,
+        campaign_id,
+        only_trial: args.only_trial,
+        show_progress: !args.quiet,
+        interrupt: &controller::signals::INTERRUPTED,
+    };
+    match campaign::run_campaign(&request) {
+        Ok(summary) => {
+            print!("{}", summary.render());
+            if summary.interrupted {
+                eprintln!("interrupted: {} finished trials kept in {}", summary.trials_run, summary.results_dir.display());
+                ExitCode::from(130)
+            } else if summary.violations > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

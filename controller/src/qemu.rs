@@ -1,0 +1,171 @@
+//! Everything that knows QEMU: its command line, its process, and the
+//! accelerator check. Nothing outside this module and `vm` spawns it.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::images::GuestImages;
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccelUsed {
+    Kvm,
+    Tcg,
+}
+
+/// One guest boot, as plain data.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    pub images: GuestImages,
+    pub accel: AccelUsed,
+    pub memory_mib: u32,
+    pub kernel_args: Vec<String>,
+    /// Raw images, attached as virtio disks in order: /dev/vda, /dev/vdb, ...
+    pub drives: Vec<PathBuf>,
+    pub console_log: PathBuf,
+    /// Unix socket the controller listens on; the guest's ttyS1 connects to it.
+    pub channel_socket: PathBuf,
+}
+
+pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
+    let mut append = vec![
+        "console=ttyS0".to_string(),
+        // A guest panic reboots at once, and -no-reboot turns that into an exit.
+        "panic=-1".into(),
+        "loglevel=4".into(),
+    ];
+    append.extend(spec.kernel_args.iter().cloned());
+    let mut args: Vec<String> = vec!["-machine".into(), "pc".into()];
+    match spec.accel {
+        AccelUsed::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
+        AccelUsed::Tcg => args.extend(["-accel", "tcg"].map(String::from)),
+    }
+    args.extend([
+        "-m".into(),
+        spec.memory_mib.to_string(),
+        "-kernel".into(),
+        spec.images.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.images.initramfs.display().to_string(),
+        "-append".into(),
+        append.join(" "),
+        "-display".into(),
+        "none".into(),
+        "-nic".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-nodefaults".into(),
+        "-serial".into(),
+        format!("file:{}", spec.console_log.display()),
+        "-chardev".into(),
+        format!("socket,id=channel,path={}", spec.channel_socket.display()),
+        "-serial".into(),
+        "chardev:channel".into(),
+    ]);
+    for drive in &spec.drives {
+        // cache=unsafe: the kernel-crash model kills QEMU, not the host, so
+        // host-side flushes buy nothing; writes QEMU completed are in the host
+        // page cache either way.
+        args.push("-drive".into());
+        args.push(format!("file={},format=raw,if=virtio,cache=unsafe", drive.display()));
+    }
+    args
+}
+
+/// A running QEMU that is killed and reaped when dropped, whatever path the
+/// controller leaves by (error, panic, Ctrl-C).
+pub struct QemuProcess {
+    child: Child,
+    reaped: bool,
+}
+
+impl QemuProcess {
+    pub fn spawn(spec: &VmSpec, stderr_log: &Path) -> Result<QemuProcess> {
+        let stderr = File::create(stderr_log).with_context(|| format!("cannot create {}", stderr_log.display()))?;
+        let child = Command::new(QEMU_BINARY)
+            .args(qemu_args(spec))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Its own process group: the terminal's Ctrl-C reaches only the
+            // controller, which then kills QEMU itself and keeps the results.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {QEMU_BINARY}: install it with `cargo xtask deps`"))?;
+        Ok(QemuProcess { child, reaped: false })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Exit status if QEMU has exited (the guest powered off or panicked).
+    pub fn try_exit_code(&mut self) -> Result<Option<i32>> {
+        let status = self.child.try_wait()?;
+        if status.is_some() {
+            self.reaped = true;
+        }
+        Ok(status.map(|s| s.code().unwrap_or(-1)))
+    }
+
+    /// SIGKILL, the crash: no chance for QEMU to flush or to tell the guest.
+    pub fn kill_now(&mut self) {
+        if !self.reaped {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+pub fn qemu_version() -> String {
+    Command::new(QEMU_BINARY)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_no_network_no_display_and_both_serials() {
+        let spec = VmSpec {
+            images: GuestImages { kernel: "/k".into(), initramfs: "/i".into(), kernel_release: "r".into() },
+            accel: AccelUsed::Tcg,
+            memory_mib: 512,
+            kernel_args: vec!["crashlab.role=check".into()],
+            drives: vec!["/d0".into(), "/d1".into()],
+            console_log: "/c.log".into(),
+            channel_socket: "/s.sock".into(),
+        };
+        let args = qemu_args(&spec);
+        let joined = args.join(" ");
+        assert!(joined.contains("-nic none"));
+        assert!(joined.contains("-display none"));
+        assert!(joined.contains("-serial file:/c.log"));
+        assert!(joined.contains("-serial chardev:channel"));
+        assert!(joined.contains("crashlab.role=check"));
+        assert_eq!(args.iter().filter(|a| a.starts_with("file=/d")).count(), 2);
+        assert!(joined.find("/d0").unwrap() < joined.find("/d1").unwrap(), "drive order is vda, vdb");
+    }
+}

@@ -1,0 +1,272 @@
+//! One trial of the kernel-crash model: run the workload on a fresh disk,
+//! SIGKILL QEMU at the planned crash point, boot again on the crashed disk so
+//! the guest kernel recovers it, bring the data file's bytes out, and judge.
+//!
+//! Data flow: `TrialPlan` -> workload boot (evidence: protocol log, disk) ->
+//! check boot (evidence: mount/fsck status, file bytes) -> `Verdict` ->
+//! `TrialRecord`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use record::{Event, ProtocolLog};
+use serde::Serialize;
+
+use crate::config::CampaignConfig;
+use crate::images::{self, GuestImages};
+use crate::plan::{CrashPoint, TrialPlan};
+use crate::qemu::{AccelUsed, VmSpec};
+use crate::vm::{self, Action, Limits, RunFiles, VmOutcome};
+
+/// Where the guest mounts the test filesystem and keeps the data file.
+pub const GUEST_DATA_PATH: &str = "/mnt/crashlab.dat";
+
+pub struct TrialContext<'a> {
+    pub config: &'a CampaignConfig,
+    pub images: &'a GuestImages,
+    pub accel: AccelUsed,
+    /// Freshly formatted disk, copied for every trial.
+    pub base_disk: &'a Path,
+    pub interrupt: &'a AtomicBool,
+    /// The command that reruns the campaign, to which `--only-trial N` is added.
+    pub rerun_command: &'a str,
+}
+
+/// How the workload boot ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunEnd {
+    /// Killed at the crash point.
+    Crashed,
+    /// The workload finished before the crash point; the disk was unmounted
+    /// cleanly.
+    WorkloadDone,
+    /// A syscall failed in the workload (`ERR op errno`).
+    WorkloadError,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FsckResult {
+    pub tool: String,
+    pub rc: i32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrialRecord {
+    pub trial: u64,
+    pub workload_seed: u64,
+    pub crash_point: CrashPoint,
+    pub run_end: RunEnd,
+    pub workload_error: Option<String>,
+    pub mount_rc: i32,
+    pub fsck: Option<FsckResult>,
+    pub file_size_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub verdict: verifier::Verdict,
+    pub workload_ms: u64,
+    pub check_ms: u64,
+    pub verify_ms: u64,
+    pub rerun: String,
+    pub evidence_dir: PathBuf,
+}
+
+pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<TrialRecord> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {} (disk full?)", dir.display()))?;
+    let config = ctx.config;
+    let hold_after_acks = match plan.crash_point {
+        CrashPoint::AfterAcks { acks } => Some(acks),
+        CrashPoint::AfterDelay { .. } => None,
+    };
+    let params = config.workload_params(plan.workload_seed, hold_after_acks);
+    let disk = dir.join("disk.img");
+    images::copy_sparse(ctx.base_disk, &disk)?;
+
+    let workload_files = RunFiles::in_dir(dir, "workload");
+    let (run_end, workload_error, workload_ms) = run_workload(ctx, plan, &params, &disk, &workload_files)?;
+    let protocol_text = std::fs::read_to_string(&workload_files.protocol_log)?;
+    let protocol = record::protocol::parse_log(&protocol_text)
+        .with_context(|| format!("{} is corrupt", workload_files.protocol_log.display()))?;
+
+    let check_files = RunFiles::in_dir(dir, "check");
+    let check_start = Instant::now();
+    let check = run_check(ctx, &disk, dir, &check_files)?;
+    let check_ms = check_start.elapsed().as_millis() as u64;
+
+    let verify_start = Instant::now();
+    let verdict = judge(config, &params, &protocol, &check);
+    let verify_ms = verify_start.elapsed().as_millis() as u64;
+
+    // A crashed disk is evidence only when something is wrong with it.
+    if verdict.passed && !config.keep_images {
+        let _ = std::fs::remove_file(&disk);
+    }
+    let _ = std::fs::remove_file(dir.join("export.img"));
+    Ok(TrialRecord {
+        trial: plan.trial,
+        workload_seed: plan.workload_seed,
+        crash_point: plan.crash_point,
+        run_end,
+        workload_error,
+        mount_rc: check.mount_rc,
+        fsck: check.fsck.clone(),
+        file_size_bytes: check.file.as_ref().map(|f| f.len() as u64),
+        verdict,
+        workload_ms,
+        check_ms,
+        verify_ms,
+        rerun: format!("{} --only-trial={}", ctx.rerun_command, plan.trial),
+        evidence_dir: dir.to_path_buf(),
+    })
+}
+
+fn base_kernel_args(config: &CampaignConfig, role: &str) -> Vec<String> {
+    vec![
+        format!("crashlab.role={role}"),
+        format!("crashlab.fs={}", config.fs.name()),
+        format!("crashlab.mount_opts={}", config.mount_opts),
+    ]
+}
+
+fn limits(config: &CampaignConfig) -> Limits {
+    Limits {
+        boot_timeout_ms: config.boot_timeout_ms,
+        stall_timeout_ms: config.stall_timeout_ms,
+        total_timeout_ms: config.trial_timeout_ms,
+    }
+}
+
+fn run_workload(
+    ctx: &TrialContext,
+    plan: &TrialPlan,
+    params: &record::WorkloadParams,
+    disk: &Path,
+    files: &RunFiles,
+) -> Result<(RunEnd, Option<String>, u64)> {
+    let mut kernel_args = base_kernel_args(ctx.config, "workload");
+    kernel_args.extend(params.to_kernel_args());
+    let spec = VmSpec {
+        images: ctx.images.clone(),
+        accel: ctx.accel,
+        memory_mib: ctx.config.guest_memory_mib,
+        kernel_args,
+        drives: vec![disk.to_path_buf()],
+        console_log: files.console_log.clone(),
+        channel_socket: PathBuf::new(),
+    };
+    let mut ready_at = None::<Instant>;
+    let mut done = false;
+    let mut error = None::<String>;
+    let mut mount_rc = None::<i32>;
+    let run = vm::run_vm(spec, files, limits(ctx.config), ctx.interrupt, |event, now| {
+        match (event, plan.crash_point) {
+            (Some(Event::Ready { .. }), _) => ready_at = Some(now),
+            (Some(Event::Hold { .. }), CrashPoint::AfterAcks { .. }) => return Action::Kill,
+            (Some(Event::Done { .. }), _) => done = true,
+            (Some(Event::Mount { rc }), _) => mount_rc = Some(*rc),
+            (Some(Event::Error { op, errno }), _) => {
+                error = Some(format!("{op}: {}", std::io::Error::from_raw_os_error(*errno)))
+            }
+            (None, CrashPoint::AfterDelay { delay_ms }) if !done && error.is_none() => {
+                if ready_at.is_some_and(|t| (now - t).as_millis() as u64 >= delay_ms) {
+                    return Action::Kill;
+                }
+            }
+            _ => {}
+        }
+        Action::Continue
+    })?;
+    vm::ensure_no_failure(run.outcome)?;
+    if let Some(rc) = mount_rc {
+        bail!(
+            "the guest could not mount the fresh {} filesystem with -o {} (mount exit status {rc}): \
+             check --mount-opts; console: {}",
+            ctx.config.fs.name(),
+            ctx.config.mount_opts,
+            files.console_log.display()
+        );
+    }
+    let end = match run.outcome {
+        VmOutcome::Killed => RunEnd::Crashed,
+        VmOutcome::Exited { .. } if error.is_some() => RunEnd::WorkloadError,
+        VmOutcome::Exited { .. } if done => RunEnd::WorkloadDone,
+        other => return Err(vm::boot_failure("workload boot failed", other, files)),
+    };
+    Ok((end, error, run.elapsed_ms))
+}
+
+/// What the check boot reported.
+pub struct CheckResult {
+    pub mount_rc: i32,
+    pub file: Option<Vec<u8>>,
+    pub fsck: Option<FsckResult>,
+}
+
+fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> Result<CheckResult> {
+    // The guest copies the data file onto this second disk; its size bounds
+    // the copy, so a file that grew past the workload's size shows up as
+    // exactly that size + 1 MiB of overflow room.
+    let export = dir.join("export.img");
+    let export_size_bytes = ctx.config.file_size_bytes + (1 << 20);
+    std::fs::File::create(&export)
+        .and_then(|f| f.set_len(export_size_bytes))
+        .with_context(|| format!("cannot create {} (disk full?)", export.display()))?;
+    let spec = VmSpec {
+        images: ctx.images.clone(),
+        accel: ctx.accel,
+        memory_mib: ctx.config.guest_memory_mib,
+        kernel_args: base_kernel_args(ctx.config, "check"),
+        drives: vec![disk.to_path_buf(), export.clone()],
+        console_log: files.console_log.clone(),
+        channel_socket: PathBuf::new(),
+    };
+    let mut mount_rc = None;
+    let mut file_size = None;
+    let mut fsck = None;
+    let mut checked = false;
+    let run = vm::run_vm(spec, files, limits(ctx.config), ctx.interrupt, |event, _| {
+        match event {
+            Some(Event::Mount { rc }) => mount_rc = Some(*rc),
+            Some(Event::File { size_bytes }) => file_size = Some(*size_bytes),
+            Some(Event::Fsck { tool, rc }) if tool != "none" => fsck = Some(FsckResult { tool: tool.clone(), rc: *rc }),
+            Some(Event::Checked) => checked = true,
+            _ => {}
+        }
+        Action::Continue
+    })?;
+    vm::ensure_no_failure(run.outcome)?;
+    let (Some(mount_rc), true) = (mount_rc, checked) else {
+        return Err(vm::boot_failure("check boot did not finish", run.outcome, files));
+    };
+    let file = match file_size {
+        None => None,
+        Some(size) if size > export_size_bytes => {
+            bail!("the recovered file is {size} bytes, more than the export disk holds: grow the export disk")
+        }
+        Some(size) => {
+            let mut bytes = std::fs::read(&export)?;
+            bytes.truncate(size as usize);
+            Some(bytes)
+        }
+    };
+    Ok(CheckResult { mount_rc, file, fsck })
+}
+
+pub fn judge(
+    config: &CampaignConfig,
+    params: &record::WorkloadParams,
+    protocol: &ProtocolLog,
+    check: &CheckResult,
+) -> verifier::Verdict {
+    let evidence = verifier::Evidence {
+        params,
+        protocol,
+        recovered: verifier::Recovered {
+            mount_rc: check.mount_rc,
+            file: check.file.as_deref(),
+            fsck: check.fsck.as_ref().map(|f| (f.tool.clone(), f.rc)),
+        },
+    };
+    verifier::verify(&evidence, config.profile)
+}

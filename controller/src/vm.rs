@@ -1,0 +1,285 @@
+//! One guest boot: spawn QEMU, read the guest's channel live, decide when to
+//! kill, and always leave with QEMU gone.
+//!
+//! The loop (one thread plus a reader thread for the socket):
+//! 1. bind the channel socket, spawn QEMU, accept its connection;
+//! 2. every line the guest prints is appended to the protocol log on disk
+//!    and passed, parsed, to the caller's observer, which may ask for a kill;
+//! 3. between lines the observer is ticked (for time-based crash points), and
+//!    the limits are checked: boot timeout (no first line), stall timeout (no
+//!    line for a while), total timeout, and the interrupt flag (Ctrl-C);
+//! 4. the run ends when QEMU exits by itself, or is killed; the outcome says
+//!    which.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use record::Event;
+
+use crate::qemu::{QemuProcess, VmSpec};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Kill,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// QEMU exited by itself (guest power-off, or a guest panic).
+    Exited { code: i32 },
+    /// The observer asked for the kill: the crash point was reached.
+    Killed,
+    /// No line from the guest within the boot timeout.
+    BootTimeout,
+    /// The guest fell silent for the stall timeout.
+    Stalled,
+    /// The whole run exceeded its limit.
+    TimedOut,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub boot_timeout_ms: u64,
+    pub stall_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+}
+
+pub struct VmRun {
+    pub outcome: VmOutcome,
+    pub elapsed_ms: u64,
+}
+
+/// Where a run leaves its evidence.
+pub struct RunFiles {
+    pub protocol_log: PathBuf,
+    pub console_log: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl RunFiles {
+    pub fn in_dir(dir: &Path, name: &str) -> RunFiles {
+        RunFiles {
+            protocol_log: dir.join(format!("{name}.protocol.log")),
+            console_log: dir.join(format!("{name}.console.log")),
+            stderr_log: dir.join(format!("{name}.qemu-stderr.log")),
+        }
+    }
+}
+
+enum Incoming {
+    Line(String),
+    /// Bytes after the last newline when the stream ended.
+    Tail(String),
+    Closed,
+}
+
+/// How often the loop wakes without a line: bounds the latency of
+/// time-based crash points and of Ctrl-C.
+const TICK_MS: u64 = 5;
+
+pub fn run_vm(
+    mut spec: VmSpec,
+    files: &RunFiles,
+    limits: Limits,
+    interrupt: &AtomicBool,
+    mut observe: impl FnMut(Option<&Event>, Instant) -> Action,
+) -> Result<VmRun> {
+    // Unix socket paths are limited to 108 bytes; keep them short and private.
+    let socket_dir = tempfile::Builder::new().prefix("crashlab-").tempdir()?;
+    spec.channel_socket = socket_dir.path().join("ch");
+    let listener = UnixListener::bind(&spec.channel_socket).context("cannot bind the guest channel socket")?;
+    listener.set_nonblocking(true)?;
+    let mut protocol_log = File::create(&files.protocol_log)
+        .with_context(|| format!("cannot create {} (disk full?)", files.protocol_log.display()))?;
+
+    let start = Instant::now();
+    let mut qemu = QemuProcess::spawn(&spec, &files.stderr_log)?;
+    let stream = match accept_channel(&listener, &mut qemu, start, limits.boot_timeout_ms, interrupt)? {
+        Ok(stream) => stream,
+        Err(outcome) => return Ok(VmRun { outcome, elapsed_ms: start.elapsed().as_millis() as u64 }),
+    };
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || read_lines(stream, tx));
+
+    let mut last_line = None::<Instant>;
+    let outcome = loop {
+        let now = Instant::now();
+        let elapsed_ms = (now - start).as_millis() as u64;
+        if interrupt.load(Ordering::SeqCst) {
+            break VmOutcome::Interrupted;
+        }
+        if elapsed_ms > limits.total_timeout_ms {
+            break VmOutcome::TimedOut;
+        }
+        match last_line {
+            None if elapsed_ms > limits.boot_timeout_ms => break VmOutcome::BootTimeout,
+            Some(t) if (now - t).as_millis() as u64 > limits.stall_timeout_ms => break VmOutcome::Stalled,
+            _ => {}
+        }
+        let incoming = match rx.recv_timeout(Duration::from_millis(TICK_MS)) {
+            Ok(incoming) => incoming,
+            Err(RecvTimeoutError::Timeout) => {
+                if observe(None, Instant::now()) == Action::Kill {
+                    break VmOutcome::Killed;
+                }
+                if let Some(code) = qemu.try_exit_code()? {
+                    break VmOutcome::Exited { code };
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => Incoming::Closed,
+        };
+        match incoming {
+            Incoming::Line(line) => {
+                last_line = Some(Instant::now());
+                protocol_log.write_all(line.as_bytes())?;
+                protocol_log.write_all(b"\n")?;
+                let event = Event::parse(&line)
+                    .map_err(|reason| anyhow::anyhow!("the guest sent a malformed line ({reason}): {line:?}"))?;
+                if observe(Some(&event), Instant::now()) == Action::Kill {
+                    break VmOutcome::Killed;
+                }
+            }
+            Incoming::Tail(tail) => protocol_log.write_all(tail.as_bytes())?,
+            Incoming::Closed => {
+                // The guest side closed: QEMU is exiting. Wait for it, bounded.
+                let code = wait_exit(&mut qemu, Duration::from_millis(limits.stall_timeout_ms))?;
+                break match code {
+                    Some(code) => VmOutcome::Exited { code },
+                    None => VmOutcome::Stalled,
+                };
+            }
+        }
+    };
+    // The crash: SIGKILL before anything else happens (a no-op if it exited).
+    qemu.kill_now();
+    // Drain what the guest printed before the kill: it is evidence too.
+    drop(qemu);
+    let _ = reader.join();
+    while let Ok(incoming) = rx.try_recv() {
+        match incoming {
+            Incoming::Line(line) => writeln!(protocol_log, "{line}")?,
+            Incoming::Tail(tail) => protocol_log.write_all(tail.as_bytes())?,
+            Incoming::Closed => {}
+        }
+    }
+    protocol_log.sync_all()?;
+    Ok(VmRun { outcome, elapsed_ms: start.elapsed().as_millis() as u64 })
+}
+
+fn accept_channel(
+    listener: &UnixListener,
+    qemu: &mut QemuProcess,
+    start: Instant,
+    boot_timeout_ms: u64,
+    interrupt: &AtomicBool,
+) -> Result<std::result::Result<UnixStream, VmOutcome>> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(Ok(stream));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e).context("accepting QEMU's channel connection"),
+        }
+        if let Some(code) = qemu.try_exit_code()? {
+            return Ok(Err(VmOutcome::Exited { code }));
+        }
+        if interrupt.load(Ordering::SeqCst) {
+            return Ok(Err(VmOutcome::Interrupted));
+        }
+        if start.elapsed().as_millis() as u64 > boot_timeout_ms {
+            return Ok(Err(VmOutcome::BootTimeout));
+        }
+        std::thread::sleep(Duration::from_millis(TICK_MS));
+    }
+}
+
+fn read_lines(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                let msg = match text.strip_suffix('\n') {
+                    Some(line) => Incoming::Line(line.trim_end_matches('\r').to_string()),
+                    None => Incoming::Tail(text),
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = tx.send(Incoming::Closed);
+}
+
+fn wait_exit(qemu: &mut QemuProcess, limit: Duration) -> Result<Option<i32>> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(code) = qemu.try_exit_code()? {
+            return Ok(Some(code));
+        }
+        std::thread::sleep(Duration::from_millis(TICK_MS));
+    }
+    Ok(None)
+}
+
+/// The last lines of a log, for error messages.
+pub fn tail_of(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Fails with the console's last lines when a boot did not get as far as it
+/// should have.
+pub fn boot_failure(what: &str, outcome: VmOutcome, files: &RunFiles) -> anyhow::Error {
+    let hint = match outcome {
+        VmOutcome::BootTimeout => "the guest printed nothing on its channel in time: check the kernel and \
+            initramfs (`cargo xtask images`), or raise --boot-timeout-ms on a slow machine",
+        VmOutcome::Stalled => "the guest fell silent: a hung guest, or raise --stall-timeout-ms",
+        VmOutcome::TimedOut => "the run exceeded --trial-timeout-ms",
+        VmOutcome::Exited { .. } => "QEMU exited early: see its stderr and the console log",
+        _ => "",
+    };
+    anyhow::anyhow!(
+        "{what}: {outcome:?}: {hint}\nqemu stderr ({}):\n{}\nconsole ({}), last lines:\n{}",
+        files.stderr_log.display(),
+        tail_of(&files.stderr_log, 5),
+        files.console_log.display(),
+        tail_of(&files.console_log, 15)
+    )
+}
+
+pub fn ensure_no_failure(outcome: VmOutcome) -> Result<()> {
+    if outcome == VmOutcome::Interrupted {
+        bail!(Interrupted);
+    }
+    Ok(())
+}
+
+/// Marker error: the user interrupted the campaign.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}

@@ -1,0 +1,336 @@
+//! Workload parameters and their kernel-command-line form.
+//!
+//! The controller renders [`WorkloadParams`] as `crashlab.key=value` words on
+//! the guest kernel command line; the workload parses them back from
+//! `/proc/cmdline`. Both directions live here so they cannot drift apart.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout;
+
+/// How the workload makes a record durable before acknowledging it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum DurabilityMode {
+    /// `msync(MS_SYNC)` over the record's pages after each record.
+    MsSync,
+    /// N records, then one `msync(MS_SYNC)` over their range.
+    Batch(u32),
+    /// `msync(MS_ASYNC)` only: schedules writeback, promises nothing.
+    MsAsync,
+    /// `msync(MS_ASYNC)` then `fsync(fd)`.
+    MsAsyncFsync,
+    /// `msync(MS_ASYNC)` then `fdatasync(fd)`.
+    MsAsyncFdatasync,
+    /// No sync call at all: a control.
+    None,
+}
+
+pub const BATCH_MAX_RECORDS: u32 = 4096;
+
+impl DurabilityMode {
+    /// Whether an acknowledgement under this mode promises durability.
+    pub fn promises_durability(self) -> bool {
+        match self {
+            Self::MsSync | Self::Batch(_) | Self::MsAsyncFsync | Self::MsAsyncFdatasync => true,
+            Self::MsAsync | Self::None => false,
+        }
+    }
+
+    /// Records covered by one durability call.
+    pub fn batch_records(self) -> u32 {
+        match self {
+            Self::Batch(n) => n,
+            _ => 1,
+        }
+    }
+
+    pub const ALL_NAMES: &'static str =
+        "ms-sync, batch:N, ms-async, ms-async-fsync, ms-async-fdatasync, none";
+}
+
+impl fmt::Display for DurabilityMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MsSync => write!(f, "ms-sync"),
+            Self::Batch(n) => write!(f, "batch:{n}"),
+            Self::MsAsync => write!(f, "ms-async"),
+            Self::MsAsyncFsync => write!(f, "ms-async-fsync"),
+            Self::MsAsyncFdatasync => write!(f, "ms-async-fdatasync"),
+            Self::None => write!(f, "none"),
+        }
+    }
+}
+
+impl FromStr for DurabilityMode {
+    type Err = ParamsError;
+    fn from_str(s: &str) -> Result<Self, ParamsError> {
+        let mode = match s {
+            "ms-sync" => Self::MsSync,
+            "ms-async" => Self::MsAsync,
+            "ms-async-fsync" => Self::MsAsyncFsync,
+            "ms-async-fdatasync" => Self::MsAsyncFdatasync,
+            "none" => Self::None,
+            _ => match s.strip_prefix("batch:").map(str::parse::<u32>) {
+                Some(Ok(n)) if (1..=BATCH_MAX_RECORDS).contains(&n) => Self::Batch(n),
+                Some(_) => {
+                    return Err(ParamsError(format!(
+                        "batch size in {s:?} must be a number from 1 to {BATCH_MAX_RECORDS}, e.g. batch:8"
+                    )))
+                }
+                None => {
+                    return Err(ParamsError(format!(
+                        "unknown durability mode {s:?}: use one of {}",
+                        Self::ALL_NAMES
+                    )))
+                }
+            },
+        };
+        Ok(mode)
+    }
+}
+
+impl From<DurabilityMode> for String {
+    fn from(m: DurabilityMode) -> String {
+        m.to_string()
+    }
+}
+
+impl TryFrom<String> for DurabilityMode {
+    type Error = ParamsError;
+    fn try_from(s: String) -> Result<Self, ParamsError> {
+        s.parse()
+    }
+}
+
+/// Deliberate bugs that tests use to prove the verifier catches a lying
+/// application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlantedBug {
+    /// Acknowledge each record before its durability call, not after.
+    AckBeforeSync,
+}
+
+impl fmt::Display for PlantedBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AckBeforeSync => write!(f, "ack-before-sync"),
+        }
+    }
+}
+
+impl FromStr for PlantedBug {
+    type Err = ParamsError;
+    fn from_str(s: &str) -> Result<Self, ParamsError> {
+        match s {
+            "ack-before-sync" => Ok(Self::AckBeforeSync),
+            _ => Err(ParamsError(format!("unknown planted bug {s:?}: the only one is ack-before-sync"))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamsError(pub String);
+
+impl fmt::Display for ParamsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ParamsError {}
+
+/// Hard limit on one trial's record count: bounds the protocol log and the
+/// verifier's memory.
+pub const RECORDS_MAX: u64 = 1 << 24;
+/// Hard limit on the data file: the guest has little RAM and the check boot
+/// copies the file out through a second disk.
+pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 30;
+
+/// Everything the guest workload needs to know; nothing else reaches it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadParams {
+    pub mode: DurabilityMode,
+    pub record_size_bytes: u32,
+    /// Multiple of the record size; records wrap around when it is full.
+    pub file_size_bytes: u64,
+    /// Records to write before saying `DONE`.
+    pub records: u64,
+    /// Seeds the payload; differs per trial so foreign records are caught.
+    pub seed: u64,
+    pub planted_bug: Option<PlantedBug>,
+    /// Crash point hook: after this many acks, print `HOLD` and do nothing
+    /// more, so the host kills the VM at an exact point of the protocol.
+    pub hold_after_acks: Option<u64>,
+}
+
+const PREFIX: &str = "crashlab.";
+
+impl WorkloadParams {
+    pub fn slots(&self) -> u64 {
+        self.file_size_bytes / u64::from(self.record_size_bytes)
+    }
+
+    /// Validates every field; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), ParamsError> {
+        layout::check_record_size(self.record_size_bytes as usize).map_err(ParamsError)?;
+        let rs = u64::from(self.record_size_bytes);
+        if self.file_size_bytes == 0 || self.file_size_bytes % rs != 0 {
+            return Err(ParamsError(format!(
+                "file size {} bytes must be a non-zero multiple of the record size {rs}",
+                self.file_size_bytes
+            )));
+        }
+        if self.file_size_bytes > FILE_SIZE_MAX_BYTES {
+            return Err(ParamsError(format!(
+                "file size {} bytes exceeds the limit of {FILE_SIZE_MAX_BYTES}",
+                self.file_size_bytes
+            )));
+        }
+        if self.records == 0 || self.records > RECORDS_MAX {
+            return Err(ParamsError(format!(
+                "records per trial must be between 1 and {RECORDS_MAX}, got {}",
+                self.records
+            )));
+        }
+        if let DurabilityMode::Batch(n) = self.mode {
+            if u64::from(n) > self.slots() {
+                return Err(ParamsError(format!(
+                    "batch:{n} spans more records than the file's {} slots: lower N or grow the file",
+                    self.slots()
+                )));
+            }
+        }
+        if self.hold_after_acks == Some(0) {
+            return Err(ParamsError("hold_after_acks must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Renders the parameters as kernel command-line words.
+    pub fn to_kernel_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("{PREFIX}mode={}", self.mode),
+            format!("{PREFIX}record_size={}", self.record_size_bytes),
+            format!("{PREFIX}file_size={}", self.file_size_bytes),
+            format!("{PREFIX}records={}", self.records),
+            format!("{PREFIX}seed={}", self.seed),
+        ];
+        if let Some(bug) = self.planted_bug {
+            args.push(format!("{PREFIX}planted_bug={bug}"));
+        }
+        if let Some(n) = self.hold_after_acks {
+            args.push(format!("{PREFIX}hold_after_acks={n}"));
+        }
+        args
+    }
+
+    /// Parses the `crashlab.*` words of a kernel command line; other words are
+    /// ignored, unknown `crashlab.` keys of the workload are an error.
+    pub fn from_kernel_cmdline(cmdline: &str) -> Result<Self, ParamsError> {
+        let mut mode = None;
+        let mut record_size = None;
+        let mut file_size = None;
+        let mut records = None;
+        let mut seed = None;
+        let mut planted_bug = None;
+        let mut hold_after_acks = None;
+        for word in cmdline.split_ascii_whitespace() {
+            let Some(kv) = word.strip_prefix(PREFIX) else { continue };
+            let (key, value) = kv
+                .split_once('=')
+                .ok_or_else(|| ParamsError(format!("{word:?} has no '=value'")))?;
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| ParamsError(format!("{PREFIX}{key}={v}: not a number")))
+            };
+            match key {
+                "mode" => mode = Some(value.parse()?),
+                "record_size" => record_size = Some(num(value)?),
+                "file_size" => file_size = Some(num(value)?),
+                "records" => records = Some(num(value)?),
+                "seed" => seed = Some(num(value)?),
+                "planted_bug" => planted_bug = Some(value.parse()?),
+                "hold_after_acks" => hold_after_acks = Some(num(value)?),
+                // Keys read by the guest's init script, not by the workload.
+                "role" | "fs" | "mount_opts" => {}
+                _ => return Err(ParamsError(format!("unknown parameter {PREFIX}{key}"))),
+            }
+        }
+        let missing = |name: &str| ParamsError(format!("kernel command line lacks {PREFIX}{name}"));
+        let record_size = record_size.ok_or_else(|| missing("record_size"))?;
+        let params = WorkloadParams {
+            mode: mode.ok_or_else(|| missing("mode"))?,
+            record_size_bytes: u32::try_from(record_size)
+                .map_err(|_| ParamsError(format!("record size {record_size} too large")))?,
+            file_size_bytes: file_size.ok_or_else(|| missing("file_size"))?,
+            records: records.ok_or_else(|| missing("records"))?,
+            seed: seed.ok_or_else(|| missing("seed"))?,
+            planted_bug,
+            hold_after_acks,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> WorkloadParams {
+        WorkloadParams {
+            mode: DurabilityMode::Batch(8),
+            record_size_bytes: 4096,
+            file_size_bytes: 4 << 20,
+            records: 3000,
+            seed: 0xDEAD_BEEF,
+            planted_bug: Some(PlantedBug::AckBeforeSync),
+            hold_after_acks: Some(17),
+        }
+    }
+
+    #[test]
+    fn kernel_args_round_trip() {
+        let p = sample();
+        let cmdline = format!("console=ttyS0 quiet {} crashlab.role=workload", p.to_kernel_args().join(" "));
+        assert_eq!(WorkloadParams::from_kernel_cmdline(&cmdline), Ok(p));
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for name in ["ms-sync", "batch:1", "batch:64", "ms-async", "ms-async-fsync", "ms-async-fdatasync", "none"] {
+            assert_eq!(name.parse::<DurabilityMode>().unwrap().to_string(), name);
+        }
+        assert!("batch:0".parse::<DurabilityMode>().is_err());
+        assert!("batch:x".parse::<DurabilityMode>().is_err());
+        let err = "fsync".parse::<DurabilityMode>().unwrap_err();
+        assert!(err.0.contains("ms-sync"), "error lists the valid modes: {err}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let bad = WorkloadParams { record_size_bytes: 0, ..sample() };
+        assert!(bad.validate().unwrap_err().0.contains("record size 0"));
+        let bad = WorkloadParams { file_size_bytes: 4097, ..sample() };
+        assert!(bad.validate().unwrap_err().0.contains("multiple of the record size"));
+        let bad = WorkloadParams { mode: DurabilityMode::Batch(4000), file_size_bytes: 4096 * 10, ..sample() };
+        assert!(bad.validate().unwrap_err().0.contains("batch:4000"));
+        assert!(WorkloadParams::from_kernel_cmdline("crashlab.mode=ms-sync").is_err());
+        assert!(WorkloadParams::from_kernel_cmdline("crashlab.bogus=1").unwrap_err().0.contains("bogus"));
+    }
+
+    #[test]
+    fn durability_promises() {
+        assert!(DurabilityMode::MsSync.promises_durability());
+        assert!(DurabilityMode::Batch(4).promises_durability());
+        assert!(DurabilityMode::MsAsyncFsync.promises_durability());
+        assert!(DurabilityMode::MsAsyncFdatasync.promises_durability());
+        assert!(!DurabilityMode::MsAsync.promises_durability());
+        assert!(!DurabilityMode::None.promises_durability());
+    }
+}

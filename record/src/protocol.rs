@@ -1,0 +1,177 @@
+//! The line protocol the guest prints on its channel (a second serial port).
+//!
+//! The workload follows the pre/ok protocol of diskchecker.pl: `BEGIN` before
+//! it touches the mapping, `ACK` only after the durability call returned 0.
+//! The guest's init script adds the lines of the boot and of the check boot.
+//!
+//! | line                  | who      | meaning                                      |
+//! |-----------------------|----------|----------------------------------------------|
+//! | `BOOTED role`         | init     | the guest reached /init                       |
+//! | `READY slots`         | workload | file created, sized and synced; records start |
+//! | `BEGIN seq slot`      | workload | about to write record `seq` into `slot`       |
+//! | `ACK seq slot`        | workload | durability call for `seq` returned 0          |
+//! | `HOLD acks`           | workload | crash-point hook reached; waiting to be killed|
+//! | `ERR op errno`        | workload | a syscall failed; the run ends                |
+//! | `DONE records`        | workload | all records written                           |
+//! | `MOUNT rc`            | init     | check boot: mount's exit status               |
+//! | `FILE size` / `NOFILE`| init     | check boot: data file exported / absent       |
+//! | `FSCK tool rc`        | init     | check boot: read-only fsck's exit status      |
+//! | `CHECKED`             | init     | check boot finished                           |
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Booted { role: String },
+    Ready { slots: u64 },
+    Begin { seq: u64, slot: u64 },
+    Ack { seq: u64, slot: u64 },
+    Hold { acks: u64 },
+    Error { op: String, errno: i32 },
+    Done { records: u64 },
+    Mount { rc: i32 },
+    File { size_bytes: u64 },
+    NoFile,
+    Fsck { tool: String, rc: i32 },
+    Checked,
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Booted { role } => write!(f, "BOOTED {role}"),
+            Self::Ready { slots } => write!(f, "READY {slots}"),
+            Self::Begin { seq, slot } => write!(f, "BEGIN {seq} {slot}"),
+            Self::Ack { seq, slot } => write!(f, "ACK {seq} {slot}"),
+            Self::Hold { acks } => write!(f, "HOLD {acks}"),
+            Self::Error { op, errno } => write!(f, "ERR {op} {errno}"),
+            Self::Done { records } => write!(f, "DONE {records}"),
+            Self::Mount { rc } => write!(f, "MOUNT {rc}"),
+            Self::File { size_bytes } => write!(f, "FILE {size_bytes}"),
+            Self::NoFile => write!(f, "NOFILE"),
+            Self::Fsck { tool, rc } => write!(f, "FSCK {tool} {rc}"),
+            Self::Checked => write!(f, "CHECKED"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub line_number: usize,
+    pub line: String,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "protocol line {}: {} in {:?}", self.line_number, self.reason, self.line)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+impl Event {
+    /// Parses one line (without its newline; a trailing `\r` from the tty is
+    /// ignored).
+    pub fn parse(line: &str) -> Result<Event, &'static str> {
+        let mut words = line.trim_end_matches('\r').split(' ');
+        let tag = words.next().unwrap_or("");
+        let mut field = || words.next().ok_or("missing field");
+        let num = |s: &str| s.parse::<u64>().map_err(|_| "field is not a number");
+        let int = |s: &str| s.parse::<i32>().map_err(|_| "field is not an integer");
+        let event = match tag {
+            "BOOTED" => Event::Booted { role: field()?.to_string() },
+            "READY" => Event::Ready { slots: num(field()?)? },
+            "BEGIN" => Event::Begin { seq: num(field()?)?, slot: num(field()?)? },
+            "ACK" => Event::Ack { seq: num(field()?)?, slot: num(field()?)? },
+            "HOLD" => Event::Hold { acks: num(field()?)? },
+            "ERR" => Event::Error { op: field()?.to_string(), errno: int(field()?)? },
+            "DONE" => Event::Done { records: num(field()?)? },
+            "MOUNT" => Event::Mount { rc: int(field()?)? },
+            "FILE" => Event::File { size_bytes: num(field()?)? },
+            "NOFILE" => Event::NoFile,
+            "FSCK" => Event::Fsck { tool: field()?.to_string(), rc: int(field()?)? },
+            "CHECKED" => Event::Checked,
+            _ => return Err("unknown tag"),
+        };
+        if words.next().is_some() {
+            return Err("trailing fields");
+        }
+        Ok(event)
+    }
+}
+
+/// A whole protocol log, as the host recorded it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProtocolLog {
+    pub events: Vec<Event>,
+    /// The last line had no newline: the VM was killed while printing it. It
+    /// is kept out of `events`, because a half-printed ACK is no ACK.
+    pub truncated_tail: Option<String>,
+}
+
+/// Parses a log. Every complete line must parse; an incomplete last line is
+/// expected after a kill and is reported, not trusted.
+pub fn parse_log(text: &str) -> Result<ProtocolLog, ProtocolError> {
+    let mut log = ProtocolLog::default();
+    let mut rest = text;
+    let mut line_number = 0;
+    while !rest.is_empty() {
+        line_number += 1;
+        let Some(end) = rest.find('\n') else {
+            log.truncated_tail = Some(rest.to_string());
+            break;
+        };
+        let line = &rest[..end];
+        rest = &rest[end + 1..];
+        if line.trim_end_matches('\r').is_empty() {
+            continue;
+        }
+        let event = Event::parse(line)
+            .map_err(|reason| ProtocolError { line_number, line: line.to_string(), reason })?;
+        log.events.push(event);
+    }
+    Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips() {
+        let events = [
+            Event::Booted { role: "workload".into() },
+            Event::Ready { slots: 1024 },
+            Event::Begin { seq: 5, slot: 5 },
+            Event::Ack { seq: 5, slot: 5 },
+            Event::Hold { acks: 6 },
+            Event::Error { op: "msync".into(), errno: 5 },
+            Event::Done { records: 10 },
+            Event::Mount { rc: 0 },
+            Event::File { size_bytes: 4096 },
+            Event::NoFile,
+            Event::Fsck { tool: "e2fsck".into(), rc: 0 },
+            Event::Checked,
+        ];
+        for e in events {
+            assert_eq!(Event::parse(&e.to_string()), Ok(e));
+        }
+    }
+
+    #[test]
+    fn tty_carriage_returns_and_truncated_tail() {
+        let log = parse_log("READY 4\r\nBEGIN 0 0\r\nACK 0 0\r\nBEGIN 1 1\r\nAC").unwrap();
+        assert_eq!(log.events.len(), 4);
+        assert_eq!(log.truncated_tail.as_deref(), Some("AC"));
+    }
+
+    #[test]
+    fn garbage_is_an_error_with_its_line() {
+        let err = parse_log("READY 4\nACK x 0\n").unwrap_err();
+        assert_eq!(err.line_number, 2);
+        assert_eq!(err.reason, "field is not a number");
+        assert!(parse_log("ACK 1 2 3\n").is_err());
+        assert!(parse_log("HELLO\n").is_err());
+    }
+}

@@ -1,0 +1,510 @@
+//! The verifier: judges one recovered crash state.
+//!
+//! Input ([`Evidence`]): the workload's parameters, its protocol log, and what
+//! the check boot found on the recovered disk (mount status, the data file's
+//! bytes, the fsck outcome). Output ([`Verdict`]): a judgement per slot and
+//! per trial, each violation with its rule and reason.
+//!
+//! This crate does no I/O: it can be run on evidence from any source (a real
+//! VM, a crash state built from a block log, a test's crafted bytes).
+//!
+//! Rules (from POSIX msync and the seeds' usage patterns):
+//! - [`Rule::AckedRecordLost`]: under a mode that promises durability, the
+//!   newest acknowledged record of every slot is present and intact, as that
+//!   version or a newer one;
+//! - a record in flight (BEGIN without ACK) may be the old version, the new
+//!   one, or torn at sector granularity: counted, not a violation;
+//! - [`Rule::StaleBytes`] / [`Rule::ForeignRecord`]: bytes the workload never
+//!   wrote to that place are a violation;
+//! - under `ms-async` and `none` nothing is promised: losses are
+//!   observations;
+//! - [`Rule::SizeCoversAcked`] (Linux profile): the file is at least as long
+//!   as the acked records need, because Linux implements msync through
+//!   fdatasync, which persists the size; the POSIX profile turns it off.
+
+mod history;
+mod hex;
+
+use record::layout::{self, RecordHeader, SECTOR_SIZE_BYTES};
+use record::{ProtocolLog, WorkloadParams};
+use serde::Serialize;
+
+pub use history::History;
+
+/// How strictly to read the standard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// What Linux promises: msync is fdatasync over the range, so the file
+    /// size and the file's existence (the workload fsyncs it and its
+    /// directory before its first record) are durable too.
+    #[default]
+    Linux,
+    /// Only what POSIX promises for msync: the data of the synced pages.
+    Posix,
+}
+
+/// What the check boot saw.
+#[derive(Clone, Debug)]
+pub struct Recovered<'a> {
+    /// Exit status of `mount` in the check boot (0: mounted).
+    pub mount_rc: i32,
+    /// The data file's bytes, or `None` if the file does not exist.
+    pub file: Option<&'a [u8]>,
+    /// Read-only fsck after the kernel's recovery: (tool, exit status), or
+    /// `None` if the filesystem has no fsck in the guest.
+    pub fsck: Option<(String, i32)>,
+}
+
+pub struct Evidence<'a> {
+    pub params: &'a WorkloadParams,
+    pub protocol: &'a ProtocolLog,
+    pub recovered: Recovered<'a>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// The protocol log breaks its own rules; nothing else can be judged.
+    ProtocolConsistent,
+    /// The recovered filesystem must mount.
+    Mountable,
+    /// fsck finds no error after the kernel's own recovery.
+    FsckClean,
+    /// The data file exists once the workload reported READY.
+    FilePresent,
+    /// The file is at least as long as the acked records need (Linux).
+    SizeCoversAcked,
+    /// The file is never longer than the workload made it.
+    SizeNotGrown,
+    /// The newest acked record of a slot is there, intact, or a newer one.
+    AckedRecordLost,
+    /// Bytes that no version of this slot ever held.
+    StaleBytes,
+    /// A well-formed record from another run or another slot.
+    ForeignRecord,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub rule: Rule,
+    pub slot: Option<u64>,
+    pub expected_seq: Option<u64>,
+    pub found_seq: Option<u64>,
+    pub reason: String,
+    /// Hex of the found bytes where they first differ from the expected.
+    pub hex_excerpt: Option<String>,
+}
+
+/// What one slot of the file was found to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum SlotState {
+    /// Never written, and zeros found.
+    Unwritten,
+    /// The newest acked version.
+    Intact { seq: u64 },
+    /// An in-flight record found as its new version.
+    InFlightNew { seq: u64 },
+    /// An in-flight record's slot found with an older version (or zeros).
+    InFlightOld { found_seq: Option<u64> },
+    /// Sectors of different allowed versions.
+    Torn,
+    /// The newest acked record is not there (a violation or an
+    /// observation, depending on the mode's promise).
+    Lost { expected_seq: u64, found_seq: Option<u64> },
+    /// Holds bytes that do not belong there; see the violations.
+    Bad,
+    /// Past the end of the recovered file.
+    Missing,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub begun: u64,
+    pub acked: u64,
+    /// Begun but never acknowledged.
+    pub in_flight: u64,
+    /// Slots whose newest acked record is not there (violations under a mode
+    /// that promises durability, observations otherwise).
+    pub lost: u64,
+    pub torn: u64,
+    pub in_flight_new: u64,
+    pub in_flight_old: u64,
+    pub intact: u64,
+}
+
+/// Lists are capped so that one broken disk cannot produce gigabytes of
+/// report; the counts stay exact.
+pub const FINDINGS_MAX: usize = 64;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub passed: bool,
+    pub counts: Counts,
+    pub violation_count: u64,
+    pub violations: Vec<Finding>,
+    pub observation_count: u64,
+    pub observations: Vec<Finding>,
+    #[serde(skip)]
+    pub slots: Vec<SlotState>,
+}
+
+impl Verdict {
+    fn new() -> Verdict {
+        Verdict {
+            passed: true,
+            counts: Counts::default(),
+            violation_count: 0,
+            violations: Vec::new(),
+            observation_count: 0,
+            observations: Vec::new(),
+            slots: Vec::new(),
+        }
+    }
+
+    fn violation(&mut self, finding: Finding) {
+        self.passed = false;
+        self.violation_count += 1;
+        if self.violations.len() < FINDINGS_MAX {
+            self.violations.push(finding);
+        }
+    }
+
+    fn observation(&mut self, finding: Finding) {
+        self.observation_count += 1;
+        if self.observations.len() < FINDINGS_MAX {
+            self.observations.push(finding);
+        }
+    }
+
+    /// A broken promise is a violation; where nothing was promised it is an
+    /// observation.
+    fn judge(&mut self, promised: bool, finding: Finding) {
+        if promised {
+            self.violation(finding)
+        } else {
+            self.observation(finding)
+        }
+    }
+}
+
+fn finding(rule: Rule, reason: String) -> Finding {
+    Finding { rule, slot: None, expected_seq: None, found_seq: None, reason, hex_excerpt: None }
+}
+
+pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
+    let params = evidence.params;
+    assert!(params.validate().is_ok(), "the verifier is given validated parameters");
+    let mut verdict = Verdict::new();
+    let slots = params.slots();
+    let history = match history::rebuild(evidence.protocol, slots, params.records) {
+        Ok(h) => h,
+        Err(reason) => {
+            verdict.violation(finding(Rule::ProtocolConsistent, reason));
+            return verdict;
+        }
+    };
+    verdict.counts.begun = history.begun;
+    verdict.counts.acked = history.ack_count;
+    verdict.counts.in_flight = history.begun - history.ack_count;
+
+    let recovered = &evidence.recovered;
+    if recovered.mount_rc != 0 {
+        verdict.violation(finding(
+            Rule::Mountable,
+            format!("the recovered filesystem did not mount (mount exit status {})", recovered.mount_rc),
+        ));
+        return verdict;
+    }
+    if let Some((tool, rc)) = &recovered.fsck {
+        if *rc != 0 {
+            verdict.violation(finding(
+                Rule::FsckClean,
+                format!("{tool} -n found errors after the kernel's recovery (exit status {rc})"),
+            ));
+        }
+    }
+    let linux = profile == Profile::Linux;
+    let promised = params.mode.promises_durability();
+    let Some(file) = recovered.file else {
+        if history.ready {
+            verdict.judge(
+                linux,
+                finding(Rule::FilePresent, "the data file is missing although it was created and synced before READY".into()),
+            );
+        }
+        verdict.slots = vec![SlotState::Missing; slots as usize];
+        return verdict;
+    };
+    check_size(&mut verdict, params, &history, file.len() as u64, linux && promised);
+
+    let mut ctx = SlotContext::new(params, &history);
+    for slot in 0..slots {
+        let state = ctx.judge_slot(slot, file, promised, &mut verdict);
+        verdict.slots.push(state);
+    }
+    verdict
+}
+
+fn check_size(verdict: &mut Verdict, params: &WorkloadParams, history: &History, found_bytes: u64, promised: bool) {
+    if found_bytes > params.file_size_bytes {
+        verdict.violation(finding(
+            Rule::SizeNotGrown,
+            format!("file is {found_bytes} bytes, the workload sized it to {}", params.file_size_bytes),
+        ));
+    }
+    let rs = u64::from(params.record_size_bytes);
+    let needed_bytes = (0..history.begun)
+        .filter(|&seq| history.is_acked(seq))
+        .map(|seq| (seq % params.slots() + 1) * rs)
+        .max()
+        .unwrap_or(0);
+    if found_bytes < needed_bytes {
+        verdict.judge(
+            promised,
+            finding(
+                Rule::SizeCoversAcked,
+                format!("file is {found_bytes} bytes, acked records need at least {needed_bytes}"),
+            ),
+        );
+    }
+}
+
+/// A version a slot may hold: zeros (never written) or a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    Zeros,
+    Seq(u64),
+}
+
+struct SlotContext<'a> {
+    params: &'a WorkloadParams,
+    history: &'a History,
+    record_size: usize,
+    scratch: Vec<u8>,
+}
+
+impl<'a> SlotContext<'a> {
+    fn new(params: &'a WorkloadParams, history: &'a History) -> Self {
+        let record_size = params.record_size_bytes as usize;
+        SlotContext { params, history, record_size, scratch: vec![0; record_size] }
+    }
+
+    /// Sequence numbers ever begun in `slot`, oldest first.
+    fn begun_in(&self, slot: u64) -> Vec<u64> {
+        let (slots, begun) = (self.params.slots(), self.history.begun);
+        (0..).map(|k| slot + k * slots).take_while(|&seq| seq < begun).collect()
+    }
+
+    fn expected_bytes(&mut self, version: Version) -> &[u8] {
+        match version {
+            Version::Zeros => self.scratch.fill(0),
+            Version::Seq(seq) => {
+                let header = RecordHeader {
+                    record_size_bytes: self.params.record_size_bytes,
+                    seq,
+                    slot: seq % self.params.slots(),
+                    seed: self.params.seed,
+                };
+                layout::encode(&header, &mut self.scratch);
+            }
+        }
+        &self.scratch
+    }
+
+    fn judge_slot(&mut self, slot: u64, file: &[u8], promised: bool, verdict: &mut Verdict) -> SlotState {
+        let begun = self.begun_in(slot);
+        // The floor: the newest acked version, the oldest the slot may still
+        // show. Falling below it is a violation where durability was promised
+        // and an observation where it was not.
+        let floor = begun.iter().rev().copied().find(|&seq| self.history.is_acked(seq));
+        let allowed: Vec<Version> = match floor {
+            Some(f) => begun.iter().copied().filter(|&s| s >= f).map(Version::Seq).collect(),
+            None => std::iter::once(Version::Zeros).chain(begun.iter().copied().map(Version::Seq)).collect(),
+        };
+        let start = slot as usize * self.record_size;
+        let Some(found) = file.get(start..start + self.record_size) else {
+            if let Some(seq) = floor {
+                verdict.counts.lost += 1;
+                verdict.observation(Finding {
+                    rule: Rule::AckedRecordLost,
+                    slot: Some(slot),
+                    expected_seq: Some(seq),
+                    found_seq: None,
+                    reason: "slot lies past the end of the recovered file (see the size rule)".into(),
+                    hex_excerpt: None,
+                });
+            }
+            return SlotState::Missing;
+        };
+
+        let state = match self.identify(slot, found) {
+            Ok(version) if allowed.contains(&version) => self.classify(version, begun.last().copied()),
+            Ok(version) => self.below_floor(slot, found, version, floor, promised, verdict),
+            Err(Identify::Foreign(header)) => {
+                verdict.violation(Finding {
+                    rule: Rule::ForeignRecord,
+                    slot: Some(slot),
+                    expected_seq: floor,
+                    found_seq: Some(header.seq),
+                    reason: format!(
+                        "a well-formed record (seed {:#x}, seq {}, slot {}) that this run never wrote here",
+                        header.seed, header.seq, header.slot
+                    ),
+                    hex_excerpt: Some(hex::excerpt(found, 0, 40)),
+                });
+                SlotState::Bad
+            }
+            Err(Identify::Unreadable) => self.judge_torn(slot, found, &allowed, floor, &begun, promised, verdict),
+        };
+        match state {
+            SlotState::Intact { .. } => verdict.counts.intact += 1,
+            SlotState::InFlightNew { .. } => verdict.counts.in_flight_new += 1,
+            SlotState::InFlightOld { .. } => verdict.counts.in_flight_old += 1,
+            SlotState::Torn => verdict.counts.torn += 1,
+            SlotState::Lost { .. } => verdict.counts.lost += 1,
+            _ => {}
+        }
+        state
+    }
+
+    /// Which version the bytes are, if any: zeros, or the exact bytes of a
+    /// record of this run that belongs in this slot and was begun.
+    fn identify(&mut self, slot: u64, found: &[u8]) -> Result<Version, Identify> {
+        if found.iter().all(|&b| b == 0) {
+            return Ok(Version::Zeros);
+        }
+        let header = layout::decode(found).map_err(|_| Identify::Unreadable)?;
+        let p = self.params;
+        let belongs = header.seed == p.seed
+            && header.record_size_bytes == p.record_size_bytes
+            && header.seq < self.history.begun
+            && header.slot == slot
+            && header.seq % p.slots() == slot;
+        if !belongs || self.expected_bytes(Version::Seq(header.seq)) != found {
+            return Err(Identify::Foreign(header));
+        }
+        Ok(Version::Seq(header.seq))
+    }
+
+    /// Names an allowed version (at or above the floor). With a newer
+    /// record in flight, the floor version is that record's "old".
+    fn classify(&self, version: Version, newest_begun: Option<u64>) -> SlotState {
+        let Some(newest) = newest_begun else {
+            return SlotState::Unwritten;
+        };
+        let newest_in_flight = !self.history.is_acked(newest);
+        match version {
+            Version::Seq(seq) if seq == newest && newest_in_flight => SlotState::InFlightNew { seq },
+            Version::Seq(seq) if seq == newest => SlotState::Intact { seq },
+            Version::Seq(seq) if newest_in_flight => SlotState::InFlightOld { found_seq: Some(seq) },
+            Version::Seq(seq) => SlotState::Intact { seq },
+            Version::Zeros => SlotState::InFlightOld { found_seq: None },
+        }
+    }
+
+    /// A whole version of this slot (or zeros) older than the newest acked.
+    fn below_floor(
+        &mut self,
+        slot: u64,
+        found: &[u8],
+        version: Version,
+        floor: Option<u64>,
+        promised: bool,
+        verdict: &mut Verdict,
+    ) -> SlotState {
+        let expected = floor.expect("a version is only disallowed below an acked floor");
+        let found_seq = match version {
+            Version::Seq(s) => Some(s),
+            Version::Zeros => None,
+        };
+        let diff_at = first_difference(self.expected_bytes(Version::Seq(expected)), found);
+        verdict.judge(
+            promised,
+            Finding {
+                rule: Rule::AckedRecordLost,
+                slot: Some(slot),
+                expected_seq: Some(expected),
+                found_seq,
+                reason: match found_seq {
+                    Some(s) => format!("acked record {expected} was lost: the slot holds the older record {s}"),
+                    None => format!("acked record {expected} was lost: the slot holds zeros"),
+                },
+                hex_excerpt: Some(hex::excerpt(found, diff_at & !15, 32)),
+            },
+        );
+        SlotState::Lost { expected_seq: expected, found_seq }
+    }
+
+    /// Bytes that are not one whole version: every 512-byte sector must be a
+    /// sector of an allowed version, else the slot holds stale bytes or an
+    /// acked record was partly lost.
+    #[allow(clippy::too_many_arguments)]
+    fn judge_torn(
+        &mut self,
+        slot: u64,
+        found: &[u8],
+        allowed: &[Version],
+        floor: Option<u64>,
+        begun: &[u64],
+        promised: bool,
+        verdict: &mut Verdict,
+    ) -> SlotState {
+        let sectors = self.record_size / SECTOR_SIZE_BYTES;
+        let candidates: Vec<(Version, Vec<u8>)> = std::iter::once(Version::Zeros)
+            .chain(begun.iter().copied().map(Version::Seq))
+            .map(|v| (v, self.expected_bytes(v).to_vec()))
+            .collect();
+        let mut older_sector = None;
+        for i in 0..sectors {
+            let range = i * SECTOR_SIZE_BYTES..(i + 1) * SECTOR_SIZE_BYTES;
+            let matching = candidates.iter().find(|(_, bytes)| bytes[range.clone()] == found[range.clone()]);
+            match matching {
+                Some((v, _)) if allowed.contains(v) => {}
+                Some(_) => older_sector = older_sector.or(Some(i)),
+                None => {
+                    verdict.violation(Finding {
+                        rule: Rule::StaleBytes,
+                        slot: Some(slot),
+                        expected_seq: floor,
+                        found_seq: None,
+                        reason: format!(
+                            "sector {i} of the slot holds bytes that no version of this slot ever had"
+                        ),
+                        hex_excerpt: Some(hex::excerpt(found, range.start, 32)),
+                    });
+                    return SlotState::Bad;
+                }
+            }
+        }
+        if let Some(i) = older_sector {
+            let expected = floor.expect("older sectors are only disallowed below an acked floor");
+            verdict.judge(
+                promised,
+                Finding {
+                    rule: Rule::AckedRecordLost,
+                    slot: Some(slot),
+                    expected_seq: Some(expected),
+                    found_seq: None,
+                    reason: format!("acked record {expected} is torn: sector {i} holds an older version"),
+                    hex_excerpt: Some(hex::excerpt(found, i * SECTOR_SIZE_BYTES, 32)),
+                },
+            );
+            return SlotState::Lost { expected_seq: expected, found_seq: None };
+        }
+        SlotState::Torn
+    }
+}
+
+enum Identify {
+    Unreadable,
+    Foreign(RecordHeader),
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

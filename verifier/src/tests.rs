@@ -1,0 +1,309 @@
+//! Crafted evidence for every rule. A `Scenario` plays the workload: it keeps
+//! the protocol log and the file bytes the way a crash would leave them.
+
+use record::layout::{self, RecordHeader, SECTOR_SIZE_BYTES};
+use record::{DurabilityMode, Event, ProtocolLog, WorkloadParams};
+
+use super::*;
+
+const RS: usize = 1024;
+const SLOTS: u64 = 4;
+const SEED: u64 = 0xC0FFEE;
+
+struct Scenario {
+    params: WorkloadParams,
+    log: ProtocolLog,
+    file: Vec<u8>,
+    fsck: Option<(String, i32)>,
+    mount_rc: i32,
+    file_present: bool,
+}
+
+impl Scenario {
+    fn new(mode: DurabilityMode) -> Scenario {
+        let params = WorkloadParams {
+            mode,
+            record_size_bytes: RS as u32,
+            file_size_bytes: RS as u64 * SLOTS,
+            records: 100,
+            seed: SEED,
+            planted_bug: None,
+            hold_after_acks: None,
+        };
+        let log = ProtocolLog { events: vec![Event::Ready { slots: SLOTS }], truncated_tail: None };
+        let file = vec![0; RS * SLOTS as usize];
+        Scenario { params, log, file, fsck: Some(("e2fsck".into(), 0)), mount_rc: 0, file_present: true }
+    }
+
+    fn record(seq: u64) -> Vec<u8> {
+        layout::encode_vec(&RecordHeader { record_size_bytes: RS as u32, seq, slot: seq % SLOTS, seed: SEED })
+    }
+
+    fn begin(&mut self, seq: u64) {
+        self.log.events.push(Event::Begin { seq, slot: seq % SLOTS });
+    }
+
+    fn ack(&mut self, seq: u64) {
+        self.log.events.push(Event::Ack { seq, slot: seq % SLOTS });
+    }
+
+    /// The record reached the disk.
+    fn persist(&mut self, seq: u64) {
+        let at = (seq % SLOTS) as usize * RS;
+        self.file[at..at + RS].copy_from_slice(&Self::record(seq));
+    }
+
+    /// begin + persist + ack: a record that was written, synced and acked.
+    fn durable(&mut self, seq: u64) {
+        self.begin(seq);
+        self.persist(seq);
+        self.ack(seq);
+    }
+
+    fn verify(&self, profile: Profile) -> Verdict {
+        let evidence = Evidence {
+            params: &self.params,
+            protocol: &self.log,
+            recovered: Recovered {
+                mount_rc: self.mount_rc,
+                file: self.file_present.then_some(&self.file[..]),
+                fsck: self.fsck.clone(),
+            },
+        };
+        verify(&evidence, profile)
+    }
+}
+
+fn rules(v: &Verdict) -> Vec<Rule> {
+    v.violations.iter().map(|f| f.rule).collect()
+}
+
+#[test]
+fn intact_records_pass() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    for seq in 0..6 {
+        s.durable(seq); // wraps: slots 0 and 1 hold seq 4 and 5
+    }
+    let v = s.verify(Profile::Linux);
+    assert!(v.passed, "{:?}", v.violations);
+    assert_eq!(v.counts.acked, 6);
+    assert_eq!(v.counts.intact, 4);
+    assert_eq!(v.slots[0], SlotState::Intact { seq: 4 });
+    assert_eq!(v.slots[3], SlotState::Intact { seq: 3 });
+}
+
+#[test]
+fn acked_but_lost_is_a_violation_naming_slot_and_seqs() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    for seq in 0..5 {
+        s.durable(seq);
+    }
+    s.begin(5);
+    s.ack(5); // acked, but the disk still holds seq 1 in slot 1
+    let v = s.verify(Profile::Linux);
+    assert!(!v.passed);
+    assert_eq!(rules(&v), vec![Rule::AckedRecordLost]);
+    let f = &v.violations[0];
+    assert_eq!((f.slot, f.expected_seq, f.found_seq), (Some(1), Some(5), Some(1)));
+    assert!(f.hex_excerpt.as_deref().unwrap().starts_with("@0x"), "{f:?}");
+    assert_eq!(v.slots[1], SlotState::Lost { expected_seq: 5, found_seq: Some(1) });
+    assert_eq!(v.counts.lost, 1);
+}
+
+#[test]
+fn acked_record_found_as_zeros_is_lost() {
+    let mut s = Scenario::new(DurabilityMode::Batch(2));
+    s.begin(0);
+    s.begin(1);
+    s.persist(0);
+    s.ack(0);
+    s.ack(1); // the batch was acked but seq 1 never reached the disk
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::AckedRecordLost]);
+    assert_eq!(v.violations[0].found_seq, None);
+}
+
+#[test]
+fn in_flight_may_be_old_or_new() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    for seq in 0..4 {
+        s.durable(seq);
+    }
+    s.begin(4); // in flight, not persisted: slot 0 holds the old seq 0
+    let v = s.verify(Profile::Linux);
+    assert!(v.passed, "{:?}", v.violations);
+    assert_eq!(v.slots[0], SlotState::InFlightOld { found_seq: Some(0) });
+    assert_eq!(v.counts.in_flight, 1);
+
+    s.persist(4); // now the new version made it
+    let v = s.verify(Profile::Linux);
+    assert!(v.passed);
+    assert_eq!(v.slots[0], SlotState::InFlightNew { seq: 4 });
+}
+
+#[test]
+fn torn_in_flight_is_counted_not_a_violation() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    for seq in 0..4 {
+        s.durable(seq);
+    }
+    s.begin(4); // seq 4 in flight over acked seq 0
+    let new = Scenario::record(4);
+    s.file[..SECTOR_SIZE_BYTES].copy_from_slice(&new[..SECTOR_SIZE_BYTES]); // first sector new, second old
+    let v = s.verify(Profile::Linux);
+    assert!(v.passed, "{:?}", v.violations);
+    assert_eq!(v.slots[0], SlotState::Torn);
+    assert_eq!(v.counts.torn, 1);
+}
+
+#[test]
+fn torn_acked_record_is_lost() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    for seq in 0..5 {
+        s.durable(seq); // seq 4 acked over seq 0 in slot 0
+    }
+    let old = Scenario::record(0);
+    s.file[SECTOR_SIZE_BYTES..RS].copy_from_slice(&old[SECTOR_SIZE_BYTES..]); // second sector still old
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::AckedRecordLost]);
+    assert!(v.violations[0].reason.contains("torn"), "{}", v.violations[0].reason);
+}
+
+#[test]
+fn stale_bytes_are_a_violation() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    s.begin(1);
+    s.file[RS + 600] = 0xAB; // bytes nobody wrote, in an in-flight slot
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::StaleBytes]);
+    assert_eq!(v.violations[0].slot, Some(1));
+    assert!(v.violations[0].hex_excerpt.as_deref().unwrap().starts_with("@0x200:"), "{:?}", v.violations[0]);
+}
+
+#[test]
+fn stale_bytes_are_a_violation_even_without_a_promise() {
+    let mut s = Scenario::new(DurabilityMode::None);
+    s.file[3 * RS + 5] = 1;
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::StaleBytes]);
+}
+
+#[test]
+fn wrong_seed_is_a_foreign_record() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    let foreign = layout::encode_vec(&RecordHeader { record_size_bytes: RS as u32, seq: 0, slot: 0, seed: SEED + 1 });
+    s.file[..RS].copy_from_slice(&foreign);
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::ForeignRecord]);
+    assert!(v.violations[0].reason.contains("seed"));
+}
+
+#[test]
+fn record_in_the_wrong_slot_is_foreign() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    s.durable(1);
+    let zero = Scenario::record(0);
+    s.file[RS..2 * RS].copy_from_slice(&zero);
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::ForeignRecord]);
+    assert_eq!(v.violations[0].slot, Some(1));
+}
+
+#[test]
+fn record_never_begun_is_foreign() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    s.persist(4); // slot 0 holds a seq the workload never started
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::ForeignRecord]);
+}
+
+#[test]
+fn short_file_breaks_the_size_rule_on_linux_only() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    for seq in 0..4 {
+        s.durable(seq);
+    }
+    s.file.truncate(2 * RS);
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::SizeCoversAcked]);
+    assert_eq!(v.slots[3], SlotState::Missing);
+
+    let v = s.verify(Profile::Posix);
+    assert!(v.passed, "{:?}", v.violations);
+    assert!(v.observations.iter().any(|f| f.rule == Rule::SizeCoversAcked));
+}
+
+#[test]
+fn grown_file_is_a_violation() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    s.file.extend_from_slice(&[0; 512]);
+    assert_eq!(rules(&s.verify(Profile::Linux)), vec![Rule::SizeNotGrown]);
+}
+
+#[test]
+fn no_promise_means_losses_are_observations() {
+    for mode in [DurabilityMode::MsAsync, DurabilityMode::None] {
+        let mut s = Scenario::new(mode);
+        s.durable(0);
+        s.begin(1);
+        s.ack(1); // acked under a no-promise mode, never persisted
+        let v = s.verify(Profile::Linux);
+        assert!(v.passed, "{mode}: {:?}", v.violations);
+        assert_eq!(v.counts.lost, 1);
+        assert_eq!(v.observation_count, 1);
+        assert_eq!(v.observations[0].rule, Rule::AckedRecordLost);
+    }
+}
+
+#[test]
+fn missing_file_after_ready() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    s.file_present = false;
+    assert_eq!(rules(&s.verify(Profile::Linux)), vec![Rule::FilePresent]);
+    assert!(s.verify(Profile::Posix).passed);
+    // Before READY the file may not exist yet.
+    s.log.events.clear();
+    assert!(s.verify(Profile::Linux).passed);
+}
+
+#[test]
+fn mount_failure_and_fsck_errors() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    s.fsck = Some(("e2fsck".into(), 4));
+    assert_eq!(rules(&s.verify(Profile::Linux)), vec![Rule::FsckClean]);
+    s.mount_rc = 32;
+    assert_eq!(rules(&s.verify(Profile::Linux)), vec![Rule::Mountable]);
+}
+
+#[test]
+fn broken_protocol_is_reported_not_judged() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.begin(0);
+    s.ack(1);
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::ProtocolConsistent]);
+    assert!(v.violations[0].reason.contains("never begun"));
+}
+
+#[test]
+fn findings_are_capped_but_counted() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.params.file_size_bytes = RS as u64 * 200;
+    s.params.records = 1000;
+    s.file = vec![0; RS * 200];
+    s.log.events = vec![Event::Ready { slots: 200 }];
+    for seq in 0..200 {
+        s.log.events.push(Event::Begin { seq, slot: seq });
+        s.log.events.push(Event::Ack { seq, slot: seq });
+    }
+    let v = s.verify(Profile::Linux);
+    assert_eq!(v.violation_count, 200);
+    assert_eq!(v.violations.len(), FINDINGS_MAX);
+}
