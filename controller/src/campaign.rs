@@ -184,16 +184,17 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         summary.seconds_per_trial = summary.elapsed_s / summary.trials_run as f64;
         summary.states_per_minute = 60.0 / summary.seconds_per_trial;
     }
-    if let Some(e) = failure {
+    if let Some(e) = &failure {
         summary.interrupted = e.downcast_ref::<vm::Interrupted>().is_some();
-        std::fs::write(dir.join("summary.txt"), summary.render())?;
-        if summary.interrupted {
-            return Ok(summary);
-        }
-        return Err(e.context(format!("campaign stopped; finished trials are in {}", dir.display())));
     }
     std::fs::write(dir.join("summary.txt"), summary.render())?;
-    Ok(summary)
+    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    match failure {
+        Some(e) if !summary.interrupted => {
+            Err(e.context(format!("campaign stopped; finished trials are in {}", dir.display())))
+        }
+        _ => Ok(summary),
+    }
 }
 
 /// The progress bar on a terminal; one line per trial otherwise (CI logs).

@@ -1,0 +1,805 @@
+//! Tests on logs crafted with [`crate::testing::LogWriter`].
+
+use crate::format::{EntryHeader, Superblock, WRITE_LOG_MAGIC};
+use crate::testing::LogWriter;
+use crate::*;
+
+/// A 64-sector (32 KiB) device.
+const DEVICE_SIZE_BYTES: u64 = 64 * 512;
+
+fn write_header(sector: u64, nr_sectors: u64) -> EntryHeader {
+    EntryHeader {
+        sector,
+        nr_sectors,
+        flags: EntryFlags(0),
+        data_len: 0,
+    }
+}
+
+/// W(0,2) W(4,1) F W(8,3) D(10,2) F W(2,1); 512-byte log sectors.
+fn sample_log() -> Vec<u8> {
+    let mut log = LogWriter::new(512);
+    log.write_fill(0, 2, 0xa1).write_fill(4, 1, 0xb2).flush();
+    log.write_fill(8, 3, 0xc3).discard(10, 2).flush();
+    log.write_fill(2, 1, 0xd4);
+    log.into_bytes()
+}
+
+/// Five epochs of six overlapping writes each (entry i filled with byte i+1),
+/// a flush after each of the first four: 34 entries.
+fn rich_log() -> Vec<u8> {
+    let mut log = LogWriter::new(512);
+    let mut fill = 1u8;
+    for epoch in 0..5u64 {
+        for write in 0..6u64 {
+            let sector = (epoch * 7 + write * 5) % 56;
+            log.write_fill(sector, 1 + (write + epoch) % 4, fill);
+            fill += 1;
+        }
+        if epoch < 4 {
+            log.flush();
+            fill += 1; // keep "fill == index + 1"
+        }
+    }
+    log.into_bytes()
+}
+
+/// Replays a state the slow, obvious way: every applied write in log order.
+fn reference_image(log_bytes: &[u8], log: &ParsedLog, state: &CrashState) -> Vec<u8> {
+    let mut image = vec![0u8; DEVICE_SIZE_BYTES as usize];
+    let mut put = |entry: &LogEntry, sector_offset: u64| {
+        let data = entry_data(log_bytes, entry);
+        let from = (sector_offset * 512) as usize;
+        let to = ((entry.sector + sector_offset) * 512) as usize;
+        image[to..to + 512].copy_from_slice(&data[from..from + 512]);
+    };
+    for entry in log.entries[..state.prefix_entries as usize]
+        .iter()
+        .filter(|e| e.is_data_write())
+    {
+        (0..entry.nr_sectors).for_each(|k| put(entry, k));
+    }
+    for &index in &state.extra_writes {
+        let entry = &log.entries[index as usize];
+        match state.torn.as_ref().filter(|torn| torn.entry == index) {
+            Some(torn) => torn.sectors_kept.iter().for_each(|&k| put(entry, k)),
+            None => (0..entry.nr_sectors).for_each(|k| put(entry, k)),
+        }
+    }
+    image
+}
+
+fn applied_image(log_bytes: &[u8], log: &ParsedLog, state: &CrashState) -> Vec<u8> {
+    let mut image = vec![0u8; DEVICE_SIZE_BYTES as usize];
+    apply_state(log_bytes, log, state, &mut image).unwrap();
+    image
+}
+
+fn sector_of(image: &[u8], sector: usize) -> &[u8] {
+    &image[sector * 512..(sector + 1) * 512]
+}
+
+// ---------------------------------------------------------------- parsing
+
+#[test]
+fn round_trip_reads_every_entry_with_offsets() {
+    let bytes = sample_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let summary: Vec<(u64, u64, u64, u64, u64)> = log
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.sector,
+                e.nr_sectors,
+                e.flags.0,
+                e.data_offset_bytes,
+                e.data_len_bytes,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, 2, 0, 1024, 1024),
+            (4, 1, 0, 2560, 512),
+            (0, 0, EntryFlags::FLUSH, 3584, 0),
+            (8, 3, 0, 4096, 1536),
+            (10, 2, EntryFlags::DISCARD, 6144, 0),
+            (0, 0, EntryFlags::FLUSH, 6656, 0),
+            (2, 1, 0, 7168, 512),
+        ]
+    );
+    assert!(log
+        .entries
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.index == i as u64));
+    assert_eq!(log.sector_size_bytes, 512);
+    assert_eq!(log.superblock_nr_entries, 6);
+    assert!(log.superblock_written);
+    assert_eq!(log.truncated, None);
+    assert_eq!(log.end_offset_bytes, 7680);
+    assert_eq!(log.end_offset_bytes, bytes.len() as u64);
+    assert_eq!(log.stray_data_offset_bytes, None);
+    assert_eq!(entry_data(&bytes, &log.entries[3]), &[0xc3; 1536][..]);
+    let mut buf = Vec::new();
+    read_entry_data(bytes.as_slice(), &log.entries[1], &mut buf).unwrap();
+    assert_eq!(buf, vec![0xb2; 512]);
+}
+
+#[test]
+fn large_log_sectors_are_converted_to_512_byte_units() {
+    let mut writer = LogWriter::new(4096);
+    writer.write_fill(8, 8, 0x11).flush();
+    let bytes = writer.into_bytes();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    assert_eq!(log.sector_size_bytes, 4096);
+    let write = log.entries[0];
+    assert_eq!((write.sector, write.nr_sectors), (8, 8));
+    assert_eq!(
+        (write.data_offset_bytes, write.data_len_bytes),
+        (8192, 4096)
+    );
+    assert_eq!(log.entries[1].data_offset_bytes, 4 * 4096);
+    // The raw header holds log-sector units: sector 1, one sector.
+    let raw: [u8; 32] = bytes[4096..4128].try_into().unwrap();
+    assert_eq!(
+        (
+            EntryHeader::decode(&raw).sector,
+            EntryHeader::decode(&raw).nr_sectors
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn log_cut_in_entry_data_is_truncated_not_an_error() {
+    let bytes = sample_log();
+    let cut = &bytes[..7168 + 100];
+    let log = parse_log(cut, DEVICE_SIZE_BYTES).unwrap();
+    assert_eq!(log.entries.len(), 6);
+    assert_eq!(
+        log.truncated,
+        Some(Truncation {
+            entry_index: 6,
+            header_offset_bytes: 6656,
+            part: TruncatedPart::Data,
+            needed_bytes: 1024,
+            available_bytes: 612,
+        })
+    );
+    assert_eq!(log.end_offset_bytes, 6656);
+}
+
+#[test]
+fn log_cut_in_entry_header_is_truncated_not_an_error() {
+    let bytes = sample_log();
+    for cut_len in [6656 + 20, 6656 + 100] {
+        let log = parse_log(&bytes[..cut_len], DEVICE_SIZE_BYTES).unwrap();
+        assert_eq!(log.entries.len(), 6, "cut at {cut_len}");
+        let truncation = log.truncated.expect("truncation reported");
+        assert_eq!(truncation.part, TruncatedPart::Header);
+        assert_eq!(truncation.entry_index, 6);
+        assert_eq!(truncation.available_bytes, cut_len as u64 - 6656);
+    }
+}
+
+#[test]
+fn log_cut_at_an_entry_boundary_is_clean() {
+    let bytes = sample_log();
+    let log = parse_log(&bytes[..6656], DEVICE_SIZE_BYTES).unwrap();
+    assert_eq!(log.entries.len(), 6);
+    assert_eq!(log.truncated, None);
+}
+
+#[test]
+fn stale_superblock_count_does_not_stop_the_walk() {
+    let mut writer = LogWriter::new(512);
+    writer
+        .write_fill(0, 1, 1)
+        .flush()
+        .write_fill(1, 1, 2)
+        .write_fill(2, 1, 3);
+    writer.write_superblock(1);
+    let log = parse_log(writer.bytes(), DEVICE_SIZE_BYTES).unwrap();
+    assert_eq!(log.superblock_nr_entries, 1);
+    assert_eq!(log.entries.len(), 4);
+    assert_eq!(log.entries[3].sector, 2);
+}
+
+#[test]
+fn superblock_updates_every_4096_entries_like_qemu() {
+    let mut writer = LogWriter::new(512);
+    for i in 0..4100u64 {
+        writer.write_fill(i % 64, 1, 7);
+    }
+    let log = parse_log(writer.bytes(), DEVICE_SIZE_BYTES).unwrap();
+    assert_eq!(log.superblock_nr_entries, 4096);
+    assert_eq!(log.entries.len(), 4100);
+}
+
+#[test]
+fn log_before_the_first_flush_has_no_superblock() {
+    let mut writer = LogWriter::new(512);
+    writer.write_fill(3, 2, 9);
+    let log = parse_log(writer.bytes(), DEVICE_SIZE_BYTES).unwrap();
+    assert!(!log.superblock_written);
+    assert_eq!(log.superblock_nr_entries, 0);
+    assert_eq!(log.entries.len(), 1);
+    assert_eq!(log.entries[0].sector, 3);
+}
+
+#[test]
+fn empty_file_is_an_empty_log() {
+    let log = parse_log(&[], DEVICE_SIZE_BYTES).unwrap();
+    assert!(log.entries.is_empty());
+    assert!(!log.superblock_written);
+    assert_eq!(log.truncated, None);
+}
+
+#[test]
+fn zero_header_ends_the_log_and_stray_bytes_are_reported() {
+    let mut bytes = sample_log();
+    let end = bytes.len() as u64;
+    bytes.resize(bytes.len() + 4096, 0);
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    assert_eq!(log.entries.len(), 7);
+    assert_eq!(log.end_offset_bytes, end);
+    assert_eq!(log.stray_data_offset_bytes, None);
+
+    bytes[end as usize + 1000] = 0x5a;
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    assert_eq!(log.entries.len(), 7);
+    assert_eq!(log.stray_data_offset_bytes, Some(end + 1000));
+}
+
+#[test]
+fn bad_magic_is_rejected() {
+    let mut bytes = sample_log();
+    bytes[0] ^= 0xff;
+    match parse_log(&bytes, DEVICE_SIZE_BYTES) {
+        Err(LogError::BadMagic { found }) => assert_eq!(found, WRITE_LOG_MAGIC ^ 0xff),
+        other => panic!("expected BadMagic, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_version_and_sector_size_are_rejected() {
+    let superblock = |version, sector_size_bytes| {
+        let mut bytes = vec![0u8; 1024];
+        let sb = Superblock {
+            magic: WRITE_LOG_MAGIC,
+            version,
+            nr_entries: 0,
+            sector_size_bytes,
+        };
+        bytes[..28].copy_from_slice(&sb.encode());
+        bytes
+    };
+    assert!(matches!(
+        parse_log(&superblock(2, 512), DEVICE_SIZE_BYTES),
+        Err(LogError::UnsupportedVersion { found: 2 })
+    ));
+    assert!(matches!(
+        parse_log(&superblock(1, 1000), DEVICE_SIZE_BYTES),
+        Err(LogError::UnsupportedSectorSize { found: 1000 })
+    ));
+    assert!(matches!(
+        parse_log(&[1, 2, 3], DEVICE_SIZE_BYTES),
+        Err(LogError::SuperblockTooShort { file_size_bytes: 3 })
+    ));
+}
+
+#[test]
+fn write_past_device_end_is_rejected() {
+    let mut writer = LogWriter::new(512);
+    writer.write_fill(0, 1, 1).write_fill(63, 2, 2);
+    match parse_log(writer.bytes(), DEVICE_SIZE_BYTES) {
+        Err(LogError::WritePastDeviceEnd {
+            index,
+            sector,
+            nr_sectors,
+            device_size_bytes,
+        }) => {
+            assert_eq!(
+                (index, sector, nr_sectors, device_size_bytes),
+                (1, 63, 2, DEVICE_SIZE_BYTES)
+            );
+        }
+        other => panic!("expected WritePastDeviceEnd, got {other:?}"),
+    }
+    // Absurd lengths fail the same way instead of overflowing.
+    let mut writer = LogWriter::new(512);
+    writer.raw_entry(&write_header(1, u64::MAX / 2), &[]);
+    assert!(matches!(
+        parse_log(writer.bytes(), DEVICE_SIZE_BYTES),
+        Err(LogError::WritePastDeviceEnd { index: 0, .. })
+    ));
+    // The last sector itself is fine.
+    let mut writer = LogWriter::new(512);
+    writer.write_fill(63, 1, 1);
+    assert_eq!(
+        parse_log(writer.bytes(), DEVICE_SIZE_BYTES)
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn unknown_flag_bits_are_rejected() {
+    let mut writer = LogWriter::new(512);
+    writer.write_fill(0, 1, 1);
+    writer.raw_entry(
+        &EntryHeader {
+            sector: 0,
+            nr_sectors: 0,
+            flags: EntryFlags(0x21),
+            data_len: 0,
+        },
+        &[],
+    );
+    match parse_log(writer.bytes(), DEVICE_SIZE_BYTES) {
+        Err(LogError::UnknownFlags {
+            index,
+            offset_bytes,
+            flags,
+        }) => {
+            assert_eq!((index, offset_bytes, flags), (1, 1536, 0x21));
+        }
+        other => panic!("expected UnknownFlags, got {other:?}"),
+    }
+}
+
+#[test]
+fn inconsistent_headers_are_rejected() {
+    let mut with_data_len = LogWriter::new(512);
+    with_data_len.raw_entry(
+        &EntryHeader {
+            data_len: 8,
+            ..write_header(0, 1)
+        },
+        &[1; 512],
+    );
+    let mut flush_with_data = LogWriter::new(512);
+    flush_with_data.raw_entry(
+        &EntryHeader {
+            flags: EntryFlags(EntryFlags::FLUSH),
+            ..write_header(0, 1)
+        },
+        &[1; 512],
+    );
+    let mut dirty_padding = LogWriter::new(512).into_bytes();
+    dirty_padding.extend_from_slice(&write_header(0, 1).encode());
+    dirty_padding.resize(1024, 0);
+    dirty_padding[600] = 1;
+    dirty_padding.resize(1536, 7);
+    for bytes in [
+        with_data_len.bytes(),
+        flush_with_data.bytes(),
+        &dirty_padding[..],
+    ] {
+        assert!(matches!(
+            parse_log(bytes, DEVICE_SIZE_BYTES),
+            Err(LogError::BadEntry {
+                index: 0,
+                offset_bytes: 512,
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn strict_mode_rejects_entries_the_superblock_promised() {
+    let strict = ParseOptions {
+        strict_superblock_count: true,
+        ..ParseOptions::default()
+    };
+    let bytes = sample_log(); // superblock counts 6 of 7 entries
+    assert_eq!(
+        parse_log_from(bytes.as_slice(), DEVICE_SIZE_BYTES, &strict)
+            .unwrap()
+            .entries
+            .len(),
+        7
+    );
+    // Entry 6 (not counted) cut: fine. Entry 3 (counted) cut: the file lost data.
+    assert!(parse_log_from(&bytes[..7200], DEVICE_SIZE_BYTES, &strict).is_ok());
+    assert!(matches!(
+        parse_log_from(&bytes[..4200], DEVICE_SIZE_BYTES, &strict),
+        Err(LogError::EntryPastEof {
+            index: 3,
+            superblock_nr_entries: 6,
+            ..
+        })
+    ));
+    assert!(matches!(
+        parse_log_from(&bytes[..3584], DEVICE_SIZE_BYTES, &strict),
+        Err(LogError::MissingEntries {
+            found: 3,
+            superblock_nr_entries: 6
+        })
+    ));
+    // Lenient (default) mode reports the same cut as a truncation.
+    assert_eq!(
+        parse_log(&bytes[..4200], DEVICE_SIZE_BYTES)
+            .unwrap()
+            .truncated
+            .unwrap()
+            .entry_index,
+        3
+    );
+}
+
+#[test]
+fn entry_count_is_capped() {
+    let options = ParseOptions {
+        max_entries: 2,
+        ..ParseOptions::default()
+    };
+    let bytes = sample_log();
+    assert!(matches!(
+        parse_log_from(bytes.as_slice(), DEVICE_SIZE_BYTES, &options),
+        Err(LogError::TooManyEntries { max_entries: 2 })
+    ));
+    let options = ParseOptions {
+        max_entries: 7,
+        ..ParseOptions::default()
+    };
+    assert!(parse_log_from(bytes.as_slice(), DEVICE_SIZE_BYTES, &options).is_ok());
+}
+
+#[test]
+fn error_messages_name_problem_and_cause() {
+    let magic = LogError::BadMagic { found: 1 }.to_string();
+    assert!(
+        magic.contains("0x1") && magic.contains("not a blklogwrites"),
+        "{magic}"
+    );
+    let past = LogError::WritePastDeviceEnd {
+        index: 4,
+        sector: 63,
+        nr_sectors: 2,
+        device_size_bytes: 32768,
+    }
+    .to_string();
+    assert!(
+        past.contains("entry 4") && past.contains("63..65") && past.contains("64 sectors"),
+        "{past}"
+    );
+}
+
+#[test]
+fn log_file_is_read_with_positioned_reads() {
+    let bytes = sample_log();
+    let path = std::env::temp_dir().join(format!("blocklog-test-{}.log", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let from_file = read_log_file(&path, DEVICE_SIZE_BYTES);
+    let file = std::fs::File::open(&path).unwrap();
+    let state = CrashState::prefix(7);
+    let mut image = vec![0u8; DEVICE_SIZE_BYTES as usize];
+    let log = from_file.unwrap();
+    apply_state(&file, &log, &state, &mut image).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(log, parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap());
+    assert_eq!(image, reference_image(&bytes, &log, &state));
+    let missing = read_log_file("/nonexistent/blocklog.log", DEVICE_SIZE_BYTES).unwrap_err();
+    assert!(
+        missing.to_string().contains("/nonexistent/blocklog.log"),
+        "{missing}"
+    );
+}
+
+// ---------------------------------------------------------------- states
+
+#[test]
+fn prefix_states_one_per_flush_plus_final() {
+    let bytes = sample_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let prefixes: Vec<u64> = prefix_states(&log)
+        .iter()
+        .map(|s| s.prefix_entries)
+        .collect();
+    assert_eq!(prefixes, vec![3, 6, 7]); // 2 flushes + final
+    assert!(prefix_states(&log)
+        .iter()
+        .all(|s| s.kind == StateKind::Prefix && s.extra_writes.is_empty()));
+
+    // A log ending in a flush has no separate final state.
+    let log = parse_log(&bytes[..6656], DEVICE_SIZE_BYTES).unwrap();
+    let prefixes: Vec<u64> = prefix_states(&log)
+        .iter()
+        .map(|s| s.prefix_entries)
+        .collect();
+    assert_eq!(prefixes, vec![3, 6]);
+
+    let bytes = rich_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let flushes = log.entries.iter().filter(|e| e.flags.is_flush()).count();
+    assert_eq!(flushes, 4);
+    assert_eq!(prefix_states(&log).len(), flushes + 1);
+}
+
+#[test]
+fn prefix_states_stop_at_the_crash_point() {
+    let bytes = sample_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let prefixes = |end| {
+        prefix_states_up_to(&log, end)
+            .iter()
+            .map(|s| s.prefix_entries)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(prefixes(5), vec![3, 5]);
+    assert_eq!(prefixes(3), vec![3]);
+    assert_eq!(prefixes(1), vec![1]);
+    assert!(prefixes(0).is_empty());
+}
+
+#[test]
+fn prefix_states_apply_to_an_image() {
+    let bytes = sample_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let states = prefix_states(&log);
+    let first = applied_image(&bytes, &log, &states[0]);
+    assert_eq!(sector_of(&first, 0), &[0xa1; 512][..]);
+    assert_eq!(sector_of(&first, 1), &[0xa1; 512][..]);
+    assert_eq!(sector_of(&first, 4), &[0xb2; 512][..]);
+    assert_eq!(sector_of(&first, 8), &[0; 512][..]);
+    let last = applied_image(&bytes, &log, &states[2]);
+    assert_eq!(sector_of(&last, 2), &[0xd4; 512][..]);
+    assert_eq!(
+        sector_of(&last, 10),
+        &[0xc3; 512][..],
+        "discards leave data in place"
+    );
+    assert_eq!(sector_of(&last, 11), &[0; 512][..]);
+    for state in &states {
+        assert_eq!(
+            applied_image(&bytes, &log, state),
+            reference_image(&bytes, &log, state)
+        );
+    }
+}
+
+#[test]
+fn overlay_extents_list_final_winners() {
+    let bytes = sample_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    // Prefix 3 (writes 0 and 1) plus write 3 of the open epoch.
+    let state = CrashState::new(3, vec![3], None);
+    let extents = overlay_extents(&log, &state);
+    let expected = vec![
+        Extent {
+            device_offset_bytes: 0,
+            len_bytes: 1024,
+            log_offset_bytes: 1024,
+        },
+        Extent {
+            device_offset_bytes: 2048,
+            len_bytes: 512,
+            log_offset_bytes: 2560,
+        },
+        Extent {
+            device_offset_bytes: 4096,
+            len_bytes: 1536,
+            log_offset_bytes: 4096,
+        },
+    ];
+    assert_eq!(extents, expected);
+
+    // The final write (sector 2) does not touch earlier extents.
+    let final_extents = overlay_extents(&log, &CrashState::prefix(7));
+    assert_eq!(final_extents.len(), 4);
+    assert_eq!(
+        final_extents[1],
+        Extent {
+            device_offset_bytes: 1024,
+            len_bytes: 512,
+            log_offset_bytes: 7168
+        }
+    );
+}
+
+#[test]
+fn overlapping_write_splits_an_extent() {
+    let mut writer = LogWriter::new(512);
+    writer.write_fill(0, 4, 1).write_fill(1, 2, 2);
+    let bytes = writer.into_bytes();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let extents = overlay_extents(&log, &CrashState::prefix(2));
+    assert_eq!(
+        extents,
+        vec![
+            Extent {
+                device_offset_bytes: 0,
+                len_bytes: 512,
+                log_offset_bytes: 1024
+            },
+            Extent {
+                device_offset_bytes: 512,
+                len_bytes: 1024,
+                log_offset_bytes: 3584
+            },
+            Extent {
+                device_offset_bytes: 1536,
+                len_bytes: 512,
+                log_offset_bytes: 2560
+            },
+        ]
+    );
+}
+
+#[test]
+fn torn_state_keeps_exactly_the_chosen_sectors() {
+    let mut writer = LogWriter::new(512);
+    writer.write_fill(4, 4, 0xaa).write_fill(20, 1, 0xbb);
+    let bytes = writer.into_bytes();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let torn = TornWrite {
+        entry: 0,
+        sectors_kept: vec![0, 2],
+    };
+    let state = CrashState::new(0, vec![0, 1], Some(torn));
+    assert_eq!(state.kind, StateKind::Torn);
+    state.validate(&log).unwrap();
+    let image = applied_image(&bytes, &log, &state);
+    let changed: Vec<usize> = (0..64)
+        .filter(|&s| sector_of(&image, s) != [0; 512])
+        .collect();
+    assert_eq!(changed, vec![4, 6, 20]);
+    assert_eq!(sector_of(&image, 6), &[0xaa; 512][..]);
+}
+
+#[test]
+fn random_states_are_deterministic_and_within_budget() {
+    let bytes = rich_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let a = random_states(&log, 42, 50, true);
+    assert_eq!(a, random_states(&log, 42, 50, true));
+    assert_eq!(a.len(), 50);
+    assert_ne!(a, random_states(&log, 43, 50, true));
+    assert_eq!(random_states(&log, 42, 7, false).len(), 7);
+    assert!(random_states(&log, 42, 0, false).is_empty());
+    assert!(a.iter().any(|s| s.kind == StateKind::Torn));
+    assert!(a.iter().any(|s| s.kind == StateKind::Subset));
+}
+
+#[test]
+fn random_states_stay_in_their_open_epoch() {
+    let bytes = rich_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    for state in random_states(&log, 7, 200, true) {
+        state.validate(&log).unwrap();
+        let epoch = open_epoch(&log, state.prefix_entries);
+        let boundary = state.prefix_entries == 0
+            || log.entries[state.prefix_entries as usize - 1]
+                .flags
+                .is_flush();
+        assert!(
+            boundary,
+            "prefix {} is not after a flush",
+            state.prefix_entries
+        );
+        assert!(
+            state.extra_writes.iter().all(|i| epoch.contains(i)),
+            "{state:?} leaves {epoch:?}"
+        );
+        assert!(state
+            .extra_writes
+            .iter()
+            .all(|&i| !log.entries[i as usize].flags.is_flush()));
+    }
+}
+
+#[test]
+fn random_states_respect_the_crash_point() {
+    let bytes = rich_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let end = 16; // inside the third epoch (entries 14..20)
+    let states = random_states_up_to(&log, end, 3, 100, true);
+    assert!(!states.is_empty());
+    for state in &states {
+        assert!(state.prefix_entries <= end);
+        assert!(state.extra_writes.iter().all(|&i| i < end), "{state:?}");
+    }
+    assert!(states.iter().any(|s| s.extra_writes.contains(&15)));
+}
+
+#[test]
+fn random_states_skip_identical_contents() {
+    // Two writes of the same two sectors, then a flush: entry 1 covers entry 0.
+    let mut writer = LogWriter::new(512);
+    writer.write_fill(0, 2, 1).write_fill(0, 2, 2);
+    let bytes = writer.bytes().to_vec();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    // {} / {0} / {1} = {0,1}: three contents.
+    let states = random_states(&log, 1, 100, false);
+    assert_eq!(states.len(), 3);
+    let images: std::collections::HashSet<Vec<u8>> = states
+        .iter()
+        .map(|s| applied_image(&bytes, &log, s))
+        .collect();
+    assert_eq!(images.len(), 3);
+
+    // With a flush, "prefix 0 + both writes" equals "prefix 3": still three.
+    writer.flush();
+    let bytes = writer.into_bytes();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let states = random_states(&log, 1, 100, false);
+    assert_eq!(states.len(), 3);
+    let keys: std::collections::HashSet<StateKey> =
+        states.iter().map(|s| state_key(&log, s)).collect();
+    assert_eq!(keys.len(), 3);
+}
+
+#[test]
+fn incremental_keys_match_keys_from_scratch() {
+    let bytes = rich_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let states = random_states(&log, 11, 300, true);
+    let keys: std::collections::HashSet<StateKey> =
+        states.iter().map(|s| state_key(&log, s)).collect();
+    assert_eq!(
+        keys.len(),
+        states.len(),
+        "random_states returned two states with equal contents"
+    );
+    // Equal keys exactly when images are equal, over all pairs drawn.
+    let images: std::collections::HashSet<Vec<u8>> = states
+        .iter()
+        .map(|s| applied_image(&bytes, &log, s))
+        .collect();
+    assert_eq!(images.len(), states.len());
+    // A subset state covering its whole epoch has the next prefix's key.
+    let epoch = open_epoch(&log, 7);
+    let writes: Vec<u64> = epoch.clone().collect();
+    assert_eq!(
+        state_key(&log, &CrashState::new(7, writes, None)),
+        state_key(&log, &CrashState::prefix(epoch.end + 1))
+    );
+}
+
+#[test]
+fn random_states_apply_like_the_reference_replay() {
+    let bytes = rich_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    for state in random_states(&log, 5, 100, true) {
+        assert_eq!(
+            applied_image(&bytes, &log, &state),
+            reference_image(&bytes, &log, &state),
+            "{state:?}"
+        );
+    }
+}
+
+#[test]
+fn validate_rejects_states_outside_the_model() {
+    let bytes = sample_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let reason = |state: CrashState| state.validate(&log).unwrap_err().reason;
+    assert!(reason(CrashState::new(0, vec![3], None)).contains("outside the open epoch"));
+    assert!(reason(CrashState::new(3, vec![4], None)).contains("not a data write"));
+    assert!(reason(CrashState::new(3, vec![3, 3], None)).contains("strictly increasing"));
+    assert!(reason(CrashState::prefix(8)).contains("the log has 7"));
+    let torn = |kept: Vec<u64>| {
+        Some(TornWrite {
+            entry: 3,
+            sectors_kept: kept,
+        })
+    };
+    assert!(reason(CrashState::new(3, vec![], torn(vec![0]))).contains("not one of extra_writes"));
+    assert!(reason(CrashState::new(3, vec![3], torn(vec![0, 1, 2]))).contains("proper subset"));
+    assert!(reason(CrashState::new(3, vec![3], torn(vec![3]))).contains("proper subset"));
+    let mislabeled = CrashState {
+        kind: StateKind::Prefix,
+        ..CrashState::new(3, vec![3], None)
+    };
+    assert!(reason(mislabeled).contains("kind"));
+    assert!(CrashState::new(3, vec![3], torn(vec![1, 2]))
+        .validate(&log)
+        .is_ok());
+}

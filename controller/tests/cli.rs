@@ -1,0 +1,58 @@
+//! Bad input gets a clear message naming the problem and the fix, and exit
+//! code 2, before any VM starts.
+
+mod util;
+
+fn run_expecting_usage_error(args: &[&str], needle: &str) {
+    let out = util::crashlab().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn zero_record_size() {
+    run_expecting_usage_error(&["run", "--record-size=0"], "record size 0");
+}
+
+#[test]
+fn unknown_mode_lists_the_valid_ones() {
+    run_expecting_usage_error(&["run", "--mode=fsync"], "ms-async-fdatasync");
+}
+
+#[test]
+fn file_larger_than_the_disk() {
+    run_expecting_usage_error(&["run", "--file-size=1G", "--disk-size=64M"], "--disk-size");
+}
+
+#[test]
+fn missing_kernel_names_the_build_command() {
+    let results = tempfile::tempdir().unwrap();
+    let results = results.path().to_str().unwrap();
+    run_expecting_usage_error(&["run", "--images-dir=/nonexistent", "--results-dir", results], "cargo xtask images");
+}
+
+#[test]
+fn only_trial_outside_the_campaign() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let images = format!("{dir}/../vm-images/cache");
+    let results = tempfile::tempdir().unwrap();
+    let out = util::crashlab()
+        .args(["run", "--trials=2", "--only-trial=5", "--images-dir", &images])
+        .arg("--results-dir")
+        .arg(results.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--only-trial 5"));
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let out = util::crashlab().args(["run", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--fs", "--mode", "--record-size", "--planted-bug", "--profile", "--seed", "--only-trial"] {
+        assert!(text.contains(flag), "{flag} missing from --help");
+    }
+}

@@ -1,0 +1,66 @@
+#![allow(dead_code)]
+//! Shared setup of the integration tests: the `crashlab` binary, the guest
+//! images, a results directory per test, and one VM test at a time.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub struct Harness {
+    pub images_dir: PathBuf,
+    pub results: tempfile::TempDir,
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// The images built by `cargo xtask images`. VM tests need them: under
+/// `cargo xtask test` (CRASHLAB_REQUIRE_VM=1) their absence fails the test;
+/// under a bare `cargo test` the VM tests say so and return.
+pub fn vm_harness(test: &str) -> Option<Harness> {
+    let images_dir = std::env::var_os("CRASHLAB_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../vm-images/cache"));
+    if !images_dir.join("manifest.json").is_file() {
+        assert!(
+            std::env::var_os("CRASHLAB_REQUIRE_VM").is_none(),
+            "{test}: no guest images at {}: run `cargo xtask images`",
+            images_dir.display()
+        );
+        eprintln!("{test}: SKIPPED, no guest images (run the suite with `cargo xtask test`)");
+        return None;
+    }
+    let guard = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let results = tempfile::Builder::new().prefix(&format!("crashlab-{test}-")).tempdir().unwrap();
+    Some(Harness { images_dir, results, _guard: guard })
+}
+
+pub fn crashlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_crashlab"))
+}
+
+impl Harness {
+    /// Runs `crashlab run` with small, fast defaults plus `args`.
+    pub fn run(&self, id: &str, args: &[&str]) -> Output {
+        let out = crashlab()
+            .args(["run", "--quiet", "--records=600", "--campaign-id", id])
+            .arg("--images-dir")
+            .arg(&self.images_dir)
+            .arg("--results-dir")
+            .arg(self.results.path())
+            .args(args)
+            .output()
+            .expect("crashlab runs");
+        eprintln!("--- crashlab {id}: {}\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    pub fn trials(&self, id: &str) -> Vec<serde_json::Value> {
+        let path = self.results.path().join(id).join("trials.jsonl");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("trials.jsonl lines are JSON"))
+            .collect()
+    }
+}

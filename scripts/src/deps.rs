@@ -1,0 +1,110 @@
+//! The system packages crashlab needs, and installing the missing ones.
+
+use anyhow::{bail, Result};
+use xshell::{cmd, Shell};
+
+/// Debian 12 only has qemu-system-x86 7.2, which conflicts with the newer
+/// qemu-utils some machines ship: pinning qemu-utils to bookworm (a
+/// downgrade) is what makes the install go through.
+pub const APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-utils/bookworm",
+    "busybox-static",
+    "linux-image-amd64",
+    "e2fsprogs",
+    "xfsprogs",
+    "btrfs-progs",
+    "f2fs-tools",
+];
+
+/// Commands that prove the packages are there.
+const REQUIRED_COMMANDS: &[&str] = &[
+    "qemu-system-x86_64",
+    "qemu-img",
+    "mkfs.ext4",
+    "e2fsck",
+    "debugfs",
+    "mkfs.xfs",
+    "xfs_repair",
+    "mkfs.btrfs",
+    "btrfs",
+    "mkfs.f2fs",
+    "fsck.f2fs",
+    "modprobe",
+];
+
+pub fn apt_line() -> String {
+    format!(
+        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-downgrades {}",
+        APT_PACKAGES.join(" ")
+    )
+}
+
+fn missing(sh: &Shell) -> Vec<String> {
+    let mut missing: Vec<String> = REQUIRED_COMMANDS
+        .iter()
+        .filter(|c| find_command(c).is_none())
+        .map(|c| c.to_string())
+        .collect();
+    if !busybox_is_static(sh) {
+        missing.push("busybox (static)".into());
+    }
+    if crate::images::find_kernel().is_err() {
+        missing.push("a kernel in /boot".into());
+    }
+    missing
+}
+
+pub fn find_command(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+fn busybox_is_static(sh: &Shell) -> bool {
+    let format = "${Status}";
+    let status = cmd!(sh, "dpkg-query -W -f={format} busybox-static").quiet().ignore_stderr().read();
+    matches!(status, Ok(s) if s.contains("install ok installed"))
+}
+
+fn is_root() -> bool {
+    nix_geteuid() == 0
+}
+
+fn nix_geteuid() -> u32 {
+    // SAFETY-free: read from /proc to avoid a libc dependency in xtask.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).and_then(|u| u.parse().ok()))
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// Installs what is missing (as root) or prints the exact line and stops
+/// with exit code 2.
+pub fn ensure(sh: &Shell) -> Result<()> {
+    let missing = missing(sh);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: missing: {}", missing.join(", "));
+    if !is_root() {
+        eprintln!("run as root:\n  {}", apt_line());
+        std::process::exit(2);
+    }
+    eprintln!("xtask: installing: {}", APT_PACKAGES.join(" "));
+    let install = apt_line();
+    cmd!(sh, "sh -c {install}").run()?;
+    let still = self::missing(sh);
+    if !still.is_empty() {
+        bail!("still missing after the install: {}", still.join(", "));
+    }
+    Ok(())
+}
