@@ -106,6 +106,7 @@ impl CampaignConfig {
             seed: workload_seed,
             planted_bug: self.planted_bug,
             hold_after_acks,
+            ack_area_offset_bytes: None,
         }
     }
 

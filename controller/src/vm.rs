@@ -86,30 +86,136 @@ enum Incoming {
 /// time-based crash points and of Ctrl-C.
 const TICK_MS: u64 = 5;
 
+/// What one step of a session brought.
+#[derive(Debug)]
+pub enum Step {
+    Event(Event),
+    /// Nothing within the wait.
+    Tick,
+    /// The guest closed the channel and QEMU exited (or fell silent).
+    Exited(Option<i32>),
+}
+
+/// A running guest and its channel. Used directly by the long-lived checker
+/// VM, and through [`run_vm`] for one-shot boots. Dropping it kills QEMU.
+pub struct VmSession {
+    qemu: QemuProcess,
+    rx: mpsc::Receiver<Incoming>,
+    writer: UnixStream,
+    protocol_log: File,
+    reader: Option<std::thread::JoinHandle<()>>,
+    stall_timeout_ms: u64,
+    _socket_dir: tempfile::TempDir,
+}
+
+impl VmSession {
+    /// Spawns QEMU and waits (bounded by the boot timeout) for the guest to
+    /// open its channel. An `Err(outcome)` inside says why it never did.
+    pub fn start(
+        mut spec: VmSpec,
+        files: &RunFiles,
+        limits: Limits,
+        interrupt: &AtomicBool,
+    ) -> Result<std::result::Result<VmSession, VmOutcome>> {
+        // Unix socket paths are limited to 108 bytes; keep them short and private.
+        let socket_dir = tempfile::Builder::new().prefix("crashlab-").tempdir()?;
+        spec.channel_socket = socket_dir.path().join("ch");
+        let listener =
+            UnixListener::bind(&spec.channel_socket).context("cannot bind the guest channel socket")?;
+        listener.set_nonblocking(true)?;
+        let protocol_log = File::create(&files.protocol_log)
+            .with_context(|| format!("cannot create {} (disk full?)", files.protocol_log.display()))?;
+        let start = Instant::now();
+        let mut qemu = QemuProcess::spawn(&spec, &files.stderr_log)?;
+        let stream = match accept_channel(&listener, &mut qemu, start, limits.boot_timeout_ms, interrupt)? {
+            Ok(stream) => stream,
+            Err(outcome) => return Ok(Err(outcome)),
+        };
+        let writer = stream.try_clone()?;
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || read_lines(stream, tx));
+        Ok(Ok(VmSession {
+            qemu,
+            rx,
+            writer,
+            protocol_log,
+            reader: Some(reader),
+            stall_timeout_ms: limits.stall_timeout_ms,
+            _socket_dir: socket_dir,
+        }))
+    }
+
+    /// Waits up to `wait` for the next line. Every line is logged before it
+    /// is parsed, so a malformed line is evidence too.
+    pub fn next(&mut self, wait: Duration) -> Result<Step> {
+        let incoming = match self.rx.recv_timeout(wait) {
+            Ok(incoming) => incoming,
+            Err(RecvTimeoutError::Timeout) => {
+                return Ok(match self.qemu.try_exit_code()? {
+                    Some(code) => Step::Exited(Some(code)),
+                    None => Step::Tick,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Incoming::Closed,
+        };
+        match incoming {
+            Incoming::Line(line) => {
+                self.protocol_log.write_all(line.as_bytes())?;
+                self.protocol_log.write_all(b"\n")?;
+                let event = Event::parse(&line)
+                    .map_err(|reason| anyhow::anyhow!("the guest sent a malformed line ({reason}): {line:?}"))?;
+                Ok(Step::Event(event))
+            }
+            Incoming::Tail(tail) => {
+                self.protocol_log.write_all(tail.as_bytes())?;
+                Ok(Step::Tick)
+            }
+            Incoming::Closed => {
+                // The guest side closed: QEMU is exiting. Wait for it, bounded.
+                let code = wait_exit(&mut self.qemu, Duration::from_millis(self.stall_timeout_ms))?;
+                Ok(Step::Exited(code))
+            }
+        }
+    }
+
+    /// Sends one line to the guest (it reads ttyS1 in raw mode).
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        self.writer.write_all(format!("{line}\n").as_bytes()).context("the guest channel closed")
+    }
+
+    /// SIGKILLs QEMU (the crash, or the end), then drains what the guest
+    /// printed before it into the protocol log.
+    pub fn finish(mut self) -> Result<()> {
+        self.qemu.kill_now();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        while let Ok(incoming) = self.rx.try_recv() {
+            match incoming {
+                Incoming::Line(line) => writeln!(self.protocol_log, "{line}")?,
+                Incoming::Tail(tail) => self.protocol_log.write_all(tail.as_bytes())?,
+                Incoming::Closed => {}
+            }
+        }
+        self.protocol_log.sync_all()?;
+        Ok(())
+    }
+}
+
+/// One boot from start to end: the observer sees every event and a tick
+/// between events, and may ask for the kill.
 pub fn run_vm(
-    mut spec: VmSpec,
+    spec: VmSpec,
     files: &RunFiles,
     limits: Limits,
     interrupt: &AtomicBool,
     mut observe: impl FnMut(Option<&Event>, Instant) -> Action,
 ) -> Result<VmRun> {
-    // Unix socket paths are limited to 108 bytes; keep them short and private.
-    let socket_dir = tempfile::Builder::new().prefix("crashlab-").tempdir()?;
-    spec.channel_socket = socket_dir.path().join("ch");
-    let listener = UnixListener::bind(&spec.channel_socket).context("cannot bind the guest channel socket")?;
-    listener.set_nonblocking(true)?;
-    let mut protocol_log = File::create(&files.protocol_log)
-        .with_context(|| format!("cannot create {} (disk full?)", files.protocol_log.display()))?;
-
     let start = Instant::now();
-    let mut qemu = QemuProcess::spawn(&spec, &files.stderr_log)?;
-    let stream = match accept_channel(&listener, &mut qemu, start, limits.boot_timeout_ms, interrupt)? {
-        Ok(stream) => stream,
+    let mut session = match VmSession::start(spec, files, limits, interrupt)? {
+        Ok(session) => session,
         Err(outcome) => return Ok(VmRun { outcome, elapsed_ms: start.elapsed().as_millis() as u64 }),
     };
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || read_lines(stream, tx));
-
     let mut last_line = None::<Instant>;
     let outcome = loop {
         let now = Instant::now();
@@ -125,54 +231,23 @@ pub fn run_vm(
             Some(t) if (now - t).as_millis() as u64 > limits.stall_timeout_ms => break VmOutcome::Stalled,
             _ => {}
         }
-        let incoming = match rx.recv_timeout(Duration::from_millis(TICK_MS)) {
-            Ok(incoming) => incoming,
-            Err(RecvTimeoutError::Timeout) => {
-                if observe(None, Instant::now()) == Action::Kill {
-                    break VmOutcome::Killed;
-                }
-                if let Some(code) = qemu.try_exit_code()? {
-                    break VmOutcome::Exited { code };
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => Incoming::Closed,
-        };
-        match incoming {
-            Incoming::Line(line) => {
+        match session.next(Duration::from_millis(TICK_MS))? {
+            Step::Event(event) => {
                 last_line = Some(Instant::now());
-                protocol_log.write_all(line.as_bytes())?;
-                protocol_log.write_all(b"\n")?;
-                let event = Event::parse(&line)
-                    .map_err(|reason| anyhow::anyhow!("the guest sent a malformed line ({reason}): {line:?}"))?;
                 if observe(Some(&event), Instant::now()) == Action::Kill {
                     break VmOutcome::Killed;
                 }
             }
-            Incoming::Tail(tail) => protocol_log.write_all(tail.as_bytes())?,
-            Incoming::Closed => {
-                // The guest side closed: QEMU is exiting. Wait for it, bounded.
-                let code = wait_exit(&mut qemu, Duration::from_millis(limits.stall_timeout_ms))?;
-                break match code {
-                    Some(code) => VmOutcome::Exited { code },
-                    None => VmOutcome::Stalled,
-                };
+            Step::Tick => {
+                if observe(None, Instant::now()) == Action::Kill {
+                    break VmOutcome::Killed;
+                }
             }
+            Step::Exited(Some(code)) => break VmOutcome::Exited { code },
+            Step::Exited(None) => break VmOutcome::Stalled,
         }
     };
-    // The crash: SIGKILL before anything else happens (a no-op if it exited).
-    qemu.kill_now();
-    // Drain what the guest printed before the kill: it is evidence too.
-    drop(qemu);
-    let _ = reader.join();
-    while let Ok(incoming) = rx.try_recv() {
-        match incoming {
-            Incoming::Line(line) => writeln!(protocol_log, "{line}")?,
-            Incoming::Tail(tail) => protocol_log.write_all(tail.as_bytes())?,
-            Incoming::Closed => {}
-        }
-    }
-    protocol_log.sync_all()?;
+    session.finish()?;
     Ok(VmRun { outcome, elapsed_ms: start.elapsed().as_millis() as u64 })
 }
 

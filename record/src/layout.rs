@@ -207,3 +207,64 @@ mod tests {
         assert!(check_record_size(65536 + 512).is_err());
     }
 }
+
+/// Acknowledgement records: one 512-byte sector per ack, written by the
+/// workload with O_DIRECT into a reserved area of the test disk, past the
+/// end of the filesystem, after the durability call returned and before the
+/// `ACK` line. In a block-write log its position is then the exact moment
+/// of the ack (see ARCHITECTURE.md, "Placing acks in the log").
+pub mod ack {
+    use super::SECTOR_SIZE_BYTES;
+
+    pub const ACK_MAGIC: [u8; 8] = *b"CRSHACK\x01";
+    pub const ACK_SIZE_BYTES: usize = SECTOR_SIZE_BYTES;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct AckRecord {
+        /// 0 for the first ack of the run, 1 for the next...
+        pub ack_index: u64,
+        pub seq: u64,
+        pub slot: u64,
+        pub seed: u64,
+    }
+
+    pub fn encode(ack: &AckRecord) -> [u8; ACK_SIZE_BYTES] {
+        let mut out = [0u8; ACK_SIZE_BYTES];
+        out[0..8].copy_from_slice(&ACK_MAGIC);
+        out[8..16].copy_from_slice(&ack.ack_index.to_le_bytes());
+        out[16..24].copy_from_slice(&ack.seq.to_le_bytes());
+        out[24..32].copy_from_slice(&ack.slot.to_le_bytes());
+        out[32..40].copy_from_slice(&ack.seed.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..ACK_SIZE_BYTES - 4]);
+        out[ACK_SIZE_BYTES - 4..].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// `None` for anything but an intact ack record (zeros, torn, garbage).
+    pub fn decode(bytes: &[u8]) -> Option<AckRecord> {
+        if bytes.len() != ACK_SIZE_BYTES || bytes[0..8] != ACK_MAGIC {
+            return None;
+        }
+        let crc = u32::from_le_bytes(bytes[ACK_SIZE_BYTES - 4..].try_into().ok()?);
+        if crc != crc32c::crc32c(&bytes[..ACK_SIZE_BYTES - 4]) {
+            return None;
+        }
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+        Some(AckRecord { ack_index: word(8), seq: word(16), slot: word(24), seed: word(32) })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trip_and_corruption() {
+            let a = AckRecord { ack_index: 3, seq: 9, slot: 1, seed: 77 };
+            let mut bytes = encode(&a);
+            assert_eq!(decode(&bytes), Some(a));
+            bytes[20] ^= 1;
+            assert_eq!(decode(&bytes), None);
+            assert_eq!(decode(&[0u8; ACK_SIZE_BYTES]), None);
+        }
+    }
+}

@@ -166,7 +166,14 @@ pub struct WorkloadParams {
     /// Crash point hook: after this many acks, print `HOLD` and do nothing
     /// more, so the host kills the VM at an exact point of the protocol.
     pub hold_after_acks: Option<u64>,
+    /// Power-loss capture: byte offset on the test disk (`ACK_DEVICE`) of
+    /// the reserved ack area, past the filesystem's end. Each ack is also
+    /// written there, with O_DIRECT, as one sector (`layout::ack`).
+    pub ack_area_offset_bytes: Option<u64>,
 }
+
+/// The disk the test filesystem lives on, as the guest sees it.
+pub const ACK_DEVICE: &str = "/dev/vda";
 
 const PREFIX: &str = "crashlab.";
 
@@ -205,6 +212,9 @@ impl WorkloadParams {
                 )));
             }
         }
+        if self.ack_area_offset_bytes.is_some_and(|o| o % crate::layout::SECTOR_SIZE_BYTES as u64 != 0) {
+            return Err(ParamsError("the ack area must start on a 512-byte boundary".into()));
+        }
         if self.hold_after_acks == Some(0) {
             return Err(ParamsError("hold_after_acks must be at least 1".into()));
         }
@@ -226,6 +236,9 @@ impl WorkloadParams {
         if let Some(n) = self.hold_after_acks {
             args.push(format!("{PREFIX}hold_after_acks={n}"));
         }
+        if let Some(offset) = self.ack_area_offset_bytes {
+            args.push(format!("{PREFIX}ack_offset={offset}"));
+        }
         args
     }
 
@@ -239,6 +252,7 @@ impl WorkloadParams {
         let mut seed = None;
         let mut planted_bug = None;
         let mut hold_after_acks = None;
+        let mut ack_area_offset_bytes = None;
         for word in cmdline.split_ascii_whitespace() {
             let Some(kv) = word.strip_prefix(PREFIX) else { continue };
             let (key, value) = kv
@@ -256,8 +270,9 @@ impl WorkloadParams {
                 "seed" => seed = Some(num(value)?),
                 "planted_bug" => planted_bug = Some(value.parse()?),
                 "hold_after_acks" => hold_after_acks = Some(num(value)?),
+                "ack_offset" => ack_area_offset_bytes = Some(num(value)?),
                 // Keys read by the guest's init script, not by the workload.
-                "role" | "fs" | "mount_opts" => {}
+                "role" | "fs" | "mount_opts" | "fsck" => {}
                 _ => return Err(ParamsError(format!("unknown parameter {PREFIX}{key}"))),
             }
         }
@@ -272,6 +287,7 @@ impl WorkloadParams {
             seed: seed.ok_or_else(|| missing("seed"))?,
             planted_bug,
             hold_after_acks,
+            ack_area_offset_bytes,
         };
         params.validate()?;
         Ok(params)
@@ -291,6 +307,7 @@ mod tests {
             seed: 0xDEAD_BEEF,
             planted_bug: Some(PlantedBug::AckBeforeSync),
             hold_after_acks: Some(17),
+            ack_area_offset_bytes: Some(60 << 20),
         }
     }
 

@@ -29,6 +29,7 @@ impl Scenario {
             seed: SEED,
             planted_bug: None,
             hold_after_acks: None,
+            ack_area_offset_bytes: None,
         };
         let log = ProtocolLog { events: vec![Event::Ready { slots: SLOTS }], truncated_tail: None };
         let file = vec![0; RS * SLOTS as usize];

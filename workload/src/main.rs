@@ -14,6 +14,7 @@
 //!   after it is acknowledged;
 //! - nothing depends on the wall clock.
 
+mod ack_log;
 mod mapped_file;
 
 use std::fs::File;
@@ -23,7 +24,9 @@ use std::process::ExitCode;
 use record::layout::{self, RecordHeader};
 use record::{DurabilityMode, Event, PlantedBug, WorkloadParams};
 
+use ack_log::AckLog;
 use mapped_file::{MappedFile, SyscallError};
+use record::layout::ack::AckRecord;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -74,6 +77,10 @@ impl Channel {
 
 fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Result<(), SyscallError> {
     let mut file = MappedFile::create_durably(data_path, params.file_size_bytes)?;
+    let mut ack_log = match params.ack_area_offset_bytes {
+        Some(offset) => Some(AckLog::open(record::params::ACK_DEVICE, offset)?),
+        None => None,
+    };
     channel.emit(&Event::Ready { slots: params.slots() });
 
     let record_size = params.record_size_bytes as usize;
@@ -96,11 +103,11 @@ fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Resul
         }
         let ack_first = params.planted_bug == Some(PlantedBug::AckBeforeSync);
         if ack_first {
-            acknowledge(&pending, &mut acks, params, channel);
+            acknowledge(&pending, &mut acks, params, &mut ack_log, channel)?;
         }
         sync_records(&mut file, params.mode, &pending, record_size)?;
         if !ack_first {
-            acknowledge(&pending, &mut acks, params, channel);
+            acknowledge(&pending, &mut acks, params, &mut ack_log, channel)?;
         }
         pending.clear();
     }
@@ -108,9 +115,19 @@ fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Resul
     Ok(())
 }
 
-/// Acks `pending`; stops for good at the crash-point hook.
-fn acknowledge(pending: &[(u64, u64)], acks: &mut u64, params: &WorkloadParams, channel: &mut Channel) {
+/// Acks `pending` (in the block log first, when capturing, then on the
+/// channel); stops for good at the crash-point hook.
+fn acknowledge(
+    pending: &[(u64, u64)],
+    acks: &mut u64,
+    params: &WorkloadParams,
+    ack_log: &mut Option<AckLog>,
+    channel: &mut Channel,
+) -> Result<(), SyscallError> {
     for &(seq, slot) in pending {
+        if let Some(log) = ack_log {
+            log.write(&AckRecord { ack_index: *acks, seq, slot, seed: params.seed })?;
+        }
         channel.emit(&Event::Ack { seq, slot });
         *acks += 1;
         if params.hold_after_acks == Some(*acks) {
@@ -122,6 +139,7 @@ fn acknowledge(pending: &[(u64, u64)], acks: &mut u64, params: &WorkloadParams, 
             }
         }
     }
+    Ok(())
 }
 
 /// Makes the records in `pending` durable the way `mode` says.
