@@ -15,7 +15,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::config::CampaignConfig;
+use crate::config::{CampaignConfig, CrashModel};
+use crate::powerloss::{run_powerloss_trial, PowerLossContext, PowerLossRecord};
 use crate::plan::plan_trial;
 use crate::qemu::AccelUsed;
 use crate::trial::{run_trial, RunEnd, TrialContext, TrialRecord};
@@ -41,6 +42,10 @@ pub struct Summary {
     pub trials_run: u64,
     pub trials_passed: u64,
     pub trials_failed: u64,
+    /// Crash states verified: one per trial under kernel-crash, many per
+    /// trial under power-loss.
+    pub states_checked: u64,
+    pub states_failed: u64,
     pub crashed: u64,
     pub workload_done: u64,
     pub workload_errors: u64,
@@ -54,12 +59,53 @@ pub struct Summary {
     pub seconds_per_trial: f64,
     pub states_per_minute: f64,
     pub interrupted: bool,
+    /// Peak resident memory of the controller, from getrusage.
+    pub peak_rss_kib: u64,
+}
+
+/// What the summary needs from one trial of either crash model.
+struct TrialTotals {
+    passed: bool,
+    run_end: RunEnd,
+    states: u64,
+    states_failed: u64,
+    violations: u64,
+    observations: u64,
+    counts: verifier::Counts,
+}
+
+impl From<&TrialRecord> for TrialTotals {
+    fn from(t: &TrialRecord) -> Self {
+        TrialTotals {
+            passed: t.verdict.passed,
+            run_end: t.run_end,
+            states: 1,
+            states_failed: u64::from(!t.verdict.passed),
+            violations: t.verdict.violation_count,
+            observations: t.verdict.observation_count,
+            counts: t.verdict.counts.clone(),
+        }
+    }
+}
+
+impl From<&PowerLossRecord> for TrialTotals {
+    fn from(t: &PowerLossRecord) -> Self {
+        TrialTotals {
+            passed: t.passed,
+            run_end: t.run_end,
+            states: t.states_checked,
+            states_failed: t.states_failed,
+            violations: t.violation_count,
+            observations: t.observation_count,
+            counts: t.counts.clone(),
+        }
+    }
 }
 
 impl Summary {
-    fn add(&mut self, t: &TrialRecord) {
+    fn add(&mut self, t: &TrialTotals) {
         self.trials_run += 1;
-        if t.verdict.passed {
+        if t.passed {
             self.trials_passed += 1
         } else {
             self.trials_failed += 1
@@ -69,12 +115,14 @@ impl Summary {
             RunEnd::WorkloadDone => self.workload_done += 1,
             RunEnd::WorkloadError => self.workload_errors += 1,
         }
-        self.violations += t.verdict.violation_count;
-        self.observations += t.verdict.observation_count;
-        self.acked += t.verdict.counts.acked;
-        self.in_flight += t.verdict.counts.in_flight;
-        self.lost += t.verdict.counts.lost;
-        self.torn += t.verdict.counts.torn;
+        self.states_checked += t.states;
+        self.states_failed += t.states_failed;
+        self.violations += t.violations;
+        self.observations += t.observations;
+        self.acked += t.counts.acked;
+        self.in_flight += t.counts.in_flight;
+        self.lost += t.counts.lost;
+        self.torn += t.counts.torn;
     }
 
     pub fn render(&self) -> String {
@@ -95,10 +143,14 @@ impl Summary {
             "records: {} acked, {} in flight, {} lost, {} torn\n",
             self.acked, self.in_flight, self.lost, self.torn
         );
+        s += &format!("crash states: {} verified, {} failed\n", self.states_checked, self.states_failed);
         s += &format!("violations: {}   observations: {}\n", self.violations, self.observations);
         s += &format!(
-            "time: {:.1} s, {:.1} s per trial, {:.2} crash states verified per minute\n",
-            self.elapsed_s, self.seconds_per_trial, self.states_per_minute
+            "time: {:.1} s, {:.1} s per trial, {:.2} crash states verified per minute, peak RSS {} MiB\n",
+            self.elapsed_s,
+            self.seconds_per_trial,
+            self.states_per_minute,
+            self.peak_rss_kib / 1024
         );
         s += &format!("results: {}\n", self.results_dir.display());
         s
@@ -128,6 +180,18 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
     let base_disk = dir.join("base-disk.img");
     images::make_filesystem(config.fs, &base_disk, config.disk_size_bytes)?;
+    // Power loss: the ack area follows the filesystem on the same disk, one
+    // sector per possible ack, so ack writes are logged in order with the
+    // filesystem's writes.
+    let ack_area_offset_bytes = config.disk_size_bytes;
+    if config.crash_model == CrashModel::PowerLoss {
+        let ack_area_bytes = (config.records_per_trial * 512).div_ceil(1 << 20) << 20;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&base_disk)?
+            .set_len(config.disk_size_bytes + ack_area_bytes)
+            .context("cannot grow the base disk for the ack area (disk full?)")?;
+    }
 
     let rerun = format!("crashlab {}", config.to_cli_args().join(" "));
     let meta = CampaignMeta {
@@ -143,6 +207,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     };
     std::fs::write(dir.join("campaign.json"), serde_json::to_string_pretty(&meta)? + "\n")?;
     let mut trials_log = File::create(dir.join("trials.jsonl"))?;
+    let mut states_log = match config.crash_model {
+        CrashModel::PowerLoss => Some(File::create(dir.join("states.jsonl"))?),
+        CrashModel::KernelCrash => None,
+    };
 
     let ctx = TrialContext {
         config,
@@ -160,16 +228,33 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let mut summary = Summary { campaign_id: req.campaign_id.clone(), results_dir: dir.clone(), ..Default::default() };
     let start = Instant::now();
     let mut failure = None;
+    // The budget is per campaign; each trial takes its share.
+    let state_budget = (config.state_budget / config.trials).max(1) as usize;
+    let pctx = PowerLossContext { trial: &ctx, base_disk: &base_disk, ack_area_offset_bytes, state_budget };
     for &trial in &trial_ids {
         let plan = plan_trial(config, trial);
-        match run_trial(&ctx, &plan, &dir.join("trials").join(trial.to_string())) {
-            Ok(record) => {
+        let trial_dir = dir.join("trials").join(trial.to_string());
+        let outcome = match config.crash_model {
+            CrashModel::KernelCrash => run_trial(&ctx, &plan, &trial_dir)
+                .and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?))),
+            CrashModel::PowerLoss => run_powerloss_trial(&pctx, &plan, &trial_dir, |line| {
+                let log = states_log.as_mut().expect("power-loss campaigns have a states log");
+                writeln!(log, "{}", serde_json::to_string(line)?)?;
+                Ok(())
+            })
+            .and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?))),
+        };
+        match outcome {
+            Ok((totals, json)) => {
                 // One line per finished trial, flushed at once: an interrupted
                 // or crashed campaign keeps every trial it finished.
-                writeln!(trials_log, "{}", serde_json::to_string(&record)?)?;
+                writeln!(trials_log, "{json}")?;
                 trials_log.flush()?;
-                summary.add(&record);
-                progress.trial_done(&record, &summary, start);
+                if let Some(log) = states_log.as_mut() {
+                    log.flush()?;
+                }
+                summary.add(&totals);
+                progress.trial_done(trial, &totals, &summary, start);
             }
             Err(e) => {
                 failure = Some(e);
@@ -182,8 +267,9 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     summary.elapsed_s = start.elapsed().as_secs_f64();
     if summary.trials_run > 0 {
         summary.seconds_per_trial = summary.elapsed_s / summary.trials_run as f64;
-        summary.states_per_minute = 60.0 / summary.seconds_per_trial;
+        summary.states_per_minute = summary.states_checked as f64 * 60.0 / summary.elapsed_s.max(1e-9);
     }
+    summary.peak_rss_kib = peak_rss_kib();
     if let Some(e) = &failure {
         summary.interrupted = e.downcast_ref::<vm::Interrupted>().is_some();
     }
@@ -219,8 +305,8 @@ impl Progress {
         Progress { bar, total }
     }
 
-    fn trial_done(&self, record: &TrialRecord, summary: &Summary, start: Instant) {
-        let per_min = summary.trials_run as f64 * 60.0 / start.elapsed().as_secs_f64().max(1e-9);
+    fn trial_done(&self, trial: u64, totals: &TrialTotals, summary: &Summary, start: Instant) {
+        let per_min = summary.states_checked as f64 * 60.0 / start.elapsed().as_secs_f64().max(1e-9);
         let msg = format!("{per_min:.1} states/min, {} violations", summary.violations);
         match &self.bar {
             Some(bar) => {
@@ -228,14 +314,14 @@ impl Progress {
                 bar.inc(1);
             }
             None => eprintln!(
-                "trial {} ({}/{}): {} acked, {} lost, {} violations, {:?}; {msg}",
-                record.trial,
+                "trial {trial} ({}/{}): {} states, {} acked, {} lost, {} violations, {:?}; {msg}",
                 summary.trials_run,
                 self.total,
-                record.verdict.counts.acked,
-                record.verdict.counts.lost,
-                record.verdict.violation_count,
-                record.run_end,
+                totals.states,
+                totals.counts.acked,
+                totals.counts.lost,
+                totals.violations,
+                totals.run_end,
             ),
         }
     }
@@ -245,6 +331,12 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+fn peak_rss_kib() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map(|u| u.max_rss() as u64)
+        .unwrap_or(0)
 }
 
 /// `YYYYmmddTHHMMSSZ`, from the system clock (the controller may read the

@@ -64,6 +64,21 @@ pub enum CrashModel {
     /// SIGKILL of QEMU: the guest kernel's page cache is lost, every block
     /// write QEMU already handed to the host survives.
     KernelCrash,
+    /// Writes not covered by a completed flush may be lost, reordered or
+    /// torn: crash states built from a block-write log.
+    PowerLoss,
+}
+
+/// Who recovers and reads a power-loss crash state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Checker {
+    /// A long-lived checker VM: the guest kernel's own recovery.
+    Kernel,
+    /// ext4 only, on the host: e2fsck replays the journal, debugfs reads.
+    Host,
+    /// Both, comparing their verdicts state by state.
+    Both,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +104,17 @@ pub struct CampaignConfig {
     pub trial_timeout_ms: u64,
     pub images_dir: PathBuf,
     pub keep_images: bool,
+    /// Power loss: crash states to verify over the whole campaign.
+    pub state_budget: u64,
+    pub checker: Checker,
+    /// Power loss: also tear one write per state at 512-byte granularity.
+    pub torn_writes: bool,
+    /// Power loss: run fsck after every state's recovery (slower).
+    pub fsck_states: bool,
 }
+
+/// Upper bound on a campaign's power-loss states.
+pub const STATE_BUDGET_MAX: u64 = 10_000_000;
 
 /// Upper bound on trials in one campaign: results stay a size one can open.
 pub const TRIALS_MAX: u64 = 1_000_000;
@@ -97,7 +122,12 @@ pub const TRIALS_MAX: u64 = 1_000_000;
 impl CampaignConfig {
     /// The workload parameters of one trial (each trial has its own seed so
     /// that a record from another trial is recognisably foreign).
-    pub fn workload_params(&self, workload_seed: u64, hold_after_acks: Option<u64>) -> WorkloadParams {
+    pub fn workload_params(
+        &self,
+        workload_seed: u64,
+        hold_after_acks: Option<u64>,
+        ack_area_offset_bytes: Option<u64>,
+    ) -> WorkloadParams {
         WorkloadParams {
             mode: self.mode,
             record_size_bytes: self.record_size_bytes,
@@ -106,14 +136,14 @@ impl CampaignConfig {
             seed: workload_seed,
             planted_bug: self.planted_bug,
             hold_after_acks,
-            ack_area_offset_bytes: None,
+            ack_area_offset_bytes,
         }
     }
 
     /// Checks everything that can be checked before a VM starts. The message
     /// names the problem and the flag that fixes it.
     pub fn validate(&self) -> Result<(), String> {
-        self.workload_params(0, None).validate().map_err(|e| e.to_string())?;
+        self.workload_params(0, None, None).validate().map_err(|e| e.to_string())?;
         if self.trials == 0 || self.trials > TRIALS_MAX {
             return Err(format!("--trials must be between 1 and {TRIALS_MAX}"));
         }
@@ -146,6 +176,17 @@ impl CampaignConfig {
         if !(128..=16384).contains(&self.guest_memory_mib) {
             return Err("--guest-memory-mib must be between 128 and 16384".into());
         }
+        if self.crash_model == CrashModel::PowerLoss {
+            if self.state_budget == 0 || self.state_budget > STATE_BUDGET_MAX {
+                return Err(format!("--state-budget must be between 1 and {STATE_BUDGET_MAX}"));
+            }
+            if self.checker != Checker::Kernel && self.fs != Filesystem::Ext4 {
+                return Err(format!(
+                    "--checker host needs ext4 (e2fsck + debugfs); use --checker kernel for {}",
+                    self.fs.name()
+                ));
+            }
+        }
         if self.boot_timeout_ms == 0 || self.stall_timeout_ms == 0 || self.trial_timeout_ms == 0 {
             return Err("timeouts must be positive".into());
         }
@@ -168,7 +209,18 @@ impl CampaignConfig {
             format!("--crash-delay-max-ms={}", self.crash_delay_max_ms),
             format!("--profile={}", kebab(&self.profile)),
             format!("--disk-size={}", self.disk_size_bytes),
+            format!("--crash-model={}", kebab(&self.crash_model)),
         ];
+        if self.crash_model == CrashModel::PowerLoss {
+            args.push(format!("--state-budget={}", self.state_budget));
+            args.push(format!("--checker={}", kebab(&self.checker)));
+            if self.torn_writes {
+                args.push("--torn-writes".into());
+            }
+            if self.fsck_states {
+                args.push("--fsck-states".into());
+            }
+        }
         if let Some(bug) = self.planted_bug {
             args.push(format!("--planted-bug={bug}"));
         }
@@ -217,6 +269,10 @@ pub(crate) fn sample_config() -> CampaignConfig {
         trial_timeout_ms: 300_000,
         images_dir: "vm-images/cache".into(),
         keep_images: false,
+        state_budget: 1000,
+        checker: Checker::Kernel,
+        torn_writes: false,
+        fsck_states: false,
     }
 }
 
@@ -244,6 +300,18 @@ mod tests {
     fn zero_record_size_is_rejected() {
         let c = CampaignConfig { record_size_bytes: 0, ..sample_config() };
         assert!(c.validate().unwrap_err().contains("record size 0"));
+    }
+
+    #[test]
+    fn host_checker_needs_ext4() {
+        let c = CampaignConfig {
+            crash_model: CrashModel::PowerLoss,
+            checker: Checker::Host,
+            fs: Filesystem::Xfs,
+            disk_size_bytes: 300 << 20,
+            ..sample_config()
+        };
+        assert!(c.validate().unwrap_err().contains("--checker kernel"));
     }
 
     #[test]

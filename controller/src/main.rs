@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use controller::campaign::{self, CampaignRequest};
-use controller::config::{self, Accel, CampaignConfig, CrashModel, CrashPointKind, Filesystem};
+use controller::config::{self, Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, Filesystem};
 use record::{DurabilityMode, PlantedBug};
 
 #[derive(Parser)]
@@ -95,6 +95,18 @@ struct RunArgs {
     /// Keep every crashed disk image, not only those that broke a rule.
     #[arg(long)]
     keep_images: bool,
+    /// Power loss: crash states verified over the whole campaign.
+    #[arg(long, default_value_t = 1000)]
+    state_budget: u64,
+    /// Power loss: who recovers each state (kernel: a checker VM; host: ext4 via e2fsck/debugfs; both: compare).
+    #[arg(long, value_enum, default_value = "kernel")]
+    checker: Checker,
+    /// Power loss: also tear one write per state at 512-byte granularity.
+    #[arg(long)]
+    torn_writes: bool,
+    /// Power loss: run the read-only fsck after every state's recovery.
+    #[arg(long)]
+    fsck_states: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -149,6 +161,10 @@ fn run(args: RunArgs) -> ExitCode {
         trial_timeout_ms: args.trial_timeout_ms,
         images_dir: args.images_dir,
         keep_images: args.keep_images,
+        state_budget: args.state_budget,
+        checker: args.checker,
+        torn_writes: args.torn_writes,
+        fsck_states: args.fsck_states,
     };
     if let Err(msg) = config.validate() {
         eprintln!("error: {msg}");

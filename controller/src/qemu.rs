@@ -22,6 +22,18 @@ pub enum AccelUsed {
     Tcg,
 }
 
+/// A guest disk and what stands behind it on the host.
+#[derive(Clone, Debug)]
+pub enum Drive {
+    /// A raw image file.
+    Raw(PathBuf),
+    /// A raw image behind QEMU's `blklogwrites` driver: every write and
+    /// flush the guest issues is appended to `log` (dm-log-writes format).
+    Logged { disk: PathBuf, log: PathBuf },
+    /// An NBD export on a Unix socket (the controller's crash-state server).
+    Nbd { socket: PathBuf, export: String },
+}
+
 /// One guest boot, as plain data.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
@@ -29,8 +41,8 @@ pub struct VmSpec {
     pub accel: AccelUsed,
     pub memory_mib: u32,
     pub kernel_args: Vec<String>,
-    /// Raw images, attached as virtio disks in order: /dev/vda, /dev/vdb, ...
-    pub drives: Vec<PathBuf>,
+    /// Virtio disks in order: /dev/vda, /dev/vdb, ...
+    pub drives: Vec<Drive>,
     pub console_log: PathBuf,
     /// Unix socket the controller listens on; the guest's ttyS1 connects to it.
     pub channel_socket: PathBuf,
@@ -71,13 +83,43 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-serial".into(),
         "chardev:channel".into(),
     ]);
-    for drive in &spec.drives {
-        // cache=unsafe: the kernel-crash model kills QEMU, not the host, so
-        // host-side flushes buy nothing; writes QEMU completed are in the host
-        // page cache either way.
-        args.push("-drive".into());
-        args.push(format!("file={},format=raw,if=virtio,cache=unsafe", drive.display()));
+    for (i, drive) in spec.drives.iter().enumerate() {
+        args.extend(drive_args(i, drive));
     }
+    args
+}
+
+/// `-blockdev`/`-device` pairs; explicit devices keep the guest's disk
+/// order equal to `spec.drives`' order.
+fn drive_args(index: usize, drive: &Drive) -> Vec<String> {
+    let node = format!("disk{index}");
+    // cache.no-flush: the host never loses power in our models, so host-side
+    // flushes buy nothing; the guest's flushes still reach blklogwrites,
+    // which logs them before passing them down.
+    let file_node = |name: &str, path: &Path| {
+        format!("driver=file,filename={},node-name={name},cache.no-flush=on", path.display())
+    };
+    let mut args = Vec::new();
+    match drive {
+        Drive::Raw(path) => {
+            args.push("-blockdev".to_string());
+            args.push(format!("driver=raw,node-name={node},file.driver=file,file.filename={},file.cache.no-flush=on", path.display()));
+        }
+        Drive::Logged { disk, log } => {
+            args.extend(["-blockdev".to_string(), file_node(&format!("{node}-data"), disk)]);
+            args.extend(["-blockdev".to_string(), file_node(&format!("{node}-log"), log)]);
+            args.push("-blockdev".to_string());
+            args.push(format!(
+                "driver=blklogwrites,file={node}-data,log={node}-log,node-name={node},log-sector-size=512,log-append=off"
+            ));
+        }
+        Drive::Nbd { socket, export } => {
+            args.push("-blockdev".to_string());
+            args.push(format!("driver=nbd,server.type=unix,server.path={},export={export},node-name={node}", socket.display()));
+        }
+    }
+    args.push("-device".to_string());
+    args.push(format!("virtio-blk-pci,drive={node}"));
     args
 }
 
@@ -154,7 +196,11 @@ mod tests {
             accel: AccelUsed::Tcg,
             memory_mib: 512,
             kernel_args: vec!["crashlab.role=check".into()],
-            drives: vec!["/d0".into(), "/d1".into()],
+            drives: vec![
+                Drive::Raw("/d0".into()),
+                Drive::Logged { disk: "/d1".into(), log: "/l1".into() },
+                Drive::Nbd { socket: "/s".into(), export: "state".into() },
+            ],
             console_log: "/c.log".into(),
             channel_socket: "/s.sock".into(),
         };
@@ -165,7 +211,9 @@ mod tests {
         assert!(joined.contains("-serial file:/c.log"));
         assert!(joined.contains("-serial chardev:channel"));
         assert!(joined.contains("crashlab.role=check"));
-        assert_eq!(args.iter().filter(|a| a.starts_with("file=/d")).count(), 2);
+        assert_eq!(args.iter().filter(|a| a.starts_with("virtio-blk-pci")).count(), 3);
         assert!(joined.find("/d0").unwrap() < joined.find("/d1").unwrap(), "drive order is vda, vdb");
+        assert!(joined.contains("driver=blklogwrites,file=disk1-data,log=disk1-log"));
+        assert!(joined.contains("driver=nbd,server.type=unix,server.path=/s,export=state"));
     }
 }

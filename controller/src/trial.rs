@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::config::CampaignConfig;
 use crate::images::{self, GuestImages};
 use crate::plan::{CrashPoint, TrialPlan};
-use crate::qemu::{AccelUsed, VmSpec};
+use crate::qemu::{AccelUsed, Drive, VmSpec};
 use crate::vm::{self, Action, Limits, RunFiles, VmOutcome};
 
 /// Where the guest mounts the test filesystem and keeps the data file.
@@ -72,19 +72,24 @@ pub struct TrialRecord {
     pub evidence_dir: PathBuf,
 }
 
+/// The workload's hold point for an ack-count crash point.
+pub fn hold_for(plan: &TrialPlan) -> Option<u64> {
+    match plan.crash_point {
+        CrashPoint::AfterAcks { acks } => Some(acks),
+        CrashPoint::AfterDelay { .. } => None,
+    }
+}
+
 pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<TrialRecord> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {} (disk full?)", dir.display()))?;
     let config = ctx.config;
-    let hold_after_acks = match plan.crash_point {
-        CrashPoint::AfterAcks { acks } => Some(acks),
-        CrashPoint::AfterDelay { .. } => None,
-    };
-    let params = config.workload_params(plan.workload_seed, hold_after_acks);
+    let hold_after_acks = hold_for(plan);
+    let params = config.workload_params(plan.workload_seed, hold_after_acks, None);
     let disk = dir.join("disk.img");
     images::copy_sparse(ctx.base_disk, &disk)?;
 
     let workload_files = RunFiles::in_dir(dir, "workload");
-    let (run_end, workload_error, workload_ms) = run_workload(ctx, plan, &params, &disk, &workload_files)?;
+    let (run_end, workload_error, workload_ms) = run_workload(ctx, plan, &params, Drive::Raw(disk.clone()), &workload_files)?;
     let protocol_text = std::fs::read_to_string(&workload_files.protocol_log)?;
     let protocol = record::protocol::parse_log(&protocol_text)
         .with_context(|| format!("{} is corrupt", workload_files.protocol_log.display()))?;
@@ -137,11 +142,13 @@ fn limits(config: &CampaignConfig) -> Limits {
     }
 }
 
-fn run_workload(
+/// Boots the workload on `drive` and kills it at the plan's crash point.
+/// Returns how the run ended, the workload's error if any, and its duration.
+pub(crate) fn run_workload(
     ctx: &TrialContext,
     plan: &TrialPlan,
     params: &record::WorkloadParams,
-    disk: &Path,
+    drive: Drive,
     files: &RunFiles,
 ) -> Result<(RunEnd, Option<String>, u64)> {
     let mut kernel_args = base_kernel_args(ctx.config, "workload");
@@ -151,7 +158,7 @@ fn run_workload(
         accel: ctx.accel,
         memory_mib: ctx.config.guest_memory_mib,
         kernel_args,
-        drives: vec![disk.to_path_buf()],
+        drives: vec![drive],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
     };
@@ -217,7 +224,7 @@ fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> R
         accel: ctx.accel,
         memory_mib: ctx.config.guest_memory_mib,
         kernel_args: base_kernel_args(ctx.config, "check"),
-        drives: vec![disk.to_path_buf(), export.clone()],
+        drives: vec![Drive::Raw(disk.to_path_buf()), Drive::Raw(export.clone())],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
     };

@@ -218,6 +218,18 @@ pub mod ack {
 
     pub const ACK_MAGIC: [u8; 8] = *b"CRSHACK\x01";
     pub const ACK_SIZE_BYTES: usize = SECTOR_SIZE_BYTES;
+    /// The area's first sector holds the ready marker, written once after
+    /// the data file was created and synced, before `READY`: a crash state
+    /// from before it predates the workload's promises. Ack number `i` is
+    /// at sector `i + 1`.
+    pub const READY_MARKER_INDEX: u64 = u64::MAX;
+
+    /// Byte offset of ack number `ack_index` (or of the ready marker) from
+    /// the start of the ack area.
+    pub fn sector_offset_bytes(ack_index: u64) -> u64 {
+        let sector = if ack_index == READY_MARKER_INDEX { 0 } else { ack_index + 1 };
+        sector * ACK_SIZE_BYTES as u64
+    }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct AckRecord {

@@ -36,7 +36,7 @@ impl AckLog {
     pub fn write(&mut self, record: &AckRecord) -> Result<(), SyscallError> {
         let bytes = ack::encode(record);
         self.buffer.0[..ACK_SIZE_BYTES].copy_from_slice(&bytes);
-        let offset = self.area_offset_bytes + record.ack_index * ACK_SIZE_BYTES as u64;
+        let offset = self.area_offset_bytes + ack::sector_offset_bytes(record.ack_index);
         self.device
             .write_all_at(&self.buffer.0[..ACK_SIZE_BYTES], offset)
             .map_err(|e| SyscallError { op: "ack-write", errno: e.raw_os_error().unwrap_or(5) })

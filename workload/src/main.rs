@@ -81,6 +81,10 @@ fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Resul
         Some(offset) => Some(AckLog::open(record::params::ACK_DEVICE, offset)?),
         None => None,
     };
+    if let Some(log) = ack_log.as_mut() {
+        let marker_index = record::layout::ack::READY_MARKER_INDEX;
+        log.write(&AckRecord { ack_index: marker_index, seq: 0, slot: params.slots(), seed: params.seed })?;
+    }
     channel.emit(&Event::Ready { slots: params.slots() });
 
     let record_size = params.record_size_bytes as usize;

@@ -1,0 +1,678 @@
+//! The power-loss crash model.
+//!
+//! 1. **Capture**: one workload boot with the test disk behind QEMU's
+//!    `blklogwrites` driver. Every write and flush the guest issues lands in a
+//!    dm-log-writes log; every ack is also an O_DIRECT sector write into a
+//!    reserved area past the filesystem (see `workload/src/ack_log.rs`), so
+//!    its place in the log is exact. The run may be killed at the trial's
+//!    seeded crash point; the log then ends there.
+//! 2. **States**: `blocklog` plans crash states from the log: a prefix at
+//!    flush boundaries, seeded random subsets of the open epoch, optional
+//!    torn writes, deduplicated by persisted contents.
+//! 3. **Verification**: each state is shown, copy-on-write, to a long-lived
+//!    checker VM through the controller's NBD server (the guest kernel's own
+//!    recovery, no reboot per state), or, for ext4, checked on the host
+//!    (e2fsck replays the journal, debugfs dumps the file).
+//! 4. **Evidence per state**: the serial protocol log with only the acks
+//!    whose log entry comes before the state's crash position.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use blocklog::{CrashState, Extent, ParsedLog};
+use record::layout::ack::{self, ACK_SIZE_BYTES};
+use record::{Event, ProtocolLog};
+
+use crate::nbd::{DiskView, NbdHandle, NbdLimits, NbdServer};
+use crate::qemu::{Drive, VmSpec};
+use crate::trial::{CheckResult, FsckResult, TrialContext};
+use crate::vm::{self, Limits, RunFiles, Step, VmSession};
+
+/// Where an ack sits in the block-write log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckPosition {
+    pub entry_index: u64,
+    pub seq: u64,
+}
+
+/// The application's promises as placed in the block-write log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoggedPromises {
+    /// Log entry of the ready marker (written just before `READY`).
+    pub ready_entry: Option<u64>,
+    pub acks: Vec<AckPosition>,
+}
+
+/// Finds the ready marker and every ack record written into
+/// `[area_start, area_end)`, in log order, checking that the acks are
+/// consecutive and of this run.
+pub fn acks_in_log(
+    log: &ParsedLog,
+    log_file: &File,
+    area_start_bytes: u64,
+    area_end_bytes: u64,
+    seed: u64,
+) -> Result<LoggedPromises> {
+    let mut acks = Vec::new();
+    let mut ready_entry = None;
+    let mut buf = Vec::new();
+    for entry in log.entries.iter().filter(|e| e.is_data_write()) {
+        let start = entry.device_offset_bytes();
+        let end = start + entry.nr_sectors * 512;
+        if end <= area_start_bytes || start >= area_end_bytes {
+            continue;
+        }
+        if start < area_start_bytes || end > area_end_bytes {
+            bail!("log entry {} straddles the ack area: the filesystem wrote past its end", entry.index);
+        }
+        blocklog::read_entry_data(log_file, entry, &mut buf).context("reading an ack from the log")?;
+        for sector in buf.chunks(ACK_SIZE_BYTES) {
+            let Some(record) = ack::decode(sector) else {
+                bail!("log entry {} in the ack area holds no valid ack record", entry.index);
+            };
+            if record.ack_index == ack::READY_MARKER_INDEX && record.seed == seed && ready_entry.is_none() {
+                ready_entry = Some(entry.index);
+                continue;
+            }
+            if ready_entry.is_none() || record.seed != seed || record.ack_index != acks.len() as u64 {
+                bail!(
+                    "ack record {:?} in log entry {} is not the run's ack number {}",
+                    record,
+                    entry.index,
+                    acks.len()
+                );
+            }
+            acks.push(AckPosition { entry_index: entry.index, seq: record.seq });
+        }
+    }
+    Ok(LoggedPromises { ready_entry, acks })
+}
+
+/// The log position a state's crash happened at, at the earliest: just past
+/// the last entry it includes. Acks logged before it had been given.
+pub fn crash_position(state: &CrashState) -> u64 {
+    let last_extra = state.extra_writes.iter().max().map(|&i| i + 1).unwrap_or(0);
+    let torn = state.torn.as_ref().map(|t| t.entry + 1).unwrap_or(0);
+    state.prefix_entries.max(last_extra).max(torn)
+}
+
+/// The protocol as the application knew it at the crash: before the ready
+/// marker, nothing was promised (no READY, no record begun); after it,
+/// every line of the serial log but only the acks whose log entry precedes
+/// `position`. Keeping every BEGIN is safe: a record begun after the crash
+/// has no data in the state, and a begun record only widens what a slot
+/// may hold.
+pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64) -> ProtocolLog {
+    if !promises.ready_entry.is_some_and(|r| r < position) {
+        let events = serial.events.iter().filter(|e| matches!(e, Event::Booted { .. })).cloned().collect();
+        return ProtocolLog { events, truncated_tail: None };
+    }
+    let given: std::collections::HashSet<u64> =
+        promises.acks.iter().filter(|a| a.entry_index < position).map(|a| a.seq).collect();
+    let events = serial
+        .events
+        .iter()
+        .filter(|e| match e {
+            Event::Ack { seq, .. } => given.contains(seq),
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    ProtocolLog { events, truncated_tail: None }
+}
+
+/// Every ACK the host saw on the channel must be in the log: the workload
+/// wrote it there (O_DIRECT, completed) before printing the line.
+pub fn check_acks_match(serial: &ProtocolLog, acks: &[AckPosition]) -> Result<()> {
+    let logged: std::collections::HashSet<u64> = acks.iter().map(|a| a.seq).collect();
+    for e in &serial.events {
+        if let Event::Ack { seq, .. } = e {
+            if !logged.contains(seq) {
+                bail!("ACK {seq} reached the channel but not the block log: the capture is incomplete");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A crash state as a read-only disk: the pristine base image with the
+/// state's winning log extents on top. Nothing is copied: reads go to the
+/// base or the log file.
+pub struct StateView {
+    base: Arc<File>,
+    log: Arc<File>,
+    size_bytes: u64,
+    /// Sorted by device offset, non-overlapping.
+    extents: Vec<Extent>,
+}
+
+impl StateView {
+    pub fn new(base: Arc<File>, log: Arc<File>, size_bytes: u64, mut extents: Vec<Extent>) -> StateView {
+        extents.sort_by_key(|e| e.device_offset_bytes);
+        debug_assert!(extents.windows(2).all(|w| w[0].device_offset_bytes + w[0].len_bytes <= w[1].device_offset_bytes));
+        StateView { base, log, size_bytes, extents }
+    }
+}
+
+impl DiskView for StateView {
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.base.read_exact_at(buf, offset_bytes)?;
+        let end = offset_bytes + buf.len() as u64;
+        // First extent that ends after the read starts.
+        let first = self.extents.partition_point(|e| e.device_offset_bytes + e.len_bytes <= offset_bytes);
+        for e in self.extents[first..].iter().take_while(|e| e.device_offset_bytes < end) {
+            let from = e.device_offset_bytes.max(offset_bytes);
+            let to = (e.device_offset_bytes + e.len_bytes).min(end);
+            let dst = &mut buf[(from - offset_bytes) as usize..(to - offset_bytes) as usize];
+            self.log.read_exact_at(dst, e.log_offset_bytes + (from - e.device_offset_bytes))?;
+        }
+        Ok(())
+    }
+}
+
+/// The long-lived checker VM: boots once, then checks one state per
+/// round trip ("CHECK" → MOUNT, FILE/NOFILE, FSCK, CHECKED).
+pub struct KernelChecker {
+    session: Option<VmSession>,
+    server: Option<NbdServer>,
+    handle: NbdHandle,
+    export: PathBuf,
+    export_size_bytes: u64,
+    state_timeout_ms: u64,
+    _socket_dir: tempfile::TempDir,
+}
+
+pub const STATE_TIMEOUT_MS: u64 = 60_000;
+/// Guest writes held per state (journal recovery, superblock updates).
+pub const OVERLAY_MAX_BYTES: u64 = 256 << 20;
+
+impl KernelChecker {
+    pub fn start(ctx: &TrialContext, dir: &Path, name: &str, initial: Arc<dyn DiskView>, fsck: bool) -> Result<KernelChecker> {
+        let config = ctx.config;
+        let socket_dir = tempfile::Builder::new().prefix("crashlab-nbd-").tempdir()?;
+        let socket = socket_dir.path().join("nbd");
+        let limits = NbdLimits { overlay_max_bytes: OVERLAY_MAX_BYTES, request_max_bytes: 32 << 20 };
+        let (server, handle) = NbdServer::start(&socket, "state", initial, limits)?;
+        let export = dir.join(format!("{name}-export.img"));
+        let export_size_bytes = config.file_size_bytes + (1 << 20);
+        File::create(&export).and_then(|f| f.set_len(export_size_bytes))
+            .with_context(|| format!("cannot create {} (disk full?)", export.display()))?;
+        let files = RunFiles::in_dir(dir, name);
+        let spec = VmSpec {
+            images: ctx.images.clone(),
+            accel: ctx.accel,
+            memory_mib: config.guest_memory_mib,
+            kernel_args: vec![
+                "crashlab.role=checker".into(),
+                format!("crashlab.fs={}", config.fs.name()),
+                format!("crashlab.mount_opts={}", config.mount_opts),
+                format!("crashlab.fsck={}", u8::from(fsck)),
+            ],
+            drives: vec![Drive::Nbd { socket: socket.clone(), export: "state".into() }, Drive::Raw(export.clone())],
+            console_log: files.console_log.clone(),
+            channel_socket: PathBuf::new(),
+        };
+        let limits = Limits {
+            boot_timeout_ms: config.boot_timeout_ms,
+            stall_timeout_ms: config.stall_timeout_ms,
+            total_timeout_ms: u64::MAX,
+        };
+        let mut session = match VmSession::start(spec, &files, limits, ctx.interrupt)? {
+            Ok(s) => s,
+            Err(outcome) => return Err(vm::boot_failure("checker VM did not start", outcome, &files)),
+        };
+        // Wait for BOOTED: the guest holds its channel open from then on.
+        let start = Instant::now();
+        loop {
+            anyhow::ensure!(!ctx.interrupt.load(std::sync::atomic::Ordering::SeqCst), vm::Interrupted);
+            if start.elapsed() > Duration::from_millis(config.boot_timeout_ms) {
+                return Err(vm::boot_failure("checker VM did not boot", vm::VmOutcome::BootTimeout, &files));
+            }
+            match session.next(Duration::from_millis(20))? {
+                Step::Event(Event::Booted { .. }) => break,
+                Step::Exited(code) => {
+                    return Err(vm::boot_failure("checker VM exited", vm::VmOutcome::Exited { code: code.unwrap_or(-1) }, &files))
+                }
+                _ => {}
+            }
+        }
+        Ok(KernelChecker {
+            session: Some(session),
+            server: Some(server),
+            handle,
+            export,
+            export_size_bytes,
+            state_timeout_ms: STATE_TIMEOUT_MS.min(config.stall_timeout_ms.max(1)),
+            _socket_dir: socket_dir,
+        })
+    }
+
+    pub fn nbd(&self) -> &NbdHandle {
+        &self.handle
+    }
+
+    /// Shows `view` to the guest and waits for its report.
+    pub fn check(&mut self, view: Arc<dyn DiskView>, interrupt: &std::sync::atomic::AtomicBool) -> Result<CheckResult> {
+        self.handle.set_view(view);
+        let session = self.session.as_mut().expect("checker is running");
+        session.send_line("CHECK")?;
+        let start = Instant::now();
+        let (mut mount_rc, mut file_size, mut fsck) = (None, None, None);
+        loop {
+            anyhow::ensure!(!interrupt.load(std::sync::atomic::Ordering::SeqCst), vm::Interrupted);
+            if start.elapsed() > Duration::from_millis(self.state_timeout_ms) {
+                bail!("the checker VM did not answer within {} ms: a hung guest", self.state_timeout_ms);
+            }
+            match session.next(Duration::from_millis(2))? {
+                Step::Event(Event::Mount { rc }) => mount_rc = Some(rc),
+                Step::Event(Event::File { size_bytes }) => file_size = Some(size_bytes),
+                Step::Event(Event::Fsck { tool, rc }) if tool != "none" => fsck = Some(FsckResult { tool, rc }),
+                Step::Event(Event::Checked) => break,
+                Step::Exited(code) => bail!("the checker VM exited (status {code:?}) mid-check: a guest panic?"),
+                _ => {}
+            }
+        }
+        let mount_rc = mount_rc.context("the checker reported CHECKED without MOUNT")?;
+        let file = match file_size {
+            None => None,
+            Some(size) if size > self.export_size_bytes => bail!("recovered file of {size} bytes exceeds the export disk"),
+            Some(size) => {
+                let mut bytes = vec![0u8; size as usize];
+                File::open(&self.export)?.read_exact_at(&mut bytes, 0)?;
+                Some(bytes)
+            }
+        };
+        Ok(CheckResult { mount_rc, file, fsck })
+    }
+
+    pub fn stop(mut self) -> Result<()> {
+        if let Some(mut session) = self.session.take() {
+            let _ = session.send_line("QUIT");
+            session.finish()?;
+        }
+        if let Some(server) = self.server.take() {
+            server.stop()?;
+        }
+        let _ = std::fs::remove_file(&self.export);
+        Ok(())
+    }
+}
+
+impl Drop for KernelChecker {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.finish();
+        }
+    }
+}
+
+/// Host-only check for ext4, no VM and no root: materialise the state into
+/// a scratch image, let e2fsck replay the journal (what the kernel's mount
+/// would do), check it read-only, and dump the file with debugfs.
+pub fn host_check_ext4(
+    base: &Path,
+    log_file: &File,
+    log: &ParsedLog,
+    state: &CrashState,
+    scratch_dir: &Path,
+) -> Result<CheckResult> {
+    let image = scratch_dir.join("host-state.img");
+    crate::images::copy_sparse(base, &image)?;
+    {
+        let mut sink = std::fs::OpenOptions::new().write(true).open(&image)?;
+        blocklog::apply_state(log_file, log, state, &mut sink).context("building the state image")?;
+    }
+    let replay = Command::new("e2fsck").args(["-y", "-E", "journal_only"]).arg(&image).output()
+        .context("cannot run e2fsck: `cargo xtask deps` installs it")?;
+    // 0: nothing to do, 1: journal replayed. Anything else: the recovery failed.
+    let replay_rc = replay.status.code().unwrap_or(-1);
+    if replay_rc > 1 {
+        return Ok(CheckResult { mount_rc: replay_rc, file: None, fsck: None });
+    }
+    let fsck = Command::new("e2fsck").args(["-f", "-n"]).arg(&image).output()?;
+    let out = scratch_dir.join("host-state.dat");
+    let _ = std::fs::remove_file(&out);
+    let dump = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump /crashlab.dat {}", out.display()))
+        .arg(&image)
+        .output()
+        .context("cannot run debugfs")?;
+    let file = if out.exists() && !String::from_utf8_lossy(&dump.stderr).contains("not found") {
+        Some(std::fs::read(&out)?)
+    } else {
+        None
+    };
+    let _ = std::fs::remove_file(&out);
+    Ok(CheckResult {
+        mount_rc: 0,
+        file,
+        fsck: Some(FsckResult { tool: "e2fsck".into(), rc: fsck.status.code().unwrap_or(-1) }),
+    })
+}
+
+/// One power-loss trial: what it captured, the states it checked, and
+/// their verdicts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PowerLossRecord {
+    pub trial: u64,
+    pub workload_seed: u64,
+    pub crash_point: crate::plan::CrashPoint,
+    pub run_end: crate::trial::RunEnd,
+    pub workload_error: Option<String>,
+    pub log: LogFacts,
+    pub states_planned: u64,
+    pub states_checked: u64,
+    pub states_passed: u64,
+    pub states_failed: u64,
+    /// Kernel and host paths disagreed (with `--checker both`).
+    pub checker_disagreements: u64,
+    pub passed: bool,
+    pub counts: verifier::Counts,
+    pub violation_count: u64,
+    /// The first violations, each with its state.
+    pub violations: Vec<StateFinding>,
+    pub observation_count: u64,
+    pub timing_ms: Timing,
+    pub overlay_peak_bytes: u64,
+    pub rerun: String,
+    pub evidence_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LogFacts {
+    pub entries: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub acks: u64,
+    pub log_bytes: u64,
+    /// The log ended mid-entry (QEMU killed while logging).
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StateFinding {
+    pub state: u64,
+    pub kind: String,
+    pub prefix_entries: u64,
+    pub crash_position: u64,
+    #[serde(flatten)]
+    pub finding: verifier::Finding,
+}
+
+/// Where the time goes, summed over the trial's states.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Timing {
+    pub capture: u64,
+    pub parse: u64,
+    pub plan: u64,
+    /// Building views (extents) or host images.
+    pub build: u64,
+    /// Kernel path: NBD transfer + mount + copy out, one round trip a state.
+    pub kernel_check: u64,
+    /// Host path: e2fsck + debugfs.
+    pub host_check: u64,
+    pub verify: u64,
+    pub checker_boot: u64,
+}
+
+/// One line of `states.jsonl`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StateLine {
+    pub trial: u64,
+    pub state: u64,
+    pub kind: String,
+    pub prefix_entries: u64,
+    pub extra_writes: usize,
+    pub torn: bool,
+    pub crash_position: u64,
+    pub acked: u64,
+    pub checker: &'static str,
+    pub passed: bool,
+    pub violation_count: u64,
+    pub lost: u64,
+    pub torn_records: u64,
+    pub first_violation: Option<verifier::Finding>,
+}
+
+fn ms_since(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
+}
+
+/// Plans the trial's states: every flush-boundary prefix (evenly thinned if
+/// they alone would exceed half the budget), then seeded random subsets of
+/// open epochs up to the budget, skipping states with the same persisted
+/// contents.
+pub fn plan_states(log: &ParsedLog, seed: u64, budget: usize, torn: bool) -> Vec<CrashState> {
+    let mut prefixes = blocklog::prefix_states(log);
+    let prefix_cap = (budget / 2).max(1);
+    if prefixes.len() > prefix_cap {
+        let step = prefixes.len() as f64 / prefix_cap as f64;
+        prefixes = (0..prefix_cap).map(|i| prefixes[(i as f64 * step) as usize].clone()).collect();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut states = Vec::with_capacity(budget);
+    for s in prefixes {
+        if seen.insert(blocklog::state_key(log, &s)) {
+            states.push(s);
+        }
+    }
+    let random_budget = budget.saturating_sub(states.len());
+    for s in blocklog::random_states(log, seed, random_budget + random_budget / 4, torn) {
+        if states.len() >= budget {
+            break;
+        }
+        if seen.insert(blocklog::state_key(log, &s)) {
+            states.push(s);
+        }
+    }
+    states
+}
+
+pub struct PowerLossContext<'a> {
+    pub trial: &'a TrialContext<'a>,
+    /// Pristine formatted disk, filesystem + ack area.
+    pub base_disk: &'a Path,
+    pub ack_area_offset_bytes: u64,
+    pub state_budget: usize,
+}
+
+pub fn run_powerloss_trial(
+    pctx: &PowerLossContext,
+    plan: &crate::plan::TrialPlan,
+    dir: &Path,
+    mut on_state: impl FnMut(&StateLine) -> Result<()>,
+) -> Result<PowerLossRecord> {
+    let ctx = pctx.trial;
+    let config = ctx.config;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {} (disk full?)", dir.display()))?;
+    let mut timing = Timing::default();
+
+    // 1. Capture.
+    let t = Instant::now();
+    let params = config.workload_params(plan.workload_seed, crate::trial::hold_for(plan), Some(pctx.ack_area_offset_bytes));
+    let disk = dir.join("disk.img");
+    let log_path = dir.join("blocklog.bin");
+    crate::images::copy_sparse(pctx.base_disk, &disk)?;
+    // A fresh, empty log: QEMU does not truncate an existing one.
+    File::create(&log_path)?;
+    let files = RunFiles::in_dir(dir, "workload");
+    let (run_end, workload_error, _) = crate::trial::run_workload(
+        ctx,
+        plan,
+        &params,
+        Drive::Logged { disk: disk.clone(), log: log_path.clone() },
+        &files,
+    )?;
+    let serial = record::protocol::parse_log(&std::fs::read_to_string(&files.protocol_log)?)
+        .with_context(|| format!("{} is corrupt", files.protocol_log.display()))?;
+    timing.capture = ms_since(t);
+
+    // 2. Parse the log and find the acks in it.
+    let t = Instant::now();
+    let device_size_bytes = std::fs::metadata(pctx.base_disk)?.len();
+    let log = blocklog::read_log_file(&log_path, device_size_bytes)
+        .with_context(|| format!("block-write log {} is unusable", log_path.display()))?;
+    let log_file = Arc::new(File::open(&log_path)?);
+    let acks = acks_in_log(&log, &log_file, pctx.ack_area_offset_bytes, device_size_bytes, params.seed)?;
+    check_acks_match(&serial, &acks.acks)?;
+    timing.parse = ms_since(t);
+    let log_facts = LogFacts {
+        entries: log.entries.len() as u64,
+        writes: log.entries.iter().filter(|e| e.is_data_write()).count() as u64,
+        flushes: log.entries.iter().filter(|e| e.flags.is_flush()).count() as u64,
+        acks: acks.acks.len() as u64,
+        log_bytes: std::fs::metadata(&log_path)?.len(),
+        truncated: log.truncated.is_some(),
+    };
+
+    // 3. Plan the states.
+    let t = Instant::now();
+    let states = plan_states(&log, plan.workload_seed, pctx.state_budget, config.torn_writes);
+    timing.plan = ms_since(t);
+
+    // 4. Check them.
+    let base_file = Arc::new(File::open(pctx.base_disk)?);
+    let want_kernel = config.checker != crate::config::Checker::Host;
+    let want_host = config.checker != crate::config::Checker::Kernel;
+    let mut kernel = if want_kernel {
+        let t = Instant::now();
+        let initial: Arc<dyn DiskView> = Arc::new(StateView::new(base_file.clone(), log_file.clone(), device_size_bytes, vec![]));
+        let checker = KernelChecker::start(ctx, dir, "checker", initial, config.fsck_states)?;
+        timing.checker_boot = ms_since(t);
+        Some(checker)
+    } else {
+        None
+    };
+    let mut record = PowerLossRecord {
+        trial: plan.trial,
+        workload_seed: plan.workload_seed,
+        crash_point: plan.crash_point,
+        run_end,
+        workload_error,
+        log: log_facts,
+        states_planned: states.len() as u64,
+        states_checked: 0,
+        states_passed: 0,
+        states_failed: 0,
+        checker_disagreements: 0,
+        passed: true,
+        counts: verifier::Counts::default(),
+        violation_count: 0,
+        violations: Vec::new(),
+        observation_count: 0,
+        timing_ms: timing,
+        overlay_peak_bytes: 0,
+        rerun: format!("{} --only-trial={}", ctx.rerun_command, plan.trial),
+        evidence_dir: dir.to_path_buf(),
+    };
+    for (index, state) in states.iter().enumerate() {
+        anyhow::ensure!(!ctx.interrupt.load(std::sync::atomic::Ordering::SeqCst), vm::Interrupted);
+        let position = crash_position(state);
+        let protocol = protocol_at(&serial, &acks, position);
+        let mut verdicts: Vec<(&'static str, verifier::Verdict)> = Vec::new();
+        if let Some(checker) = kernel.as_mut() {
+            let t = Instant::now();
+            let view: Arc<dyn DiskView> = Arc::new(StateView::new(
+                base_file.clone(),
+                log_file.clone(),
+                device_size_bytes,
+                blocklog::overlay_extents(&log, state),
+            ));
+            record.timing_ms.build += ms_since(t);
+            let t = Instant::now();
+            let check = checker.check(view, ctx.interrupt)?;
+            record.timing_ms.kernel_check += ms_since(t);
+            record.overlay_peak_bytes = record.overlay_peak_bytes.max(checker.nbd().overlay_bytes());
+            let t = Instant::now();
+            verdicts.push(("kernel", crate::trial::judge(config, &params, &protocol, &check)));
+            record.timing_ms.verify += ms_since(t);
+        }
+        if want_host {
+            let t = Instant::now();
+            let check = host_check_ext4(pctx.base_disk, &log_file, &log, state, dir)?;
+            record.timing_ms.host_check += ms_since(t);
+            let t = Instant::now();
+            verdicts.push(("host", crate::trial::judge(config, &params, &protocol, &check)));
+            record.timing_ms.verify += ms_since(t);
+        }
+        if verdicts.len() == 2 && verdicts[0].1.passed != verdicts[1].1.passed {
+            record.checker_disagreements += 1;
+        }
+        let (checker_name, verdict) = &verdicts[0];
+        record.add_state(index as u64, state, position, verdict);
+        on_state(&StateLine {
+            trial: plan.trial,
+            state: index as u64,
+            kind: format!("{:?}", state.kind).to_lowercase(),
+            prefix_entries: state.prefix_entries,
+            extra_writes: state.extra_writes.len(),
+            torn: state.torn.is_some(),
+            crash_position: position,
+            acked: verdict.counts.acked,
+            checker: checker_name,
+            passed: verdicts.iter().all(|(_, v)| v.passed),
+            violation_count: verdict.violation_count,
+            lost: verdict.counts.lost,
+            torn_records: verdict.counts.torn,
+            first_violation: verdict.violations.first().cloned(),
+        })?;
+    }
+    if let Some(checker) = kernel.take() {
+        checker.stop()?;
+    }
+    let _ = std::fs::remove_file(dir.join("host-state.img"));
+    // The crashed disk is not needed: states are rebuilt from the base and
+    // the log. Keep the log (and the base) only as evidence of a failure.
+    let _ = std::fs::remove_file(&disk);
+    if record.passed && !config.keep_images {
+        let _ = std::fs::remove_file(&log_path);
+    } else {
+        let _ = std::fs::copy(pctx.base_disk, dir.join("base-disk.img"));
+    }
+    Ok(record)
+}
+
+impl PowerLossRecord {
+    fn add_state(&mut self, index: u64, state: &CrashState, position: u64, verdict: &verifier::Verdict) {
+        self.states_checked += 1;
+        if verdict.passed {
+            self.states_passed += 1;
+        } else {
+            self.states_failed += 1;
+            self.passed = false;
+        }
+        self.violation_count += verdict.violation_count;
+        self.observation_count += verdict.observation_count;
+        let c = &verdict.counts;
+        self.counts.acked = self.counts.acked.max(c.acked);
+        self.counts.begun = self.counts.begun.max(c.begun);
+        self.counts.in_flight = self.counts.in_flight.max(c.in_flight);
+        self.counts.lost += c.lost;
+        self.counts.torn += c.torn;
+        self.counts.intact += c.intact;
+        self.counts.in_flight_new += c.in_flight_new;
+        self.counts.in_flight_old += c.in_flight_old;
+        for f in &verdict.violations {
+            if self.violations.len() >= verifier::FINDINGS_MAX {
+                break;
+            }
+            self.violations.push(StateFinding {
+                state: index,
+                kind: format!("{:?}", state.kind).to_lowercase(),
+                prefix_entries: state.prefix_entries,
+                crash_position: position,
+                finding: f.clone(),
+            });
+        }
+    }
+}
