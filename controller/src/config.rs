@@ -47,6 +47,9 @@ pub enum CrashPointKind {
     Delay,
     /// Each trial draws one of the two.
     Mixed,
+    /// No kill: the workload runs to the end (under power loss, states are
+    /// drawn from the whole log).
+    End,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -111,7 +114,12 @@ pub struct CampaignConfig {
     pub torn_writes: bool,
     /// Power loss: run fsck after every state's recovery (slower).
     pub fsck_states: bool,
+    /// Power loss: states checked in parallel (checker VMs and/or host
+    /// scratch images). Under TCG one checker VM keeps one core busy.
+    pub check_workers: u32,
 }
+
+pub const CHECK_WORKERS_MAX: u32 = 16;
 
 /// Upper bound on a campaign's power-loss states.
 pub const STATE_BUDGET_MAX: u64 = 10_000_000;
@@ -179,6 +187,9 @@ impl CampaignConfig {
         if self.crash_model == CrashModel::PowerLoss {
             if self.state_budget == 0 || self.state_budget > STATE_BUDGET_MAX {
                 return Err(format!("--state-budget must be between 1 and {STATE_BUDGET_MAX}"));
+            }
+            if !(1..=CHECK_WORKERS_MAX).contains(&self.check_workers) {
+                return Err(format!("--check-workers must be between 1 and {CHECK_WORKERS_MAX}"));
             }
             if self.checker != Checker::Kernel && self.fs != Filesystem::Ext4 {
                 return Err(format!(
@@ -273,6 +284,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
         checker: Checker::Kernel,
         torn_writes: false,
         fsck_states: false,
+        check_workers: 2,
     }
 }
 

@@ -107,6 +107,10 @@ struct RunArgs {
     /// Power loss: run the read-only fsck after every state's recovery.
     #[arg(long)]
     fsck_states: bool,
+    /// Power loss: states checked in parallel (default: the number of cores,
+    /// at most 4; under TCG each checker VM keeps one core busy).
+    #[arg(long)]
+    check_workers: Option<u32>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -165,6 +169,9 @@ fn run(args: RunArgs) -> ExitCode {
         checker: args.checker,
         torn_writes: args.torn_writes,
         fsck_states: args.fsck_states,
+        check_workers: args.check_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4)
+        }),
     };
     if let Err(msg) = config.validate() {
         eprintln!("error: {msg}");

@@ -18,6 +18,8 @@ pub enum CrashPoint {
     AfterAcks { acks: u64 },
     /// Kill `delay_ms` after the workload reported READY, wherever it is.
     AfterDelay { delay_ms: u64 },
+    /// No kill: the workload finishes and the guest powers off.
+    AtEnd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,7 @@ pub fn plan_trial(config: &CampaignConfig, trial: u64) -> TrialPlan {
         CrashPointKind::Acks => true,
         CrashPointKind::Delay => false,
         CrashPointKind::Mixed => rng.random_bool(0.5),
+        CrashPointKind::End => return TrialPlan { trial, workload_seed, crash_point: CrashPoint::AtEnd },
     };
     let crash_point = if use_acks {
         CrashPoint::AfterAcks { acks: rng.random_range(1..=config.records_per_trial) }
@@ -80,6 +83,7 @@ mod tests {
                     kinds.1 += 1;
                     assert!(delay_ms <= c.crash_delay_max_ms);
                 }
+                CrashPoint::AtEnd => panic!("mixed never runs to the end"),
             }
         }
         assert!(kinds.0 > 50 && kinds.1 > 50, "mixed draws both kinds: {kinds:?}");

@@ -20,7 +20,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -260,15 +261,16 @@ impl KernelChecker {
         &self.handle
     }
 
-    /// Shows `view` to the guest and waits for its report.
-    pub fn check(&mut self, view: Arc<dyn DiskView>, interrupt: &std::sync::atomic::AtomicBool) -> Result<CheckResult> {
+    /// Shows `view` to the guest and waits for its report. `stop` (Ctrl-C, or
+    /// another worker's failure) ends the wait.
+    pub fn check(&mut self, view: Arc<dyn DiskView>, stop: &AtomicBool) -> Result<CheckResult> {
         self.handle.set_view(view);
         let session = self.session.as_mut().expect("checker is running");
         session.send_line("CHECK")?;
         let start = Instant::now();
         let (mut mount_rc, mut file_size, mut fsck) = (None, None, None);
         loop {
-            anyhow::ensure!(!interrupt.load(std::sync::atomic::Ordering::SeqCst), vm::Interrupted);
+            anyhow::ensure!(!stop.load(Ordering::SeqCst), vm::Interrupted);
             if start.elapsed() > Duration::from_millis(self.state_timeout_ms) {
                 bail!("the checker VM did not answer within {} ms: a hung guest", self.state_timeout_ms);
             }
@@ -324,6 +326,7 @@ pub fn host_check_ext4(
     log: &ParsedLog,
     state: &CrashState,
     scratch_dir: &Path,
+    fsck: bool,
 ) -> Result<CheckResult> {
     let image = scratch_dir.join("host-state.img");
     crate::images::copy_sparse(base, &image)?;
@@ -338,7 +341,11 @@ pub fn host_check_ext4(
     if replay_rc > 1 {
         return Ok(CheckResult { mount_rc: replay_rc, file: None, fsck: None });
     }
-    let fsck = Command::new("e2fsck").args(["-f", "-n"]).arg(&image).output()?;
+    // Like the kernel path: the read-only fsck only when asked for.
+    let fsck = match fsck {
+        true => Some(Command::new("e2fsck").args(["-f", "-n"]).arg(&image).output()?),
+        false => None,
+    };
     let out = scratch_dir.join("host-state.dat");
     let _ = std::fs::remove_file(&out);
     let dump = Command::new("debugfs")
@@ -356,7 +363,7 @@ pub fn host_check_ext4(
     Ok(CheckResult {
         mount_rc: 0,
         file,
-        fsck: Some(FsckResult { tool: "e2fsck".into(), rc: fsck.status.code().unwrap_or(-1) }),
+        fsck: fsck.map(|f| FsckResult { tool: "e2fsck".into(), rc: f.status.code().unwrap_or(-1) }),
     })
 }
 
@@ -369,21 +376,28 @@ pub struct PowerLossRecord {
     pub crash_point: crate::plan::CrashPoint,
     pub run_end: crate::trial::RunEnd,
     pub workload_error: Option<String>,
+    pub workload_rate: crate::trial::WorkloadRate,
     pub log: LogFacts,
     pub states_planned: u64,
     pub states_checked: u64,
     pub states_passed: u64,
     pub states_failed: u64,
-    /// Kernel and host paths disagreed (with `--checker both`).
+    /// With `--checker both`: states the kernel and host paths judged
+    /// differently (one passed, the other failed).
     pub checker_disagreements: u64,
+    /// With `--checker both`: failing states where the two paths agree on
+    /// the failure but not on its details (violations, lost or torn counts).
+    pub checker_detail_differences: u64,
     pub passed: bool,
     pub counts: verifier::Counts,
     pub violation_count: u64,
     /// The first violations, each with its state.
     pub violations: Vec<StateFinding>,
     pub observation_count: u64,
+    /// Summed over the check workers, which run in parallel.
     pub timing_ms: Timing,
     pub overlay_peak_bytes: u64,
+    pub check_workers: u64,
     pub rerun: String,
     pub evidence_dir: PathBuf,
 }
@@ -442,6 +456,9 @@ pub struct StateLine {
     pub lost: u64,
     pub torn_records: u64,
     pub first_violation: Option<verifier::Finding>,
+    /// With `--checker both`: how the two paths' verdicts differed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disagreement: Option<String>,
 }
 
 fn ms_since(t: Instant) -> u64 {
@@ -506,7 +523,7 @@ pub fn run_powerloss_trial(
     // A fresh, empty log: QEMU does not truncate an existing one.
     File::create(&log_path)?;
     let files = RunFiles::in_dir(dir, "workload");
-    let (run_end, workload_error, _) = crate::trial::run_workload(
+    let (run_end, workload_error, workload_rate) = crate::trial::run_workload(
         ctx,
         plan,
         &params,
@@ -540,31 +557,36 @@ pub fn run_powerloss_trial(
     let states = plan_states(&log, plan.workload_seed, pctx.state_budget, config.torn_writes);
     timing.plan = ms_since(t);
 
-    // 4. Check them.
-    let base_file = Arc::new(File::open(pctx.base_disk)?);
+    // 4. Check them: `check_workers` workers in parallel (under TCG a checker
+    // VM keeps one core busy), results taken back and judged in state order.
+    let env = CheckEnv {
+        base_file: Arc::new(File::open(pctx.base_disk)?),
+        log_file: log_file.clone(),
+        device_size_bytes,
+        log: &log,
+        base_disk: pctx.base_disk,
+        fsck: config.fsck_states,
+    };
     let want_kernel = config.checker != crate::config::Checker::Host;
     let want_host = config.checker != crate::config::Checker::Kernel;
-    let mut kernel = if want_kernel {
-        let t = Instant::now();
-        let initial: Arc<dyn DiskView> = Arc::new(StateView::new(base_file.clone(), log_file.clone(), device_size_bytes, vec![]));
-        let checker = KernelChecker::start(ctx, dir, "checker", initial, config.fsck_states)?;
-        timing.checker_boot = ms_since(t);
-        Some(checker)
-    } else {
-        None
-    };
+    let workers_n = (config.check_workers as usize).clamp(1, states.len().max(1));
+    let t = Instant::now();
+    let mut workers = start_workers(ctx, dir, &env, workers_n, want_kernel, want_host)?;
+    timing.checker_boot = ms_since(t);
     let mut record = PowerLossRecord {
         trial: plan.trial,
         workload_seed: plan.workload_seed,
         crash_point: plan.crash_point,
         run_end,
         workload_error,
+        workload_rate,
         log: log_facts,
         states_planned: states.len() as u64,
         states_checked: 0,
         states_passed: 0,
         states_failed: 0,
         checker_disagreements: 0,
+        checker_detail_differences: 0,
         passed: true,
         counts: verifier::Counts::default(),
         violation_count: 0,
@@ -572,65 +594,115 @@ pub fn run_powerloss_trial(
         observation_count: 0,
         timing_ms: timing,
         overlay_peak_bytes: 0,
+        check_workers: workers_n as u64,
         rerun: format!("{} --only-trial={}", ctx.rerun_command, plan.trial),
         evidence_dir: dir.to_path_buf(),
     };
-    for (index, state) in states.iter().enumerate() {
-        anyhow::ensure!(!ctx.interrupt.load(std::sync::atomic::Ordering::SeqCst), vm::Interrupted);
-        let position = crash_position(state);
-        let protocol = protocol_at(&serial, &acks, position);
-        let mut verdicts: Vec<(&'static str, verifier::Verdict)> = Vec::new();
-        if let Some(checker) = kernel.as_mut() {
-            let t = Instant::now();
-            let view: Arc<dyn DiskView> = Arc::new(StateView::new(
-                base_file.clone(),
-                log_file.clone(),
-                device_size_bytes,
-                blocklog::overlay_extents(&log, state),
-            ));
-            record.timing_ms.build += ms_since(t);
-            let t = Instant::now();
-            let check = checker.check(view, ctx.interrupt)?;
-            record.timing_ms.kernel_check += ms_since(t);
-            record.overlay_peak_bytes = record.overlay_peak_bytes.max(checker.nbd().overlay_bytes());
-            let t = Instant::now();
-            verdicts.push(("kernel", crate::trial::judge(config, &params, &protocol, &check)));
-            record.timing_ms.verify += ms_since(t);
+    let abort = AtomicBool::new(false);
+    let next_state = AtomicUsize::new(0);
+    let checked = std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = mpsc::channel::<(usize, Result<StateChecks>)>();
+        for worker in workers.iter_mut() {
+            let (tx, env, states, abort, next_state) = (tx.clone(), &env, &states, &abort, &next_state);
+            scope.spawn(move || loop {
+                let i = next_state.fetch_add(1, Ordering::SeqCst);
+                if i >= states.len() || abort.load(Ordering::SeqCst) {
+                    break;
+                }
+                let result = worker.check(env, &states[i], abort);
+                let failed = result.is_err();
+                if tx.send((i, result)).is_err() || failed {
+                    break;
+                }
+            });
         }
-        if want_host {
-            let t = Instant::now();
-            let check = host_check_ext4(pctx.base_disk, &log_file, &log, state, dir)?;
-            record.timing_ms.host_check += ms_since(t);
-            let t = Instant::now();
-            verdicts.push(("host", crate::trial::judge(config, &params, &protocol, &check)));
-            record.timing_ms.verify += ms_since(t);
-        }
-        if verdicts.len() == 2 && verdicts[0].1.passed != verdicts[1].1.passed {
-            record.checker_disagreements += 1;
-        }
-        let (checker_name, verdict) = &verdicts[0];
-        record.add_state(index as u64, state, position, verdict);
-        on_state(&StateLine {
-            trial: plan.trial,
-            state: index as u64,
-            kind: format!("{:?}", state.kind).to_lowercase(),
-            prefix_entries: state.prefix_entries,
-            extra_writes: state.extra_writes.len(),
-            torn: state.torn.is_some(),
-            crash_position: position,
-            acked: verdict.counts.acked,
-            checker: checker_name,
-            passed: verdicts.iter().all(|(_, v)| v.passed),
-            violation_count: verdict.violation_count,
-            lost: verdict.counts.lost,
-            torn_records: verdict.counts.torn,
-            first_violation: verdict.violations.first().cloned(),
-        })?;
-    }
-    if let Some(checker) = kernel.take() {
-        checker.stop()?;
-    }
-    let _ = std::fs::remove_file(dir.join("host-state.img"));
+        drop(tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next_out = 0usize;
+        let outcome = loop {
+            if ctx.interrupt.load(Ordering::SeqCst) {
+                break Err(anyhow::Error::new(vm::Interrupted));
+            }
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok((i, Ok(checks))) => {
+                    pending.insert(i, checks);
+                }
+                Ok((_, Err(e))) => break Err(e),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+            }
+            while let Some(checks) = pending.remove(&next_out) {
+                let state = &states[next_out];
+                let position = crash_position(state);
+                let protocol = protocol_at(&serial, &acks, position);
+                let t = Instant::now();
+                let verdicts: Vec<(&'static str, verifier::Verdict)> = checks
+                    .results
+                    .iter()
+                    .map(|(name, check)| (*name, crate::trial::judge(config, &params, &protocol, check)))
+                    .collect();
+                record.timing_ms.verify += ms_since(t);
+                record.timing_ms.build += checks.build_ms;
+                record.timing_ms.kernel_check += checks.kernel_ms;
+                record.timing_ms.host_check += checks.host_ms;
+                record.overlay_peak_bytes = record.overlay_peak_bytes.max(checks.overlay_bytes);
+                let judged = |v: &verifier::Verdict| (v.passed, v.violation_count, v.counts.lost, v.counts.torn);
+                let disagreement = (verdicts.len() == 2 && judged(&verdicts[0].1) != judged(&verdicts[1].1)).then(|| {
+                    verdicts
+                        .iter()
+                        .map(|(name, v)| {
+                            let (passed, violations, lost, torn) = judged(v);
+                            let first = v.violations.first().map(|f| f.reason.as_str()).unwrap_or("-");
+                            format!("{name}: passed={passed} violations={violations} lost={lost} torn={torn} first={first}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                });
+                if disagreement.is_some() {
+                    // Pass/fail must agree. On a filesystem the crash left
+                    // broken, the kernel and e2fsprogs may read different
+                    // wreckage (a rejected inode vs an empty file): counted
+                    // apart, with both readings in states.jsonl.
+                    if verdicts[0].1.passed != verdicts[1].1.passed {
+                        record.checker_disagreements += 1;
+                    } else {
+                        record.checker_detail_differences += 1;
+                    }
+                }
+                let (checker_name, verdict) = &verdicts[0];
+                record.add_state(next_out as u64, state, position, verdict);
+                let line = StateLine {
+                    trial: plan.trial,
+                    state: next_out as u64,
+                    kind: format!("{:?}", state.kind).to_lowercase(),
+                    prefix_entries: state.prefix_entries,
+                    extra_writes: state.extra_writes.len(),
+                    torn: state.torn.is_some(),
+                    crash_position: position,
+                    acked: verdict.counts.acked,
+                    checker: checker_name,
+                    passed: verdicts.iter().all(|(_, v)| v.passed),
+                    violation_count: verdict.violation_count,
+                    lost: verdict.counts.lost,
+                    torn_records: verdict.counts.torn,
+                    first_violation: verdict.violations.first().cloned(),
+                    disagreement,
+                };
+                if let Err(e) = on_state(&line) {
+                    abort.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+                next_out += 1;
+            }
+        };
+        // Stops the other workers at their next state; their VMs go below.
+        abort.store(true, Ordering::SeqCst);
+        outcome
+    });
+    let stopped: Result<Vec<()>> = workers.into_iter().map(CheckWorker::stop).collect();
+    checked?;
+    stopped?;
+    assert_eq!(record.states_checked, states.len() as u64, "every planned state was judged");
     // The crashed disk is not needed: states are rebuilt from the base and
     // the log. Keep the log (and the base) only as evidence of a failure.
     let _ = std::fs::remove_file(&disk);
@@ -640,6 +712,107 @@ pub fn run_powerloss_trial(
         let _ = std::fs::copy(pctx.base_disk, dir.join("base-disk.img"));
     }
     Ok(record)
+}
+
+/// What a worker needs to build and check any state; shared, read-only.
+struct CheckEnv<'a> {
+    base_file: Arc<File>,
+    log_file: Arc<File>,
+    device_size_bytes: u64,
+    log: &'a ParsedLog,
+    base_disk: &'a Path,
+    fsck: bool,
+}
+
+/// One state's check results, from each path asked for.
+struct StateChecks {
+    results: Vec<(&'static str, CheckResult)>,
+    build_ms: u64,
+    kernel_ms: u64,
+    host_ms: u64,
+    overlay_bytes: u64,
+}
+
+/// A check worker: a checker VM (kernel path) and/or a scratch directory
+/// (host path). Each runs on its own thread.
+struct CheckWorker {
+    kernel: Option<KernelChecker>,
+    host_scratch: Option<PathBuf>,
+}
+
+fn start_workers(
+    ctx: &TrialContext,
+    dir: &Path,
+    env: &CheckEnv,
+    count: usize,
+    want_kernel: bool,
+    want_host: bool,
+) -> Result<Vec<CheckWorker>> {
+    // Checker VMs boot in parallel: a boot is seconds of one core.
+    let booted: Vec<Result<CheckWorker>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .map(|i| {
+                scope.spawn(move || -> Result<CheckWorker> {
+                    let kernel = match want_kernel {
+                        true => {
+                            let initial: Arc<dyn DiskView> = Arc::new(StateView::new(
+                                env.base_file.clone(),
+                                env.log_file.clone(),
+                                env.device_size_bytes,
+                                vec![],
+                            ));
+                            Some(KernelChecker::start(ctx, dir, &format!("checker{i}"), initial, env.fsck)?)
+                        }
+                        false => None,
+                    };
+                    let host_scratch = match want_host {
+                        true => {
+                            let scratch = dir.join(format!("host{i}"));
+                            std::fs::create_dir_all(&scratch)?;
+                            Some(scratch)
+                        }
+                        false => None,
+                    };
+                    Ok(CheckWorker { kernel, host_scratch })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a checker thread panicked")))).collect()
+    });
+    booted.into_iter().collect()
+}
+
+impl CheckWorker {
+    fn check(&mut self, env: &CheckEnv, state: &CrashState, abort: &AtomicBool) -> Result<StateChecks> {
+        let mut checks = StateChecks { results: Vec::new(), build_ms: 0, kernel_ms: 0, host_ms: 0, overlay_bytes: 0 };
+        if let Some(checker) = self.kernel.as_mut() {
+            let t = Instant::now();
+            let extents = blocklog::overlay_extents(env.log, state);
+            let view: Arc<dyn DiskView> =
+                Arc::new(StateView::new(env.base_file.clone(), env.log_file.clone(), env.device_size_bytes, extents));
+            checks.build_ms = ms_since(t);
+            let t = Instant::now();
+            checks.results.push(("kernel", checker.check(view, abort)?));
+            checks.kernel_ms = ms_since(t);
+            checks.overlay_bytes = checker.nbd().overlay_bytes();
+        }
+        if let Some(scratch) = &self.host_scratch {
+            let t = Instant::now();
+            checks.results.push(("host", host_check_ext4(env.base_disk, &env.log_file, env.log, state, scratch, env.fsck)?));
+            checks.host_ms = ms_since(t);
+        }
+        Ok(checks)
+    }
+
+    fn stop(self) -> Result<()> {
+        if let Some(scratch) = &self.host_scratch {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
+        match self.kernel {
+            Some(checker) => checker.stop(),
+            None => Ok(()),
+        }
+    }
 }
 
 impl PowerLossRecord {

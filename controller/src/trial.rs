@@ -47,6 +47,14 @@ pub enum RunEnd {
     WorkloadError,
 }
 
+/// How fast the workload acked, as the host saw it: acks between READY and
+/// the last ACK line (the log's cost shows up here).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct WorkloadRate {
+    pub acks: u64,
+    pub ready_to_last_ack_ms: u64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FsckResult {
     pub tool: String,
@@ -60,6 +68,7 @@ pub struct TrialRecord {
     pub crash_point: CrashPoint,
     pub run_end: RunEnd,
     pub workload_error: Option<String>,
+    pub workload_rate: WorkloadRate,
     pub mount_rc: i32,
     pub fsck: Option<FsckResult>,
     pub file_size_bytes: Option<u64>,
@@ -76,7 +85,7 @@ pub struct TrialRecord {
 pub fn hold_for(plan: &TrialPlan) -> Option<u64> {
     match plan.crash_point {
         CrashPoint::AfterAcks { acks } => Some(acks),
-        CrashPoint::AfterDelay { .. } => None,
+        CrashPoint::AfterDelay { .. } | CrashPoint::AtEnd => None,
     }
 }
 
@@ -89,7 +98,9 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
     images::copy_sparse(ctx.base_disk, &disk)?;
 
     let workload_files = RunFiles::in_dir(dir, "workload");
-    let (run_end, workload_error, workload_ms) = run_workload(ctx, plan, &params, Drive::Raw(disk.clone()), &workload_files)?;
+    let workload_start = Instant::now();
+    let (run_end, workload_error, workload_rate) = run_workload(ctx, plan, &params, Drive::Raw(disk.clone()), &workload_files)?;
+    let workload_ms = workload_start.elapsed().as_millis() as u64;
     let protocol_text = std::fs::read_to_string(&workload_files.protocol_log)?;
     let protocol = record::protocol::parse_log(&protocol_text)
         .with_context(|| format!("{} is corrupt", workload_files.protocol_log.display()))?;
@@ -114,6 +125,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
         crash_point: plan.crash_point,
         run_end,
         workload_error,
+        workload_rate,
         mount_rc: check.mount_rc,
         fsck: check.fsck.clone(),
         file_size_bytes: check.file.as_ref().map(|f| f.len() as u64),
@@ -143,14 +155,14 @@ fn limits(config: &CampaignConfig) -> Limits {
 }
 
 /// Boots the workload on `drive` and kills it at the plan's crash point.
-/// Returns how the run ended, the workload's error if any, and its duration.
+/// Returns how the run ended, the workload's error if any, and its ack rate.
 pub(crate) fn run_workload(
     ctx: &TrialContext,
     plan: &TrialPlan,
     params: &record::WorkloadParams,
     drive: Drive,
     files: &RunFiles,
-) -> Result<(RunEnd, Option<String>, u64)> {
+) -> Result<(RunEnd, Option<String>, WorkloadRate)> {
     let mut kernel_args = base_kernel_args(ctx.config, "workload");
     kernel_args.extend(params.to_kernel_args());
     let spec = VmSpec {
@@ -166,9 +178,14 @@ pub(crate) fn run_workload(
     let mut done = false;
     let mut error = None::<String>;
     let mut mount_rc = None::<i32>;
+    let mut rate = WorkloadRate::default();
     let run = vm::run_vm(spec, files, limits(ctx.config), ctx.interrupt, |event, now| {
         match (event, plan.crash_point) {
             (Some(Event::Ready { .. }), _) => ready_at = Some(now),
+            (Some(Event::Ack { .. }), _) => {
+                rate.acks += 1;
+                rate.ready_to_last_ack_ms = ready_at.map(|t| (now - t).as_millis() as u64).unwrap_or(0);
+            }
             (Some(Event::Hold { .. }), CrashPoint::AfterAcks { .. }) => return Action::Kill,
             (Some(Event::Done { .. }), _) => done = true,
             (Some(Event::Mount { rc }), _) => mount_rc = Some(*rc),
@@ -200,7 +217,7 @@ pub(crate) fn run_workload(
         VmOutcome::Exited { .. } if done => RunEnd::WorkloadDone,
         other => return Err(vm::boot_failure("workload boot failed", other, files)),
     };
-    Ok((end, error, run.elapsed_ms))
+    Ok((end, error, rate))
 }
 
 /// What the check boot reported.

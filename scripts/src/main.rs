@@ -76,42 +76,75 @@ fn test(sh: &Shell, extra: &[String]) -> Result<i32> {
     status(sh, command)
 }
 
+/// The three pipelines on the same workload and seed, side by side.
+const BENCH_WORKLOAD: &[&str] = &["--seed=7", "--records=1000", "--fs=ext4", "--mode=ms-sync"];
+
 fn bench(sh: &Shell, extra: &[String]) -> Result<i32> {
-    let images = setup(sh)?;
-    let images = images.display().to_string();
-    let id = format!("bench-{}", std::process::id());
-    let command = cmd!(
-        sh,
-        "cargo run --quiet --release -p crashlab-controller --bin crashlab -- run --images-dir {images} --quiet --campaign-id {id} --results-dir results {extra...}"
-    );
-    let code = status(sh, command)?;
-    if code > 1 {
-        return Ok(code);
-    }
-    let summary: serde_json::Value =
-        serde_json::from_str(&sh.read_file(format!("results/{id}/summary.json"))?)?;
-    let trials = sh.read_file(format!("results/{id}/trials.jsonl"))?;
-    let mut phases = [0f64; 3];
-    let mut n = 0f64;
-    for line in trials.lines() {
-        let t: serde_json::Value = serde_json::from_str(line)?;
-        for (i, key) in ["workload_ms", "check_ms", "verify_ms"].iter().enumerate() {
-            phases[i] += t[key].as_f64().unwrap_or(0.0);
+    let images = setup(sh)?.display().to_string();
+    cmd!(sh, "cargo build --quiet --release -p crashlab-controller --bin crashlab").run()?;
+    let tag = std::process::id();
+    let runs: [(&str, &[&str]); 3] = [
+        ("reboot-per-crash", &["--crash-model=kernel-crash", "--trials=3"]),
+        ("power-loss, kernel checker", &["--crash-model=power-loss", "--trials=1", "--state-budget=1000", "--checker=kernel"]),
+        ("power-loss, host checker (ext4)", &["--crash-model=power-loss", "--trials=1", "--state-budget=1000", "--checker=host"]),
+    ];
+    let mut results = Vec::new();
+    for (name, args) in runs {
+        let id = format!("bench-{tag}-{}", results.len());
+        eprintln!("xtask bench: {name} ...");
+        let command = cmd!(
+            sh,
+            "target/release/crashlab run --images-dir {images} --quiet --campaign-id {id} --results-dir results {BENCH_WORKLOAD...} {args...} {extra...}"
+        );
+        let code = status(sh, command)?;
+        if code > 1 {
+            anyhow::bail!("{name}: crashlab exited {code}; see results/{id}");
         }
-        n += 1.0;
+        let summary: serde_json::Value = serde_json::from_str(&sh.read_file(format!("results/{id}/summary.json"))?)?;
+        let trials: Vec<serde_json::Value> = sh
+            .read_file(format!("results/{id}/trials.jsonl"))?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        results.push((name, id, summary, trials));
     }
-    println!("benchmark: reboot-per-crash (kernel-crash model), default campaign");
-    println!("  trials:                          {}", summary["trials_run"]);
-    println!("  seconds per trial:               {:.2}", summary["seconds_per_trial"].as_f64().unwrap_or(0.0));
-    println!("  crash states verified per minute: {:.2}", summary["states_per_minute"].as_f64().unwrap_or(0.0));
-    if n > 0.0 {
+    let per_min = |i: usize| results[i].2["states_per_minute"].as_f64().unwrap_or(0.0);
+    let field = |v: &serde_json::Value, path: &[&str]| path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(0.0);
+    println!("crashlab benchmark (workload: {})", BENCH_WORKLOAD.join(" "));
+    println!();
+    println!("{:<34} {:>8} {:>10} {:>14} {:>10}", "pipeline", "states", "seconds", "states/minute", "peak RSS");
+    for (name, _, summary, _) in &results {
         println!(
-            "  mean per trial: workload boot {:.0} ms, check boot {:.0} ms, verify {:.1} ms",
-            phases[0] / n,
-            phases[1] / n,
-            phases[2] / n
+            "{:<34} {:>8} {:>10.1} {:>14.1} {:>7} MiB",
+            name,
+            summary["states_checked"],
+            field(summary, &["elapsed_s"]),
+            field(summary, &["states_per_minute"]),
+            field(summary, &["peak_rss_kib"]) as u64 / 1024
         );
     }
-    println!("  results: results/{id}");
+    println!();
+    println!("seconds per trial, reboot-per-crash: {:.2}", field(&results[0].2, &["seconds_per_trial"]));
+    println!("ratio, kernel-verified power-loss states vs reboot-per-crash: {:.0}x", per_min(1) / per_min(0).max(1e-9));
+    println!("ratio, host-verified power-loss states vs reboot-per-crash:   {:.0}x", per_min(2) / per_min(0).max(1e-9));
+    println!();
+    for i in [1, 2] {
+        let t = &results[i].3[0];
+        let timing = &t["timing_ms"];
+        println!("where the time goes, {} ({} states, ms):", results[i].0, t["states_checked"]);
+        for key in ["capture", "checker_boot", "parse", "plan", "build", "kernel_check", "host_check", "verify"] {
+            println!("  {key:<14} {:>8}", timing[key]);
+        }
+        println!("  log: {} entries ({} writes, {} flushes, {} acks), {} KiB", t["log"]["entries"], t["log"]["writes"], t["log"]["flushes"], t["log"]["acks"], field(t, &["log", "log_bytes"]) as u64 / 1024);
+    }
+    let rate = |trials: &[serde_json::Value]| {
+        let acks: f64 = trials.iter().map(|t| field(t, &["workload_rate", "acks"])).sum();
+        let ms: f64 = trials.iter().map(|t| field(t, &["workload_rate", "ready_to_last_ack_ms"])).sum();
+        acks * 1000.0 / ms.max(1.0)
+    };
+    let (plain, logged) = (rate(&results[0].3), rate(&results[1].3[..]));
+    println!();
+    println!("workload msyncs (acks) per second: {plain:.0} without blklogwrites, {logged:.0} with; slowdown {:.2}x", plain / logged.max(1e-9));
+    println!("results: {}", results.iter().map(|r| format!("results/{}", r.1)).collect::<Vec<_>>().join(" "));
     Ok(0)
 }
