@@ -228,8 +228,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let mut summary = Summary { campaign_id: req.campaign_id.clone(), results_dir: dir.clone(), ..Default::default() };
     let start = Instant::now();
     let mut failure = None;
-    // The budget is per campaign; each trial takes its share.
-    let state_budget = (config.state_budget / config.trials).max(1) as usize;
+    let state_budget = config.state_budget_per_trial();
     let pctx = PowerLossContext { trial: &ctx, base_disk: &base_disk, ack_area_offset_bytes, state_budget };
     for &trial in &trial_ids {
         let plan = plan_trial(config, trial);

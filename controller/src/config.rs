@@ -204,6 +204,11 @@ impl CampaignConfig {
         Ok(())
     }
 
+    /// Power loss: each trial's share of the campaign's state budget.
+    pub fn state_budget_per_trial(&self) -> usize {
+        (self.state_budget / self.trials.max(1)).max(1) as usize
+    }
+
     /// The `crashlab run` arguments that reproduce this configuration.
     pub fn to_cli_args(&self) -> Vec<String> {
         let mut args = vec![

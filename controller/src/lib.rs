@@ -14,6 +14,7 @@ pub mod nbd;
 pub mod plan;
 pub mod powerloss;
 pub mod qemu;
+pub mod replay;
 pub mod signals;
 pub mod trial;
 pub mod vm;

@@ -22,6 +22,29 @@ struct Cli {
 enum Command {
     /// Run a crash campaign and write its results.
     Run(RunArgs),
+    /// Rebuild one power-loss crash state exactly from a campaign's kept
+    /// evidence, write it as a disk image and judge it again.
+    ReplayState(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The campaign directory (results/<campaign-id>).
+    #[arg(long)]
+    campaign: PathBuf,
+    #[arg(long)]
+    trial: u64,
+    #[arg(long)]
+    state: u64,
+    /// Where to write the state's disk image (default: in the trial's directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Who recovers the state: kernel (a checker VM), host (ext4), or both.
+    #[arg(long, value_enum, default_value = "kernel")]
+    checker: Checker,
+    /// Overrides the campaign's guest images directory.
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -132,6 +155,34 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => run(args),
+        Command::ReplayState(args) => replay(args),
+    }
+}
+
+fn replay(args: ReplayArgs) -> ExitCode {
+    if let Err(e) = controller::signals::install() {
+        eprintln!("error: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::from(2);
+    }
+    let request = controller::replay::ReplayRequest {
+        campaign_dir: &args.campaign,
+        trial: args.trial,
+        state: args.state,
+        out: args.out,
+        checker: args.checker,
+        images_dir: args.images_dir,
+        interrupt: &controller::signals::INTERRUPTED,
+    };
+    match controller::replay::replay_state(&request) {
+        Ok(outcome) => {
+            println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+            let failed = outcome.verdicts.iter().any(|(_, v)| !v.passed);
+            ExitCode::from(u8::from(failed))
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -367,6 +367,38 @@ pub fn host_check_ext4(
     })
 }
 
+/// A captured run, read back: the parsed log, the serial protocol, and the
+/// promises placed in the log.
+pub struct Capture {
+    pub log: ParsedLog,
+    pub log_file: Arc<File>,
+    pub serial: ProtocolLog,
+    pub promises: LoggedPromises,
+    pub device_size_bytes: u64,
+}
+
+pub fn read_capture(
+    log_path: &Path,
+    protocol_path: &Path,
+    base_disk: &Path,
+    ack_area_offset_bytes: u64,
+    seed: u64,
+) -> Result<Capture> {
+    let serial = record::protocol::parse_log(
+        &std::fs::read_to_string(protocol_path).with_context(|| format!("cannot read {}", protocol_path.display()))?,
+    )
+    .with_context(|| format!("{} is corrupt", protocol_path.display()))?;
+    let device_size_bytes = std::fs::metadata(base_disk)
+        .with_context(|| format!("cannot read {}", base_disk.display()))?
+        .len();
+    let log = blocklog::read_log_file(log_path, device_size_bytes)
+        .with_context(|| format!("block-write log {} is unusable", log_path.display()))?;
+    let log_file = Arc::new(File::open(log_path)?);
+    let promises = acks_in_log(&log, &log_file, ack_area_offset_bytes, device_size_bytes, seed)?;
+    check_acks_match(&serial, &promises.acks)?;
+    Ok(Capture { log, log_file, serial, promises, device_size_bytes })
+}
+
 /// One power-loss trial: what it captured, the states it checked, and
 /// their verdicts.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -416,6 +448,8 @@ pub struct LogFacts {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StateFinding {
     pub state: u64,
+    /// The command that rebuilds exactly this state and judges it again.
+    pub replay: String,
     pub kind: String,
     pub prefix_entries: u64,
     pub crash_position: u64,
@@ -530,19 +564,13 @@ pub fn run_powerloss_trial(
         Drive::Logged { disk: disk.clone(), log: log_path.clone() },
         &files,
     )?;
-    let serial = record::protocol::parse_log(&std::fs::read_to_string(&files.protocol_log)?)
-        .with_context(|| format!("{} is corrupt", files.protocol_log.display()))?;
     timing.capture = ms_since(t);
 
-    // 2. Parse the log and find the acks in it.
+    // 2. Parse the log and find the promises in it.
     let t = Instant::now();
-    let device_size_bytes = std::fs::metadata(pctx.base_disk)?.len();
-    let log = blocklog::read_log_file(&log_path, device_size_bytes)
-        .with_context(|| format!("block-write log {} is unusable", log_path.display()))?;
-    let log_file = Arc::new(File::open(&log_path)?);
-    let acks = acks_in_log(&log, &log_file, pctx.ack_area_offset_bytes, device_size_bytes, params.seed)?;
-    check_acks_match(&serial, &acks.acks)?;
+    let capture = read_capture(&log_path, &files.protocol_log, pctx.base_disk, pctx.ack_area_offset_bytes, params.seed)?;
     timing.parse = ms_since(t);
+    let Capture { log, log_file, serial, promises: acks, device_size_bytes } = capture;
     let log_facts = LogFacts {
         entries: log.entries.len() as u64,
         writes: log.entries.iter().filter(|e| e.is_data_write()).count() as u64,
@@ -839,8 +867,14 @@ impl PowerLossRecord {
             if self.violations.len() >= verifier::FINDINGS_MAX {
                 break;
             }
+            let campaign_dir = self.evidence_dir.parent().and_then(Path::parent).unwrap_or(Path::new("."));
             self.violations.push(StateFinding {
                 state: index,
+                replay: format!(
+                    "crashlab replay-state --campaign {} --trial {} --state {index}",
+                    campaign_dir.display(),
+                    self.trial
+                ),
                 kind: format!("{:?}", state.kind).to_lowercase(),
                 prefix_entries: state.prefix_entries,
                 crash_position: position,

@@ -30,6 +30,31 @@ fn ext4_without_barriers_loses_acked_records() {
     assert!(u(&t, "states_failed") > 0);
     let rules: Vec<&str> = t["violations"].as_array().unwrap().iter().map(|v| v["rule"].as_str().unwrap()).collect();
     assert!(rules.contains(&"acked-record-lost"), "{rules:?}");
+
+    // One command replays one crash state exactly: rebuilt from the kept
+    // base image and log, it fails again with the same first violation.
+    let first = &t["violations"][0];
+    let replay = first["replay"].as_str().unwrap();
+    assert!(replay.starts_with("crashlab replay-state --campaign "), "{replay}");
+    let state = first["state"].as_u64().unwrap().to_string();
+    let out = util::crashlab()
+        .args(["replay-state", "--trial=0", "--checker=both", "--state", &state, "--campaign"])
+        .arg(h.results.path().join("barrier0"))
+        .arg("--images-dir")
+        .arg(&h.images_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for (name, verdict) in replayed["verdicts"].as_array().unwrap().iter().map(|p| (&p[0], &p[1])) {
+        assert_eq!(verdict["passed"], false, "{name}");
+    }
+    let kernel = &replayed["verdicts"][0][1]["violations"][0];
+    assert_eq!(kernel["reason"], first["reason"]);
+    assert_eq!(kernel["slot"], first["slot"]);
+    let image = replayed["image"].as_str().unwrap();
+    assert!(std::path::Path::new(image).is_file(), "the state's disk image is written: {image}");
 }
 
 #[test]
