@@ -78,7 +78,7 @@ impl From<&TrialRecord> for TrialTotals {
     fn from(t: &TrialRecord) -> Self {
         TrialTotals {
             passed: t.verdict.passed,
-            run_end: t.run_end,
+            run_end: t.run.run_end,
             states: 1,
             states_failed: u64::from(!t.verdict.passed),
             violations: t.verdict.violation_count,
@@ -92,7 +92,7 @@ impl From<&PowerLossRecord> for TrialTotals {
     fn from(t: &PowerLossRecord) -> Self {
         TrialTotals {
             passed: t.passed,
-            run_end: t.run_end,
+            run_end: t.run.run_end,
             states: t.states_checked,
             states_failed: t.states_failed,
             violations: t.violation_count,

@@ -403,12 +403,8 @@ pub fn read_capture(
 /// their verdicts.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PowerLossRecord {
-    pub trial: u64,
-    pub workload_seed: u64,
-    pub crash_point: crate::plan::CrashPoint,
-    pub run_end: crate::trial::RunEnd,
-    pub workload_error: Option<String>,
-    pub workload_rate: crate::trial::WorkloadRate,
+    #[serde(flatten)]
+    pub run: crate::trial::WorkloadRun,
     pub log: LogFacts,
     pub states_planned: u64,
     pub states_checked: u64,
@@ -557,7 +553,7 @@ pub fn run_powerloss_trial(
     // A fresh, empty log: QEMU does not truncate an existing one.
     File::create(&log_path)?;
     let files = RunFiles::in_dir(dir, "workload");
-    let (run_end, workload_error, workload_rate) = crate::trial::run_workload(
+    let run = crate::trial::run_workload(
         ctx,
         plan,
         &params,
@@ -602,12 +598,7 @@ pub fn run_powerloss_trial(
     let mut workers = start_workers(ctx, dir, &env, workers_n, want_kernel, want_host)?;
     timing.checker_boot = ms_since(t);
     let mut record = PowerLossRecord {
-        trial: plan.trial,
-        workload_seed: plan.workload_seed,
-        crash_point: plan.crash_point,
-        run_end,
-        workload_error,
-        workload_rate,
+        run,
         log: log_facts,
         states_planned: states.len() as u64,
         states_checked: 0,
@@ -873,7 +864,7 @@ impl PowerLossRecord {
                 replay: format!(
                     "crashlab replay-state --campaign {} --trial {} --state {index}",
                     campaign_dir.display(),
-                    self.trial
+                    self.run.trial
                 ),
                 kind: format!("{:?}", state.kind).to_lowercase(),
                 prefix_entries: state.prefix_entries,

@@ -61,14 +61,22 @@ pub struct FsckResult {
     pub rc: i32,
 }
 
+/// The workload boot of a trial, under either crash model: the head of both
+/// kinds of trial record (flattened into their JSON).
 #[derive(Clone, Debug, Serialize)]
-pub struct TrialRecord {
+pub struct WorkloadRun {
     pub trial: u64,
     pub workload_seed: u64,
     pub crash_point: CrashPoint,
     pub run_end: RunEnd,
     pub workload_error: Option<String>,
     pub workload_rate: WorkloadRate,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrialRecord {
+    #[serde(flatten)]
+    pub run: WorkloadRun,
     pub mount_rc: i32,
     pub fsck: Option<FsckResult>,
     pub file_size_bytes: Option<u64>,
@@ -99,7 +107,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
 
     let workload_files = RunFiles::in_dir(dir, "workload");
     let workload_start = Instant::now();
-    let (run_end, workload_error, workload_rate) = run_workload(ctx, plan, &params, Drive::Raw(disk.clone()), &workload_files)?;
+    let run = run_workload(ctx, plan, &params, Drive::Raw(disk.clone()), &workload_files)?;
     let workload_ms = workload_start.elapsed().as_millis() as u64;
     let protocol_text = std::fs::read_to_string(&workload_files.protocol_log)?;
     let protocol = record::protocol::parse_log(&protocol_text)
@@ -120,12 +128,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
     }
     let _ = std::fs::remove_file(dir.join("export.img"));
     Ok(TrialRecord {
-        trial: plan.trial,
-        workload_seed: plan.workload_seed,
-        crash_point: plan.crash_point,
-        run_end,
-        workload_error,
-        workload_rate,
+        run,
         mount_rc: check.mount_rc,
         fsck: check.fsck.clone(),
         file_size_bytes: check.file.as_ref().map(|f| f.len() as u64),
@@ -162,7 +165,7 @@ pub(crate) fn run_workload(
     params: &record::WorkloadParams,
     drive: Drive,
     files: &RunFiles,
-) -> Result<(RunEnd, Option<String>, WorkloadRate)> {
+) -> Result<WorkloadRun> {
     let mut kernel_args = base_kernel_args(ctx.config, "workload");
     kernel_args.extend(params.to_kernel_args());
     let spec = VmSpec {
@@ -217,7 +220,14 @@ pub(crate) fn run_workload(
         VmOutcome::Exited { .. } if done => RunEnd::WorkloadDone,
         other => return Err(vm::boot_failure("workload boot failed", other, files)),
     };
-    Ok((end, error, rate))
+    Ok(WorkloadRun {
+        trial: plan.trial,
+        workload_seed: plan.workload_seed,
+        crash_point: plan.crash_point,
+        run_end: end,
+        workload_error: error,
+        workload_rate: rate,
+    })
 }
 
 /// What the check boot reported.

@@ -420,20 +420,12 @@ impl<'a> SlotContext<'a> {
             Version::Zeros => None,
         };
         let diff_at = first_difference(self.expected_bytes(Version::Seq(expected)), found);
-        verdict.judge(
-            promised,
-            Finding {
-                rule: Rule::AckedRecordLost,
-                slot: Some(slot),
-                expected_seq: Some(expected),
-                found_seq,
-                reason: match found_seq {
-                    Some(s) => format!("acked record {expected} was lost: the slot holds the older record {s}"),
-                    None => format!("acked record {expected} was lost: the slot holds zeros"),
-                },
-                hex_excerpt: Some(hex::excerpt(found, diff_at & !15, 32)),
-            },
-        );
+        let reason = match found_seq {
+            Some(s) => format!("acked record {expected} was lost: the slot holds the older record {s}"),
+            None => format!("acked record {expected} was lost: the slot holds zeros"),
+        };
+        let excerpt = hex::excerpt(found, diff_at & !15, 32);
+        verdict.judge(promised, lost_finding(slot, expected, found_seq, reason, excerpt));
         SlotState::Lost { expected_seq: expected, found_seq }
     }
 
@@ -480,20 +472,23 @@ impl<'a> SlotContext<'a> {
         }
         if let Some(i) = older_sector {
             let expected = floor.expect("older sectors are only disallowed below an acked floor");
-            verdict.judge(
-                promised,
-                Finding {
-                    rule: Rule::AckedRecordLost,
-                    slot: Some(slot),
-                    expected_seq: Some(expected),
-                    found_seq: None,
-                    reason: format!("acked record {expected} is torn: sector {i} holds an older version"),
-                    hex_excerpt: Some(hex::excerpt(found, i * SECTOR_SIZE_BYTES, 32)),
-                },
-            );
+            let reason = format!("acked record {expected} is torn: sector {i} holds an older version");
+            let excerpt = hex::excerpt(found, i * SECTOR_SIZE_BYTES, 32);
+            verdict.judge(promised, lost_finding(slot, expected, None, reason, excerpt));
             return SlotState::Lost { expected_seq: expected, found_seq: None };
         }
         SlotState::Torn
+    }
+}
+
+fn lost_finding(slot: u64, expected: u64, found_seq: Option<u64>, reason: String, hex_excerpt: String) -> Finding {
+    Finding {
+        rule: Rule::AckedRecordLost,
+        slot: Some(slot),
+        expected_seq: Some(expected),
+        found_seq,
+        reason,
+        hex_excerpt: Some(hex_excerpt),
     }
 }
 

@@ -40,10 +40,16 @@ pub fn crashlab() -> Command {
 }
 
 impl Harness {
-    /// Runs `crashlab run` with small, fast defaults plus `args`.
+    /// Runs `crashlab run` with `args`, plus a small, fast record count
+    /// unless `args` sets one.
     pub fn run(&self, id: &str, args: &[&str]) -> Output {
+        let records = match args.iter().any(|a| a.starts_with("--records")) {
+            true => None,
+            false => Some("--records=600"),
+        };
         let out = crashlab()
-            .args(["run", "--quiet", "--records=600", "--campaign-id", id])
+            .args(["run", "--quiet", "--campaign-id", id])
+            .args(records)
             .arg("--images-dir")
             .arg(&self.images_dir)
             .arg("--results-dir")
