@@ -202,8 +202,8 @@ impl VmSession {
     }
 }
 
-/// One boot from start to end: the observer sees every event and a tick
-/// between events, and may ask for the kill.
+/// One boot from start to end: the observer sees every event, and a tick
+/// (`None`) at least every `TICK_MS`, and may ask for the kill.
 pub fn run_vm(
     spec: VmSpec,
     files: &RunFiles,
@@ -217,6 +217,9 @@ pub fn run_vm(
         Err(outcome) => return Ok(VmRun { outcome, elapsed_ms: start.elapsed().as_millis() as u64 }),
     };
     let mut last_line = None::<Instant>;
+    // The observer is ticked at least every TICK_MS even while lines pour
+    // in: a busy guest must not postpone a time-based crash point.
+    let mut last_tick = Instant::now();
     let outcome = loop {
         let now = Instant::now();
         let elapsed_ms = (now - start).as_millis() as u64;
@@ -238,13 +241,15 @@ pub fn run_vm(
                     break VmOutcome::Killed;
                 }
             }
-            Step::Tick => {
-                if observe(None, Instant::now()) == Action::Kill {
-                    break VmOutcome::Killed;
-                }
-            }
+            Step::Tick => {}
             Step::Exited(Some(code)) => break VmOutcome::Exited { code },
             Step::Exited(None) => break VmOutcome::Stalled,
+        }
+        if last_tick.elapsed() >= Duration::from_millis(TICK_MS) {
+            last_tick = Instant::now();
+            if observe(None, last_tick) == Action::Kill {
+                break VmOutcome::Killed;
+            }
         }
     };
     session.finish()?;

@@ -118,3 +118,21 @@ fn ctrl_c_stops_cleanly_and_keeps_finished_trials() {
     let summary = std::fs::read_to_string(h.results.path().join("int/summary.json")).unwrap();
     assert!(summary.contains("\"interrupted\": true"), "{summary}");
 }
+
+/// Regression: delay crash points fired only when the guest's stream of
+/// lines paused, so a busy workload ran to completion past its crash point.
+#[test]
+fn delay_crash_point_fires_while_the_guest_is_busy() {
+    let Some(h) = vm_harness("delay_busy") else { return };
+    // 5,000 records take several seconds; every delay is at most 1.5 s. The
+    // kill comes within a tick (5 ms) of the delay; 50 ms allows for load.
+    let out = h.run("delay", &["--crash-points=delay", "--crash-delay-max-ms=1500", "--records=5000", "--trials=2", "--seed=4"]);
+    assert_eq!(out.status.code(), Some(0));
+    for t in h.trials("delay") {
+        assert_eq!(t["run_end"], "crashed", "{t}");
+        let delay_ms = t["crash_point"]["delay_ms"].as_u64().unwrap();
+        let last_ack_ms = t["workload_rate"]["ready_to_last_ack_ms"].as_u64().unwrap();
+        assert!(last_ack_ms <= delay_ms + 50, "killed late: last ack at {last_ack_ms} ms, delay {delay_ms} ms");
+        assert!(t["counts"]["acked"].as_u64().unwrap() < 5000);
+    }
+}
