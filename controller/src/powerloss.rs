@@ -109,7 +109,7 @@ pub fn crash_position(state: &CrashState) -> u64 {
 /// has no data in the state, and a begun record only widens what a slot
 /// may hold.
 pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64) -> ProtocolLog {
-    if !promises.ready_entry.is_some_and(|r| r < position) {
+    if promises.ready_entry.is_none_or(|r| r >= position) {
         let events = serial.events.iter().filter(|e| matches!(e, Event::Booted { .. })).cloned().collect();
         return ProtocolLog { events, truncated_tail: None };
     }

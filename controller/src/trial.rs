@@ -195,11 +195,10 @@ pub(crate) fn run_workload(
             (Some(Event::Error { op, errno }), _) => {
                 error = Some(format!("{op}: {}", std::io::Error::from_raw_os_error(*errno)))
             }
-            (None, CrashPoint::AfterDelay { delay_ms }) if !done && error.is_none() => {
-                if ready_at.is_some_and(|t| (now - t).as_millis() as u64 >= delay_ms) {
+            (None, CrashPoint::AfterDelay { delay_ms }) if !done && error.is_none()
+                && ready_at.is_some_and(|t| (now - t).as_millis() as u64 >= delay_ms) => {
                     return Action::Kill;
                 }
-            }
             _ => {}
         }
         Action::Continue

@@ -68,7 +68,7 @@ impl std::error::Error for RecordLayoutError {}
 /// sector size between 512 bytes and 64 KiB.
 pub fn check_record_size(size_bytes: usize) -> Result<(), String> {
     if !(RECORD_SIZE_MIN_BYTES..=RECORD_SIZE_MAX_BYTES).contains(&size_bytes)
-        || size_bytes % SECTOR_SIZE_BYTES != 0
+        || !size_bytes.is_multiple_of(SECTOR_SIZE_BYTES)
     {
         return Err(format!(
             "record size {size_bytes} bytes is not allowed: use a multiple of {SECTOR_SIZE_BYTES} \

@@ -186,7 +186,7 @@ impl WorkloadParams {
     pub fn validate(&self) -> Result<(), ParamsError> {
         layout::check_record_size(self.record_size_bytes as usize).map_err(ParamsError)?;
         let rs = u64::from(self.record_size_bytes);
-        if self.file_size_bytes == 0 || self.file_size_bytes % rs != 0 {
+        if self.file_size_bytes == 0 || !self.file_size_bytes.is_multiple_of(rs) {
             return Err(ParamsError(format!(
                 "file size {} bytes must be a non-zero multiple of the record size {rs}",
                 self.file_size_bytes

@@ -72,11 +72,11 @@ fn busybox_is_static(sh: &Shell) -> bool {
 }
 
 fn is_root() -> bool {
-    nix_geteuid() == 0
+    effective_uid() == 0
 }
 
-fn nix_geteuid() -> u32 {
-    // SAFETY-free: read from /proc to avoid a libc dependency in xtask.
+/// From /proc, to keep xtask free of a libc binding.
+fn effective_uid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

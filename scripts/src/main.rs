@@ -54,8 +54,7 @@ fn setup(sh: &Shell) -> Result<std::path::PathBuf> {
 }
 
 /// Runs a command, returning its exit code instead of failing on non-zero.
-fn status(sh: &Shell, command: xshell::Cmd<'_>) -> Result<i32> {
-    let _ = sh;
+fn status(command: xshell::Cmd<'_>) -> Result<i32> {
     let out = std::process::Command::from(command).status()?;
     Ok(out.code().unwrap_or(2))
 }
@@ -64,7 +63,7 @@ fn campaign(sh: &Shell, extra: &[String]) -> Result<i32> {
     let images = setup(sh)?;
     let images = images.display().to_string();
     let command = cmd!(sh, "cargo run --quiet --release -p crashlab-controller --bin crashlab -- run --images-dir {images} {extra...}");
-    status(sh, command)
+    status(command)
 }
 
 fn test(sh: &Shell, extra: &[String]) -> Result<i32> {
@@ -73,7 +72,7 @@ fn test(sh: &Shell, extra: &[String]) -> Result<i32> {
     let _require = sh.push_env("CRASHLAB_REQUIRE_VM", "1");
     // One VM at a time: the machine has two cores and TCG is CPU-bound.
     let command = cmd!(sh, "cargo test --workspace --exclude xtask {extra...} -- --test-threads=1");
-    status(sh, command)
+    status(command)
 }
 
 /// The three pipelines on the same workload and seed, side by side.
@@ -96,7 +95,7 @@ fn bench(sh: &Shell, extra: &[String]) -> Result<i32> {
             sh,
             "target/release/crashlab run --images-dir {images} --quiet --campaign-id {id} --results-dir results {BENCH_WORKLOAD...} {args...} {extra...}"
         );
-        let code = status(sh, command)?;
+        let code = status(command)?;
         if code > 1 {
             anyhow::bail!("{name}: crashlab exited {code}; see results/{id}");
         }
