@@ -71,7 +71,7 @@ fn test(sh: &Shell, extra: &[String]) -> Result<i32> {
     let _env = sh.push_env("CRASHLAB_IMAGES_DIR", &images);
     let _require = sh.push_env("CRASHLAB_REQUIRE_VM", "1");
     // One VM at a time: the machine has two cores and TCG is CPU-bound.
-    let command = cmd!(sh, "cargo test --workspace --exclude xtask {extra...} -- --test-threads=1");
+    let command = cmd!(sh, "cargo test --workspace {extra...} -- --test-threads=1");
     status(command)
 }
 
