@@ -55,7 +55,7 @@ fn sanity_boot(images: &GuestImages, work_dir: &Path, interrupt: &AtomicBool) ->
         Some(Event::Booted { .. }) => Action::Kill,
         _ => Action::Continue,
     })?;
-    vm::ensure_no_failure(run.outcome)?;
+    vm::bail_if_interrupted(run.outcome)?;
     Ok(match run.outcome {
         VmOutcome::Killed => Ok(()),
         VmOutcome::Exited { code } => Err(format!("QEMU exited with status {code}: {}", vm::tail_of(&files.stderr_log, 1))),

@@ -180,16 +180,12 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
     let base_disk = dir.join("base-disk.img");
     images::make_filesystem(config.fs, &base_disk, config.disk_size_bytes)?;
-    // Power loss: the ack area follows the filesystem on the same disk, one
-    // sector per possible ack, so ack writes are logged in order with the
-    // filesystem's writes.
-    let ack_area_offset_bytes = config.disk_size_bytes;
+    let ack_area_offset_bytes = config.ack_area_offset_bytes();
     if config.crash_model == CrashModel::PowerLoss {
-        let ack_area_bytes = (config.records_per_trial * 512).div_ceil(1 << 20) << 20;
         std::fs::OpenOptions::new()
             .write(true)
             .open(&base_disk)?
-            .set_len(config.disk_size_bytes + ack_area_bytes)
+            .set_len(ack_area_offset_bytes + config.ack_area_size_bytes())
             .context("cannot grow the base disk for the ack area (disk full?)")?;
     }
 

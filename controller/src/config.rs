@@ -204,6 +204,19 @@ impl CampaignConfig {
         Ok(())
     }
 
+    /// Power loss: the ack area follows the filesystem on the same disk, so
+    /// ack writes are logged in order with the filesystem's writes.
+    pub fn ack_area_offset_bytes(&self) -> u64 {
+        self.disk_size_bytes
+    }
+
+    /// Power loss: one sector for the ready marker and one per possible ack,
+    /// rounded up to a MiB.
+    pub fn ack_area_size_bytes(&self) -> u64 {
+        let sectors = self.records_per_trial + 1;
+        (sectors * record::layout::ack::ACK_SIZE_BYTES as u64).div_ceil(1 << 20) << 20
+    }
+
     /// Power loss: each trial's share of the campaign's state budget.
     pub fn state_budget_per_trial(&self) -> usize {
         (self.state_budget / self.trials.max(1)).max(1) as usize
@@ -317,6 +330,17 @@ mod tests {
     fn zero_record_size_is_rejected() {
         let c = CampaignConfig { record_size_bytes: 0, ..sample_config() };
         assert!(c.validate().unwrap_err().contains("record size 0"));
+    }
+
+    #[test]
+    fn ack_area_holds_the_ready_marker_and_every_ack() {
+        for records in [1, 2000, 2047, 2048, 2049, 100_000] {
+            let c = CampaignConfig { records_per_trial: records, ..sample_config() };
+            assert!(c.ack_area_size_bytes() >= (records + 1) * 512, "{records} records");
+            assert_eq!(c.ack_area_size_bytes() % (1 << 20), 0);
+        }
+        let c = CampaignConfig { records_per_trial: 2048, ..sample_config() };
+        assert_eq!(c.ack_area_size_bytes(), 2 << 20, "2,049 sectors need a second MiB");
     }
 
     #[test]

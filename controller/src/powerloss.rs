@@ -31,7 +31,7 @@ use record::{Event, ProtocolLog};
 
 use crate::nbd::{DiskView, NbdHandle, NbdLimits, NbdServer};
 use crate::qemu::{Drive, VmSpec};
-use crate::trial::{CheckResult, FsckResult, TrialContext};
+use crate::trial::{CheckReport, CheckResult, ExportDisk, FsckResult, TrialContext};
 use crate::vm::{self, Limits, RunFiles, Step, VmSession};
 
 /// Where an ack sits in the block-write log.
@@ -186,8 +186,7 @@ pub struct KernelChecker {
     session: Option<VmSession>,
     server: Option<NbdServer>,
     handle: NbdHandle,
-    export: PathBuf,
-    export_size_bytes: u64,
+    export: ExportDisk,
     state_timeout_ms: u64,
     _socket_dir: tempfile::TempDir,
 }
@@ -203,10 +202,7 @@ impl KernelChecker {
         let socket = socket_dir.path().join("nbd");
         let limits = NbdLimits { overlay_max_bytes: OVERLAY_MAX_BYTES, request_max_bytes: 32 << 20 };
         let (server, handle) = NbdServer::start(&socket, "state", initial, limits)?;
-        let export = dir.join(format!("{name}-export.img"));
-        let export_size_bytes = config.file_size_bytes + (1 << 20);
-        File::create(&export).and_then(|f| f.set_len(export_size_bytes))
-            .with_context(|| format!("cannot create {} (disk full?)", export.display()))?;
+        let export = ExportDisk::create(dir.join(format!("{name}-export.img")), config.file_size_bytes)?;
         let files = RunFiles::in_dir(dir, name);
         let spec = VmSpec {
             images: ctx.images.clone(),
@@ -218,7 +214,7 @@ impl KernelChecker {
                 format!("crashlab.mount_opts={}", config.mount_opts),
                 format!("crashlab.fsck={}", u8::from(fsck)),
             ],
-            drives: vec![Drive::Nbd { socket: socket.clone(), export: "state".into() }, Drive::Raw(export.clone())],
+            drives: vec![Drive::Nbd { socket: socket.clone(), export: "state".into() }, Drive::Raw(export.path.clone())],
             console_log: files.console_log.clone(),
             channel_socket: PathBuf::new(),
         };
@@ -251,7 +247,6 @@ impl KernelChecker {
             server: Some(server),
             handle,
             export,
-            export_size_bytes,
             state_timeout_ms: STATE_TIMEOUT_MS.min(config.stall_timeout_ms.max(1)),
             _socket_dir: socket_dir,
         })
@@ -268,32 +263,19 @@ impl KernelChecker {
         let session = self.session.as_mut().expect("checker is running");
         session.send_line("CHECK")?;
         let start = Instant::now();
-        let (mut mount_rc, mut file_size, mut fsck) = (None, None, None);
-        loop {
+        let mut report = CheckReport::default();
+        while !report.checked {
             anyhow::ensure!(!stop.load(Ordering::SeqCst), vm::Interrupted);
             if start.elapsed() > Duration::from_millis(self.state_timeout_ms) {
                 bail!("the checker VM did not answer within {} ms: a hung guest", self.state_timeout_ms);
             }
             match session.next(Duration::from_millis(2))? {
-                Step::Event(Event::Mount { rc }) => mount_rc = Some(rc),
-                Step::Event(Event::File { size_bytes }) => file_size = Some(size_bytes),
-                Step::Event(Event::Fsck { tool, rc }) if tool != "none" => fsck = Some(FsckResult { tool, rc }),
-                Step::Event(Event::Checked) => break,
+                Step::Event(event) => report.observe(&event),
                 Step::Exited(code) => bail!("the checker VM exited (status {code:?}) mid-check: a guest panic?"),
-                _ => {}
+                Step::Tick => {}
             }
         }
-        let mount_rc = mount_rc.context("the checker reported CHECKED without MOUNT")?;
-        let file = match file_size {
-            None => None,
-            Some(size) if size > self.export_size_bytes => bail!("recovered file of {size} bytes exceeds the export disk"),
-            Some(size) => {
-                let mut bytes = vec![0u8; size as usize];
-                File::open(&self.export)?.read_exact_at(&mut bytes, 0)?;
-                Some(bytes)
-            }
-        };
-        Ok(CheckResult { mount_rc, file, fsck })
+        report.finish(&self.export)?.context("the checker reported CHECKED without MOUNT")
     }
 
     pub fn stop(mut self) -> Result<()> {
@@ -304,7 +286,7 @@ impl KernelChecker {
         if let Some(server) = self.server.take() {
             server.stop()?;
         }
-        let _ = std::fs::remove_file(&self.export);
+        let _ = std::fs::remove_file(&self.export.path);
         Ok(())
     }
 }
@@ -350,7 +332,7 @@ pub fn host_check_ext4(
     let _ = std::fs::remove_file(&out);
     let dump = Command::new("debugfs")
         .arg("-R")
-        .arg(format!("dump /crashlab.dat {}", out.display()))
+        .arg(format!("dump {} {}", crate::trial::DATA_FILE_PATH, out.display()))
         .arg(&image)
         .output()
         .context("cannot run debugfs")?;

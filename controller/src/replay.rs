@@ -70,7 +70,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
     );
 
     let plan = plan_trial(&config, req.trial);
-    let ack_area_offset_bytes = config.disk_size_bytes;
+    let ack_area_offset_bytes = config.ack_area_offset_bytes();
     let params = config.workload_params(plan.workload_seed, crate::trial::hold_for(&plan), Some(ack_area_offset_bytes));
     let capture = powerloss::read_capture(
         &log_path,

@@ -20,8 +20,9 @@ use crate::plan::{CrashPoint, TrialPlan};
 use crate::qemu::{AccelUsed, Drive, VmSpec};
 use crate::vm::{self, Action, Limits, RunFiles, VmOutcome};
 
-/// Where the guest mounts the test filesystem and keeps the data file.
-pub const GUEST_DATA_PATH: &str = "/mnt/crashlab.dat";
+/// The data file's path on the test filesystem (the guest's /init mounts
+/// it at /mnt: see `DATA` in vm-images/init).
+pub const DATA_FILE_PATH: &str = "/crashlab.dat";
 
 pub struct TrialContext<'a> {
     pub config: &'a CampaignConfig,
@@ -158,7 +159,6 @@ fn limits(config: &CampaignConfig) -> Limits {
 }
 
 /// Boots the workload on `drive` and kills it at the plan's crash point.
-/// Returns how the run ended, the workload's error if any, and its ack rate.
 pub(crate) fn run_workload(
     ctx: &TrialContext,
     plan: &TrialPlan,
@@ -203,7 +203,7 @@ pub(crate) fn run_workload(
         }
         Action::Continue
     })?;
-    vm::ensure_no_failure(run.outcome)?;
+    vm::bail_if_interrupted(run.outcome)?;
     if let Some(rc) = mount_rc {
         bail!(
             "the guest could not mount the fresh {} filesystem with -o {} (mount exit status {rc}): \
@@ -236,54 +236,90 @@ pub struct CheckResult {
     pub fsck: Option<FsckResult>,
 }
 
+/// The second disk a check boot copies the data file onto. It holds the
+/// workload's file size + 1 MiB, so a file that grew past its size still
+/// shows up (and is judged by the size rule).
+pub(crate) struct ExportDisk {
+    pub path: PathBuf,
+    pub size_bytes: u64,
+}
+
+impl ExportDisk {
+    pub fn create(path: PathBuf, file_size_bytes: u64) -> Result<ExportDisk> {
+        let size_bytes = file_size_bytes + (1 << 20);
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(size_bytes))
+            .with_context(|| format!("cannot create {} (disk full?)", path.display()))?;
+        Ok(ExportDisk { path, size_bytes })
+    }
+
+    /// The first `size_bytes` the guest copied.
+    fn read_file(&self, size_bytes: u64) -> Result<Vec<u8>> {
+        if size_bytes > self.size_bytes {
+            bail!("the recovered file is {size_bytes} bytes, more than the export disk's {}", self.size_bytes);
+        }
+        let mut bytes = vec![0u8; size_bytes as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&self.path)?, &mut bytes, 0)?;
+        Ok(bytes)
+    }
+}
+
+/// The check boot's report lines (`MOUNT`, `FILE`/`NOFILE`, `FSCK`,
+/// `CHECKED`), gathered; the one-shot check boot and the long-lived
+/// checker VM both speak it.
+#[derive(Default)]
+pub(crate) struct CheckReport {
+    mount_rc: Option<i32>,
+    file_size_bytes: Option<u64>,
+    fsck: Option<FsckResult>,
+    pub checked: bool,
+}
+
+impl CheckReport {
+    pub fn observe(&mut self, event: &Event) {
+        match event {
+            Event::Mount { rc } => self.mount_rc = Some(*rc),
+            Event::File { size_bytes } => self.file_size_bytes = Some(*size_bytes),
+            Event::Fsck { tool, rc } if tool != "none" => self.fsck = Some(FsckResult { tool: tool.clone(), rc: *rc }),
+            Event::Checked => self.checked = true,
+            _ => {}
+        }
+    }
+
+    /// The result, with the file's bytes read from `export`; `None` when the
+    /// report is incomplete (no `MOUNT`, or no `CHECKED`).
+    pub fn finish(self, export: &ExportDisk) -> Result<Option<CheckResult>> {
+        let (Some(mount_rc), true) = (self.mount_rc, self.checked) else {
+            return Ok(None);
+        };
+        let file = self.file_size_bytes.map(|size| export.read_file(size)).transpose()?;
+        Ok(Some(CheckResult { mount_rc, file, fsck: self.fsck }))
+    }
+}
+
 fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> Result<CheckResult> {
-    // The guest copies the data file onto this second disk; its size bounds
-    // the copy, so a file that grew past the workload's size shows up as
-    // exactly that size + 1 MiB of overflow room.
-    let export = dir.join("export.img");
-    let export_size_bytes = ctx.config.file_size_bytes + (1 << 20);
-    std::fs::File::create(&export)
-        .and_then(|f| f.set_len(export_size_bytes))
-        .with_context(|| format!("cannot create {} (disk full?)", export.display()))?;
+    let export = ExportDisk::create(dir.join("export.img"), ctx.config.file_size_bytes)?;
     let spec = VmSpec {
         images: ctx.images.clone(),
         accel: ctx.accel,
         memory_mib: ctx.config.guest_memory_mib,
         kernel_args: base_kernel_args(ctx.config, "check"),
-        drives: vec![Drive::Raw(disk.to_path_buf()), Drive::Raw(export.clone())],
+        drives: vec![Drive::Raw(disk.to_path_buf()), Drive::Raw(export.path.clone())],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
     };
-    let mut mount_rc = None;
-    let mut file_size = None;
-    let mut fsck = None;
-    let mut checked = false;
+    let mut report = CheckReport::default();
     let run = vm::run_vm(spec, files, limits(ctx.config), ctx.interrupt, |event, _| {
-        match event {
-            Some(Event::Mount { rc }) => mount_rc = Some(*rc),
-            Some(Event::File { size_bytes }) => file_size = Some(*size_bytes),
-            Some(Event::Fsck { tool, rc }) if tool != "none" => fsck = Some(FsckResult { tool: tool.clone(), rc: *rc }),
-            Some(Event::Checked) => checked = true,
-            _ => {}
+        if let Some(event) = event {
+            report.observe(event);
         }
         Action::Continue
     })?;
-    vm::ensure_no_failure(run.outcome)?;
-    let (Some(mount_rc), true) = (mount_rc, checked) else {
-        return Err(vm::boot_failure("check boot did not finish", run.outcome, files));
-    };
-    let file = match file_size {
-        None => None,
-        Some(size) if size > export_size_bytes => {
-            bail!("the recovered file is {size} bytes, more than the export disk holds: grow the export disk")
-        }
-        Some(size) => {
-            let mut bytes = std::fs::read(&export)?;
-            bytes.truncate(size as usize);
-            Some(bytes)
-        }
-    };
-    Ok(CheckResult { mount_rc, file, fsck })
+    vm::bail_if_interrupted(run.outcome)?;
+    match report.finish(&export)? {
+        Some(result) => Ok(result),
+        None => Err(vm::boot_failure("check boot did not finish", run.outcome, files)),
+    }
 }
 
 pub fn judge(

@@ -345,7 +345,8 @@ pub fn boot_failure(what: &str, outcome: VmOutcome, files: &RunFiles) -> anyhow:
     )
 }
 
-pub fn ensure_no_failure(outcome: VmOutcome) -> Result<()> {
+/// Turns an interrupted run into the `Interrupted` error the campaign stops on.
+pub fn bail_if_interrupted(outcome: VmOutcome) -> Result<()> {
     if outcome == VmOutcome::Interrupted {
         bail!(Interrupted);
     }
