@@ -116,10 +116,7 @@ impl fmt::Display for LogError {
                 index,
                 offset_bytes,
                 reason,
-            } => write!(
-                f,
-                "write log entry {index} at byte {offset_bytes} is invalid: {reason}"
-            ),
+            } => write!(f, "write log entry {index} at byte {offset_bytes} is invalid: {reason}"),
             LogError::WritePastDeviceEnd {
                 index,
                 sector,

@@ -32,10 +32,7 @@ impl BlockSink for File {
 }
 
 /// Parses the log file at `path` with default options.
-pub fn read_log_file(
-    path: impl AsRef<Path>,
-    device_size_bytes: u64,
-) -> Result<ParsedLog, LogError> {
+pub fn read_log_file(path: impl AsRef<Path>, device_size_bytes: u64) -> Result<ParsedLog, LogError> {
     read_log_file_with(path, device_size_bytes, &ParseOptions::default())
 }
 

@@ -137,8 +137,7 @@ impl EntryHeader {
 /// True for the sector sizes this crate can interpret (see
 /// [`MIN_LOG_SECTOR_SIZE_BYTES`]).
 pub fn log_sector_size_supported(size_bytes: u32) -> bool {
-    size_bytes.is_power_of_two()
-        && (MIN_LOG_SECTOR_SIZE_BYTES..=MAX_LOG_SECTOR_SIZE_BYTES).contains(&size_bytes)
+    size_bytes.is_power_of_two() && (MIN_LOG_SECTOR_SIZE_BYTES..=MAX_LOG_SECTOR_SIZE_BYTES).contains(&size_bytes)
 }
 
 fn le_u64(bytes: &[u8]) -> u64 {

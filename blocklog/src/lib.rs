@@ -78,13 +78,13 @@ pub use file::{read_log_file, read_log_file_with};
 pub use format::EntryFlags;
 pub use overlay::{apply_state, overlay_extents, Extent};
 pub use parse::{
-    entry_data, parse_log, parse_log_from, read_entry_data, LogEntry, ParseOptions, ParsedLog,
-    TruncatedPart, Truncation, DEFAULT_MAX_ENTRIES,
+    entry_data, parse_log, parse_log_from, read_entry_data, LogEntry, ParseOptions, ParsedLog, TruncatedPart,
+    Truncation, DEFAULT_MAX_ENTRIES,
 };
 pub use source::{BlockSink, LogSource};
 pub use state::{
-    open_epoch, prefix_states, prefix_states_up_to, random_states, random_states_up_to, state_key,
-    CrashState, StateKey, StateKind, TornWrite,
+    open_epoch, prefix_states, prefix_states_up_to, random_states, random_states_up_to, state_key, CrashState,
+    StateKey, StateKind, TornWrite,
 };
 
 #[cfg(test)]

@@ -31,19 +31,13 @@ pub struct Extent {
 ///
 /// Panics if the state does not fit the log (see [`CrashState::validate`]).
 pub fn overlay_extents(log: &ParsedLog, state: &CrashState) -> Vec<Extent> {
-    state
-        .validate(log)
-        .unwrap_or_else(|error| panic!("{error}"));
+    state.validate(log).unwrap_or_else(|error| panic!("{error}"));
     let mut map = ExtentMap::default();
     for entry in log.entries[..state.prefix_entries as usize]
         .iter()
         .filter(|e| e.is_data_write())
     {
-        map.insert(
-            entry.sector,
-            entry.sector + entry.nr_sectors,
-            entry.data_offset_bytes,
-        );
+        map.insert(entry.sector, entry.sector + entry.nr_sectors, entry.data_offset_bytes);
     }
     for &index in &state.extra_writes {
         let entry = &log.entries[index as usize];
@@ -54,11 +48,7 @@ pub fn overlay_extents(log: &ParsedLog, state: &CrashState) -> Vec<Extent> {
         };
         for run in runs {
             let log_offset_bytes = entry.data_offset_bytes + run.start * SECTOR_SIZE_BYTES;
-            map.insert(
-                entry.sector + run.start,
-                entry.sector + run.end,
-                log_offset_bytes,
-            );
+            map.insert(entry.sector + run.start, entry.sector + run.end, log_offset_bytes);
         }
     }
     map.into_extents()
@@ -70,12 +60,7 @@ pub fn overlay_extents(log: &ParsedLog, state: &CrashState) -> Vec<Extent> {
 /// limited to its kept sectors), with less I/O.
 ///
 /// Panics if the state does not fit the log.
-pub fn apply_state<L, S>(
-    log_source: &L,
-    log: &ParsedLog,
-    state: &CrashState,
-    sink: &mut S,
-) -> io::Result<()>
+pub fn apply_state<L, S>(log_source: &L, log: &ParsedLog, state: &CrashState, sink: &mut S) -> io::Result<()>
 where
     L: LogSource + ?Sized,
     S: BlockSink + ?Sized,
@@ -132,10 +117,8 @@ impl ExtentMap {
         };
         if end > at {
             self.ranges.insert(start, (at, log_offset_bytes));
-            self.ranges.insert(
-                at,
-                (end, log_offset_bytes + (at - start) * SECTOR_SIZE_BYTES),
-            );
+            self.ranges
+                .insert(at, (end, log_offset_bytes + (at - start) * SECTOR_SIZE_BYTES));
         }
     }
 

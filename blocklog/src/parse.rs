@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LogError;
 use crate::format::{
-    log_sector_size_supported, EntryFlags, EntryHeader, Superblock, ENTRY_HEADER_SIZE_BYTES,
-    SECTOR_SIZE_BYTES, SUPERBLOCK_SIZE_BYTES, WRITE_LOG_MAGIC, WRITE_LOG_VERSION,
+    log_sector_size_supported, EntryFlags, EntryHeader, Superblock, ENTRY_HEADER_SIZE_BYTES, SECTOR_SIZE_BYTES,
+    SUPERBLOCK_SIZE_BYTES, WRITE_LOG_MAGIC, WRITE_LOG_VERSION,
 };
 use crate::source::LogSource;
 use std::io;
@@ -147,13 +147,7 @@ pub fn parse_log_from<L: LogSource + ?Sized>(
 ) -> Result<ParsedLog, LogError> {
     let file_size_bytes = source.size_bytes()?;
     let superblock = read_superblock(source, file_size_bytes, options)?;
-    let walk = walk_entries(
-        source,
-        file_size_bytes,
-        device_size_bytes,
-        &superblock,
-        options,
-    )?;
+    let walk = walk_entries(source, file_size_bytes, device_size_bytes, &superblock, options)?;
     let log = ParsedLog {
         sector_size_bytes: superblock.sector_size_bytes,
         entries: walk.entries,
@@ -180,11 +174,7 @@ pub fn entry_data<'a>(log_bytes: &'a [u8], entry: &LogEntry) -> &'a [u8] {
 }
 
 /// Reads the data of `entry` from any source into `buf` (resized to fit).
-pub fn read_entry_data<L: LogSource + ?Sized>(
-    source: &L,
-    entry: &LogEntry,
-    buf: &mut Vec<u8>,
-) -> io::Result<()> {
+pub fn read_entry_data<L: LogSource + ?Sized>(source: &L, entry: &LogEntry, buf: &mut Vec<u8>) -> io::Result<()> {
     let len = usize::try_from(entry.data_len_bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "entry too large for memory"))?;
     buf.resize(len, 0);
@@ -458,11 +448,9 @@ fn check_plain(header: &EntryHeader, padding: &[u8]) -> Result<(), String> {
         return Err("entry is both a flush and a discard".to_string());
     }
     if padding.iter().any(|&b| b != 0) {
-        return Err(
-            "header sector padding is not zero: the walk lost its place (wrong log \
+        return Err("header sector padding is not zero: the walk lost its place (wrong log \
                     sector size?) or the log is corrupt"
-                .to_string(),
-        );
+            .to_string());
     }
     Ok(())
 }

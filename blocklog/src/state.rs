@@ -97,20 +97,14 @@ impl CrashState {
         }
         let expected = CrashState::new(0, self.extra_writes.clone(), self.torn.clone()).kind;
         if self.kind != expected {
-            return fail(format!(
-                "kind is {:?} but its contents make it {expected:?}",
-                self.kind
-            ));
+            return fail(format!("kind is {:?} but its contents make it {expected:?}", self.kind));
         }
         Ok(())
     }
 
     fn validate_torn(&self, log: &ParsedLog, torn: &TornWrite) -> Result<(), String> {
         if self.extra_writes.binary_search(&torn.entry).is_err() {
-            return Err(format!(
-                "torn write {} is not one of extra_writes",
-                torn.entry
-            ));
+            return Err(format!("torn write {} is not one of extra_writes", torn.entry));
         }
         let nr_sectors = log.entries[torn.entry as usize].nr_sectors;
         let kept = &torn.sectors_kept;
@@ -178,13 +172,7 @@ pub fn random_states(log: &ParsedLog, seed: u64, budget: usize, torn: bool) -> V
 /// States with the same [`StateKey`] as an earlier one are skipped. Stops
 /// after `budget` states or `16 * budget + 64` draws, so a small state space
 /// returns fewer states. Deterministic for a given seed on every platform.
-pub fn random_states_up_to(
-    log: &ParsedLog,
-    end_entries: u64,
-    seed: u64,
-    budget: usize,
-    torn: bool,
-) -> Vec<CrashState> {
+pub fn random_states_up_to(log: &ParsedLog, end_entries: u64, seed: u64, budget: usize, torn: bool) -> Vec<CrashState> {
     assert_end_in_log(log, end_entries);
     let epochs = build_epochs(log, end_entries);
     let mut rng = SplitMix64::new(seed);
@@ -247,10 +235,7 @@ fn draw_torn(rng: &mut SplitMix64, log: &ParsedLog, extra_writes: &[u64]) -> Opt
     } else {
         random_proper_subset(rng, nr_sectors)
     };
-    Some(TornWrite {
-        entry,
-        sectors_kept,
-    })
+    Some(TornWrite { entry, sectors_kept })
 }
 
 fn random_proper_subset(rng: &mut SplitMix64, nr_sectors: u64) -> Vec<u64> {
@@ -283,17 +268,14 @@ impl StateKey {
 
 fn contribution(sector: u64, winner: u64) -> u128 {
     let low = mix64(sector ^ mix64(winner.wrapping_add(0x243f_6a88_85a3_08d3)));
-    let high =
-        mix64(sector.wrapping_add(0x1319_8a2e_0370_7344) ^ mix64(winner ^ 0xa409_3822_299f_31d0));
+    let high = mix64(sector.wrapping_add(0x1319_8a2e_0370_7344) ^ mix64(winner ^ 0xa409_3822_299f_31d0));
     (u128::from(high) << 64) | u128::from(low)
 }
 
 /// The content key of any valid state, computed from scratch
 /// (O(sectors written by the state)). Panics if the state is invalid.
 pub fn state_key(log: &ParsedLog, state: &CrashState) -> StateKey {
-    state
-        .validate(log)
-        .unwrap_or_else(|error| panic!("{error}"));
+    state.validate(log).unwrap_or_else(|error| panic!("{error}"));
     let mut winners = HashMap::new();
     for entry in &log.entries[..state.prefix_entries as usize] {
         for sector in entry_sectors(entry) {
@@ -303,9 +285,7 @@ pub fn state_key(log: &ParsedLog, state: &CrashState) -> StateKey {
     record_extra_winners(log, state, &mut winners);
     winners
         .into_iter()
-        .fold(StateKey::default(), |key, (sector, winner)| {
-            key.add(sector, winner)
-        })
+        .fold(StateKey::default(), |key, (sector, winner)| key.add(sector, winner))
 }
 
 /// Device sectors a data write covers (none for flush/discard/mark).
@@ -355,15 +335,13 @@ impl Epoch {
         debug_assert_eq!(state.prefix_entries, self.prefix_entries);
         let mut changed = HashMap::new();
         record_extra_winners(log, state, &mut changed);
-        changed
-            .into_iter()
-            .fold(self.prefix_key, |key, (sector, winner)| {
-                let key = match self.prior_winners.get(&sector) {
-                    Some(&prior) => key.sub(sector, prior),
-                    None => key,
-                };
-                key.add(sector, winner)
-            })
+        changed.into_iter().fold(self.prefix_key, |key, (sector, winner)| {
+            let key = match self.prior_winners.get(&sector) {
+                Some(&prior) => key.sub(sector, prior),
+                None => key,
+            };
+            key.add(sector, winner)
+        })
     }
 }
 
@@ -436,11 +414,7 @@ mod tests {
         for _ in 0..300 {
             let epoch = &epochs[rng.below(epochs.len() as u64) as usize];
             let state = draw_state(&mut rng, &log, epoch, true);
-            assert_eq!(
-                epoch.key_of(&log, &state),
-                state_key(&log, &state),
-                "{state:?}"
-            );
+            assert_eq!(epoch.key_of(&log, &state), state_key(&log, &state), "{state:?}");
         }
     }
 }

@@ -2,8 +2,7 @@
 //! for tests here and in other crates. Not a QEMU replacement: no I/O.
 
 use crate::format::{
-    EntryFlags, EntryHeader, Superblock, SECTOR_SIZE_BYTES, SUPERBLOCK_SIZE_BYTES, WRITE_LOG_MAGIC,
-    WRITE_LOG_VERSION,
+    EntryFlags, EntryHeader, Superblock, SECTOR_SIZE_BYTES, SUPERBLOCK_SIZE_BYTES, WRITE_LOG_MAGIC, WRITE_LOG_VERSION,
 };
 
 /// QEMU's default `log-super-update-interval`.
@@ -32,16 +31,8 @@ impl LogWriter {
     /// aligned to the log sector size, as QEMU's request alignment ensures.
     pub fn write(&mut self, sector: u64, data: &[u8]) -> &mut Self {
         let log_sector_bytes = u64::from(self.sector_size_bytes);
-        assert_eq!(
-            data.len() as u64 % log_sector_bytes,
-            0,
-            "data not sector aligned"
-        );
-        assert_eq!(
-            sector * SECTOR_SIZE_BYTES % log_sector_bytes,
-            0,
-            "offset not aligned"
-        );
+        assert_eq!(data.len() as u64 % log_sector_bytes, 0, "data not sector aligned");
+        assert_eq!(sector * SECTOR_SIZE_BYTES % log_sector_bytes, 0, "offset not aligned");
         let header = EntryHeader {
             sector: sector * SECTOR_SIZE_BYTES / log_sector_bytes,
             nr_sectors: data.len() as u64 / log_sector_bytes,
@@ -125,7 +116,6 @@ impl LogWriter {
         let sector = self.sector_size_bytes as usize;
         let padded_len = data.len().div_ceil(sector) * sector;
         self.bytes.extend_from_slice(data);
-        self.bytes
-            .resize(self.bytes.len() + padded_len - data.len(), 0);
+        self.bytes.resize(self.bytes.len() + padded_len - data.len(), 0);
     }
 }

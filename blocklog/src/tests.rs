@@ -88,15 +88,7 @@ fn round_trip_reads_every_entry_with_offsets() {
     let summary: Vec<(u64, u64, u64, u64, u64)> = log
         .entries
         .iter()
-        .map(|e| {
-            (
-                e.sector,
-                e.nr_sectors,
-                e.flags.0,
-                e.data_offset_bytes,
-                e.data_len_bytes,
-            )
-        })
+        .map(|e| (e.sector, e.nr_sectors, e.flags.0, e.data_offset_bytes, e.data_len_bytes))
         .collect();
     assert_eq!(
         summary,
@@ -110,11 +102,7 @@ fn round_trip_reads_every_entry_with_offsets() {
             (2, 1, 0, 7168, 512),
         ]
     );
-    assert!(log
-        .entries
-        .iter()
-        .enumerate()
-        .all(|(i, e)| e.index == i as u64));
+    assert!(log.entries.iter().enumerate().all(|(i, e)| e.index == i as u64));
     assert_eq!(log.sector_size_bytes, 512);
     assert_eq!(log.superblock_nr_entries, 6);
     assert!(log.superblock_written);
@@ -137,18 +125,12 @@ fn large_log_sectors_are_converted_to_512_byte_units() {
     assert_eq!(log.sector_size_bytes, 4096);
     let write = log.entries[0];
     assert_eq!((write.sector, write.nr_sectors), (8, 8));
-    assert_eq!(
-        (write.data_offset_bytes, write.data_len_bytes),
-        (8192, 4096)
-    );
+    assert_eq!((write.data_offset_bytes, write.data_len_bytes), (8192, 4096));
     assert_eq!(log.entries[1].data_offset_bytes, 4 * 4096);
     // The raw header holds log-sector units: sector 1, one sector.
     let raw: [u8; 32] = bytes[4096..4128].try_into().unwrap();
     assert_eq!(
-        (
-            EntryHeader::decode(&raw).sector,
-            EntryHeader::decode(&raw).nr_sectors
-        ),
+        (EntryHeader::decode(&raw).sector, EntryHeader::decode(&raw).nr_sectors),
         (1, 1)
     );
 }
@@ -319,13 +301,7 @@ fn write_past_device_end_is_rejected() {
     // The last sector itself is fine.
     let mut writer = LogWriter::new(512);
     writer.write_fill(63, 1, 1);
-    assert_eq!(
-        parse_log(writer.bytes(), DEVICE_SIZE_BYTES)
-            .unwrap()
-            .entries
-            .len(),
-        1
-    );
+    assert_eq!(parse_log(writer.bytes(), DEVICE_SIZE_BYTES).unwrap().entries.len(), 1);
 }
 
 #[test]
@@ -376,11 +352,7 @@ fn inconsistent_headers_are_rejected() {
     dirty_padding.resize(1024, 0);
     dirty_padding[600] = 1;
     dirty_padding.resize(1536, 7);
-    for bytes in [
-        with_data_len.bytes(),
-        flush_with_data.bytes(),
-        &dirty_padding[..],
-    ] {
+    for bytes in [with_data_len.bytes(), flush_with_data.bytes(), &dirty_padding[..]] {
         assert!(matches!(
             parse_log(bytes, DEVICE_SIZE_BYTES),
             Err(LogError::BadEntry {
@@ -455,10 +427,7 @@ fn entry_count_is_capped() {
 #[test]
 fn error_messages_name_problem_and_cause() {
     let magic = LogError::BadMagic { found: 1 }.to_string();
-    assert!(
-        magic.contains("0x1") && magic.contains("not a blklogwrites"),
-        "{magic}"
-    );
+    assert!(magic.contains("0x1") && magic.contains("not a blklogwrites"), "{magic}");
     let past = LogError::WritePastDeviceEnd {
         index: 4,
         sector: 63,
@@ -487,10 +456,7 @@ fn log_file_is_read_with_positioned_reads() {
     assert_eq!(log, parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap());
     assert_eq!(image, reference_image(&bytes, &log, &state));
     let missing = read_log_file("/nonexistent/blocklog.log", DEVICE_SIZE_BYTES).unwrap_err();
-    assert!(
-        missing.to_string().contains("/nonexistent/blocklog.log"),
-        "{missing}"
-    );
+    assert!(missing.to_string().contains("/nonexistent/blocklog.log"), "{missing}");
 }
 
 // ---------------------------------------------------------------- states
@@ -499,10 +465,7 @@ fn log_file_is_read_with_positioned_reads() {
 fn prefix_states_one_per_flush_plus_final() {
     let bytes = sample_log();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
-    let prefixes: Vec<u64> = prefix_states(&log)
-        .iter()
-        .map(|s| s.prefix_entries)
-        .collect();
+    let prefixes: Vec<u64> = prefix_states(&log).iter().map(|s| s.prefix_entries).collect();
     assert_eq!(prefixes, vec![3, 6, 7]); // 2 flushes + final
     assert!(prefix_states(&log)
         .iter()
@@ -510,10 +473,7 @@ fn prefix_states_one_per_flush_plus_final() {
 
     // A log ending in a flush has no separate final state.
     let log = parse_log(&bytes[..6656], DEVICE_SIZE_BYTES).unwrap();
-    let prefixes: Vec<u64> = prefix_states(&log)
-        .iter()
-        .map(|s| s.prefix_entries)
-        .collect();
+    let prefixes: Vec<u64> = prefix_states(&log).iter().map(|s| s.prefix_entries).collect();
     assert_eq!(prefixes, vec![3, 6]);
 
     let bytes = rich_log();
@@ -551,17 +511,10 @@ fn prefix_states_apply_to_an_image() {
     assert_eq!(sector_of(&first, 8), &[0; 512][..]);
     let last = applied_image(&bytes, &log, &states[2]);
     assert_eq!(sector_of(&last, 2), &[0xd4; 512][..]);
-    assert_eq!(
-        sector_of(&last, 10),
-        &[0xc3; 512][..],
-        "discards leave data in place"
-    );
+    assert_eq!(sector_of(&last, 10), &[0xc3; 512][..], "discards leave data in place");
     assert_eq!(sector_of(&last, 11), &[0; 512][..]);
     for state in &states {
-        assert_eq!(
-            applied_image(&bytes, &log, state),
-            reference_image(&bytes, &log, state)
-        );
+        assert_eq!(applied_image(&bytes, &log, state), reference_image(&bytes, &log, state));
     }
 }
 
@@ -647,9 +600,7 @@ fn torn_state_keeps_exactly_the_chosen_sectors() {
     assert_eq!(state.kind, StateKind::Torn);
     state.validate(&log).unwrap();
     let image = applied_image(&bytes, &log, &state);
-    let changed: Vec<usize> = (0..64)
-        .filter(|&s| sector_of(&image, s) != [0; 512])
-        .collect();
+    let changed: Vec<usize> = (0..64).filter(|&s| sector_of(&image, s) != [0; 512]).collect();
     assert_eq!(changed, vec![4, 6, 20]);
     assert_eq!(sector_of(&image, 6), &[0xaa; 512][..]);
 }
@@ -675,15 +626,8 @@ fn random_states_stay_in_their_open_epoch() {
     for state in random_states(&log, 7, 200, true) {
         state.validate(&log).unwrap();
         let epoch = open_epoch(&log, state.prefix_entries);
-        let boundary = state.prefix_entries == 0
-            || log.entries[state.prefix_entries as usize - 1]
-                .flags
-                .is_flush();
-        assert!(
-            boundary,
-            "prefix {} is not after a flush",
-            state.prefix_entries
-        );
+        let boundary = state.prefix_entries == 0 || log.entries[state.prefix_entries as usize - 1].flags.is_flush();
+        assert!(boundary, "prefix {} is not after a flush", state.prefix_entries);
         assert!(
             state.extra_writes.iter().all(|i| epoch.contains(i)),
             "{state:?} leaves {epoch:?}"
@@ -719,10 +663,7 @@ fn random_states_skip_identical_contents() {
     // {} / {0} / {1} = {0,1}: three contents.
     let states = random_states(&log, 1, 100, false);
     assert_eq!(states.len(), 3);
-    let images: std::collections::HashSet<Vec<u8>> = states
-        .iter()
-        .map(|s| applied_image(&bytes, &log, s))
-        .collect();
+    let images: std::collections::HashSet<Vec<u8>> = states.iter().map(|s| applied_image(&bytes, &log, s)).collect();
     assert_eq!(images.len(), 3);
 
     // With a flush, "prefix 0 + both writes" equals "prefix 3": still three.
@@ -731,8 +672,7 @@ fn random_states_skip_identical_contents() {
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
     let states = random_states(&log, 1, 100, false);
     assert_eq!(states.len(), 3);
-    let keys: std::collections::HashSet<StateKey> =
-        states.iter().map(|s| state_key(&log, s)).collect();
+    let keys: std::collections::HashSet<StateKey> = states.iter().map(|s| state_key(&log, s)).collect();
     assert_eq!(keys.len(), 3);
 }
 
@@ -741,18 +681,14 @@ fn incremental_keys_match_keys_from_scratch() {
     let bytes = rich_log();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
     let states = random_states(&log, 11, 300, true);
-    let keys: std::collections::HashSet<StateKey> =
-        states.iter().map(|s| state_key(&log, s)).collect();
+    let keys: std::collections::HashSet<StateKey> = states.iter().map(|s| state_key(&log, s)).collect();
     assert_eq!(
         keys.len(),
         states.len(),
         "random_states returned two states with equal contents"
     );
     // Equal keys exactly when images are equal, over all pairs drawn.
-    let images: std::collections::HashSet<Vec<u8>> = states
-        .iter()
-        .map(|s| applied_image(&bytes, &log, s))
-        .collect();
+    let images: std::collections::HashSet<Vec<u8>> = states.iter().map(|s| applied_image(&bytes, &log, s)).collect();
     assert_eq!(images.len(), states.len());
     // A subset state covering its whole epoch has the next prefix's key.
     let epoch = open_epoch(&log, 7);
@@ -799,7 +735,5 @@ fn validate_rejects_states_outside_the_model() {
         ..CrashState::new(3, vec![3], None)
     };
     assert!(reason(mislabeled).contains("kind"));
-    assert!(CrashState::new(3, vec![3], torn(vec![1, 2]))
-        .validate(&log)
-        .is_ok());
+    assert!(CrashState::new(3, vec![3], torn(vec![1, 2])).validate(&log).is_ok());
 }

@@ -16,11 +16,20 @@ use crate::vm::{self, Action, Limits, RunFiles, VmOutcome};
 pub const PROBE_TIMEOUT_MS: u64 = 20_000;
 
 /// Returns the accelerator to use and why.
-pub fn choose(requested: Accel, images: &GuestImages, work_dir: &Path, interrupt: &AtomicBool) -> Result<(AccelUsed, String)> {
+pub fn choose(
+    requested: Accel,
+    images: &GuestImages,
+    work_dir: &Path,
+    interrupt: &AtomicBool,
+) -> Result<(AccelUsed, String)> {
     if requested == Accel::Tcg {
         return Ok((AccelUsed::Tcg, "requested with --accel tcg".into()));
     }
-    let kvm_openable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm_openable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     let verdict = if kvm_openable {
         sanity_boot(images, work_dir, interrupt)?
     } else {
@@ -58,7 +67,10 @@ fn sanity_boot(images: &GuestImages, work_dir: &Path, interrupt: &AtomicBool) ->
     vm::bail_if_interrupted(run.outcome)?;
     Ok(match run.outcome {
         VmOutcome::Killed => Ok(()),
-        VmOutcome::Exited { code } => Err(format!("QEMU exited with status {code}: {}", vm::tail_of(&files.stderr_log, 1))),
+        VmOutcome::Exited { code } => Err(format!(
+            "QEMU exited with status {code}: {}",
+            vm::tail_of(&files.stderr_log, 1)
+        )),
         other => Err(format!("{other:?} after {} ms", run.elapsed_ms)),
     })
 }

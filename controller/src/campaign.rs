@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::{CampaignConfig, CrashModel};
-use crate::powerloss::{run_powerloss_trial, PowerLossContext, PowerLossRecord};
 use crate::plan::plan_trial;
+use crate::powerloss::{run_powerloss_trial, PowerLossContext, PowerLossRecord};
 use crate::qemu::AccelUsed;
 use crate::trial::{run_trial, RunEnd, TrialContext, TrialRecord};
 use crate::{accel, images, qemu, vm};
@@ -143,8 +143,14 @@ impl Summary {
             "records: {} acked, {} in flight, {} lost, {} torn\n",
             self.acked, self.in_flight, self.lost, self.torn
         );
-        s += &format!("crash states: {} verified, {} failed\n", self.states_checked, self.states_failed);
-        s += &format!("violations: {}   observations: {}\n", self.violations, self.observations);
+        s += &format!(
+            "crash states: {} verified, {} failed\n",
+            self.states_checked, self.states_failed
+        );
+        s += &format!(
+            "violations: {}   observations: {}\n",
+            self.violations, self.observations
+        );
         s += &format!(
             "time: {:.1} s, {:.1} s per trial, {:.2} crash states verified per minute, peak RSS {} MiB\n",
             self.elapsed_s,
@@ -170,12 +176,20 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let config = req.config;
     config.validate().map_err(anyhow::Error::msg)?;
     if let Some(t) = req.only_trial {
-        anyhow::ensure!(t < config.trials, "--only-trial {t} is outside the campaign's {} trials", config.trials);
+        anyhow::ensure!(
+            t < config.trials,
+            "--only-trial {t} is outside the campaign's {} trials",
+            config.trials
+        );
     }
     let images = images::locate(&config.images_dir)?;
     let dir = req.results_root.join(&req.campaign_id);
-    std::fs::create_dir_all(dir.join("trials"))
-        .with_context(|| format!("cannot create results directory {} (disk full? read-only?)", dir.display()))?;
+    std::fs::create_dir_all(dir.join("trials")).with_context(|| {
+        format!(
+            "cannot create results directory {} (disk full? read-only?)",
+            dir.display()
+        )
+    })?;
 
     let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
     let base_disk = dir.join("base-disk.img");
@@ -221,17 +235,27 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         None => (0..config.trials).collect(),
     };
     let progress = Progress::new(trial_ids.len() as u64, req.show_progress);
-    let mut summary = Summary { campaign_id: req.campaign_id.clone(), results_dir: dir.clone(), ..Default::default() };
+    let mut summary = Summary {
+        campaign_id: req.campaign_id.clone(),
+        results_dir: dir.clone(),
+        ..Default::default()
+    };
     let start = Instant::now();
     let mut failure = None;
     let state_budget = config.state_budget_per_trial();
-    let pctx = PowerLossContext { trial: &ctx, base_disk: &base_disk, ack_area_offset_bytes, state_budget };
+    let pctx = PowerLossContext {
+        trial: &ctx,
+        base_disk: &base_disk,
+        ack_area_offset_bytes,
+        state_budget,
+    };
     for &trial in &trial_ids {
         let plan = plan_trial(config, trial);
         let trial_dir = dir.join("trials").join(trial.to_string());
         let outcome = match config.crash_model {
-            CrashModel::KernelCrash => run_trial(&ctx, &plan, &trial_dir)
-                .and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?))),
+            CrashModel::KernelCrash => {
+                run_trial(&ctx, &plan, &trial_dir).and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?)))
+            }
             CrashModel::PowerLoss => run_powerloss_trial(&pctx, &plan, &trial_dir, |line| {
                 let log = states_log.as_mut().expect("power-loss campaigns have a states log");
                 writeln!(log, "{}", serde_json::to_string(line)?)?;
@@ -290,10 +314,8 @@ impl Progress {
         let bar = tty.then(|| {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} trials  {msg}  ETA {eta}",
-                )
-                .expect("static template"),
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}  ETA {eta}")
+                    .expect("static template"),
             );
             bar
         });
@@ -337,7 +359,10 @@ fn peak_rss_kib() -> u64 {
 /// `YYYYmmddTHHMMSSZ`, from the system clock (the controller may read the
 /// clock; the workload and the verifier never do).
 pub fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -349,5 +374,10 @@ pub fn utc_timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

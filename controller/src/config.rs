@@ -151,7 +151,9 @@ impl CampaignConfig {
     /// Checks everything that can be checked before a VM starts. The message
     /// names the problem and the flag that fixes it.
     pub fn validate(&self) -> Result<(), String> {
-        self.workload_params(0, None, None).validate().map_err(|e| e.to_string())?;
+        self.workload_params(0, None, None)
+            .validate()
+            .map_err(|e| e.to_string())?;
         if self.trials == 0 || self.trials > TRIALS_MAX {
             return Err(format!("--trials must be between 1 and {TRIALS_MAX}"));
         }
@@ -258,7 +260,10 @@ impl CampaignConfig {
 }
 
 fn kebab<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 /// Parses sizes such as `4096`, `64K`, `4M`, `1G` (binary units).
@@ -270,8 +275,11 @@ pub fn parse_size_bytes(text: &str) -> Result<u64, String> {
         Some((i, 'G' | 'g')) => (&t[..i], 30),
         _ => (t, 0),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size: use e.g. 4096, 64K, 4M, 1G"))?;
-    n.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: use e.g. 4096, 64K, 4M, 1G"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -321,25 +329,37 @@ mod tests {
 
     #[test]
     fn file_larger_than_disk_names_the_fix() {
-        let c = CampaignConfig { file_size_bytes: 60 << 20, ..sample_config() };
+        let c = CampaignConfig {
+            file_size_bytes: 60 << 20,
+            ..sample_config()
+        };
         let err = c.validate().unwrap_err();
         assert!(err.contains("--disk-size"), "{err}");
     }
 
     #[test]
     fn zero_record_size_is_rejected() {
-        let c = CampaignConfig { record_size_bytes: 0, ..sample_config() };
+        let c = CampaignConfig {
+            record_size_bytes: 0,
+            ..sample_config()
+        };
         assert!(c.validate().unwrap_err().contains("record size 0"));
     }
 
     #[test]
     fn ack_area_holds_the_ready_marker_and_every_ack() {
         for records in [1, 2000, 2047, 2048, 2049, 100_000] {
-            let c = CampaignConfig { records_per_trial: records, ..sample_config() };
+            let c = CampaignConfig {
+                records_per_trial: records,
+                ..sample_config()
+            };
             assert!(c.ack_area_size_bytes() >= (records + 1) * 512, "{records} records");
             assert_eq!(c.ack_area_size_bytes() % (1 << 20), 0);
         }
-        let c = CampaignConfig { records_per_trial: 2048, ..sample_config() };
+        let c = CampaignConfig {
+            records_per_trial: 2048,
+            ..sample_config()
+        };
         assert_eq!(c.ack_area_size_bytes(), 2 << 20, "2,049 sectors need a second MiB");
     }
 

@@ -32,8 +32,12 @@ pub fn locate(dir: &Path) -> Result<GuestImages> {
             dir.display()
         )
     })?;
-    let m: Manifest = serde_json::from_str(&text)
-        .with_context(|| format!("{} is corrupt: rebuild it with `cargo xtask images`", manifest_path.display()))?;
+    let m: Manifest = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is corrupt: rebuild it with `cargo xtask images`",
+            manifest_path.display()
+        )
+    })?;
     let images = GuestImages {
         kernel: dir.join(&m.kernel),
         initramfs: dir.join(&m.initramfs),
@@ -41,7 +45,10 @@ pub fn locate(dir: &Path) -> Result<GuestImages> {
     };
     for p in [&images.kernel, &images.initramfs] {
         if !p.is_file() {
-            bail!("{} is missing: rebuild the guest images with `cargo xtask images`", p.display());
+            bail!(
+                "{} is missing: rebuild the guest images with `cargo xtask images`",
+                p.display()
+            );
         }
     }
     Ok(images)
@@ -52,10 +59,14 @@ pub fn locate(dir: &Path) -> Result<GuestImages> {
 /// metadata writes run during the workload.
 pub fn make_filesystem(fs: Filesystem, path: &Path, size_bytes: u64) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    file.set_len(size_bytes).with_context(|| format!("cannot size {} (disk full?)", path.display()))?;
+    file.set_len(size_bytes)
+        .with_context(|| format!("cannot size {} (disk full?)", path.display()))?;
     drop(file);
     let (tool, args): (&str, &[&str]) = match fs {
-        Filesystem::Ext4 => ("mkfs.ext4", &["-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0"]),
+        Filesystem::Ext4 => (
+            "mkfs.ext4",
+            &["-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0"],
+        ),
         Filesystem::Xfs => ("mkfs.xfs", &["-f", "-q"]),
         Filesystem::Btrfs => ("mkfs.btrfs", &["-f", "-q"]),
         Filesystem::F2fs => ("mkfs.f2fs", &["-f", "-q"]),
@@ -66,7 +77,11 @@ pub fn make_filesystem(fs: Filesystem, path: &Path, size_bytes: u64) -> Result<(
         .output()
         .with_context(|| format!("cannot run {tool}: install it (`cargo xtask deps` installs every tool)"))?;
     if !out.status.success() {
-        bail!("{tool} failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{tool} failed on {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -86,7 +101,8 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
         src.read_exact(&mut buf[..n])?;
         if buf[..n].iter().any(|&b| b != 0) {
             dst.seek(SeekFrom::Start(offset))?;
-            dst.write_all(&buf[..n]).with_context(|| format!("cannot write {} (disk full?)", to.display()))?;
+            dst.write_all(&buf[..n])
+                .with_context(|| format!("cannot write {} (disk full?)", to.display()))?;
         }
         offset += n as u64;
     }

@@ -12,7 +12,11 @@ use controller::config::{self, Accel, CampaignConfig, Checker, CrashModel, Crash
 use record::{DurabilityMode, PlantedBug};
 
 #[derive(Parser)]
-#[command(name = "crashlab", version, about = "Crash-consistency testing of mmap + msync in a QEMU guest")]
+#[command(
+    name = "crashlab",
+    version,
+    about = "Crash-consistency testing of mmap + msync in a QEMU guest"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -221,7 +225,10 @@ fn run(args: RunArgs) -> ExitCode {
         torn_writes: args.torn_writes,
         fsck_states: args.fsck_states,
         check_workers: args.check_workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4)
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .min(4)
         }),
     };
     if let Err(msg) = config.validate() {
@@ -233,8 +240,14 @@ fn run(args: RunArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let campaign_id = args.campaign_id.unwrap_or_else(|| {
-        format!("{}-{}-{}-seed{}", campaign::utc_timestamp(), config.fs.name(), config.mode, config.seed)
-            .replace(':', "")
+        format!(
+            "{}-{}-{}-seed{}",
+            campaign::utc_timestamp(),
+            config.fs.name(),
+            config.mode,
+            config.seed
+        )
+        .replace(':', "")
     });
     let request = CampaignRequest {
         config: &config,
@@ -248,7 +261,11 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(summary) => {
             print!("{}", summary.render());
             if summary.interrupted {
-                eprintln!("interrupted: {} finished trials kept in {}", summary.trials_run, summary.results_dir.display());
+                eprintln!(
+                    "interrupted: {} finished trials kept in {}",
+                    summary.trials_run,
+                    summary.results_dir.display()
+                );
                 ExitCode::from(130)
             } else if summary.violations > 0 {
                 ExitCode::from(1)

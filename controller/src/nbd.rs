@@ -86,7 +86,10 @@ pub struct NbdLimits {
 impl Default for NbdLimits {
     fn default() -> NbdLimits {
         // 32 MiB is what QEMU itself caps requests at (NBD_MAX_BUFFER_SIZE).
-        NbdLimits { overlay_max_bytes: 1 << 30, request_max_bytes: 32 << 20 }
+        NbdLimits {
+            overlay_max_bytes: 1 << 30,
+            request_max_bytes: 32 << 20,
+        }
     }
 }
 
@@ -137,19 +140,28 @@ impl NbdServer {
     ) -> anyhow::Result<(NbdServer, NbdHandle)> {
         check_limits(&limits)?;
         if export_name.len() > NAME_MAX_BYTES {
-            bail!("nbd: export name is {} bytes, the protocol allows {NAME_MAX_BYTES}", export_name.len());
+            bail!(
+                "nbd: export name is {} bytes, the protocol allows {NAME_MAX_BYTES}",
+                export_name.len()
+            );
         }
         let listener = bind(socket_path)?;
         // Nonblocking accept polled with a short sleep: stop() then never
         // depends on being able to connect to our own (possibly deleted) path.
-        listener.set_nonblocking(true).context("nbd: set listener nonblocking")?;
+        listener
+            .set_nonblocking(true)
+            .context("nbd: set listener nonblocking")?;
         let shared = Arc::new(Shared::new(export_name, initial, limits));
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("nbd-server".into())
             .spawn(move || accept_loop(&listener, &thread_shared))
             .context("nbd: spawn server thread")?;
-        let server = NbdServer { shared: Arc::clone(&shared), socket_path: socket_path.to_owned(), thread: Some(thread) };
+        let server = NbdServer {
+            shared: Arc::clone(&shared),
+            socket_path: socket_path.to_owned(),
+            thread: Some(thread),
+        };
         Ok((server, NbdHandle { shared }))
     }
 
@@ -160,7 +172,9 @@ impl NbdServer {
     }
 
     fn shutdown(&mut self) -> anyhow::Result<()> {
-        let Some(thread) = self.thread.take() else { return Ok(()) };
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.close_connection();
         let joined = thread.join();
@@ -250,7 +264,7 @@ const TRANSMISSION_FLAGS: u16 = 1 // HAS_FLAGS
     | 8 // SEND_FUA
     | 32 // SEND_TRIM
     | 64; // SEND_WRITE_ZEROES
-// Not CAN_MULTI_CONN: one client at a time.
+          // Not CAN_MULTI_CONN: one client at a time.
 
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
@@ -286,7 +300,10 @@ fn check_limits(limits: &NbdLimits) -> anyhow::Result<()> {
     // QEMU splits requests at the advertised maximum; below one sector a
     // guest's block layer could not issue its smallest I/O in one request.
     if limits.request_max_bytes < SECTOR_BYTES as u32 {
-        bail!("nbd: request_max_bytes {} is below one 512-byte sector", limits.request_max_bytes);
+        bail!(
+            "nbd: request_max_bytes {} is below one 512-byte sector",
+            limits.request_max_bytes
+        );
     }
     Ok(())
 }
@@ -294,13 +311,21 @@ fn check_limits(limits: &NbdLimits) -> anyhow::Result<()> {
 fn bind(socket_path: &Path) -> anyhow::Result<UnixListener> {
     // sun_path is 108 bytes including the terminating NUL.
     if socket_path.as_os_str().len() >= 108 {
-        bail!("nbd: socket path {} is {} bytes; Unix sockets allow at most 107", socket_path.display(), socket_path.as_os_str().len());
+        bail!(
+            "nbd: socket path {} is {} bytes; Unix sockets allow at most 107",
+            socket_path.display(),
+            socket_path.as_os_str().len()
+        );
     }
     if let Ok(meta) = std::fs::symlink_metadata(socket_path) {
         if !meta.file_type().is_socket() {
-            bail!("nbd: {} exists and is not a socket; refusing to replace it", socket_path.display());
+            bail!(
+                "nbd: {} exists and is not a socket; refusing to replace it",
+                socket_path.display()
+            );
         }
-        std::fs::remove_file(socket_path).with_context(|| format!("nbd: remove stale socket {}", socket_path.display()))?;
+        std::fs::remove_file(socket_path)
+            .with_context(|| format!("nbd: remove stale socket {}", socket_path.display()))?;
     }
     UnixListener::bind(socket_path).with_context(|| format!("nbd: bind {}", socket_path.display()))
 }
@@ -337,7 +362,10 @@ impl Shared {
         Shared {
             export_name: export_name.to_owned(),
             limits,
-            state: Mutex::new(ViewState { view, overlay: Overlay::default() }),
+            state: Mutex::new(ViewState {
+                view,
+                overlay: Overlay::default(),
+            }),
             stats: Mutex::new(NbdStats::default()),
             last_error: Mutex::new(None),
             handshake_log: Mutex::new(VecDeque::new()),
@@ -421,7 +449,10 @@ fn register_connection(stream: &UnixStream, shared: &Shared) -> io::Result<()> {
 }
 
 fn run_connection(stream: UnixStream, shared: &Shared) -> io::Result<()> {
-    let mut conn = Conn { reader: io::BufReader::new(stream.try_clone()?), writer: stream };
+    let mut conn = Conn {
+        reader: io::BufReader::new(stream.try_clone()?),
+        writer: stream,
+    };
     match handshake(&mut conn, shared)? {
         Handshake::Transmission => transmission(&mut conn, shared),
         Handshake::Closed => Ok(()),
@@ -506,7 +537,9 @@ fn handle_option(conn: &mut Conn, shared: &Shared, no_zeroes: bool) -> io::Resul
     let option = conn.read_u32()?;
     let len_bytes = conn.read_u32()?;
     if len_bytes > OPTION_MAX_BYTES {
-        return Err(protocol_error(format!("option {option} has {len_bytes} bytes of data, limit {OPTION_MAX_BYTES}")));
+        return Err(protocol_error(format!(
+            "option {option} has {len_bytes} bytes of data, limit {OPTION_MAX_BYTES}"
+        )));
     }
     let data = conn.read_vec(len_bytes as usize)?;
     let export_name = shared.export_name.as_bytes();
@@ -514,7 +547,10 @@ fn handle_option(conn: &mut Conn, shared: &Shared, no_zeroes: bool) -> io::Resul
         OPT_EXPORT_NAME => {
             shared.log_handshake(format!("EXPORT_NAME {:?}", String::from_utf8_lossy(&data)));
             if data != export_name {
-                return Err(protocol_error(format!("unknown export {:?}", String::from_utf8_lossy(&data))));
+                return Err(protocol_error(format!(
+                    "unknown export {:?}",
+                    String::from_utf8_lossy(&data)
+                )));
             }
             send_export_name_reply(conn, shared, no_zeroes)?;
             Ok(Some(Handshake::Transmission))
@@ -531,7 +567,11 @@ fn handle_option(conn: &mut Conn, shared: &Shared, no_zeroes: bool) -> io::Resul
         }
         OPT_INFO | OPT_GO => handle_info_or_go(conn, shared, option, &data),
         _ => {
-            shared.log_handshake(format!("option {} ({} bytes) -> ERR_UNSUP", option_name(option), data.len()));
+            shared.log_handshake(format!(
+                "option {} ({} bytes) -> ERR_UNSUP",
+                option_name(option),
+                data.len()
+            ));
             send_option_reply(conn, option, REP_ERR_UNSUP, &[])?;
             Ok(None)
         }
@@ -603,7 +643,10 @@ fn parse_info_request(data: &[u8]) -> Option<InfoRequest<'_>> {
     if types.len() != count * 2 {
         return None;
     }
-    let info_types = types.chunks_exact(2).map(|t| u16::from_be_bytes([t[0], t[1]])).collect();
+    let info_types = types
+        .chunks_exact(2)
+        .map(|t| u16::from_be_bytes([t[0], t[1]]))
+        .collect();
     Some(InfoRequest { name, info_types })
 }
 
@@ -620,7 +663,10 @@ fn handle_info_or_go(conn: &mut Conn, shared: &Shared, option: u32, data: &[u8])
         send_option_reply(conn, option, REP_ERR_UNKNOWN, &[])?;
         return Ok(None);
     }
-    shared.log_handshake(format!("{option_label} {name:?} info requests {:?} -> INFO_EXPORT, INFO_BLOCK_SIZE, ACK", request.info_types));
+    shared.log_handshake(format!(
+        "{option_label} {name:?} info requests {:?} -> INFO_EXPORT, INFO_BLOCK_SIZE, ACK",
+        request.info_types
+    ));
     send_option_reply(conn, option, REP_INFO, &info_export(shared))?;
     // Sent even when not requested: the spec lets a server advertise block
     // sizes unasked, QEMU parses NBD_REP_INFO by type whether or not it asked,
@@ -668,7 +714,13 @@ fn parse_request(header: &[u8; 28]) -> io::Result<Request> {
     if magic != REQUEST_MAGIC {
         return Err(protocol_error(format!("bad request magic {magic:#x}")));
     }
-    Ok(Request { flags: be16(4), kind: be16(6), cookie: be64(8), offset_bytes: be64(16), len_bytes: be32(24) })
+    Ok(Request {
+        flags: be16(4),
+        kind: be16(6),
+        cookie: be64(8),
+        offset_bytes: be64(16),
+        len_bytes: be32(24),
+    })
 }
 
 /// Reads the next request header; `None` on a clean end of stream between
@@ -704,7 +756,11 @@ type Outcome = Result<Vec<u8>, u32>;
 
 fn execute(conn: &mut Conn, shared: &Shared, request: &Request) -> io::Result<Outcome> {
     // WRITE's payload must be consumed whatever the verdict, to stay in sync.
-    let payload = if request.kind == CMD_WRITE { Some(read_payload(conn, shared, request)?) } else { None };
+    let payload = if request.kind == CMD_WRITE {
+        Some(read_payload(conn, shared, request)?)
+    } else {
+        None
+    };
     if request.flags & !CMD_FLAGS_KNOWN != 0 {
         return Ok(Err(EINVAL));
     }
@@ -746,7 +802,10 @@ fn do_read(shared: &Shared, request: &Request) -> Outcome {
     let state = shared.lock_state();
     check_range(&state, request)?;
     let mut data = vec![0u8; request.len_bytes as usize];
-    state.overlay.read(state.view.as_ref(), request.offset_bytes, &mut data).map_err(|_| EIO)?;
+    state
+        .overlay
+        .read(state.view.as_ref(), request.offset_bytes, &mut data)
+        .map_err(|_| EIO)?;
     Ok(data)
 }
 
@@ -762,7 +821,12 @@ fn do_write(shared: &Shared, request: &Request, data: Option<&[u8]>) -> Outcome 
         Some(bytes) => Source::Data(bytes),
         None => Source::Zeroes(u64::from(request.len_bytes)),
     };
-    overlay.write(view.as_ref(), request.offset_bytes, source, shared.limits.overlay_max_bytes)?;
+    overlay.write(
+        view.as_ref(),
+        request.offset_bytes,
+        source,
+        shared.limits.overlay_max_bytes,
+    )?;
     Ok(Vec::new())
 }
 
@@ -853,12 +917,19 @@ fn sector_span(sector: u64, start_bytes: u64, end_bytes: u64) -> (usize, u64, us
     let sector_start_bytes = sector * SECTOR_BYTES;
     let from_bytes = start_bytes.max(sector_start_bytes);
     let to_bytes = end_bytes.min(sector_start_bytes + SECTOR_BYTES);
-    ((from_bytes - sector_start_bytes) as usize, from_bytes - start_bytes, (to_bytes - from_bytes) as usize)
+    (
+        (from_bytes - sector_start_bytes) as usize,
+        from_bytes - start_bytes,
+        (to_bytes - from_bytes) as usize,
+    )
 }
 
 /// Sector indexes `[first, last]` touched by a non-empty byte range.
 fn sectors_of(offset_bytes: u64, len_bytes: u64) -> (u64, u64) {
-    (offset_bytes / SECTOR_BYTES, (offset_bytes + len_bytes - 1) / SECTOR_BYTES)
+    (
+        offset_bytes / SECTOR_BYTES,
+        (offset_bytes + len_bytes - 1) / SECTOR_BYTES,
+    )
 }
 
 impl Overlay {
@@ -907,12 +978,21 @@ impl Overlay {
         // Only the edge sectors can be partly covered; fetch their old
         // content before changing anything so a failed read changes nothing.
         let end_bytes = offset_bytes + len_bytes;
-        let head = self.edge_sector(view, first, offset_bytes, end_bytes).map_err(|_| EIO)?;
-        let tail = if last != first { self.edge_sector(view, last, offset_bytes, end_bytes).map_err(|_| EIO)? } else { None };
+        let head = self
+            .edge_sector(view, first, offset_bytes, end_bytes)
+            .map_err(|_| EIO)?;
+        let tail = if last != first {
+            self.edge_sector(view, last, offset_bytes, end_bytes).map_err(|_| EIO)?
+        } else {
+            None
+        };
         self.sectors.extend(head.into_iter().chain(tail));
         for sector in first..=last {
             let (in_sector, in_range, len) = sector_span(sector, offset_bytes, end_bytes);
-            let data = self.sectors.entry(sector).or_insert_with(|| Box::new([0u8; SECTOR_BYTES as usize]));
+            let data = self
+                .sectors
+                .entry(sector)
+                .or_insert_with(|| Box::new([0u8; SECTOR_BYTES as usize]));
             source.copy_to(in_range, &mut data[in_sector..in_sector + len]);
         }
         Ok(())
@@ -920,7 +1000,13 @@ impl Overlay {
 
     /// For a sector the range covers only in part and the overlay lacks: the
     /// sector's current content from the view, ready to be patched.
-    fn edge_sector(&self, view: &dyn DiskView, sector: u64, start_bytes: u64, end_bytes: u64) -> io::Result<Option<(u64, Sector)>> {
+    fn edge_sector(
+        &self,
+        view: &dyn DiskView,
+        sector: u64,
+        start_bytes: u64,
+        end_bytes: u64,
+    ) -> io::Result<Option<(u64, Sector)>> {
         let (_, _, len) = sector_span(sector, start_bytes, end_bytes);
         if len == SECTOR_BYTES as usize || self.sectors.contains_key(&sector) {
             return Ok(None);
@@ -956,7 +1042,10 @@ mod tests {
         }
 
         fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> io::Result<()> {
-            assert!(offset_bytes + buf.len() as u64 <= self.size_bytes, "read past the end of the view");
+            assert!(
+                offset_bytes + buf.len() as u64 <= self.size_bytes,
+                "read past the end of the view"
+            );
             if self.fail {
                 return Err(io::Error::other("injected"));
             }
@@ -968,7 +1057,10 @@ mod tests {
     }
 
     fn view(size_bytes: u64) -> PatternView {
-        PatternView { size_bytes, fail: false }
+        PatternView {
+            size_bytes,
+            fail: false,
+        }
     }
 
     fn read(overlay: &Overlay, view: &dyn DiskView, offset_bytes: u64, len_bytes: usize) -> Vec<u8> {
@@ -991,7 +1083,9 @@ mod tests {
     fn unaligned_write_keeps_the_neighbouring_bytes() {
         let base = view(8192);
         let mut overlay = Overlay::default();
-        overlay.write(&base, 700, Source::Data(&[0xee; 1000]), u64::MAX).unwrap();
+        overlay
+            .write(&base, 700, Source::Data(&[0xee; 1000]), u64::MAX)
+            .unwrap();
         // Bytes 700..1700 touch sectors 1..=3.
         assert_eq!(overlay.bytes(), 3 * 512);
         let got = read(&overlay, &base, 0, 4096);
@@ -1030,8 +1124,13 @@ mod tests {
     #[test]
     fn fully_covered_read_does_not_touch_the_view() {
         let mut overlay = Overlay::default();
-        overlay.write(&view(4096), 512, Source::Data(&[9; 1024]), u64::MAX).unwrap();
-        let failing = PatternView { size_bytes: 4096, fail: true };
+        overlay
+            .write(&view(4096), 512, Source::Data(&[9; 1024]), u64::MAX)
+            .unwrap();
+        let failing = PatternView {
+            size_bytes: 4096,
+            fail: true,
+        };
         assert_eq!(read(&overlay, &failing, 600, 900), vec![9; 900]);
     }
 
@@ -1062,22 +1161,36 @@ mod tests {
 
     #[test]
     fn failing_base_read_leaves_the_overlay_unchanged() {
-        let failing = PatternView { size_bytes: 4096, fail: true };
+        let failing = PatternView {
+            size_bytes: 4096,
+            fail: true,
+        };
         let mut overlay = Overlay::default();
         // Aligned: no base read needed, succeeds.
         overlay.write(&failing, 0, Source::Data(&[1; 512]), u64::MAX).unwrap();
         // Head sector present, tail sector partial and missing: EIO, nothing written.
-        assert_eq!(overlay.write(&failing, 100, Source::Data(&[2; 600]), u64::MAX), Err(EIO));
+        assert_eq!(
+            overlay.write(&failing, 100, Source::Data(&[2; 600]), u64::MAX),
+            Err(EIO)
+        );
         assert_eq!(read(&overlay, &failing, 0, 512), vec![1; 512]);
         assert_eq!(overlay.bytes(), 512);
     }
 
     fn handle_with(size_bytes: u64, limits: NbdLimits) -> NbdHandle {
-        NbdHandle { shared: Arc::new(Shared::new("state", Arc::new(view(size_bytes)), limits)) }
+        NbdHandle {
+            shared: Arc::new(Shared::new("state", Arc::new(view(size_bytes)), limits)),
+        }
     }
 
     fn request(kind: u16, offset_bytes: u64, len_bytes: u32) -> Request {
-        Request { flags: 0, kind, cookie: 7, offset_bytes, len_bytes }
+        Request {
+            flags: 0,
+            kind,
+            cookie: 7,
+            offset_bytes,
+            len_bytes,
+        }
     }
 
     #[test]
@@ -1086,14 +1199,23 @@ mod tests {
         do_write(&handle.shared, &request(CMD_WRITE, 0, 10), Some(&[7; 10])).unwrap();
         assert_eq!(handle.overlay_bytes(), 512);
         assert_eq!(do_read(&handle.shared, &request(CMD_READ, 0, 10)).unwrap(), vec![7; 10]);
-        handle.set_view(Arc::new(PatternView { size_bytes: 4096, fail: false }));
+        handle.set_view(Arc::new(PatternView {
+            size_bytes: 4096,
+            fail: false,
+        }));
         assert_eq!(handle.overlay_bytes(), 0);
-        assert_eq!(do_read(&handle.shared, &request(CMD_READ, 0, 10)).unwrap(), expected_base(0, 10));
+        assert_eq!(
+            do_read(&handle.shared, &request(CMD_READ, 0, 10)).unwrap(),
+            expected_base(0, 10)
+        );
     }
 
     #[test]
     fn requests_are_range_and_size_checked() {
-        let limits = NbdLimits { overlay_max_bytes: 1024, request_max_bytes: 4096 };
+        let limits = NbdLimits {
+            overlay_max_bytes: 1024,
+            request_max_bytes: 4096,
+        };
         let handle = handle_with(8192, limits);
         let shared = &handle.shared;
         assert_eq!(do_read(shared, &request(CMD_READ, 8000, 193)), Err(EINVAL));
@@ -1102,7 +1224,10 @@ mod tests {
         assert_eq!(do_read(shared, &request(CMD_READ, 8000, 192)).map(|d| d.len()), Ok(192));
         assert_eq!(do_write(shared, &request(CMD_WRITE_ZEROES, 0, 1536), None), Err(ENOSPC));
         assert_eq!(do_write(shared, &request(CMD_WRITE_ZEROES, 8191, 2), None), Err(EINVAL));
-        assert_eq!(do_write(shared, &request(CMD_WRITE_ZEROES, 0, 1024), None), Ok(Vec::new()));
+        assert_eq!(
+            do_write(shared, &request(CMD_WRITE_ZEROES, 0, 1024), None),
+            Ok(Vec::new())
+        );
         assert_eq!(handle.overlay_bytes(), 1024);
     }
 
@@ -1167,7 +1292,10 @@ mod tests {
         let long = PathBuf::from(format!("/tmp/{}", "x".repeat(120)));
         let limits = NbdLimits::default();
         assert!(NbdServer::start(&long, "state", Arc::new(view(512)), limits).is_err());
-        let bad = NbdLimits { request_max_bytes: 100, ..limits };
+        let bad = NbdLimits {
+            request_max_bytes: 100,
+            ..limits
+        };
         assert!(NbdServer::start(Path::new("/tmp/x.sock"), "state", Arc::new(view(512)), bad).is_err());
     }
 }

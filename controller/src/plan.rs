@@ -30,7 +30,11 @@ pub struct TrialPlan {
 }
 
 pub fn plan_trial(config: &CampaignConfig, trial: u64) -> TrialPlan {
-    assert!(trial < config.trials, "trial {trial} outside the campaign's {}", config.trials);
+    assert!(
+        trial < config.trials,
+        "trial {trial} outside the campaign's {}",
+        config.trials
+    );
     // Mix the index in so that neighbouring trials get unrelated streams.
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     rng.set_stream(trial);
@@ -39,14 +43,28 @@ pub fn plan_trial(config: &CampaignConfig, trial: u64) -> TrialPlan {
         CrashPointKind::Acks => true,
         CrashPointKind::Delay => false,
         CrashPointKind::Mixed => rng.random_bool(0.5),
-        CrashPointKind::End => return TrialPlan { trial, workload_seed, crash_point: CrashPoint::AtEnd },
+        CrashPointKind::End => {
+            return TrialPlan {
+                trial,
+                workload_seed,
+                crash_point: CrashPoint::AtEnd,
+            }
+        }
     };
     let crash_point = if use_acks {
-        CrashPoint::AfterAcks { acks: rng.random_range(1..=config.records_per_trial) }
+        CrashPoint::AfterAcks {
+            acks: rng.random_range(1..=config.records_per_trial),
+        }
     } else {
-        CrashPoint::AfterDelay { delay_ms: rng.random_range(0..=config.crash_delay_max_ms) }
+        CrashPoint::AfterDelay {
+            delay_ms: rng.random_range(0..=config.crash_delay_max_ms),
+        }
     };
-    TrialPlan { trial, workload_seed, crash_point }
+    TrialPlan {
+        trial,
+        workload_seed,
+        crash_point,
+    }
 }
 
 #[cfg(test)]
@@ -66,7 +84,10 @@ mod tests {
 
     #[test]
     fn trials_differ_and_stay_in_range() {
-        let c = CampaignConfig { trials: 200, ..sample_config() };
+        let c = CampaignConfig {
+            trials: 200,
+            ..sample_config()
+        };
         let plans: Vec<_> = (0..c.trials).map(|t| plan_trial(&c, t)).collect();
         let mut seeds: Vec<_> = plans.iter().map(|p| p.workload_seed).collect();
         seeds.sort();
@@ -91,7 +112,10 @@ mod tests {
 
     #[test]
     fn acks_only() {
-        let c = CampaignConfig { crash_points: CrashPointKind::Acks, ..sample_config() };
+        let c = CampaignConfig {
+            crash_points: CrashPointKind::Acks,
+            ..sample_config()
+        };
         assert!((0..c.trials).all(|t| matches!(plan_trial(&c, t).crash_point, CrashPoint::AfterAcks { .. })));
     }
 }

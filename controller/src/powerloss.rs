@@ -69,7 +69,10 @@ pub fn acks_in_log(
             continue;
         }
         if start < area_start_bytes || end > area_end_bytes {
-            bail!("log entry {} straddles the ack area: the filesystem wrote past its end", entry.index);
+            bail!(
+                "log entry {} straddles the ack area: the filesystem wrote past its end",
+                entry.index
+            );
         }
         blocklog::read_entry_data(log_file, entry, &mut buf).context("reading an ack from the log")?;
         for sector in buf.chunks(ACK_SIZE_BYTES) {
@@ -88,7 +91,10 @@ pub fn acks_in_log(
                     acks.len()
                 );
             }
-            acks.push(AckPosition { entry_index: entry.index, seq: record.seq });
+            acks.push(AckPosition {
+                entry_index: entry.index,
+                seq: record.seq,
+            });
         }
     }
     Ok(LoggedPromises { ready_entry, acks })
@@ -110,11 +116,23 @@ pub fn crash_position(state: &CrashState) -> u64 {
 /// may hold.
 pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64) -> ProtocolLog {
     if promises.ready_entry.is_none_or(|r| r >= position) {
-        let events = serial.events.iter().filter(|e| matches!(e, Event::Booted { .. })).cloned().collect();
-        return ProtocolLog { events, truncated_tail: None };
+        let events = serial
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Booted { .. }))
+            .cloned()
+            .collect();
+        return ProtocolLog {
+            events,
+            truncated_tail: None,
+        };
     }
-    let given: std::collections::HashSet<u64> =
-        promises.acks.iter().filter(|a| a.entry_index < position).map(|a| a.seq).collect();
+    let given: std::collections::HashSet<u64> = promises
+        .acks
+        .iter()
+        .filter(|a| a.entry_index < position)
+        .map(|a| a.seq)
+        .collect();
     let events = serial
         .events
         .iter()
@@ -124,7 +142,10 @@ pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u6
         })
         .cloned()
         .collect();
-    ProtocolLog { events, truncated_tail: None }
+    ProtocolLog {
+        events,
+        truncated_tail: None,
+    }
 }
 
 /// Every ACK the host saw on the channel must be in the log: the workload
@@ -155,8 +176,15 @@ pub struct StateView {
 impl StateView {
     pub fn new(base: Arc<File>, log: Arc<File>, size_bytes: u64, mut extents: Vec<Extent>) -> StateView {
         extents.sort_by_key(|e| e.device_offset_bytes);
-        debug_assert!(extents.windows(2).all(|w| w[0].device_offset_bytes + w[0].len_bytes <= w[1].device_offset_bytes));
-        StateView { base, log, size_bytes, extents }
+        debug_assert!(extents
+            .windows(2)
+            .all(|w| w[0].device_offset_bytes + w[0].len_bytes <= w[1].device_offset_bytes));
+        StateView {
+            base,
+            log,
+            size_bytes,
+            extents,
+        }
     }
 }
 
@@ -169,12 +197,15 @@ impl DiskView for StateView {
         self.base.read_exact_at(buf, offset_bytes)?;
         let end = offset_bytes + buf.len() as u64;
         // First extent that ends after the read starts.
-        let first = self.extents.partition_point(|e| e.device_offset_bytes + e.len_bytes <= offset_bytes);
+        let first = self
+            .extents
+            .partition_point(|e| e.device_offset_bytes + e.len_bytes <= offset_bytes);
         for e in self.extents[first..].iter().take_while(|e| e.device_offset_bytes < end) {
             let from = e.device_offset_bytes.max(offset_bytes);
             let to = (e.device_offset_bytes + e.len_bytes).min(end);
             let dst = &mut buf[(from - offset_bytes) as usize..(to - offset_bytes) as usize];
-            self.log.read_exact_at(dst, e.log_offset_bytes + (from - e.device_offset_bytes))?;
+            self.log
+                .read_exact_at(dst, e.log_offset_bytes + (from - e.device_offset_bytes))?;
         }
         Ok(())
     }
@@ -196,11 +227,20 @@ pub const STATE_TIMEOUT_MS: u64 = 60_000;
 pub const OVERLAY_MAX_BYTES: u64 = 256 << 20;
 
 impl KernelChecker {
-    pub fn start(ctx: &TrialContext, dir: &Path, name: &str, initial: Arc<dyn DiskView>, fsck: bool) -> Result<KernelChecker> {
+    pub fn start(
+        ctx: &TrialContext,
+        dir: &Path,
+        name: &str,
+        initial: Arc<dyn DiskView>,
+        fsck: bool,
+    ) -> Result<KernelChecker> {
         let config = ctx.config;
         let socket_dir = tempfile::Builder::new().prefix("crashlab-nbd-").tempdir()?;
         let socket = socket_dir.path().join("nbd");
-        let limits = NbdLimits { overlay_max_bytes: OVERLAY_MAX_BYTES, request_max_bytes: 32 << 20 };
+        let limits = NbdLimits {
+            overlay_max_bytes: OVERLAY_MAX_BYTES,
+            request_max_bytes: 32 << 20,
+        };
         let (server, handle) = NbdServer::start(&socket, "state", initial, limits)?;
         let export = ExportDisk::create(dir.join(format!("{name}-export.img")), config.file_size_bytes)?;
         let files = RunFiles::in_dir(dir, name);
@@ -214,7 +254,13 @@ impl KernelChecker {
                 format!("crashlab.mount_opts={}", config.mount_opts),
                 format!("crashlab.fsck={}", u8::from(fsck)),
             ],
-            drives: vec![Drive::Nbd { socket: socket.clone(), export: "state".into() }, Drive::Raw(export.path.clone())],
+            drives: vec![
+                Drive::Nbd {
+                    socket: socket.clone(),
+                    export: "state".into(),
+                },
+                Drive::Raw(export.path.clone()),
+            ],
             console_log: files.console_log.clone(),
             channel_socket: PathBuf::new(),
         };
@@ -230,14 +276,27 @@ impl KernelChecker {
         // Wait for BOOTED: the guest holds its channel open from then on.
         let start = Instant::now();
         loop {
-            anyhow::ensure!(!ctx.interrupt.load(std::sync::atomic::Ordering::SeqCst), vm::Interrupted);
+            anyhow::ensure!(
+                !ctx.interrupt.load(std::sync::atomic::Ordering::SeqCst),
+                vm::Interrupted
+            );
             if start.elapsed() > Duration::from_millis(config.boot_timeout_ms) {
-                return Err(vm::boot_failure("checker VM did not boot", vm::VmOutcome::BootTimeout, &files));
+                return Err(vm::boot_failure(
+                    "checker VM did not boot",
+                    vm::VmOutcome::BootTimeout,
+                    &files,
+                ));
             }
             match session.next(Duration::from_millis(20))? {
                 Step::Event(Event::Booted { .. }) => break,
                 Step::Exited(code) => {
-                    return Err(vm::boot_failure("checker VM exited", vm::VmOutcome::Exited { code: code.unwrap_or(-1) }, &files))
+                    return Err(vm::boot_failure(
+                        "checker VM exited",
+                        vm::VmOutcome::Exited {
+                            code: code.unwrap_or(-1),
+                        },
+                        &files,
+                    ))
                 }
                 _ => {}
             }
@@ -267,7 +326,10 @@ impl KernelChecker {
         while !report.checked {
             anyhow::ensure!(!stop.load(Ordering::SeqCst), vm::Interrupted);
             if start.elapsed() > Duration::from_millis(self.state_timeout_ms) {
-                bail!("the checker VM did not answer within {} ms: a hung guest", self.state_timeout_ms);
+                bail!(
+                    "the checker VM did not answer within {} ms: a hung guest",
+                    self.state_timeout_ms
+                );
             }
             match session.next(Duration::from_millis(2))? {
                 Step::Event(event) => report.observe(&event),
@@ -275,7 +337,9 @@ impl KernelChecker {
                 Step::Tick => {}
             }
         }
-        report.finish(&self.export)?.context("the checker reported CHECKED without MOUNT")
+        report
+            .finish(&self.export)?
+            .context("the checker reported CHECKED without MOUNT")
     }
 
     pub fn stop(mut self) -> Result<()> {
@@ -316,12 +380,19 @@ pub fn host_check_ext4(
         let mut sink = std::fs::OpenOptions::new().write(true).open(&image)?;
         blocklog::apply_state(log_file, log, state, &mut sink).context("building the state image")?;
     }
-    let replay = Command::new("e2fsck").args(["-y", "-E", "journal_only"]).arg(&image).output()
+    let replay = Command::new("e2fsck")
+        .args(["-y", "-E", "journal_only"])
+        .arg(&image)
+        .output()
         .context("cannot run e2fsck: `cargo xtask deps` installs it")?;
     // 0: nothing to do, 1: journal replayed. Anything else: the recovery failed.
     let replay_rc = replay.status.code().unwrap_or(-1);
     if replay_rc > 1 {
-        return Ok(CheckResult { mount_rc: replay_rc, file: None, fsck: None });
+        return Ok(CheckResult {
+            mount_rc: replay_rc,
+            file: None,
+            fsck: None,
+        });
     }
     // Like the kernel path: the read-only fsck only when asked for.
     let fsck = match fsck {
@@ -345,7 +416,10 @@ pub fn host_check_ext4(
     Ok(CheckResult {
         mount_rc: 0,
         file,
-        fsck: fsck.map(|f| FsckResult { tool: "e2fsck".into(), rc: f.status.code().unwrap_or(-1) }),
+        fsck: fsck.map(|f| FsckResult {
+            tool: "e2fsck".into(),
+            rc: f.status.code().unwrap_or(-1),
+        }),
     })
 }
 
@@ -378,7 +452,13 @@ pub fn read_capture(
     let log_file = Arc::new(File::open(log_path)?);
     let promises = acks_in_log(&log, &log_file, ack_area_offset_bytes, device_size_bytes, seed)?;
     check_acks_match(&serial, &promises.acks)?;
-    Ok(Capture { log, log_file, serial, promises, device_size_bytes })
+    Ok(Capture {
+        log,
+        log_file,
+        serial,
+        promises,
+        device_size_bytes,
+    })
 }
 
 /// One power-loss trial: what it captured, the states it checked, and
@@ -486,7 +566,9 @@ pub fn plan_states(log: &ParsedLog, seed: u64, budget: usize, torn: bool) -> Vec
     let prefix_cap = (budget / 2).max(1);
     if prefixes.len() > prefix_cap {
         let step = prefixes.len() as f64 / prefix_cap as f64;
-        prefixes = (0..prefix_cap).map(|i| prefixes[(i as f64 * step) as usize].clone()).collect();
+        prefixes = (0..prefix_cap)
+            .map(|i| prefixes[(i as f64 * step) as usize].clone())
+            .collect();
     }
     let mut seen = std::collections::HashSet::new();
     let mut states = Vec::with_capacity(budget);
@@ -528,7 +610,11 @@ pub fn run_powerloss_trial(
 
     // 1. Capture.
     let t = Instant::now();
-    let params = config.workload_params(plan.workload_seed, crate::trial::hold_for(plan), Some(pctx.ack_area_offset_bytes));
+    let params = config.workload_params(
+        plan.workload_seed,
+        crate::trial::hold_for(plan),
+        Some(pctx.ack_area_offset_bytes),
+    );
     let disk = dir.join("disk.img");
     let log_path = dir.join("blocklog.bin");
     crate::images::copy_sparse(pctx.base_disk, &disk)?;
@@ -539,16 +625,31 @@ pub fn run_powerloss_trial(
         ctx,
         plan,
         &params,
-        Drive::Logged { disk: disk.clone(), log: log_path.clone() },
+        Drive::Logged {
+            disk: disk.clone(),
+            log: log_path.clone(),
+        },
         &files,
     )?;
     timing.capture = ms_since(t);
 
     // 2. Parse the log and find the promises in it.
     let t = Instant::now();
-    let capture = read_capture(&log_path, &files.protocol_log, pctx.base_disk, pctx.ack_area_offset_bytes, params.seed)?;
+    let capture = read_capture(
+        &log_path,
+        &files.protocol_log,
+        pctx.base_disk,
+        pctx.ack_area_offset_bytes,
+        params.seed,
+    )?;
     timing.parse = ms_since(t);
-    let Capture { log, log_file, serial, promises: acks, device_size_bytes } = capture;
+    let Capture {
+        log,
+        log_file,
+        serial,
+        promises: acks,
+        device_size_bytes,
+    } = capture;
     let log_facts = LogFacts {
         entries: log.entries.len() as u64,
         writes: log.entries.iter().filter(|e| e.is_data_write()).count() as u64,
@@ -703,7 +804,11 @@ pub fn run_powerloss_trial(
     let stopped: Result<Vec<()>> = workers.into_iter().map(CheckWorker::stop).collect();
     checked?;
     stopped?;
-    assert_eq!(record.states_checked, states.len() as u64, "every planned state was judged");
+    assert_eq!(
+        record.states_checked,
+        states.len() as u64,
+        "every planned state was judged"
+    );
     // The crashed disk is not needed: states are rebuilt from the base and
     // the log. Keep the log (and the base) only as evidence of a failure.
     let _ = std::fs::remove_file(&disk);
@@ -762,7 +867,13 @@ fn start_workers(
                                 env.device_size_bytes,
                                 vec![],
                             ));
-                            Some(KernelChecker::start(ctx, dir, &format!("checker{i}"), initial, env.fsck)?)
+                            Some(KernelChecker::start(
+                                ctx,
+                                dir,
+                                &format!("checker{i}"),
+                                initial,
+                                env.fsck,
+                            )?)
                         }
                         false => None,
                     };
@@ -778,19 +889,35 @@ fn start_workers(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a checker thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a checker thread panicked")))
+            })
+            .collect()
     });
     booted.into_iter().collect()
 }
 
 impl CheckWorker {
     fn check(&mut self, env: &CheckEnv, state: &CrashState, abort: &AtomicBool) -> Result<StateChecks> {
-        let mut checks = StateChecks { results: Vec::new(), build_ms: 0, kernel_ms: 0, host_ms: 0, overlay_bytes: 0 };
+        let mut checks = StateChecks {
+            results: Vec::new(),
+            build_ms: 0,
+            kernel_ms: 0,
+            host_ms: 0,
+            overlay_bytes: 0,
+        };
         if let Some(checker) = self.kernel.as_mut() {
             let t = Instant::now();
             let extents = blocklog::overlay_extents(env.log, state);
-            let view: Arc<dyn DiskView> =
-                Arc::new(StateView::new(env.base_file.clone(), env.log_file.clone(), env.device_size_bytes, extents));
+            let view: Arc<dyn DiskView> = Arc::new(StateView::new(
+                env.base_file.clone(),
+                env.log_file.clone(),
+                env.device_size_bytes,
+                extents,
+            ));
             checks.build_ms = ms_since(t);
             let t = Instant::now();
             checks.results.push(("kernel", checker.check(view, abort)?));
@@ -799,7 +926,10 @@ impl CheckWorker {
         }
         if let Some(scratch) = &self.host_scratch {
             let t = Instant::now();
-            checks.results.push(("host", host_check_ext4(env.base_disk, &env.log_file, env.log, state, scratch, env.fsck)?));
+            checks.results.push((
+                "host",
+                host_check_ext4(env.base_disk, &env.log_file, env.log, state, scratch, env.fsck)?,
+            ));
             checks.host_ms = ms_since(t);
         }
         Ok(checks)
@@ -840,7 +970,11 @@ impl PowerLossRecord {
             if self.violations.len() >= verifier::FINDINGS_MAX {
                 break;
             }
-            let campaign_dir = self.evidence_dir.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+            let campaign_dir = self
+                .evidence_dir
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."));
             self.violations.push(StateFinding {
                 state: index,
                 replay: format!(

@@ -97,13 +97,19 @@ fn drive_args(index: usize, drive: &Drive) -> Vec<String> {
     // flushes buy nothing; the guest's flushes still reach blklogwrites,
     // which logs them before passing them down.
     let file_node = |name: &str, path: &Path| {
-        format!("driver=file,filename={},node-name={name},cache.no-flush=on", path.display())
+        format!(
+            "driver=file,filename={},node-name={name},cache.no-flush=on",
+            path.display()
+        )
     };
     let mut args = Vec::new();
     match drive {
         Drive::Raw(path) => {
             args.push("-blockdev".to_string());
-            args.push(format!("driver=raw,node-name={node},file.driver=file,file.filename={},file.cache.no-flush=on", path.display()));
+            args.push(format!(
+                "driver=raw,node-name={node},file.driver=file,file.filename={},file.cache.no-flush=on",
+                path.display()
+            ));
         }
         Drive::Logged { disk, log } => {
             args.extend(["-blockdev".to_string(), file_node(&format!("{node}-data"), disk)]);
@@ -115,7 +121,10 @@ fn drive_args(index: usize, drive: &Drive) -> Vec<String> {
         }
         Drive::Nbd { socket, export } => {
             args.push("-blockdev".to_string());
-            args.push(format!("driver=nbd,server.type=unix,server.path={},export={export},node-name={node}", socket.display()));
+            args.push(format!(
+                "driver=nbd,server.type=unix,server.path={},export={export},node-name={node}",
+                socket.display()
+            ));
         }
     }
     args.push("-device".to_string());
@@ -192,14 +201,24 @@ mod tests {
     #[test]
     fn command_line_has_no_network_no_display_and_both_serials() {
         let spec = VmSpec {
-            images: GuestImages { kernel: "/k".into(), initramfs: "/i".into(), kernel_release: "r".into() },
+            images: GuestImages {
+                kernel: "/k".into(),
+                initramfs: "/i".into(),
+                kernel_release: "r".into(),
+            },
             accel: AccelUsed::Tcg,
             memory_mib: 512,
             kernel_args: vec!["crashlab.role=check".into()],
             drives: vec![
                 Drive::Raw("/d0".into()),
-                Drive::Logged { disk: "/d1".into(), log: "/l1".into() },
-                Drive::Nbd { socket: "/s".into(), export: "state".into() },
+                Drive::Logged {
+                    disk: "/d1".into(),
+                    log: "/l1".into(),
+                },
+                Drive::Nbd {
+                    socket: "/s".into(),
+                    export: "state".into(),
+                },
             ],
             console_log: "/c.log".into(),
             channel_socket: "/s.sock".into(),
@@ -212,7 +231,10 @@ mod tests {
         assert!(joined.contains("-serial chardev:channel"));
         assert!(joined.contains("crashlab.role=check"));
         assert_eq!(args.iter().filter(|a| a.starts_with("virtio-blk-pci")).count(), 3);
-        assert!(joined.find("/d0").unwrap() < joined.find("/d1").unwrap(), "drive order is vda, vdb");
+        assert!(
+            joined.find("/d0").unwrap() < joined.find("/d1").unwrap(),
+            "drive order is vda, vdb"
+        );
         assert!(joined.contains("driver=blklogwrites,file=disk1-data,log=disk1-log"));
         assert!(joined.contains("driver=nbd,server.type=unix,server.path=/s,export=state"));
     }

@@ -47,7 +47,8 @@ pub struct ReplayOutcome {
 pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
     let meta_path = req.campaign_dir.join("campaign.json");
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path).with_context(|| format!("cannot read {}: is this a campaign directory?", meta_path.display()))?,
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("cannot read {}: is this a campaign directory?", meta_path.display()))?,
     )
     .with_context(|| format!("{} is corrupt", meta_path.display()))?;
     let mut config: CampaignConfig = serde_json::from_value(meta["config"].clone())
@@ -57,7 +58,12 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         "campaign {} is not a power-loss campaign: rerun a kernel-crash trial with its `rerun` command",
         req.campaign_dir.display()
     );
-    anyhow::ensure!(req.trial < config.trials, "trial {} is outside the campaign's {} trials", req.trial, config.trials);
+    anyhow::ensure!(
+        req.trial < config.trials,
+        "trial {} is outside the campaign's {} trials",
+        req.trial,
+        config.trials
+    );
     if let Some(dir) = &req.images_dir {
         config.images_dir = dir.clone();
     }
@@ -71,7 +77,11 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
 
     let plan = plan_trial(&config, req.trial);
     let ack_area_offset_bytes = config.ack_area_offset_bytes();
-    let params = config.workload_params(plan.workload_seed, crate::trial::hold_for(&plan), Some(ack_area_offset_bytes));
+    let params = config.workload_params(
+        plan.workload_seed,
+        crate::trial::hold_for(&plan),
+        Some(ack_area_offset_bytes),
+    );
     let capture = powerloss::read_capture(
         &log_path,
         &trial_dir.join("workload.protocol.log"),
@@ -79,15 +89,29 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         ack_area_offset_bytes,
         params.seed,
     )?;
-    let states = powerloss::plan_states(&capture.log, plan.workload_seed, config.state_budget_per_trial(), config.torn_writes);
-    let state = states
-        .get(req.state as usize)
-        .with_context(|| format!("state {} does not exist: trial {} has {} states", req.state, req.trial, states.len()))?;
+    let states = powerloss::plan_states(
+        &capture.log,
+        plan.workload_seed,
+        config.state_budget_per_trial(),
+        config.torn_writes,
+    );
+    let state = states.get(req.state as usize).with_context(|| {
+        format!(
+            "state {} does not exist: trial {} has {} states",
+            req.state,
+            req.trial,
+            states.len()
+        )
+    })?;
 
-    let image = req.out.clone().unwrap_or_else(|| trial_dir.join(format!("state-{}.img", req.state)));
+    let image = req
+        .out
+        .clone()
+        .unwrap_or_else(|| trial_dir.join(format!("state-{}.img", req.state)));
     images::copy_sparse(&base, &image)?;
     let mut sink = std::fs::OpenOptions::new().write(true).open(&image)?;
-    blocklog::apply_state(capture.log_file.as_ref(), &capture.log, state, &mut sink).context("writing the state image")?;
+    blocklog::apply_state(capture.log_file.as_ref(), &capture.log, state, &mut sink)
+        .context("writing the state image")?;
     drop(sink);
 
     let position = powerloss::crash_position(state);
@@ -111,14 +135,22 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
             capture.device_size_bytes,
             blocklog::overlay_extents(&capture.log, state),
         ));
-        let mut checker = powerloss::KernelChecker::start(&ctx, work.path(), "replay", view.clone(), config.fsck_states)?;
+        let mut checker =
+            powerloss::KernelChecker::start(&ctx, work.path(), "replay", view.clone(), config.fsck_states)?;
         let check = checker.check(view, req.interrupt);
         checker.stop()?;
         verdicts.push(("kernel", crate::trial::judge(&config, &params, &protocol, &check?)));
     }
     if req.checker != Checker::Kernel {
         let scratch = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
-        let check = powerloss::host_check_ext4(&base, &capture.log_file, &capture.log, state, scratch.path(), config.fsck_states)?;
+        let check = powerloss::host_check_ext4(
+            &base,
+            &capture.log_file,
+            &capture.log,
+            state,
+            scratch.path(),
+            config.fsck_states,
+        )?;
         verdicts.push(("host", crate::trial::judge(&config, &params, &protocol, &check)));
     }
     Ok(ReplayOutcome {

@@ -195,10 +195,11 @@ pub(crate) fn run_workload(
             (Some(Event::Error { op, errno }), _) => {
                 error = Some(format!("{op}: {}", std::io::Error::from_raw_os_error(*errno)))
             }
-            (None, CrashPoint::AfterDelay { delay_ms }) if !done && error.is_none()
-                && ready_at.is_some_and(|t| (now - t).as_millis() as u64 >= delay_ms) => {
-                    return Action::Kill;
-                }
+            (None, CrashPoint::AfterDelay { delay_ms })
+                if !done && error.is_none() && ready_at.is_some_and(|t| (now - t).as_millis() as u64 >= delay_ms) =>
+            {
+                return Action::Kill;
+            }
             _ => {}
         }
         Action::Continue
@@ -256,7 +257,10 @@ impl ExportDisk {
     /// The first `size_bytes` the guest copied.
     fn read_file(&self, size_bytes: u64) -> Result<Vec<u8>> {
         if size_bytes > self.size_bytes {
-            bail!("the recovered file is {size_bytes} bytes, more than the export disk's {}", self.size_bytes);
+            bail!(
+                "the recovered file is {size_bytes} bytes, more than the export disk's {}",
+                self.size_bytes
+            );
         }
         let mut bytes = vec![0u8; size_bytes as usize];
         std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&self.path)?, &mut bytes, 0)?;
@@ -280,7 +284,12 @@ impl CheckReport {
         match event {
             Event::Mount { rc } => self.mount_rc = Some(*rc),
             Event::File { size_bytes } => self.file_size_bytes = Some(*size_bytes),
-            Event::Fsck { tool, rc } if tool != "none" => self.fsck = Some(FsckResult { tool: tool.clone(), rc: *rc }),
+            Event::Fsck { tool, rc } if tool != "none" => {
+                self.fsck = Some(FsckResult {
+                    tool: tool.clone(),
+                    rc: *rc,
+                })
+            }
             Event::Checked => self.checked = true,
             _ => {}
         }
@@ -293,7 +302,11 @@ impl CheckReport {
             return Ok(None);
         };
         let file = self.file_size_bytes.map(|size| export.read_file(size)).transpose()?;
-        Ok(Some(CheckResult { mount_rc, file, fsck: self.fsck }))
+        Ok(Some(CheckResult {
+            mount_rc,
+            file,
+            fsck: self.fsck,
+        }))
     }
 }
 

@@ -120,8 +120,7 @@ impl VmSession {
         // Unix socket paths are limited to 108 bytes; keep them short and private.
         let socket_dir = tempfile::Builder::new().prefix("crashlab-").tempdir()?;
         spec.channel_socket = socket_dir.path().join("ch");
-        let listener =
-            UnixListener::bind(&spec.channel_socket).context("cannot bind the guest channel socket")?;
+        let listener = UnixListener::bind(&spec.channel_socket).context("cannot bind the guest channel socket")?;
         listener.set_nonblocking(true)?;
         let protocol_log = File::create(&files.protocol_log)
             .with_context(|| format!("cannot create {} (disk full?)", files.protocol_log.display()))?;
@@ -180,7 +179,9 @@ impl VmSession {
 
     /// Sends one line to the guest (it reads ttyS1 in raw mode).
     pub fn send_line(&mut self, line: &str) -> Result<()> {
-        self.writer.write_all(format!("{line}\n").as_bytes()).context("the guest channel closed")
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .context("the guest channel closed")
     }
 
     /// SIGKILLs QEMU (the crash, or the end), then drains what the guest
@@ -214,7 +215,12 @@ pub fn run_vm(
     let start = Instant::now();
     let mut session = match VmSession::start(spec, files, limits, interrupt)? {
         Ok(session) => session,
-        Err(outcome) => return Ok(VmRun { outcome, elapsed_ms: start.elapsed().as_millis() as u64 }),
+        Err(outcome) => {
+            return Ok(VmRun {
+                outcome,
+                elapsed_ms: start.elapsed().as_millis() as u64,
+            })
+        }
     };
     let mut last_line = None::<Instant>;
     // The observer is ticked at least every TICK_MS even while lines pour
@@ -253,7 +259,10 @@ pub fn run_vm(
         }
     };
     session.finish()?;
-    Ok(VmRun { outcome, elapsed_ms: start.elapsed().as_millis() as u64 })
+    Ok(VmRun {
+        outcome,
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    })
 }
 
 fn accept_channel(
@@ -329,8 +338,10 @@ pub fn tail_of(path: &Path, lines: usize) -> String {
 /// should have.
 pub fn boot_failure(what: &str, outcome: VmOutcome, files: &RunFiles) -> anyhow::Error {
     let hint = match outcome {
-        VmOutcome::BootTimeout => "the guest printed nothing on its channel in time: check the kernel and \
-            initramfs (`cargo xtask images`), or raise --boot-timeout-ms on a slow machine",
+        VmOutcome::BootTimeout => {
+            "the guest printed nothing on its channel in time: check the kernel and \
+            initramfs (`cargo xtask images`), or raise --boot-timeout-ms on a slow machine"
+        }
         VmOutcome::Stalled => "the guest fell silent: a hung guest, or raise --stall-timeout-ms",
         VmOutcome::TimedOut => "the run exceeded --trial-timeout-ms",
         VmOutcome::Exited { .. } => "QEMU exited early: see its stderr and the console log",

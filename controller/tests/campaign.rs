@@ -30,17 +30,28 @@ fn ext4_ms_sync_three_trials_have_no_violation() {
 #[test]
 fn planted_ack_before_sync_is_caught_and_replays_identically() {
     let Some(h) = vm_harness("planted_bug") else { return };
-    let args = ["--planted-bug=ack-before-sync", "--crash-points=acks", "--trials=2", "--seed=5"];
+    let args = [
+        "--planted-bug=ack-before-sync",
+        "--crash-points=acks",
+        "--trials=2",
+        "--seed=5",
+    ];
     let first = h.run("bug-1", &args);
     assert_eq!(first.status.code(), Some(1), "a violation gives exit code 1");
     let trials = h.trials("bug-1");
     for t in &trials {
         assert_eq!(t["run_end"], "crashed");
-        assert_eq!(t["passed"], false, "the kill right after the ack finds the record unsynced: {t}");
+        assert_eq!(
+            t["passed"], false,
+            "the kill right after the ack finds the record unsynced: {t}"
+        );
         let v = &t["violations"][0];
         assert_eq!(v["rule"], "acked-record-lost");
         // The lost record is the last one acked, the one the workload had not synced yet.
-        assert_eq!(v["expected_seq"].as_u64().unwrap() + 1, t["crash_point"]["acks"].as_u64().unwrap());
+        assert_eq!(
+            v["expected_seq"].as_u64().unwrap() + 1,
+            t["crash_point"]["acks"].as_u64().unwrap()
+        );
         assert!(v["hex_excerpt"].as_str().unwrap().starts_with("@0x"));
         assert!(t["rerun"].as_str().unwrap().contains("--only-trial="));
     }
@@ -50,16 +61,31 @@ fn planted_ack_before_sync_is_caught_and_replays_identically() {
     assert_eq!(second.status.code(), Some(1));
     let again = h.trials("bug-2");
     let key = |t: &serde_json::Value| {
-        (t["crash_point"].clone(), t["passed"].clone(), t["violations"][0]["slot"].clone(), t["counts"]["acked"].clone())
+        (
+            t["crash_point"].clone(),
+            t["passed"].clone(),
+            t["violations"][0]["slot"].clone(),
+            t["counts"]["acked"].clone(),
+        )
     };
-    assert_eq!(trials.iter().map(key).collect::<Vec<_>>(), again.iter().map(key).collect::<Vec<_>>());
+    assert_eq!(
+        trials.iter().map(key).collect::<Vec<_>>(),
+        again.iter().map(key).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn ms_async_losses_are_observations_not_violations() {
     let Some(h) = vm_harness("ms_async") else { return };
-    let out = h.run("ms-async", &["--mode=ms-async", "--crash-points=acks", "--trials=2", "--seed=3"]);
-    assert_eq!(out.status.code(), Some(0), "nothing was promised, so nothing is violated");
+    let out = h.run(
+        "ms-async",
+        &["--mode=ms-async", "--crash-points=acks", "--trials=2", "--seed=3"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "nothing was promised, so nothing is violated"
+    );
     let trials = h.trials("ms-async");
     assert!(trials.iter().all(|t| t["passed"] == true));
     // Linux's MS_ASYNC starts no writeback: acked records are lost on a crash.
@@ -84,7 +110,14 @@ fn ctrl_c_stops_cleanly_and_keeps_finished_trials() {
     use std::time::{Duration, Instant};
     let Some(h) = vm_harness("ctrl_c") else { return };
     let mut child = util::crashlab()
-        .args(["run", "--quiet", "--records=600", "--trials=50", "--campaign-id=int", "--crash-points=acks"])
+        .args([
+            "run",
+            "--quiet",
+            "--records=600",
+            "--trials=50",
+            "--campaign-id=int",
+            "--crash-points=acks",
+        ])
         .arg("--images-dir")
         .arg(&h.images_dir)
         .arg("--results-dir")
@@ -93,7 +126,11 @@ fn ctrl_c_stops_cleanly_and_keeps_finished_trials() {
         .unwrap();
     let trials_path = h.results.path().join("int/trials.jsonl");
     let start = Instant::now();
-    while std::fs::read_to_string(&trials_path).map(|s| s.lines().count()).unwrap_or(0) < 1 {
+    while std::fs::read_to_string(&trials_path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 1
+    {
         assert!(start.elapsed() < Duration::from_secs(120), "no trial finished in 120 s");
         assert!(child.try_wait().unwrap().is_none(), "campaign ended early");
         std::thread::sleep(Duration::from_millis(100));
@@ -101,18 +138,32 @@ fn ctrl_c_stops_cleanly_and_keeps_finished_trials() {
     // Let the next trial's QEMU start, then interrupt in the middle of it.
     std::thread::sleep(Duration::from_secs(3));
     let results = h.results.path().to_str().unwrap().to_string();
-    assert!(!processes_mentioning(&results).is_empty(), "a QEMU is running mid-trial");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(
+        !processes_mentioning(&results).is_empty(),
+        "a QEMU is running mid-trial"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let stop = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(stop.elapsed() < Duration::from_secs(10), "crashlab did not stop within 10 s of Ctrl-C");
+        assert!(
+            stop.elapsed() < Duration::from_secs(10),
+            "crashlab did not stop within 10 s of Ctrl-C"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(130));
-    assert_eq!(processes_mentioning(&results), Vec::<String>::new(), "no QEMU left behind");
+    assert_eq!(
+        processes_mentioning(&results),
+        Vec::<String>::new(),
+        "no QEMU left behind"
+    );
     let kept = h.trials("int");
     assert!(!kept.is_empty(), "finished trials are kept");
     let summary = std::fs::read_to_string(h.results.path().join("int/summary.json")).unwrap();
@@ -126,13 +177,25 @@ fn delay_crash_point_fires_while_the_guest_is_busy() {
     let Some(h) = vm_harness("delay_busy") else { return };
     // 5,000 records take several seconds; every delay is at most 1.5 s. The
     // kill comes within a tick (5 ms) of the delay; 50 ms allows for load.
-    let out = h.run("delay", &["--crash-points=delay", "--crash-delay-max-ms=1500", "--records=5000", "--trials=2", "--seed=4"]);
+    let out = h.run(
+        "delay",
+        &[
+            "--crash-points=delay",
+            "--crash-delay-max-ms=1500",
+            "--records=5000",
+            "--trials=2",
+            "--seed=4",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0));
     for t in h.trials("delay") {
         assert_eq!(t["run_end"], "crashed", "{t}");
         let delay_ms = t["crash_point"]["delay_ms"].as_u64().unwrap();
         let last_ack_ms = t["workload_rate"]["ready_to_last_ack_ms"].as_u64().unwrap();
-        assert!(last_ack_ms <= delay_ms + 50, "killed late: last ack at {last_ack_ms} ms, delay {delay_ms} ms");
+        assert!(
+            last_ack_ms <= delay_ms + 50,
+            "killed late: last ack at {last_ack_ms} ms, delay {delay_ms} ms"
+        );
         assert!(t["counts"]["acked"].as_u64().unwrap() < 5000);
     }
 }

@@ -30,7 +30,10 @@ fn file_larger_than_the_disk() {
 fn missing_kernel_names_the_build_command() {
     let results = tempfile::tempdir().unwrap();
     let results = results.path().to_str().unwrap();
-    run_expecting_usage_error(&["run", "--images-dir=/nonexistent", "--results-dir", results], "cargo xtask images");
+    run_expecting_usage_error(
+        &["run", "--images-dir=/nonexistent", "--results-dir", results],
+        "cargo xtask images",
+    );
 }
 
 #[test]
@@ -52,7 +55,15 @@ fn only_trial_outside_the_campaign() {
 fn help_lists_every_flag() {
     let out = util::crashlab().args(["run", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--fs", "--mode", "--record-size", "--planted-bug", "--profile", "--seed", "--only-trial"] {
+    for flag in [
+        "--fs",
+        "--mode",
+        "--record-size",
+        "--planted-bug",
+        "--profile",
+        "--seed",
+        "--only-trial",
+    ] {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
 }

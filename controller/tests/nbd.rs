@@ -32,15 +32,25 @@ struct QemuIo {
 /// `discard=unmap` because qemu-io otherwise drops discards before they
 /// reach the NBD client.
 fn qemu_io(socket: &Path, commands: &[&str]) -> QemuIo {
-    let opts = format!("driver=nbd,server.type=unix,server.path={},export=state,discard=unmap", socket.display());
+    let opts = format!(
+        "driver=nbd,server.type=unix,server.path={},export=state,discard=unmap",
+        socket.display()
+    );
     let mut cmd = Command::new("qemu-io");
     cmd.arg("--image-opts").arg(opts);
     for c in commands {
         cmd.arg("-c").arg(c);
     }
     let out = cmd.output().expect("run qemu-io (installed with QEMU)");
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    QemuIo { success: out.status.success(), output }
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    QemuIo {
+        success: out.status.success(),
+        output,
+    }
 }
 
 /// qemu-io can exit 0 after a failed pattern check, so the output is checked
@@ -50,7 +60,11 @@ fn assert_all_ok(run: &QemuIo, expected_lines: &[&str]) {
     assert!(!run.output.contains("Pattern verification failed"), "{}", run.output);
     assert!(!run.output.to_lowercase().contains("error"), "{}", run.output);
     for line in expected_lines {
-        assert!(run.output.lines().any(|l| l == *line), "missing {line:?} in:\n{}", run.output);
+        assert!(
+            run.output.lines().any(|l| l == *line),
+            "missing {line:?} in:\n{}",
+            run.output
+        );
     }
 }
 
@@ -119,15 +133,32 @@ fn qemu_client_reads_writes_and_sees_view_swaps() {
     // 512..1536 and 1000..1333 -> sectors 1, 2; 8192..12288 -> 8 sectors;
     // 20000..20100 -> sector 39.
     assert_eq!(handle.overlay_bytes(), (2 + 8 + 1) * 512);
-    assert_eq!(std::fs::read(&base_a).unwrap(), vec![0xab; DISK_BYTES as usize], "the base must stay untouched");
+    assert_eq!(
+        std::fs::read(&base_a).unwrap(),
+        vec![0xab; DISK_BYTES as usize],
+        "the base must stay untouched"
+    );
 
     let log = handle.handshake_log();
     assert!(log.iter().any(|e| e.starts_with("GO \"state\"")), "{log:#?}");
 
     handle.set_view(file_view(&base_b));
     assert_eq!(handle.overlay_bytes(), 0);
-    let run = qemu_io(&socket, &["read -P 0xcd 0 4096", "read -P 0xcd 8192 4096", "read -P 0xcd 20000 100"]);
-    assert_all_ok(&run, &["read 4096/4096 bytes at offset 0", "read 4096/4096 bytes at offset 8192"]);
+    let run = qemu_io(
+        &socket,
+        &[
+            "read -P 0xcd 0 4096",
+            "read -P 0xcd 8192 4096",
+            "read -P 0xcd 20000 100",
+        ],
+    );
+    assert_all_ok(
+        &run,
+        &[
+            "read 4096/4096 bytes at offset 0",
+            "read 4096/4096 bytes at offset 8192",
+        ],
+    );
     assert_eq!(handle.stats().connections, 2);
 
     // The checks above can fail: old content is reported as a mismatch.
@@ -143,13 +174,32 @@ fn qemu_client_reads_writes_and_sees_view_swaps() {
 fn writes_beyond_the_overlay_limit_fail_with_enospc() {
     let dir = tempfile::tempdir().unwrap();
     let base = filled_file(dir.path(), "a.img", 0xab);
-    let limits = NbdLimits { overlay_max_bytes: 8192, request_max_bytes: 32 << 20 };
+    let limits = NbdLimits {
+        overlay_max_bytes: 8192,
+        request_max_bytes: 32 << 20,
+    };
     let (server, handle, socket) = start(dir.path(), &base, limits);
-    let run = qemu_io(&socket, &["write -P 0x11 0 8192", "write -P 0x22 8192 512", "read -P 0x11 0 8192", "read -P 0xab 8192 512"]);
+    let run = qemu_io(
+        &socket,
+        &[
+            "write -P 0x11 0 8192",
+            "write -P 0x22 8192 512",
+            "read -P 0x11 0 8192",
+            "read -P 0xab 8192 512",
+        ],
+    );
     eprintln!("{}", run.output);
     assert!(run.output.contains("No space left on device"), "{}", run.output);
-    assert!(run.output.lines().any(|l| l == "read 8192/8192 bytes at offset 0"), "{}", run.output);
-    assert!(run.output.lines().any(|l| l == "read 512/512 bytes at offset 8192"), "{}", run.output);
+    assert!(
+        run.output.lines().any(|l| l == "read 8192/8192 bytes at offset 0"),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.output.lines().any(|l| l == "read 512/512 bytes at offset 8192"),
+        "{}",
+        run.output
+    );
     assert!(!run.output.contains("Pattern verification failed"), "{}", run.output);
     let stats = handle.stats();
     assert_eq!((stats.enospc_errors, handle.overlay_bytes()), (1, 8192), "{stats:?}");
@@ -168,7 +218,9 @@ impl Raw {
     /// Connects and does the greeting with NO_ZEROES.
     fn connect(socket: &Path) -> Raw {
         let mut raw = Raw(UnixStream::connect(socket).unwrap());
-        raw.0.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        raw.0
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         let greeting = raw.read_n(18);
         assert_eq!(&greeting[..8], b"NBDMAGIC");
         assert_eq!(u64::from_be_bytes(greeting[8..16].try_into().unwrap()), IHAVEOPT);
@@ -215,7 +267,10 @@ impl Raw {
     fn simple_reply(&mut self) -> (u32, u64) {
         let reply = self.read_n(16);
         assert_eq!(u32::from_be_bytes(reply[..4].try_into().unwrap()), 0x6744_6698);
-        (u32::from_be_bytes(reply[4..8].try_into().unwrap()), u64::from_be_bytes(reply[8..].try_into().unwrap()))
+        (
+            u32::from_be_bytes(reply[4..8].try_into().unwrap()),
+            u64::from_be_bytes(reply[8..].try_into().unwrap()),
+        )
     }
 
     /// True once the server has closed its end.
@@ -239,7 +294,10 @@ fn info_data(name: &str, info_types: &[u16]) -> Vec<u8> {
 fn raw_client_options_and_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
     let base = filled_file(dir.path(), "a.img", 0xab);
-    let limits = NbdLimits { overlay_max_bytes: 1 << 20, request_max_bytes: 64 << 10 };
+    let limits = NbdLimits {
+        overlay_max_bytes: 1 << 20,
+        request_max_bytes: 64 << 10,
+    };
     let (server, handle, socket) = start(dir.path(), &base, limits);
 
     let mut raw = Raw::connect(&socket);
@@ -253,10 +311,22 @@ fn raw_client_options_and_bad_requests() {
     raw.send_option(6, &info_data("state", &[3])); // INFO
     let (_, reply_type, export) = raw.option_reply();
     assert_eq!(reply_type, 3);
-    assert_eq!(&export[..10], &[&0u16.to_be_bytes()[..], &DISK_BYTES.to_be_bytes()].concat()[..]);
+    assert_eq!(
+        &export[..10],
+        &[&0u16.to_be_bytes()[..], &DISK_BYTES.to_be_bytes()].concat()[..]
+    );
     let (_, reply_type, block_size) = raw.option_reply();
     assert_eq!(reply_type, 3);
-    assert_eq!(block_size, [&3u16.to_be_bytes()[..], &1u32.to_be_bytes(), &4096u32.to_be_bytes(), &(64u32 << 10).to_be_bytes()].concat());
+    assert_eq!(
+        block_size,
+        [
+            &3u16.to_be_bytes()[..],
+            &1u32.to_be_bytes(),
+            &4096u32.to_be_bytes(),
+            &(64u32 << 10).to_be_bytes()
+        ]
+        .concat()
+    );
     assert_eq!(raw.option_reply(), (6, 1, vec![]));
     raw.send_option(1, b"state"); // EXPORT_NAME: size, flags, no zeroes
     let reply = raw.read_n(10);
@@ -279,7 +349,11 @@ fn raw_client_options_and_bad_requests() {
     // Bad request magic: the server hangs up.
     raw.0.write_all(&[0u8; 28]).unwrap();
     assert!(raw.closed());
-    assert!(handle.last_error().unwrap().contains("bad request magic"), "{:?}", handle.last_error());
+    assert!(
+        handle.last_error().unwrap().contains("bad request magic"),
+        "{:?}",
+        handle.last_error()
+    );
 
     // It keeps listening; an oversize option also ends that connection.
     let mut raw = Raw::connect(&socket);

@@ -6,7 +6,13 @@ mod util;
 use util::vm_harness;
 
 /// A short run to the end, so every state is drawn from a whole log.
-const SMALL: &[&str] = &["--crash-model=power-loss", "--trials=1", "--records=150", "--crash-points=end", "--seed=21"];
+const SMALL: &[&str] = &[
+    "--crash-model=power-loss",
+    "--trials=1",
+    "--records=150",
+    "--crash-points=end",
+    "--seed=21",
+];
 
 fn run(h: &util::Harness, id: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
     let args: Vec<&str> = SMALL.iter().chain(extra).copied().collect();
@@ -28,9 +34,18 @@ fn ext4_without_barriers_loses_acked_records() {
     assert_eq!(u(&t, "states_checked"), 30);
     // barrier=0: no flush while the workload runs; the only one is the
     // unmount's at the very end, after the last ack.
-    assert!(t["log"]["flushes"].as_u64().unwrap() <= 1, "barrier=0 issues no flush: {}", t["log"]);
+    assert!(
+        t["log"]["flushes"].as_u64().unwrap() <= 1,
+        "barrier=0 issues no flush: {}",
+        t["log"]
+    );
     assert!(u(&t, "states_failed") > 0);
-    let rules: Vec<&str> = t["violations"].as_array().unwrap().iter().map(|v| v["rule"].as_str().unwrap()).collect();
+    let rules: Vec<&str> = t["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["rule"].as_str().unwrap())
+        .collect();
     assert!(rules.contains(&"acked-record-lost"), "{rules:?}");
 
     // One command replays one crash state exactly: rebuilt from the kept
@@ -40,14 +55,26 @@ fn ext4_without_barriers_loses_acked_records() {
     assert!(replay.starts_with("crashlab replay-state --campaign "), "{replay}");
     let state = first["state"].as_u64().unwrap().to_string();
     let out = util::crashlab()
-        .args(["replay-state", "--trial=0", "--checker=both", "--state", &state, "--campaign"])
+        .args([
+            "replay-state",
+            "--trial=0",
+            "--checker=both",
+            "--state",
+            &state,
+            "--campaign",
+        ])
         .arg(h.results.path().join("barrier0"))
         .arg("--images-dir")
         .arg(&h.images_dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let replayed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for (name, verdict) in replayed["verdicts"].as_array().unwrap().iter().map(|p| (&p[0], &p[1])) {
         assert_eq!(verdict["passed"], false, "{name}");
@@ -56,7 +83,10 @@ fn ext4_without_barriers_loses_acked_records() {
     assert_eq!(kernel["reason"], first["reason"]);
     assert_eq!(kernel["slot"], first["slot"]);
     let image = replayed["image"].as_str().unwrap();
-    assert!(std::path::Path::new(image).is_file(), "the state's disk image is written: {image}");
+    assert!(
+        std::path::Path::new(image).is_file(),
+        "the state's disk image is written: {image}"
+    );
 }
 
 #[test]
@@ -71,10 +101,22 @@ fn planted_ack_before_sync_is_caught_under_power_loss() {
 #[test]
 fn correct_configurations_have_no_violation() {
     let Some(h) = vm_harness("pl_correct") else { return };
-    for (fs, opts, disk) in [("ext4", "data=ordered", "64M"), ("xfs", "defaults", "300M"), ("btrfs", "defaults", "128M")] {
+    for (fs, opts, disk) in [
+        ("ext4", "data=ordered", "64M"),
+        ("xfs", "defaults", "300M"),
+        ("btrfs", "defaults", "128M"),
+    ] {
         let id = format!("correct-{fs}");
-        let (code, t) =
-            run(&h, &id, &[&format!("--fs={fs}"), &format!("--mount-opts={opts}"), &format!("--disk-size={disk}"), "--state-budget=40"]);
+        let (code, t) = run(
+            &h,
+            &id,
+            &[
+                &format!("--fs={fs}"),
+                &format!("--mount-opts={opts}"),
+                &format!("--disk-size={disk}"),
+                "--state-budget=40",
+            ],
+        );
         assert_eq!(code, Some(0), "{fs}: {t}");
         // Not vacuous: many states, each judged against acked records.
         assert!(u(&t, "states_checked") >= 30, "{fs}: {t}");
@@ -91,7 +133,11 @@ fn host_path_agrees_with_the_kernel_path() {
     // verdicts are compared state by state.
     for (opts, expect_failures) in [("barrier=0", true), ("data=ordered", false)] {
         let id = format!("both-{opts}").replace('=', "-");
-        let (_, t) = run(&h, &id, &[&format!("--mount-opts={opts}"), "--checker=both", "--state-budget=30"]);
+        let (_, t) = run(
+            &h,
+            &id,
+            &[&format!("--mount-opts={opts}"), "--checker=both", "--state-budget=30"],
+        );
         assert_eq!(u(&t, "checker_disagreements"), 0, "{opts}: {t}");
         assert_eq!(u(&t, "states_checked"), 30);
         assert_eq!(u(&t, "states_failed") > 0, expect_failures, "{opts}: {t}");

@@ -47,7 +47,10 @@ pub enum RecordLayoutError {
 impl fmt::Display for RecordLayoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::WrongLength { expected_bytes, found_bytes } => {
+            Self::WrongLength {
+                expected_bytes,
+                found_bytes,
+            } => {
                 write!(f, "record is {found_bytes} bytes, expected {expected_bytes}")
             }
             Self::BadMagic => write!(f, "no record magic"),
@@ -55,7 +58,10 @@ impl fmt::Display for RecordLayoutError {
             Self::BadCrc { stored, computed } => {
                 write!(f, "crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")
             }
-            Self::SizeMismatch { header_bytes, buffer_bytes } => {
+            Self::SizeMismatch {
+                header_bytes,
+                buffer_bytes,
+            } => {
                 write!(f, "header says {header_bytes} bytes, slot holds {buffer_bytes}")
             }
         }
@@ -158,7 +164,12 @@ mod tests {
     use super::*;
 
     fn header(seq: u64) -> RecordHeader {
-        RecordHeader { record_size_bytes: 4096, seq, slot: seq % 16, seed: 7 }
+        RecordHeader {
+            record_size_bytes: 4096,
+            seq,
+            slot: seq % 16,
+            seed: 7,
+        }
     }
 
     #[test]
@@ -227,7 +238,11 @@ pub mod ack {
     /// Byte offset of ack number `ack_index` (or of the ready marker) from
     /// the start of the ack area.
     pub fn sector_offset_bytes(ack_index: u64) -> u64 {
-        let sector = if ack_index == READY_MARKER_INDEX { 0 } else { ack_index + 1 };
+        let sector = if ack_index == READY_MARKER_INDEX {
+            0
+        } else {
+            ack_index + 1
+        };
         sector * ACK_SIZE_BYTES as u64
     }
 
@@ -262,7 +277,12 @@ pub mod ack {
             return None;
         }
         let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
-        Some(AckRecord { ack_index: word(8), seq: word(16), slot: word(24), seed: word(32) })
+        Some(AckRecord {
+            ack_index: word(8),
+            seq: word(16),
+            slot: word(24),
+            seed: word(32),
+        })
     }
 
     #[cfg(test)]
@@ -271,7 +291,12 @@ pub mod ack {
 
         #[test]
         fn round_trip_and_corruption() {
-            let a = AckRecord { ack_index: 3, seq: 9, slot: 1, seed: 77 };
+            let a = AckRecord {
+                ack_index: 3,
+                seq: 9,
+                slot: 1,
+                seed: 77,
+            };
             let mut bytes = encode(&a);
             assert_eq!(decode(&bytes), Some(a));
             bytes[20] ^= 1;

@@ -48,8 +48,7 @@ impl DurabilityMode {
         }
     }
 
-    pub const ALL_NAMES: &'static str =
-        "ms-sync, batch:N, ms-async, ms-async-fsync, ms-async-fdatasync, none";
+    pub const ALL_NAMES: &'static str = "ms-sync, batch:N, ms-async, ms-async-fsync, ms-async-fdatasync, none";
 }
 
 impl fmt::Display for DurabilityMode {
@@ -128,7 +127,9 @@ impl FromStr for PlantedBug {
     fn from_str(s: &str) -> Result<Self, ParamsError> {
         match s {
             "ack-before-sync" => Ok(Self::AckBeforeSync),
-            _ => Err(ParamsError(format!("unknown planted bug {s:?}: the only one is ack-before-sync"))),
+            _ => Err(ParamsError(format!(
+                "unknown planted bug {s:?}: the only one is ack-before-sync"
+            ))),
         }
     }
 }
@@ -212,7 +213,10 @@ impl WorkloadParams {
                 )));
             }
         }
-        if self.ack_area_offset_bytes.is_some_and(|o| o % crate::layout::SECTOR_SIZE_BYTES as u64 != 0) {
+        if self
+            .ack_area_offset_bytes
+            .is_some_and(|o| o % crate::layout::SECTOR_SIZE_BYTES as u64 != 0)
+        {
             return Err(ParamsError("the ack area must start on a 512-byte boundary".into()));
         }
         if self.hold_after_acks == Some(0) {
@@ -314,13 +318,24 @@ mod tests {
     #[test]
     fn kernel_args_round_trip() {
         let p = sample();
-        let cmdline = format!("console=ttyS0 quiet {} crashlab.role=workload", p.to_kernel_args().join(" "));
+        let cmdline = format!(
+            "console=ttyS0 quiet {} crashlab.role=workload",
+            p.to_kernel_args().join(" ")
+        );
         assert_eq!(WorkloadParams::from_kernel_cmdline(&cmdline), Ok(p));
     }
 
     #[test]
     fn modes_parse_and_print() {
-        for name in ["ms-sync", "batch:1", "batch:64", "ms-async", "ms-async-fsync", "ms-async-fdatasync", "none"] {
+        for name in [
+            "ms-sync",
+            "batch:1",
+            "batch:64",
+            "ms-async",
+            "ms-async-fsync",
+            "ms-async-fdatasync",
+            "none",
+        ] {
             assert_eq!(name.parse::<DurabilityMode>().unwrap().to_string(), name);
         }
         assert!("batch:0".parse::<DurabilityMode>().is_err());
@@ -331,14 +346,27 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let bad = WorkloadParams { record_size_bytes: 0, ..sample() };
+        let bad = WorkloadParams {
+            record_size_bytes: 0,
+            ..sample()
+        };
         assert!(bad.validate().unwrap_err().0.contains("record size 0"));
-        let bad = WorkloadParams { file_size_bytes: 4097, ..sample() };
+        let bad = WorkloadParams {
+            file_size_bytes: 4097,
+            ..sample()
+        };
         assert!(bad.validate().unwrap_err().0.contains("multiple of the record size"));
-        let bad = WorkloadParams { mode: DurabilityMode::Batch(4000), file_size_bytes: 4096 * 10, ..sample() };
+        let bad = WorkloadParams {
+            mode: DurabilityMode::Batch(4000),
+            file_size_bytes: 4096 * 10,
+            ..sample()
+        };
         assert!(bad.validate().unwrap_err().0.contains("batch:4000"));
         assert!(WorkloadParams::from_kernel_cmdline("crashlab.mode=ms-sync").is_err());
-        assert!(WorkloadParams::from_kernel_cmdline("crashlab.bogus=1").unwrap_err().0.contains("bogus"));
+        assert!(WorkloadParams::from_kernel_cmdline("crashlab.bogus=1")
+            .unwrap_err()
+            .0
+            .contains("bogus"));
     }
 
     #[test]

@@ -64,7 +64,11 @@ pub struct ProtocolError {
 
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "protocol line {}: {} in {:?}", self.line_number, self.reason, self.line)
+        write!(
+            f,
+            "protocol line {}: {} in {:?}",
+            self.line_number, self.reason, self.line
+        )
     }
 }
 
@@ -80,17 +84,35 @@ impl Event {
         let num = |s: &str| s.parse::<u64>().map_err(|_| "field is not a number");
         let int = |s: &str| s.parse::<i32>().map_err(|_| "field is not an integer");
         let event = match tag {
-            "BOOTED" => Event::Booted { role: field()?.to_string() },
+            "BOOTED" => Event::Booted {
+                role: field()?.to_string(),
+            },
             "READY" => Event::Ready { slots: num(field()?)? },
-            "BEGIN" => Event::Begin { seq: num(field()?)?, slot: num(field()?)? },
-            "ACK" => Event::Ack { seq: num(field()?)?, slot: num(field()?)? },
+            "BEGIN" => Event::Begin {
+                seq: num(field()?)?,
+                slot: num(field()?)?,
+            },
+            "ACK" => Event::Ack {
+                seq: num(field()?)?,
+                slot: num(field()?)?,
+            },
             "HOLD" => Event::Hold { acks: num(field()?)? },
-            "ERR" => Event::Error { op: field()?.to_string(), errno: int(field()?)? },
-            "DONE" => Event::Done { records: num(field()?)? },
+            "ERR" => Event::Error {
+                op: field()?.to_string(),
+                errno: int(field()?)?,
+            },
+            "DONE" => Event::Done {
+                records: num(field()?)?,
+            },
             "MOUNT" => Event::Mount { rc: int(field()?)? },
-            "FILE" => Event::File { size_bytes: num(field()?)? },
+            "FILE" => Event::File {
+                size_bytes: num(field()?)?,
+            },
             "NOFILE" => Event::NoFile,
-            "FSCK" => Event::Fsck { tool: field()?.to_string(), rc: int(field()?)? },
+            "FSCK" => Event::Fsck {
+                tool: field()?.to_string(),
+                rc: int(field()?)?,
+            },
             "CHECKED" => Event::Checked,
             _ => return Err("unknown tag"),
         };
@@ -127,8 +149,11 @@ pub fn parse_log(text: &str) -> Result<ProtocolLog, ProtocolError> {
         if line.trim_end_matches('\r').is_empty() {
             continue;
         }
-        let event = Event::parse(line)
-            .map_err(|reason| ProtocolError { line_number, line: line.to_string(), reason })?;
+        let event = Event::parse(line).map_err(|reason| ProtocolError {
+            line_number,
+            line: line.to_string(),
+            reason,
+        })?;
         log.events.push(event);
     }
     Ok(log)
@@ -141,17 +166,25 @@ mod tests {
     #[test]
     fn every_event_round_trips() {
         let events = [
-            Event::Booted { role: "workload".into() },
+            Event::Booted {
+                role: "workload".into(),
+            },
             Event::Ready { slots: 1024 },
             Event::Begin { seq: 5, slot: 5 },
             Event::Ack { seq: 5, slot: 5 },
             Event::Hold { acks: 6 },
-            Event::Error { op: "msync".into(), errno: 5 },
+            Event::Error {
+                op: "msync".into(),
+                errno: 5,
+            },
             Event::Done { records: 10 },
             Event::Mount { rc: 0 },
             Event::File { size_bytes: 4096 },
             Event::NoFile,
-            Event::Fsck { tool: "e2fsck".into(), rc: 0 },
+            Event::Fsck {
+                tool: "e2fsck".into(),
+                rc: 0,
+            },
             Event::Checked,
         ];
         for e in events {

@@ -9,7 +9,10 @@ pub struct CpioWriter {
 
 impl CpioWriter {
     pub fn new() -> Self {
-        CpioWriter { out: Vec::new(), next_inode: 1 }
+        CpioWriter {
+            out: Vec::new(),
+            next_inode: 1,
+        }
     }
 
     pub fn dir(&mut self, path: &str) {

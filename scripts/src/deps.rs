@@ -67,7 +67,10 @@ pub fn find_command(name: &str) -> Option<std::path::PathBuf> {
 
 fn busybox_is_static(sh: &Shell) -> bool {
     let format = "${Status}";
-    let status = cmd!(sh, "dpkg-query -W -f={format} busybox-static").quiet().ignore_stderr().read();
+    let status = cmd!(sh, "dpkg-query -W -f={format} busybox-static")
+        .quiet()
+        .ignore_stderr()
+        .read();
     matches!(status, Ok(s) if s.contains("install ok installed"))
 }
 

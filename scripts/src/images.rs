@@ -34,28 +34,47 @@ pub fn find_kernel() -> Result<Kernel> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let release = name.strip_prefix("vmlinuz-")?.to_string();
-            Path::new("/lib/modules").join(&release).is_dir().then(|| (release, e.path()))
+            Path::new("/lib/modules")
+                .join(&release)
+                .is_dir()
+                .then(|| (release, e.path()))
         })
         .collect();
     found.sort();
-    let (release, image) = found.pop().context("no /boot/vmlinuz-* with modules in /lib/modules: install linux-image-amd64")?;
+    let (release, image) = found
+        .pop()
+        .context("no /boot/vmlinuz-* with modules in /lib/modules: install linux-image-amd64")?;
     Ok(Kernel { image, release })
 }
 
 /// Builds the static workload binary and returns its path.
 fn build_workload(sh: &Shell) -> Result<PathBuf> {
-    let has_musl = cmd!(sh, "rustup target list --installed").quiet().read().map(|s| s.contains(MUSL_TARGET)).unwrap_or(false)
+    let has_musl = cmd!(sh, "rustup target list --installed")
+        .quiet()
+        .read()
+        .map(|s| s.contains(MUSL_TARGET))
+        .unwrap_or(false)
         || cmd!(sh, "rustup target add {MUSL_TARGET}").quiet().run().is_ok();
     let target = if has_musl {
-        cmd!(sh, "cargo build --quiet --release -p crashlab-workload --target {MUSL_TARGET}").run()?;
+        cmd!(
+            sh,
+            "cargo build --quiet --release -p crashlab-workload --target {MUSL_TARGET}"
+        )
+        .run()?;
         MUSL_TARGET
     } else {
         // Fallback: glibc with crt-static also gives a static binary.
         let _flags = sh.push_env("RUSTFLAGS", "-C target-feature=+crt-static");
-        cmd!(sh, "cargo build --quiet --release -p crashlab-workload --target {GNU_TARGET}").run()?;
+        cmd!(
+            sh,
+            "cargo build --quiet --release -p crashlab-workload --target {GNU_TARGET}"
+        )
+        .run()?;
         GNU_TARGET
     };
-    let path = sh.current_dir().join(format!("target/{target}/release/crashlab-workload"));
+    let path = sh
+        .current_dir()
+        .join(format!("target/{target}/release/crashlab-workload"));
     let file_out = cmd!(sh, "file -L {path}").quiet().read().unwrap_or_default();
     // `file` may be missing on a minimal machine: then trust the build flags.
     let is_static = file_out.contains("statically linked") || file_out.contains("static-pie");
@@ -71,11 +90,19 @@ fn resolve_modules(sh: &Shell, release: &str, names: &[String]) -> Result<Vec<St
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
     for name in names {
-        let out = cmd!(sh, "modprobe -S {release} --show-depends {name}").quiet().read()
+        let out = cmd!(sh, "modprobe -S {release} --show-depends {name}")
+            .quiet()
+            .read()
             .with_context(|| format!("module {name} not found for kernel {release}"))?;
         for line in out.lines() {
-            let Some(path) = line.strip_prefix("insmod ") else { continue };
-            let rel = path.trim().strip_prefix(&root).context("module outside the kernel's tree")?.to_string();
+            let Some(path) = line.strip_prefix("insmod ") else {
+                continue;
+            };
+            let rel = path
+                .trim()
+                .strip_prefix(&root)
+                .context("module outside the kernel's tree")?
+                .to_string();
             if seen.insert(rel.clone()) {
                 order.push(rel);
             }
@@ -123,23 +150,44 @@ pub fn build(sh: &Shell) -> Result<PathBuf> {
 
     let mut w = CpioWriter::new();
     let mut dirs = BTreeSet::new();
-    for d in ["/bin", "/sbin", "/etc", "/etc/crashlab", "/proc", "/sys", "/dev", "/mnt", "/tmp", "/lib", "/lib/modules"] {
+    for d in [
+        "/bin",
+        "/sbin",
+        "/etc",
+        "/etc/crashlab",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/mnt",
+        "/tmp",
+        "/lib",
+        "/lib/modules",
+    ] {
         dirs.insert(d.to_string());
         w.dir(d);
     }
     w.file("/init", 0o755, &std::fs::read("vm-images/init")?);
-    w.file("/bin/busybox", 0o755, &std::fs::read("/bin/busybox").context("install busybox-static")?);
+    w.file(
+        "/bin/busybox",
+        0o755,
+        &std::fs::read("/bin/busybox").context("install busybox-static")?,
+    );
     w.file("/bin/crashlab-workload", 0o755, &std::fs::read(&workload)?);
     for rel in &modules {
         let dest = format!("/lib/modules/{rel}");
         add_parents(&mut w, &mut dirs, &dest);
-        w.file(&dest, 0o644, &std::fs::read(format!("/lib/modules/{}/{rel}", kernel.release))?);
+        w.file(
+            &dest,
+            0o644,
+            &std::fs::read(format!("/lib/modules/{}/{rel}", kernel.release))?,
+        );
     }
     w.file("/etc/crashlab/modules", 0o644, (modules.join("\n") + "\n").as_bytes());
 
     let mut libs = BTreeSet::new();
     for tool in list_file(sh, "vm-images/guest-tools.txt")? {
-        let path = crate::deps::find_command(&tool).with_context(|| format!("{tool} not installed: run `cargo xtask deps`"))?;
+        let path = crate::deps::find_command(&tool)
+            .with_context(|| format!("{tool} not installed: run `cargo xtask deps`"))?;
         w.file(&format!("/sbin/{tool}"), 0o755, &std::fs::read(&path)?);
         libs.extend(shared_libraries(sh, &path)?);
     }
@@ -153,7 +201,8 @@ pub fn build(sh: &Shell) -> Result<PathBuf> {
     let cache = sh.current_dir().join(CACHE_DIR);
     sh.create_dir(&cache)?;
     let initramfs = cache.join("initramfs.cpio");
-    let kernel_bytes = std::fs::read(&kernel.image).with_context(|| format!("cannot read {}", kernel.image.display()))?;
+    let kernel_bytes =
+        std::fs::read(&kernel.image).with_context(|| format!("cannot read {}", kernel.image.display()))?;
     let changed = write_if_changed(&initramfs, &archive)? | write_if_changed(&cache.join("vmlinuz"), &kernel_bytes)?;
     let manifest = serde_json::json!({
         "kernel": "vmlinuz",
@@ -162,7 +211,10 @@ pub fn build(sh: &Shell) -> Result<PathBuf> {
         "modules": modules.len(),
         "initramfs_bytes": archive.len(),
     });
-    write_if_changed(&cache.join("manifest.json"), (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes())?;
+    write_if_changed(
+        &cache.join("manifest.json"),
+        (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
+    )?;
     eprintln!(
         "xtask: guest images {} ({} modules, initramfs {} KiB, kernel {})",
         if changed { "rebuilt" } else { "up to date" },

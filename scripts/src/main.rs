@@ -45,7 +45,10 @@ fn main() -> ExitCode {
 }
 
 fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("scripts/ is in the workspace").to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("scripts/ is in the workspace")
+        .to_path_buf()
 }
 
 fn setup(sh: &Shell) -> Result<std::path::PathBuf> {
@@ -62,7 +65,10 @@ fn status(command: xshell::Cmd<'_>) -> Result<i32> {
 fn campaign(sh: &Shell, extra: &[String]) -> Result<i32> {
     let images = setup(sh)?;
     let images = images.display().to_string();
-    let command = cmd!(sh, "cargo run --quiet --release -p crashlab-controller --bin crashlab -- run --images-dir {images} {extra...}");
+    let command = cmd!(
+        sh,
+        "cargo run --quiet --release -p crashlab-controller --bin crashlab -- run --images-dir {images} {extra...}"
+    );
     status(command)
 }
 
@@ -80,12 +86,32 @@ const BENCH_WORKLOAD: &[&str] = &["--seed=7", "--records=1000", "--fs=ext4", "--
 
 fn bench(sh: &Shell, extra: &[String]) -> Result<i32> {
     let images = setup(sh)?.display().to_string();
-    cmd!(sh, "cargo build --quiet --release -p crashlab-controller --bin crashlab").run()?;
+    cmd!(
+        sh,
+        "cargo build --quiet --release -p crashlab-controller --bin crashlab"
+    )
+    .run()?;
     let tag = std::process::id();
     let runs: [(&str, &[&str]); 3] = [
         ("reboot-per-crash", &["--crash-model=kernel-crash", "--trials=3"]),
-        ("power-loss, kernel checker", &["--crash-model=power-loss", "--trials=1", "--state-budget=1000", "--checker=kernel"]),
-        ("power-loss, host checker (ext4)", &["--crash-model=power-loss", "--trials=1", "--state-budget=1000", "--checker=host"]),
+        (
+            "power-loss, kernel checker",
+            &[
+                "--crash-model=power-loss",
+                "--trials=1",
+                "--state-budget=1000",
+                "--checker=kernel",
+            ],
+        ),
+        (
+            "power-loss, host checker (ext4)",
+            &[
+                "--crash-model=power-loss",
+                "--trials=1",
+                "--state-budget=1000",
+                "--checker=host",
+            ],
+        ),
     ];
     let mut results = Vec::new();
     for (name, args) in runs {
@@ -111,7 +137,10 @@ fn bench(sh: &Shell, extra: &[String]) -> Result<i32> {
     let field = |v: &serde_json::Value, path: &[&str]| path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(0.0);
     println!("crashlab benchmark (workload: {})", BENCH_WORKLOAD.join(" "));
     println!();
-    println!("{:<34} {:>8} {:>10} {:>14} {:>10}", "pipeline", "states", "seconds", "states/minute", "peak RSS");
+    println!(
+        "{:<34} {:>8} {:>10} {:>14} {:>10}",
+        "pipeline", "states", "seconds", "states/minute", "peak RSS"
+    );
     for (name, _, summary, _) in &results {
         println!(
             "{:<34} {:>8} {:>10.1} {:>14.1} {:>7} MiB",
@@ -123,27 +152,68 @@ fn bench(sh: &Shell, extra: &[String]) -> Result<i32> {
         );
     }
     println!();
-    println!("seconds per trial, reboot-per-crash: {:.2}", field(&results[0].2, &["seconds_per_trial"]));
-    println!("ratio, kernel-verified power-loss states vs reboot-per-crash: {:.0}x", per_min(1) / per_min(0).max(1e-9));
-    println!("ratio, host-verified power-loss states vs reboot-per-crash:   {:.0}x", per_min(2) / per_min(0).max(1e-9));
+    println!(
+        "seconds per trial, reboot-per-crash: {:.2}",
+        field(&results[0].2, &["seconds_per_trial"])
+    );
+    println!(
+        "ratio, kernel-verified power-loss states vs reboot-per-crash: {:.0}x",
+        per_min(1) / per_min(0).max(1e-9)
+    );
+    println!(
+        "ratio, host-verified power-loss states vs reboot-per-crash:   {:.0}x",
+        per_min(2) / per_min(0).max(1e-9)
+    );
     println!();
     for i in [1, 2] {
         let t = &results[i].3[0];
         let timing = &t["timing_ms"];
-        println!("where the time goes, {} ({} states, ms):", results[i].0, t["states_checked"]);
-        for key in ["capture", "checker_boot", "parse", "plan", "build", "kernel_check", "host_check", "verify"] {
+        println!(
+            "where the time goes, {} ({} states, ms):",
+            results[i].0, t["states_checked"]
+        );
+        for key in [
+            "capture",
+            "checker_boot",
+            "parse",
+            "plan",
+            "build",
+            "kernel_check",
+            "host_check",
+            "verify",
+        ] {
             println!("  {key:<14} {:>8}", timing[key]);
         }
-        println!("  log: {} entries ({} writes, {} flushes, {} acks), {} KiB", t["log"]["entries"], t["log"]["writes"], t["log"]["flushes"], t["log"]["acks"], field(t, &["log", "log_bytes"]) as u64 / 1024);
+        println!(
+            "  log: {} entries ({} writes, {} flushes, {} acks), {} KiB",
+            t["log"]["entries"],
+            t["log"]["writes"],
+            t["log"]["flushes"],
+            t["log"]["acks"],
+            field(t, &["log", "log_bytes"]) as u64 / 1024
+        );
     }
     let rate = |trials: &[serde_json::Value]| {
         let acks: f64 = trials.iter().map(|t| field(t, &["workload_rate", "acks"])).sum();
-        let ms: f64 = trials.iter().map(|t| field(t, &["workload_rate", "ready_to_last_ack_ms"])).sum();
+        let ms: f64 = trials
+            .iter()
+            .map(|t| field(t, &["workload_rate", "ready_to_last_ack_ms"]))
+            .sum();
         acks * 1000.0 / ms.max(1.0)
     };
     let (plain, logged) = (rate(&results[0].3), rate(&results[1].3[..]));
     println!();
-    println!("workload msyncs (acks) per second: {plain:.0} without blklogwrites, {logged:.0} with; slowdown {:.2}x", plain / logged.max(1e-9));
-    println!("results: {}", results.iter().map(|r| format!("results/{}", r.1)).collect::<Vec<_>>().join(" "));
+    println!(
+        "workload msyncs (acks) per second: {plain:.0} without blklogwrites, {logged:.0} with; slowdown {:.2}x",
+        plain / logged.max(1e-9)
+    );
+    println!(
+        "results: {}",
+        results
+            .iter()
+            .map(|r| format!("results/{}", r.1))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     Ok(0)
 }

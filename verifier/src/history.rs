@@ -26,7 +26,14 @@ impl History {
 /// broken, and no verdict on the disk could be trusted.
 pub fn rebuild(log: &ProtocolLog, slots: u64, records_max: u64) -> Result<History, String> {
     assert!(slots > 0);
-    let mut h = History { ready: false, begun: 0, acked: Vec::new(), ack_count: 0, workload_error: None, done: false };
+    let mut h = History {
+        ready: false,
+        begun: 0,
+        acked: Vec::new(),
+        ack_count: 0,
+        workload_error: None,
+        done: false,
+    };
     for event in &log.events {
         match event {
             Event::Ready { slots: s } => {

@@ -22,8 +22,8 @@
 //!   as the acked records need, because Linux implements msync through
 //!   fdatasync, which persists the size; the POSIX profile turns it off.
 
-mod history;
 mod hex;
+mod history;
 
 use record::layout::{self, RecordHeader, SECTOR_SIZE_BYTES};
 use record::{ProtocolLog, WorkloadParams};
@@ -190,7 +190,14 @@ impl Verdict {
 }
 
 fn finding(rule: Rule, reason: String) -> Finding {
-    Finding { rule, slot: None, expected_seq: None, found_seq: None, reason, hex_excerpt: None }
+    Finding {
+        rule,
+        slot: None,
+        expected_seq: None,
+        found_seq: None,
+        reason,
+        hex_excerpt: None,
+    }
 }
 
 pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
@@ -213,7 +220,10 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     if recovered.mount_rc != 0 {
         verdict.violation(finding(
             Rule::Mountable,
-            format!("the recovered filesystem did not mount (mount exit status {})", recovered.mount_rc),
+            format!(
+                "the recovered filesystem did not mount (mount exit status {})",
+                recovered.mount_rc
+            ),
         ));
         return verdict;
     }
@@ -231,7 +241,10 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
         if history.ready {
             verdict.judge(
                 linux,
-                finding(Rule::FilePresent, "the data file is missing although it was created and synced before READY".into()),
+                finding(
+                    Rule::FilePresent,
+                    "the data file is missing although it was created and synced before READY".into(),
+                ),
             );
         }
         verdict.slots = vec![SlotState::Missing; slots as usize];
@@ -251,7 +264,10 @@ fn check_size(verdict: &mut Verdict, params: &WorkloadParams, history: &History,
     if found_bytes > params.file_size_bytes {
         verdict.violation(finding(
             Rule::SizeNotGrown,
-            format!("file is {found_bytes} bytes, the workload sized it to {}", params.file_size_bytes),
+            format!(
+                "file is {found_bytes} bytes, the workload sized it to {}",
+                params.file_size_bytes
+            ),
         ));
     }
     let rs = u64::from(params.record_size_bytes);
@@ -288,7 +304,12 @@ struct SlotContext<'a> {
 impl<'a> SlotContext<'a> {
     fn new(params: &'a WorkloadParams, history: &'a History) -> Self {
         let record_size = params.record_size_bytes as usize;
-        SlotContext { params, history, record_size, scratch: vec![0; record_size] }
+        SlotContext {
+            params,
+            history,
+            record_size,
+            scratch: vec![0; record_size],
+        }
     }
 
     /// Sequence numbers ever begun in `slot`, oldest first.
@@ -321,7 +342,9 @@ impl<'a> SlotContext<'a> {
         let floor = begun.iter().rev().copied().find(|&seq| self.history.is_acked(seq));
         let allowed: Vec<Version> = match floor {
             Some(f) => begun.iter().copied().filter(|&s| s >= f).map(Version::Seq).collect(),
-            None => std::iter::once(Version::Zeros).chain(begun.iter().copied().map(Version::Seq)).collect(),
+            None => std::iter::once(Version::Zeros)
+                .chain(begun.iter().copied().map(Version::Seq))
+                .collect(),
         };
         let start = slot as usize * self.record_size;
         let Some(found) = file.get(start..start + self.record_size) else {
@@ -426,7 +449,10 @@ impl<'a> SlotContext<'a> {
         };
         let excerpt = hex::excerpt(found, diff_at & !15, 32);
         verdict.judge(promised, lost_finding(slot, expected, found_seq, reason, excerpt));
-        SlotState::Lost { expected_seq: expected, found_seq }
+        SlotState::Lost {
+            expected_seq: expected,
+            found_seq,
+        }
     }
 
     /// Bytes that are not one whole version: every 512-byte sector must be a
@@ -451,7 +477,9 @@ impl<'a> SlotContext<'a> {
         let mut older_sector = None;
         for i in 0..sectors {
             let range = i * SECTOR_SIZE_BYTES..(i + 1) * SECTOR_SIZE_BYTES;
-            let matching = candidates.iter().find(|(_, bytes)| bytes[range.clone()] == found[range.clone()]);
+            let matching = candidates
+                .iter()
+                .find(|(_, bytes)| bytes[range.clone()] == found[range.clone()]);
             match matching {
                 Some((v, _)) if allowed.contains(v) => {}
                 Some(_) => older_sector = older_sector.or(Some(i)),
@@ -461,9 +489,7 @@ impl<'a> SlotContext<'a> {
                         slot: Some(slot),
                         expected_seq: floor,
                         found_seq: None,
-                        reason: format!(
-                            "sector {i} of the slot holds bytes that no version of this slot ever had"
-                        ),
+                        reason: format!("sector {i} of the slot holds bytes that no version of this slot ever had"),
                         hex_excerpt: Some(hex::excerpt(found, range.start, 32)),
                     });
                     return SlotState::Bad;
@@ -475,7 +501,10 @@ impl<'a> SlotContext<'a> {
             let reason = format!("acked record {expected} is torn: sector {i} holds an older version");
             let excerpt = hex::excerpt(found, i * SECTOR_SIZE_BYTES, 32);
             verdict.judge(promised, lost_finding(slot, expected, None, reason, excerpt));
-            return SlotState::Lost { expected_seq: expected, found_seq: None };
+            return SlotState::Lost {
+                expected_seq: expected,
+                found_seq: None,
+            };
         }
         SlotState::Torn
     }

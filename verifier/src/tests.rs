@@ -31,13 +31,28 @@ impl Scenario {
             hold_after_acks: None,
             ack_area_offset_bytes: None,
         };
-        let log = ProtocolLog { events: vec![Event::Ready { slots: SLOTS }], truncated_tail: None };
+        let log = ProtocolLog {
+            events: vec![Event::Ready { slots: SLOTS }],
+            truncated_tail: None,
+        };
         let file = vec![0; RS * SLOTS as usize];
-        Scenario { params, log, file, fsck: Some(("e2fsck".into(), 0)), mount_rc: 0, file_present: true }
+        Scenario {
+            params,
+            log,
+            file,
+            fsck: Some(("e2fsck".into(), 0)),
+            mount_rc: 0,
+            file_present: true,
+        }
     }
 
     fn record(seq: u64) -> Vec<u8> {
-        layout::encode_vec(&RecordHeader { record_size_bytes: RS as u32, seq, slot: seq % SLOTS, seed: SEED })
+        layout::encode_vec(&RecordHeader {
+            record_size_bytes: RS as u32,
+            seq,
+            slot: seq % SLOTS,
+            seed: SEED,
+        })
     }
 
     fn begin(&mut self, seq: u64) {
@@ -107,7 +122,13 @@ fn acked_but_lost_is_a_violation_naming_slot_and_seqs() {
     let f = &v.violations[0];
     assert_eq!((f.slot, f.expected_seq, f.found_seq), (Some(1), Some(5), Some(1)));
     assert!(f.hex_excerpt.as_deref().unwrap().starts_with("@0x"), "{f:?}");
-    assert_eq!(v.slots[1], SlotState::Lost { expected_seq: 5, found_seq: Some(1) });
+    assert_eq!(
+        v.slots[1],
+        SlotState::Lost {
+            expected_seq: 5,
+            found_seq: Some(1)
+        }
+    );
     assert_eq!(v.counts.lost, 1);
 }
 
@@ -179,7 +200,11 @@ fn stale_bytes_are_a_violation() {
     let v = s.verify(Profile::Linux);
     assert_eq!(rules(&v), vec![Rule::StaleBytes]);
     assert_eq!(v.violations[0].slot, Some(1));
-    assert!(v.violations[0].hex_excerpt.as_deref().unwrap().starts_with("@0x200:"), "{:?}", v.violations[0]);
+    assert!(
+        v.violations[0].hex_excerpt.as_deref().unwrap().starts_with("@0x200:"),
+        "{:?}",
+        v.violations[0]
+    );
 }
 
 #[test]
@@ -194,7 +219,12 @@ fn stale_bytes_are_a_violation_even_without_a_promise() {
 fn wrong_seed_is_a_foreign_record() {
     let mut s = Scenario::new(DurabilityMode::MsSync);
     s.durable(0);
-    let foreign = layout::encode_vec(&RecordHeader { record_size_bytes: RS as u32, seq: 0, slot: 0, seed: SEED + 1 });
+    let foreign = layout::encode_vec(&RecordHeader {
+        record_size_bytes: RS as u32,
+        seq: 0,
+        slot: 0,
+        seed: SEED + 1,
+    });
     s.file[..RS].copy_from_slice(&foreign);
     let v = s.verify(Profile::Linux);
     assert_eq!(rules(&v), vec![Rule::ForeignRecord]);

@@ -29,8 +29,15 @@ impl AckLog {
             .write(true)
             .custom_flags(nix::libc::O_DIRECT)
             .open(device_path)
-            .map_err(|e| SyscallError { op: "open-ack-device", errno: e.raw_os_error().unwrap_or(5) })?;
-        Ok(AckLog { device, area_offset_bytes, buffer: Box::new(AlignedSector([0; ALIGN_BYTES])) })
+            .map_err(|e| SyscallError {
+                op: "open-ack-device",
+                errno: e.raw_os_error().unwrap_or(5),
+            })?;
+        Ok(AckLog {
+            device,
+            area_offset_bytes,
+            buffer: Box::new(AlignedSector([0; ALIGN_BYTES])),
+        })
     }
 
     pub fn write(&mut self, record: &AckRecord) -> Result<(), SyscallError> {
@@ -39,6 +46,9 @@ impl AckLog {
         let offset = self.area_offset_bytes + ack::sector_offset_bytes(record.ack_index);
         self.device
             .write_all_at(&self.buffer.0[..ACK_SIZE_BYTES], offset)
-            .map_err(|e| SyscallError { op: "ack-write", errno: e.raw_os_error().unwrap_or(5) })
+            .map_err(|e| SyscallError {
+                op: "ack-write",
+                errno: e.raw_os_error().unwrap_or(5),
+            })
     }
 }

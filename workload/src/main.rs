@@ -55,7 +55,10 @@ fn main() -> ExitCode {
     match run(&params, &args[1], &mut channel) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            channel.emit(&Event::Error { op: err.op.to_string(), errno: err.errno });
+            channel.emit(&Event::Error {
+                op: err.op.to_string(),
+                errno: err.errno,
+            });
             eprintln!("crashlab-workload: {err}");
             ExitCode::from(1)
         }
@@ -83,7 +86,12 @@ fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Resul
     };
     if let Some(log) = ack_log.as_mut() {
         let marker_index = record::layout::ack::READY_MARKER_INDEX;
-        log.write(&AckRecord { ack_index: marker_index, seq: 0, slot: params.slots(), seed: params.seed })?;
+        log.write(&AckRecord {
+            ack_index: marker_index,
+            seq: 0,
+            slot: params.slots(),
+            seed: params.seed,
+        })?;
     }
     channel.emit(&Event::Ready { slots: params.slots() });
 
@@ -94,7 +102,12 @@ fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Resul
     for seq in 0..params.records {
         let slot = seq % params.slots();
         channel.emit(&Event::Begin { seq, slot });
-        let header = RecordHeader { record_size_bytes: params.record_size_bytes, seq, slot, seed: params.seed };
+        let header = RecordHeader {
+            record_size_bytes: params.record_size_bytes,
+            seq,
+            slot,
+            seed: params.seed,
+        };
         let bytes = file.record_mut(slot, record_size);
         layout::encode(&header, bytes);
         // Paired assertion: the verifier checks the same thing after the crash.
@@ -115,7 +128,9 @@ fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Resul
         }
         pending.clear();
     }
-    channel.emit(&Event::Done { records: params.records });
+    channel.emit(&Event::Done {
+        records: params.records,
+    });
     Ok(())
 }
 
@@ -130,7 +145,12 @@ fn acknowledge(
 ) -> Result<(), SyscallError> {
     for &(seq, slot) in pending {
         if let Some(log) = ack_log {
-            log.write(&AckRecord { ack_index: *acks, seq, slot, seed: params.seed })?;
+            log.write(&AckRecord {
+                ack_index: *acks,
+                seq,
+                slot,
+                seed: params.seed,
+            })?;
         }
         channel.emit(&Event::Ack { seq, slot });
         *acks += 1;
@@ -158,9 +178,9 @@ fn sync_records(
         let len = count * record_size;
         match mode {
             DurabilityMode::MsSync | DurabilityMode::Batch(_) => file.msync(offset, len, true)?,
-            DurabilityMode::MsAsync
-            | DurabilityMode::MsAsyncFsync
-            | DurabilityMode::MsAsyncFdatasync => file.msync(offset, len, false)?,
+            DurabilityMode::MsAsync | DurabilityMode::MsAsyncFsync | DurabilityMode::MsAsyncFdatasync => {
+                file.msync(offset, len, false)?
+            }
             DurabilityMode::None => {}
         }
     }

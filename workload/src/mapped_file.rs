@@ -19,7 +19,12 @@ pub struct SyscallError {
 
 impl fmt::Display for SyscallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: {}", self.op, std::io::Error::from_raw_os_error(self.errno))
+        write!(
+            f,
+            "{} failed: {}",
+            self.op,
+            std::io::Error::from_raw_os_error(self.errno)
+        )
     }
 }
 
@@ -28,7 +33,10 @@ fn fail(op: &'static str) -> impl Fn(nix::Error) -> SyscallError {
 }
 
 fn fail_io(op: &'static str) -> impl Fn(std::io::Error) -> SyscallError {
-    move |e| SyscallError { op, errno: e.raw_os_error().unwrap_or(libc_eio()) }
+    move |e| SyscallError {
+        op,
+        errno: e.raw_os_error().unwrap_or(libc_eio()),
+    }
 }
 
 fn libc_eio() -> i32 {
@@ -57,7 +65,9 @@ impl MappedFile {
         file.set_len(size_bytes).map_err(fail_io("ftruncate"))?;
         file.sync_all().map_err(fail_io("fsync"))?;
         let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
-        File::open(dir).and_then(|d| d.sync_all()).map_err(fail_io("fsync-dir"))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail_io("fsync-dir"))?;
 
         let size_bytes = usize::try_from(size_bytes).expect("file size fits in memory");
         let len = NonZeroUsize::new(size_bytes).expect("file size is validated non-zero");
@@ -65,14 +75,26 @@ impl MappedFile {
         // references that outlive `self`, and the file is not truncated while
         // mapped.
         let base = unsafe {
-            mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &file, 0)
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &file,
+                0,
+            )
         }
         .map_err(fail("mmap"))?;
         let page_size_bytes = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
             .ok()
             .flatten()
             .unwrap_or(4096) as usize;
-        Ok(MappedFile { file, base, size_bytes, page_size_bytes })
+        Ok(MappedFile {
+            file,
+            base,
+            size_bytes,
+            page_size_bytes,
+        })
     }
 
     pub fn record_mut(&mut self, slot: u64, record_size: usize) -> &mut [u8] {
@@ -89,7 +111,11 @@ impl MappedFile {
     pub fn msync(&mut self, offset: usize, len: usize, synchronous: bool) -> Result<(), SyscallError> {
         assert!(offset + len <= self.size_bytes);
         let start = offset - offset % self.page_size_bytes;
-        let flags = if synchronous { MsFlags::MS_SYNC } else { MsFlags::MS_ASYNC };
+        let flags = if synchronous {
+            MsFlags::MS_SYNC
+        } else {
+            MsFlags::MS_ASYNC
+        };
         // SAFETY: start lies inside the mapping (offset is in bounds).
         let addr = unsafe { NonNull::new_unchecked(self.base.as_ptr().cast::<u8>().add(start).cast()) };
         // SAFETY: the range is part of our live mapping.

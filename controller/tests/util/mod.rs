@@ -31,8 +31,15 @@ pub fn vm_harness(test: &str) -> Option<Harness> {
         return None;
     }
     let guard = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let results = tempfile::Builder::new().prefix(&format!("crashlab-{test}-")).tempdir().unwrap();
-    Some(Harness { images_dir, results, _guard: guard })
+    let results = tempfile::Builder::new()
+        .prefix(&format!("crashlab-{test}-"))
+        .tempdir()
+        .unwrap();
+    Some(Harness {
+        images_dir,
+        results,
+        _guard: guard,
+    })
 }
 
 pub fn crashlab() -> Command {
@@ -57,7 +64,12 @@ impl Harness {
             .args(args)
             .output()
             .expect("crashlab runs");
-        eprintln!("--- crashlab {id}: {}\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "--- crashlab {id}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 
