@@ -1,6 +1,9 @@
 //! Choosing KVM or TCG. KVM can exist and still be broken (nested KVM on some
 //! hosts aborts QEMU, or hangs after "Booting from ROM"), so its presence is
-//! proved by a short sanity boot, bounded by a timeout.
+//! proved by a short sanity boot, bounded by a timeout. The answer is
+//! remembered for the rest of the host's boot (`accel-probe.json` beside
+//! the guest images, keyed by the host's boot id and QEMU's version): a
+//! hanging probe costs its whole timeout, and every campaign would pay it.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -30,10 +33,18 @@ pub fn choose(
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    let verdict = if kvm_openable {
-        sanity_boot(images, work_dir, interrupt)?
-    } else {
+    let memo = ProbeMemo::path_for(images);
+    let key = ProbeMemo::key();
+    let verdict = if !kvm_openable {
         Err("/dev/kvm cannot be opened".to_string())
+    } else if let Some(remembered) = memo.as_deref().and_then(|path| ProbeMemo::read(path, &key)) {
+        remembered.map_err(|why| format!("{why}; remembered from this boot's probe"))
+    } else {
+        let verdict = sanity_boot(images, work_dir, interrupt)?;
+        if let Some(path) = &memo {
+            ProbeMemo::write(path, &key, &verdict);
+        }
+        verdict
     };
     match (requested, verdict) {
         (_, Ok(())) => Ok((AccelUsed::Kvm, "KVM sanity boot reached /init".into())),
@@ -73,4 +84,40 @@ fn sanity_boot(images: &GuestImages, work_dir: &Path, interrupt: &AtomicBool) ->
         )),
         other => Err(format!("{other:?} after {} ms", run.elapsed_ms)),
     })
+}
+
+/// The remembered outcome of a KVM sanity boot.
+struct ProbeMemo;
+
+impl ProbeMemo {
+    fn path_for(images: &GuestImages) -> Option<std::path::PathBuf> {
+        images.kernel.parent().map(|dir| dir.join("accel-probe.json"))
+    }
+
+    /// Valid for one boot of the host with one QEMU build.
+    fn key() -> String {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        format!("{} {}", boot_id.trim(), crate::qemu::qemu_version())
+    }
+
+    fn read(path: &Path, key: &str) -> Option<Result<(), String>> {
+        let memo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+        if memo["key"].as_str()? != key || key.starts_with(' ') {
+            return None;
+        }
+        match memo["kvm_works"].as_bool()? {
+            true => Some(Ok(())),
+            false => Some(Err(memo["why"].as_str().unwrap_or("unknown").to_string())),
+        }
+    }
+
+    /// Best effort: a read-only images directory just means probing again.
+    fn write(path: &Path, key: &str, verdict: &Result<(), String>) {
+        let memo = serde_json::json!({
+            "key": key,
+            "kvm_works": verdict.is_ok(),
+            "why": verdict.as_ref().err(),
+        });
+        let _ = std::fs::write(path, memo.to_string() + "\n");
+    }
 }
