@@ -42,6 +42,20 @@ impl LogWriter {
         self.raw_entry(&header, data)
     }
 
+    /// Logs a FUA write (as a kernel dm-log-writes target does; QEMU never
+    /// sets the flag) of `len_sectors` sectors filled with `byte`.
+    pub fn write_fill_fua(&mut self, sector: u64, len_sectors: u64, byte: u8) -> &mut Self {
+        let log_sector_bytes = u64::from(self.sector_size_bytes);
+        let data = vec![byte; (len_sectors * SECTOR_SIZE_BYTES) as usize];
+        let header = EntryHeader {
+            sector: sector * SECTOR_SIZE_BYTES / log_sector_bytes,
+            nr_sectors: data.len() as u64 / log_sector_bytes,
+            flags: EntryFlags(EntryFlags::FUA),
+            data_len: 0,
+        };
+        self.raw_entry(&header, &data)
+    }
+
     /// Logs a write of `len_sectors` 512-byte sectors all filled with `byte`.
     pub fn write_fill(&mut self, sector: u64, len_sectors: u64, byte: u8) -> &mut Self {
         let data = vec![byte; (len_sectors * SECTOR_SIZE_BYTES) as usize];
@@ -81,7 +95,7 @@ impl LogWriter {
             self.append_padded(data);
         }
         self.nr_entries += 1;
-        if self.nr_entries % SUPER_UPDATE_INTERVAL == 0 {
+        if self.nr_entries.is_multiple_of(SUPER_UPDATE_INTERVAL) {
             self.write_superblock(self.nr_entries);
         }
         self
