@@ -1,5 +1,6 @@
 //! Turning a crash state into bytes: which device ranges come from which log
-//! bytes, and copying them onto a base image.
+//! bytes (or read as zeros, for discards), and copying them onto a base
+//! image.
 
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
@@ -14,30 +15,55 @@ use std::io;
 /// Copy buffer for [`apply_state`]: bounds memory whatever the write sizes.
 const COPY_CHUNK_BYTES: u64 = 1 << 20;
 
-/// Device bytes `[device_offset_bytes, +len_bytes)` of the crash state equal
-/// log bytes `[log_offset_bytes, +len_bytes)`.
+/// Where an extent's bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub enum ExtentSource {
+    /// Log bytes from this offset on (a logged write's data).
+    Log { offset_bytes: u64 },
+    /// Zeros: a discarded range.
+    Zeros,
+}
+
+/// Device bytes `[device_offset_bytes, +len_bytes)` of the crash state come
+/// from `source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Extent {
     pub device_offset_bytes: u64,
     pub len_bytes: u64,
-    pub log_offset_bytes: u64,
+    pub source: ExtentSource,
+}
+
+impl Extent {
+    /// The log offset of the extent's first byte, `None` for zeros.
+    pub fn log_offset_bytes(&self) -> Option<u64> {
+        match self.source {
+            ExtentSource::Log { offset_bytes } => Some(offset_bytes),
+            ExtentSource::Zeros => None,
+        }
+    }
 }
 
 /// Device ranges a crash state changes relative to the base image, each with
-/// the log bytes of the write that wins there (the last one applied). Sorted
-/// by device offset, non-overlapping, with neighbours merged when both the
-/// device and log ranges are contiguous. Everything else is base image.
+/// the bytes of the entry that wins there (the last one applied): a write's
+/// log data, or zeros for a discard. Sorted by device offset,
+/// non-overlapping, with neighbours merged when both the device and source
+/// ranges are contiguous. Everything else is base image.
 ///
 /// Panics if the state does not fit the log (see [`CrashState::validate`]).
 pub fn overlay_extents(log: &ParsedLog, state: &CrashState) -> Vec<Extent> {
     state.validate(log).unwrap_or_else(|error| panic!("{error}"));
     let mut map = ExtentMap::default();
+    let source_of = |entry: &crate::parse::LogEntry, first_sector: u64| match entry.is_data_write() {
+        true => Some(entry.data_offset_bytes + first_sector * SECTOR_SIZE_BYTES),
+        false => None,
+    };
     for entry in log.entries[..state.prefix_entries as usize]
         .iter()
-        .filter(|e| e.is_data_write())
+        .filter(|e| e.changes_data())
     {
-        map.insert(entry.sector, entry.sector + entry.nr_sectors, entry.data_offset_bytes);
+        map.insert(entry.sector, entry.sector + entry.nr_sectors, source_of(entry, 0));
     }
     for &index in &state.extra_writes {
         let entry = &log.entries[index as usize];
@@ -47,8 +73,11 @@ pub fn overlay_extents(log: &ParsedLog, state: &CrashState) -> Vec<Extent> {
             None => std::iter::once(0..entry.nr_sectors).collect(),
         };
         for run in runs {
-            let log_offset_bytes = entry.data_offset_bytes + run.start * SECTOR_SIZE_BYTES;
-            map.insert(entry.sector + run.start, entry.sector + run.end, log_offset_bytes);
+            map.insert(
+                entry.sector + run.start,
+                entry.sector + run.end,
+                source_of(entry, run.start),
+            );
         }
     }
     map.into_extents()
@@ -57,7 +86,7 @@ pub fn overlay_extents(log: &ParsedLog, state: &CrashState) -> Vec<Extent> {
 /// Writes the crash state onto `sink`, which must already hold the base
 /// image. Writes only the final winner of each sector: the same bytes as
 /// replaying the prefix, then the extra writes in log order (the torn one
-/// limited to its kept sectors), with less I/O.
+/// limited to its kept sectors, a discard as zeros), with less I/O.
 ///
 /// Panics if the state does not fit the log.
 pub fn apply_state<L, S>(log_source: &L, log: &ParsedLog, state: &CrashState, sink: &mut S) -> io::Result<()>
@@ -71,7 +100,10 @@ where
         while done_bytes < extent.len_bytes {
             let len = (extent.len_bytes - done_bytes).min(COPY_CHUNK_BYTES) as usize;
             buf.resize(len, 0);
-            log_source.read_exact_at(extent.log_offset_bytes + done_bytes, &mut buf)?;
+            match extent.source {
+                ExtentSource::Log { offset_bytes } => log_source.read_exact_at(offset_bytes + done_bytes, &mut buf)?,
+                ExtentSource::Zeros => buf.fill(0),
+            }
             sink.write_at(extent.device_offset_bytes + done_bytes, &buf)?;
             done_bytes += len as u64;
         }
@@ -91,15 +123,15 @@ fn sector_runs(sectors: &[u64]) -> Vec<std::ops::Range<u64>> {
     runs
 }
 
-/// Non-overlapping sector ranges, later inserts winning:
-/// start sector → (end sector, log offset of the start sector).
+/// Non-overlapping sector ranges, later inserts winning: start sector →
+/// (end sector, log offset of the start sector or `None` for zeros).
 #[derive(Debug, Default)]
 struct ExtentMap {
-    ranges: BTreeMap<u64, (u64, u64)>,
+    ranges: BTreeMap<u64, (u64, Option<u64>)>,
 }
 
 impl ExtentMap {
-    fn insert(&mut self, start: u64, end: u64, log_offset_bytes: u64) {
+    fn insert(&mut self, start: u64, end: u64, log_offset_bytes: Option<u64>) {
         debug_assert!(start < end, "empty range {start}..{end}");
         self.split_at(start);
         self.split_at(end);
@@ -117,8 +149,8 @@ impl ExtentMap {
         };
         if end > at {
             self.ranges.insert(start, (at, log_offset_bytes));
-            self.ranges
-                .insert(at, (end, log_offset_bytes + (at - start) * SECTOR_SIZE_BYTES));
+            let moved = log_offset_bytes.map(|o| o + (at - start) * SECTOR_SIZE_BYTES);
+            self.ranges.insert(at, (end, moved));
         }
     }
 
@@ -128,7 +160,10 @@ impl ExtentMap {
             let next = Extent {
                 device_offset_bytes: start * SECTOR_SIZE_BYTES,
                 len_bytes: (end - start) * SECTOR_SIZE_BYTES,
-                log_offset_bytes,
+                source: match log_offset_bytes {
+                    Some(offset_bytes) => ExtentSource::Log { offset_bytes },
+                    None => ExtentSource::Zeros,
+                },
             };
             match extents.last_mut() {
                 Some(last) if continues(last, &next) => last.len_bytes += next.len_bytes,
@@ -140,8 +175,13 @@ impl ExtentMap {
 }
 
 fn continues(last: &Extent, next: &Extent) -> bool {
-    last.device_offset_bytes + last.len_bytes == next.device_offset_bytes
-        && last.log_offset_bytes + last.len_bytes == next.log_offset_bytes
+    let device = last.device_offset_bytes + last.len_bytes == next.device_offset_bytes;
+    let source = match (last.source, next.source) {
+        (ExtentSource::Log { offset_bytes: a }, ExtentSource::Log { offset_bytes: b }) => a + last.len_bytes == b,
+        (ExtentSource::Zeros, ExtentSource::Zeros) => true,
+        _ => false,
+    };
+    device && source
 }
 
 #[cfg(test)]
@@ -151,8 +191,8 @@ mod tests {
     #[test]
     fn later_insert_splits_earlier_range() {
         let mut map = ExtentMap::default();
-        map.insert(0, 8, 10_000);
-        map.insert(2, 4, 50_000);
+        map.insert(0, 8, Some(10_000));
+        map.insert(2, 4, Some(50_000));
         let extents = map.into_extents();
         assert_eq!(
             extents,
@@ -160,17 +200,17 @@ mod tests {
                 Extent {
                     device_offset_bytes: 0,
                     len_bytes: 1024,
-                    log_offset_bytes: 10_000
+                    source: ExtentSource::Log { offset_bytes: 10_000 }
                 },
                 Extent {
                     device_offset_bytes: 1024,
                     len_bytes: 1024,
-                    log_offset_bytes: 50_000
+                    source: ExtentSource::Log { offset_bytes: 50_000 }
                 },
                 Extent {
                     device_offset_bytes: 2048,
                     len_bytes: 2048,
-                    log_offset_bytes: 12_048
+                    source: ExtentSource::Log { offset_bytes: 12_048 }
                 },
             ]
         );
@@ -179,22 +219,52 @@ mod tests {
     #[test]
     fn covering_insert_replaces_and_neighbours_merge() {
         let mut map = ExtentMap::default();
-        map.insert(4, 6, 0);
-        map.insert(6, 8, 1024); // contiguous in log and device: merges
-        map.insert(10, 12, 9_000);
-        map.insert(9, 13, 20_000); // swallows 10..12
+        map.insert(4, 6, Some(0));
+        map.insert(6, 8, Some(1024)); // contiguous in log and device: merges
+        map.insert(10, 12, Some(9_000));
+        map.insert(9, 13, Some(20_000)); // swallows 10..12
         assert_eq!(
             map.into_extents(),
             vec![
                 Extent {
                     device_offset_bytes: 2048,
                     len_bytes: 2048,
-                    log_offset_bytes: 0
+                    source: ExtentSource::Log { offset_bytes: 0 }
                 },
                 Extent {
                     device_offset_bytes: 9 * 512,
                     len_bytes: 4 * 512,
-                    log_offset_bytes: 20_000
+                    source: ExtentSource::Log { offset_bytes: 20_000 }
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn zeros_split_and_merge_like_log_ranges() {
+        let mut map = ExtentMap::default();
+        map.insert(0, 8, Some(4096));
+        map.insert(2, 4, None); // a discard in the middle
+        map.insert(4, 6, None); // contiguous zeros merge
+        assert_eq!(
+            map.into_extents(),
+            vec![
+                Extent {
+                    device_offset_bytes: 0,
+                    len_bytes: 1024,
+                    source: ExtentSource::Log { offset_bytes: 4096 }
+                },
+                Extent {
+                    device_offset_bytes: 1024,
+                    len_bytes: 2048,
+                    source: ExtentSource::Zeros
+                },
+                Extent {
+                    device_offset_bytes: 3072,
+                    len_bytes: 1024,
+                    source: ExtentSource::Log {
+                        offset_bytes: 4096 + 3072
+                    }
                 },
             ]
         );

@@ -57,6 +57,12 @@ impl LogEntry {
         self.data_len_bytes > 0
     }
 
+    /// A write or a discard: an entry that changes what the device reads.
+    /// A discarded range reads as zeros in a crash state that includes it.
+    pub fn changes_data(&self) -> bool {
+        self.is_data_write() || (self.flags.is_discard() && self.nr_sectors > 0)
+    }
+
     pub fn device_offset_bytes(&self) -> u64 {
         self.sector * SECTOR_SIZE_BYTES
     }

@@ -1,4 +1,5 @@
-//! Crash states: which logged writes a crash may have persisted.
+//! Crash states: which logged writes a crash may have persisted, and the
+//! latest point of the run at which a crash leaves those contents.
 //! The model itself is described in the crate documentation.
 
 #[cfg(feature = "serde")]
@@ -37,8 +38,9 @@ pub struct TornWrite {
 pub struct CrashState {
     /// Entries `[0, prefix_entries)` are fully applied.
     pub prefix_entries: u64,
-    /// Log indices of further data writes from the open epoch (the entries
-    /// from `prefix_entries` up to the next flush), strictly increasing.
+    /// Log indices of further writes or discards from the open epoch (the
+    /// entries from `prefix_entries` up to the next flush), strictly
+    /// increasing.
     pub extra_writes: Vec<u64>,
     pub torn: Option<TornWrite>,
     pub kind: StateKind,
@@ -88,9 +90,18 @@ impl CrashState {
             if !epoch.contains(&index) {
                 return fail(format!("write {index} is outside the open epoch {epoch:?}"));
             }
-            if !log.entries[index as usize].is_data_write() {
-                return fail(format!("entry {index} is not a data write"));
+            if !log.entries[index as usize].changes_data() {
+                return fail(format!("entry {index} is not a data write or discard"));
             }
+        }
+        // A FUA write the state leaves out had not completed at the crash,
+        // so nothing logged after it had completed either.
+        let position = crash_position_unchecked(log, self);
+        if let Some(&late) = self.extra_writes.iter().find(|&&index| index > position) {
+            return fail(format!(
+                "write {late} follows FUA write {position}, which the state leaves out: \
+                 a crash before that write completed cannot hold later writes"
+            ));
         }
         if let Some(torn) = &self.torn {
             self.validate_torn(log, torn).or_else(fail)?;
@@ -106,7 +117,14 @@ impl CrashState {
         if self.extra_writes.binary_search(&torn.entry).is_err() {
             return Err(format!("torn write {} is not one of extra_writes", torn.entry));
         }
-        let nr_sectors = log.entries[torn.entry as usize].nr_sectors;
+        let entry = &log.entries[torn.entry as usize];
+        if !entry.is_data_write() || entry.flags.is_fua() {
+            return Err(format!(
+                "entry {} cannot be torn: only plain data writes tear (a FUA write is durable once complete)",
+                torn.entry
+            ));
+        }
+        let nr_sectors = entry.nr_sectors;
         let kept = &torn.sectors_kept;
         let increasing = kept.windows(2).all(|pair| pair[0] < pair[1]);
         let in_range = kept.last().is_some_and(|&last| last < nr_sectors);
@@ -125,14 +143,37 @@ impl CrashState {
 /// (not including) the next flush entry, or the end of the log.
 pub fn open_epoch(log: &ParsedLog, prefix_entries: u64) -> Range<u64> {
     let end = log.entries.len() as u64;
-    open_epoch_up_to(log, prefix_entries, end)
+    let next_flush = (prefix_entries..end)
+        .find(|&index| log.entries[index as usize].flags.is_flush())
+        .unwrap_or(end);
+    prefix_entries..next_flush
 }
 
-fn open_epoch_up_to(log: &ParsedLog, prefix_entries: u64, end_entries: u64) -> Range<u64> {
-    let next_flush = (prefix_entries..end_entries)
-        .find(|&index| log.entries[index as usize].flags.is_flush())
-        .unwrap_or(end_entries);
-    prefix_entries..next_flush
+/// The latest log position at which a crash leaves the state's contents:
+/// every entry before it had completed, none from it on. Acks logged
+/// before it had been given to the application, so the state is judged
+/// against them.
+///
+/// Why the latest point is sound: the state's writes all completed before
+/// its open epoch's closing flush did, and a volatile cache may persist any
+/// subset of completed writes, so a crash just before that flush completes
+/// leaves exactly these contents. Only a FUA write cuts the epoch short: it
+/// is durable once complete, so a state without it crashed before it
+/// completed. Panics if the state does not fit the log.
+pub fn crash_position(log: &ParsedLog, state: &CrashState) -> u64 {
+    state.validate(log).unwrap_or_else(|error| panic!("{error}"));
+    crash_position_unchecked(log, state)
+}
+
+fn crash_position_unchecked(log: &ParsedLog, state: &CrashState) -> u64 {
+    let epoch = open_epoch(log, state.prefix_entries);
+    epoch
+        .clone()
+        .find(|&index| {
+            let entry = &log.entries[index as usize];
+            entry.is_data_write() && entry.flags.is_fua() && state.extra_writes.binary_search(&index).is_err()
+        })
+        .unwrap_or(epoch.end)
 }
 
 /// One state per flush (everything up to and including it), in log order,
@@ -140,73 +181,195 @@ fn open_epoch_up_to(log: &ParsedLog, prefix_entries: u64, end_entries: u64) -> R
 /// The empty state (prefix 0, the base image itself) is not included, and
 /// consecutive flushes with no write between them give equal contents.
 pub fn prefix_states(log: &ParsedLog) -> Vec<CrashState> {
-    prefix_states_up_to(log, log.entries.len() as u64)
-}
-
-/// [`prefix_states`] for a crash at log position `end_entries`: only entries
-/// `[0, end_entries)` happened.
-pub fn prefix_states_up_to(log: &ParsedLog, end_entries: u64) -> Vec<CrashState> {
-    assert_end_in_log(log, end_entries);
-    let mut states: Vec<CrashState> = log.entries[..end_entries as usize]
+    let mut states: Vec<CrashState> = log
+        .entries
         .iter()
         .filter(|entry| entry.flags.is_flush())
         .map(|flush| CrashState::prefix(flush.index + 1))
         .collect();
     let last_boundary = states.last().map_or(0, |state| state.prefix_entries);
-    if end_entries > last_boundary {
-        states.push(CrashState::prefix(end_entries));
+    let end = log.entries.len() as u64;
+    if end > last_boundary {
+        states.push(CrashState::prefix(end));
     }
     states
 }
 
-/// Up to `budget` distinct random states drawn from every epoch of the log;
-/// see [`random_states_up_to`].
-pub fn random_states(log: &ParsedLog, seed: u64, budget: usize, torn: bool) -> Vec<CrashState> {
-    random_states_up_to(log, log.entries.len() as u64, seed, budget, torn)
+/// How to plan a trial's states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    pub seed: u64,
+    /// At most this many states.
+    pub budget: usize,
+    /// Tear one write in about half of the random states.
+    pub torn: bool,
+    /// 512-byte sectors that no check reads (crashlab's ack area): writes
+    /// that lie wholly inside are never drawn, and these sectors are not
+    /// part of a state's identity.
+    pub ignored_sectors: Range<u64>,
 }
 
-/// Up to `budget` distinct random states for a crash at log position
-/// `end_entries`. Each draw picks an epoch uniformly, a keep-probability `p`
-/// uniformly in [0, 1), keeps each write of the epoch with probability `p`,
-/// and (when `torn`) tears one kept multi-sector write half of the time.
-/// States with the same [`StateKey`] as an earlier one are skipped. Stops
-/// after `budget` states or `16 * budget + 64` draws, so a small state space
-/// returns fewer states. Deterministic for a given seed on every platform.
-pub fn random_states_up_to(log: &ParsedLog, end_entries: u64, seed: u64, budget: usize, torn: bool) -> Vec<CrashState> {
-    assert_end_in_log(log, end_entries);
-    let epochs = build_epochs(log, end_entries);
-    let mut rng = SplitMix64::new(seed);
-    let mut seen = HashSet::new();
+impl PlanOptions {
+    fn ignores(&self, entry: &LogEntry) -> bool {
+        let range = entry_sectors(entry);
+        // A FUA write is never ignored: leaving it out moves the crash point.
+        !range.is_empty()
+            && !entry.flags.is_fua()
+            && range.start >= self.ignored_sectors.start
+            && range.end <= self.ignored_sectors.end
+    }
+}
+
+/// Up to `budget` distinct random states. Each draw picks an epoch with
+/// probability proportional to the writes it holds (epochs of only flushes
+/// or ignored writes are never drawn: their states are bare prefixes), a
+/// crash point in it (before one of its FUA writes completed, or just
+/// before its closing flush), a keep-probability `p` uniform in [0, 1),
+/// keeps each write before the crash point with probability `p` (FUA writes
+/// before it always), and (when `torn`) tears one kept multi-sector write
+/// half of the time. States with the same [`StateKey`] as an earlier one
+/// are skipped. Stops after `budget` states or `16 * budget + 64` draws, so
+/// a small state space returns fewer states. Deterministic for a given seed
+/// on every platform.
+pub fn random_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> {
+    let epochs = build_epochs(log, options);
     let mut states = Vec::new();
-    let max_draws = budget.saturating_mul(16).saturating_add(64);
+    let Some(picker) = EpochPicker::new(&epochs) else {
+        return states;
+    };
+    let mut rng = SplitMix64::new(options.seed);
+    let mut seen = HashSet::new();
+    let max_draws = options.budget.saturating_mul(16).saturating_add(64);
     for _ in 0..max_draws {
-        if states.len() >= budget {
+        if states.len() >= options.budget {
             break;
         }
-        let epoch = &epochs[rng.below(epochs.len() as u64) as usize];
-        let state = draw_state(&mut rng, log, epoch, torn);
-        if seen.insert(epoch.key_of(log, &state)) {
+        let epoch = &epochs[picker.pick(&mut rng)];
+        let state = draw_state(&mut rng, log, epoch, options.torn);
+        if seen.insert(epoch.key_of(log, &state, options)) {
             states.push(state);
         }
     }
     states
 }
 
-fn assert_end_in_log(log: &ParsedLog, end_entries: u64) {
-    assert!(
-        end_entries <= log.entries.len() as u64,
-        "crash point {end_entries} is past the log's {} entries",
-        log.entries.len()
-    );
+/// A trial's states: every flush-boundary prefix (evenly thinned when they
+/// alone would exceed half the budget), then random states up to the
+/// budget. Two states with the same persisted contents are one state,
+/// judged at the later of their crash positions (more acks given, same
+/// bytes: a strictly stronger check). Deterministic for a given log and
+/// options.
+pub fn plan_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> {
+    let epochs = build_epochs(log, options);
+    let mut plan = Plan::default();
+    let mut prefixes = Plan::default();
+    for state in prefix_states(log) {
+        let key = match epochs.binary_search_by_key(&state.prefix_entries, |e| e.prefix_entries) {
+            Ok(i) => epochs[i].prefix_key,
+            Err(_) => state_key(log, &state, &options.ignored_sectors),
+        };
+        let position = crash_position_unchecked(log, &state);
+        prefixes.offer(state, key, position);
+    }
+    let prefix_cap = (options.budget / 2).max(1);
+    let prefixes = prefixes.states;
+    let step = (prefixes.len() as f64 / prefix_cap as f64).max(1.0);
+    let kept = (0..prefix_cap.min(prefixes.len())).map(|i| (i as f64 * step) as usize);
+    for i in kept.take(options.budget) {
+        let planned = &prefixes[i];
+        plan.offer(planned.state.clone(), planned.key, planned.position);
+    }
+    let random_budget = options.budget.saturating_sub(plan.states.len());
+    let random_options = PlanOptions {
+        budget: random_budget + random_budget / 4,
+        ..options.clone()
+    };
+    for state in random_states(log, &random_options) {
+        if plan.states.len() >= options.budget {
+            break;
+        }
+        let key = state_key(log, &state, &options.ignored_sectors);
+        let position = crash_position_unchecked(log, &state);
+        plan.offer(state, key, position);
+    }
+    plan.states.into_iter().map(|p| p.state).collect()
+}
+
+struct Planned {
+    state: CrashState,
+    key: StateKey,
+    position: u64,
+}
+
+/// States in planning order, one per content key.
+#[derive(Default)]
+struct Plan {
+    states: Vec<Planned>,
+    by_key: HashMap<StateKey, usize>,
+}
+
+impl Plan {
+    /// Adds the state, or, when a state with the same contents is already
+    /// planned, keeps whichever is judged later (in the earlier one's slot).
+    fn offer(&mut self, state: CrashState, key: StateKey, position: u64) {
+        match self.by_key.get(&key) {
+            Some(&i) => {
+                if position > self.states[i].position {
+                    self.states[i] = Planned { state, key, position };
+                }
+            }
+            None => {
+                self.by_key.insert(key, self.states.len());
+                self.states.push(Planned { state, key, position });
+            }
+        }
+    }
+}
+
+/// Picks epochs in proportion to their drawable writes.
+struct EpochPicker {
+    /// Cumulative weights; `cumulative[i]` covers epochs `0..=i`.
+    cumulative: Vec<u64>,
+}
+
+impl EpochPicker {
+    fn new(epochs: &[Epoch]) -> Option<EpochPicker> {
+        let mut total = 0u64;
+        let cumulative: Vec<u64> = epochs
+            .iter()
+            .map(|epoch| {
+                total += epoch.writes.len() as u64;
+                total
+            })
+            .collect();
+        (total > 0).then_some(EpochPicker { cumulative })
+    }
+
+    fn pick(&self, rng: &mut SplitMix64) -> usize {
+        let total = *self.cumulative.last().expect("a picker has epochs");
+        let ticket = rng.below(total);
+        self.cumulative.partition_point(|&c| c <= ticket)
+    }
 }
 
 fn draw_state(rng: &mut SplitMix64, log: &ParsedLog, epoch: &Epoch, torn: bool) -> CrashState {
+    // The crash point: before one of the epoch's FUA writes completed, or
+    // just before the closing flush.
+    let cut = match epoch.fua_writes.len() {
+        0 => epoch.end,
+        n => epoch
+            .fua_writes
+            .get(rng.below(n as u64 + 1) as usize)
+            .copied()
+            .unwrap_or(epoch.end),
+    };
     let keep_probability = rng.unit_f64();
     let extra_writes: Vec<u64> = epoch
         .writes
         .iter()
         .copied()
-        .filter(|_| rng.unit_f64() < keep_probability)
+        .filter(|&index| index < cut)
+        .filter(|&index| log.entries[index as usize].flags.is_fua() || rng.unit_f64() < keep_probability)
         .collect();
     let torn_write = if torn && rng.coin() {
         draw_torn(rng, log, &extra_writes)
@@ -216,14 +379,17 @@ fn draw_state(rng: &mut SplitMix64, log: &ParsedLog, epoch: &Epoch, torn: bool) 
     CrashState::new(epoch.prefix_entries, extra_writes, torn_write)
 }
 
-/// Tears one kept write of at least two sectors: half of the time a prefix
-/// of its sectors (a write cut off in order), otherwise any proper subset
-/// (sectors reaching the media out of order).
+/// Tears one kept plain write of at least two sectors: half of the time a
+/// prefix of its sectors (a write cut off in order), otherwise any proper
+/// subset (sectors reaching the media out of order).
 fn draw_torn(rng: &mut SplitMix64, log: &ParsedLog, extra_writes: &[u64]) -> Option<TornWrite> {
     let candidates: Vec<u64> = extra_writes
         .iter()
         .copied()
-        .filter(|&index| log.entries[index as usize].nr_sectors >= 2)
+        .filter(|&index| {
+            let entry = &log.entries[index as usize];
+            entry.is_data_write() && !entry.flags.is_fua() && entry.nr_sectors >= 2
+        })
         .collect();
     if candidates.is_empty() {
         return None;
@@ -249,10 +415,11 @@ fn random_proper_subset(rng: &mut SplitMix64, nr_sectors: u64) -> Vec<u64> {
 }
 
 /// Identity of a state's persisted contents: an order-independent 128-bit
-/// hash over (sector, index of the last entry that wrote it) for every
-/// written 512-byte sector. Equal contents give equal keys; different
-/// contents collide with probability about 2^-128 per pair. Two writes of
-/// identical bytes still count as different contents.
+/// hash over (sector, index of the last entry that wrote or discarded it)
+/// for every such 512-byte sector outside the ignored ones. Equal contents
+/// give equal keys; different contents collide with probability about
+/// 2^-128 per pair. Two writes of identical bytes still count as different
+/// contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct StateKey(pub u128);
@@ -273,8 +440,9 @@ fn contribution(sector: u64, winner: u64) -> u128 {
 }
 
 /// The content key of any valid state, computed from scratch
-/// (O(sectors written by the state)). Panics if the state is invalid.
-pub fn state_key(log: &ParsedLog, state: &CrashState) -> StateKey {
+/// (O(sectors written by the state)), leaving out `ignored_sectors`.
+/// Panics if the state is invalid.
+pub fn state_key(log: &ParsedLog, state: &CrashState, ignored_sectors: &Range<u64>) -> StateKey {
     state.validate(log).unwrap_or_else(|error| panic!("{error}"));
     let mut winners = HashMap::new();
     for entry in &log.entries[..state.prefix_entries as usize] {
@@ -285,12 +453,14 @@ pub fn state_key(log: &ParsedLog, state: &CrashState) -> StateKey {
     record_extra_winners(log, state, &mut winners);
     winners
         .into_iter()
+        .filter(|(sector, _)| !ignored_sectors.contains(sector))
         .fold(StateKey::default(), |key, (sector, winner)| key.add(sector, winner))
 }
 
-/// Device sectors a data write covers (none for flush/discard/mark).
+/// Device sectors an entry changes: a write's, or a discard's range (none
+/// for a flush or mark).
 fn entry_sectors(entry: &LogEntry) -> Range<u64> {
-    if entry.is_data_write() {
+    if entry.changes_data() {
         entry.sector..entry.sector + entry.nr_sectors
     } else {
         0..0
@@ -317,11 +487,15 @@ fn record_extra_winners(log: &ParsedLog, state: &CrashState, winners: &mut HashM
     }
 }
 
-/// A flush boundary with what is needed to key its states incrementally.
+/// A flush boundary with what is needed to draw and key its states.
 struct Epoch {
     prefix_entries: u64,
-    /// Data writes of the open epoch, in log order.
+    /// Index of the closing flush, or the log's end.
+    end: u64,
+    /// Writes and discards of the open epoch that may be drawn, in log order.
     writes: Vec<u64>,
+    /// The FUA data writes among them.
+    fua_writes: Vec<u64>,
     /// Key of the bare prefix state.
     prefix_key: StateKey,
     /// For each sector the open epoch's writes touch: the prefix's winner
@@ -331,32 +505,48 @@ struct Epoch {
 
 impl Epoch {
     /// Key of a state drawn from this epoch, in O(sectors of its extras).
-    fn key_of(&self, log: &ParsedLog, state: &CrashState) -> StateKey {
+    fn key_of(&self, log: &ParsedLog, state: &CrashState, options: &PlanOptions) -> StateKey {
         debug_assert_eq!(state.prefix_entries, self.prefix_entries);
         let mut changed = HashMap::new();
         record_extra_winners(log, state, &mut changed);
-        changed.into_iter().fold(self.prefix_key, |key, (sector, winner)| {
-            let key = match self.prior_winners.get(&sector) {
-                Some(&prior) => key.sub(sector, prior),
-                None => key,
-            };
-            key.add(sector, winner)
-        })
+        changed
+            .into_iter()
+            .filter(|(sector, _)| !options.ignored_sectors.contains(sector))
+            .fold(self.prefix_key, |key, (sector, winner)| {
+                let key = match self.prior_winners.get(&sector) {
+                    Some(&prior) => key.sub(sector, prior),
+                    None => key,
+                };
+                key.add(sector, winner)
+            })
     }
 }
 
-/// Every flush boundary in `[0, end_entries]` (including 0), with prefix
-/// keys computed in one pass over the log.
-fn build_epochs(log: &ParsedLog, end_entries: u64) -> Vec<Epoch> {
+/// Every flush boundary of the log (including 0), with prefix keys computed
+/// in one pass.
+fn build_epochs(log: &ParsedLog, options: &PlanOptions) -> Vec<Epoch> {
+    let ignored = &options.ignored_sectors;
     let mut winners: HashMap<u64, u64> = HashMap::new();
     let mut key = StateKey::default();
     let mut epochs = Vec::new();
     let mut start = 0;
+    let log_end = log.entries.len() as u64;
     loop {
-        let range = open_epoch_up_to(log, start, end_entries);
+        let range = open_epoch(log, start);
         let writes: Vec<u64> = range
             .clone()
-            .filter(|&index| log.entries[index as usize].is_data_write())
+            .filter(|&index| {
+                let entry = &log.entries[index as usize];
+                entry.changes_data() && !options.ignores(entry)
+            })
+            .collect();
+        let fua_writes = writes
+            .iter()
+            .copied()
+            .filter(|&index| {
+                let entry = &log.entries[index as usize];
+                entry.is_data_write() && entry.flags.is_fua()
+            })
             .collect();
         let prior_winners = writes
             .iter()
@@ -364,21 +554,24 @@ fn build_epochs(log: &ParsedLog, end_entries: u64) -> Vec<Epoch> {
             .filter_map(|sector| winners.get(&sector).map(|&winner| (sector, winner)))
             .collect();
         let prefix_key = key;
-        for &index in &writes {
-            for sector in entry_sectors(&log.entries[index as usize]) {
-                if let Some(prior) = winners.insert(sector, index) {
+        // Every entry of the epoch enters the next prefix, ignored ones too.
+        for entry in &log.entries[range.start as usize..range.end as usize] {
+            for sector in entry_sectors(entry).filter(|s| !ignored.contains(s)) {
+                if let Some(prior) = winners.insert(sector, entry.index) {
                     key = key.sub(sector, prior);
                 }
-                key = key.add(sector, index);
+                key = key.add(sector, entry.index);
             }
         }
         epochs.push(Epoch {
             prefix_entries: start,
+            end: range.end,
             writes,
+            fua_writes,
             prefix_key,
             prior_winners,
         });
-        if range.end == end_entries {
+        if range.end == log_end {
             return epochs;
         }
         start = range.end + 1; // past the flush
@@ -391,6 +584,15 @@ mod tests {
     use crate::parse::parse_log;
     use crate::testing::LogWriter;
 
+    fn no_ignored() -> PlanOptions {
+        PlanOptions {
+            seed: 9,
+            budget: 0,
+            torn: true,
+            ignored_sectors: 0..0,
+        }
+    }
+
     #[test]
     fn incremental_key_equals_key_from_scratch() {
         let mut writer = LogWriter::new(512);
@@ -402,19 +604,32 @@ mod tests {
                     (round * 8 + write) as u8 + 1,
                 );
             }
+            writer.discard(30, 2);
             writer.flush();
         }
         let log = parse_log(writer.bytes(), 32 * 512).unwrap();
-        let epochs = build_epochs(&log, log.entries.len() as u64);
-        assert_eq!(
-            epochs.iter().map(|e| e.prefix_entries).collect::<Vec<_>>(),
-            vec![0, 6, 12, 18, 24]
-        );
-        let mut rng = SplitMix64::new(9);
-        for _ in 0..300 {
-            let epoch = &epochs[rng.below(epochs.len() as u64) as usize];
-            let state = draw_state(&mut rng, &log, epoch, true);
-            assert_eq!(epoch.key_of(&log, &state), state_key(&log, &state), "{state:?}");
+        for options in [
+            no_ignored(),
+            PlanOptions {
+                ignored_sectors: 4..9,
+                ..no_ignored()
+            },
+        ] {
+            let epochs = build_epochs(&log, &options);
+            assert_eq!(
+                epochs.iter().map(|e| e.prefix_entries).collect::<Vec<_>>(),
+                vec![0, 7, 14, 21, 28]
+            );
+            let mut rng = SplitMix64::new(9);
+            for _ in 0..300 {
+                let epoch = &epochs[rng.below(epochs.len() as u64) as usize];
+                let state = draw_state(&mut rng, &log, epoch, true);
+                assert_eq!(
+                    epoch.key_of(&log, &state, &options),
+                    state_key(&log, &state, &options.ignored_sectors),
+                    "{state:?}"
+                );
+            }
         }
     }
 }

@@ -48,14 +48,18 @@ fn rich_log() -> Vec<u8> {
 fn reference_image(log_bytes: &[u8], log: &ParsedLog, state: &CrashState) -> Vec<u8> {
     let mut image = vec![0u8; DEVICE_SIZE_BYTES as usize];
     let mut put = |entry: &LogEntry, sector_offset: u64| {
+        let to = ((entry.sector + sector_offset) * 512) as usize;
+        if entry.flags.is_discard() {
+            image[to..to + 512].fill(0);
+            return;
+        }
         let data = entry_data(log_bytes, entry);
         let from = (sector_offset * 512) as usize;
-        let to = ((entry.sector + sector_offset) * 512) as usize;
         image[to..to + 512].copy_from_slice(&data[from..from + 512]);
     };
     for entry in log.entries[..state.prefix_entries as usize]
         .iter()
-        .filter(|e| e.is_data_write())
+        .filter(|e| e.changes_data())
     {
         (0..entry.nr_sectors).for_each(|k| put(entry, k));
     }
@@ -73,6 +77,18 @@ fn applied_image(log_bytes: &[u8], log: &ParsedLog, state: &CrashState) -> Vec<u
     let mut image = vec![0u8; DEVICE_SIZE_BYTES as usize];
     apply_state(log_bytes, log, state, &mut image).unwrap();
     image
+}
+
+/// No ignored sectors.
+const NONE: std::ops::Range<u64> = 0..0;
+
+fn opts(seed: u64, budget: usize, torn: bool) -> PlanOptions {
+    PlanOptions {
+        seed,
+        budget,
+        torn,
+        ignored_sectors: NONE,
+    }
 }
 
 fn sector_of(image: &[u8], sector: usize) -> &[u8] {
@@ -484,22 +500,6 @@ fn prefix_states_one_per_flush_plus_final() {
 }
 
 #[test]
-fn prefix_states_stop_at_the_crash_point() {
-    let bytes = sample_log();
-    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
-    let prefixes = |end| {
-        prefix_states_up_to(&log, end)
-            .iter()
-            .map(|s| s.prefix_entries)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(prefixes(5), vec![3, 5]);
-    assert_eq!(prefixes(3), vec![3]);
-    assert_eq!(prefixes(1), vec![1]);
-    assert!(prefixes(0).is_empty());
-}
-
-#[test]
 fn prefix_states_apply_to_an_image() {
     let bytes = sample_log();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
@@ -511,7 +511,8 @@ fn prefix_states_apply_to_an_image() {
     assert_eq!(sector_of(&first, 8), &[0; 512][..]);
     let last = applied_image(&bytes, &log, &states[2]);
     assert_eq!(sector_of(&last, 2), &[0xd4; 512][..]);
-    assert_eq!(sector_of(&last, 10), &[0xc3; 512][..], "discards leave data in place");
+    assert_eq!(sector_of(&last, 9), &[0xc3; 512][..]);
+    assert_eq!(sector_of(&last, 10), &[0; 512][..], "a durable discard reads as zeros");
     assert_eq!(sector_of(&last, 11), &[0; 512][..]);
     for state in &states {
         assert_eq!(applied_image(&bytes, &log, state), reference_image(&bytes, &log, state));
@@ -529,30 +530,39 @@ fn overlay_extents_list_final_winners() {
         Extent {
             device_offset_bytes: 0,
             len_bytes: 1024,
-            log_offset_bytes: 1024,
+            source: ExtentSource::Log { offset_bytes: 1024 },
         },
         Extent {
             device_offset_bytes: 2048,
             len_bytes: 512,
-            log_offset_bytes: 2560,
+            source: ExtentSource::Log { offset_bytes: 2560 },
         },
         Extent {
             device_offset_bytes: 4096,
             len_bytes: 1536,
-            log_offset_bytes: 4096,
+            source: ExtentSource::Log { offset_bytes: 4096 },
         },
     ];
     assert_eq!(extents, expected);
 
-    // The final write (sector 2) does not touch earlier extents.
+    // The final write (sector 2) does not touch earlier extents; the
+    // discard of sectors 10..12 reads as zeros.
     let final_extents = overlay_extents(&log, &CrashState::prefix(7));
-    assert_eq!(final_extents.len(), 4);
+    assert_eq!(final_extents.len(), 5);
+    assert_eq!(
+        final_extents[4],
+        Extent {
+            device_offset_bytes: 10 * 512,
+            len_bytes: 1024,
+            source: ExtentSource::Zeros
+        }
+    );
     assert_eq!(
         final_extents[1],
         Extent {
             device_offset_bytes: 1024,
             len_bytes: 512,
-            log_offset_bytes: 7168
+            source: ExtentSource::Log { offset_bytes: 7168 }
         }
     );
 }
@@ -570,17 +580,17 @@ fn overlapping_write_splits_an_extent() {
             Extent {
                 device_offset_bytes: 0,
                 len_bytes: 512,
-                log_offset_bytes: 1024
+                source: ExtentSource::Log { offset_bytes: 1024 }
             },
             Extent {
                 device_offset_bytes: 512,
                 len_bytes: 1024,
-                log_offset_bytes: 3584
+                source: ExtentSource::Log { offset_bytes: 3584 }
             },
             Extent {
                 device_offset_bytes: 1536,
                 len_bytes: 512,
-                log_offset_bytes: 2560
+                source: ExtentSource::Log { offset_bytes: 2560 }
             },
         ]
     );
@@ -609,12 +619,12 @@ fn torn_state_keeps_exactly_the_chosen_sectors() {
 fn random_states_are_deterministic_and_within_budget() {
     let bytes = rich_log();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
-    let a = random_states(&log, 42, 50, true);
-    assert_eq!(a, random_states(&log, 42, 50, true));
+    let a = random_states(&log, &opts(42, 50, true));
+    assert_eq!(a, random_states(&log, &opts(42, 50, true)));
     assert_eq!(a.len(), 50);
-    assert_ne!(a, random_states(&log, 43, 50, true));
-    assert_eq!(random_states(&log, 42, 7, false).len(), 7);
-    assert!(random_states(&log, 42, 0, false).is_empty());
+    assert_ne!(a, random_states(&log, &opts(43, 50, true)));
+    assert_eq!(random_states(&log, &opts(42, 7, false)).len(), 7);
+    assert!(random_states(&log, &opts(42, 0, false)).is_empty());
     assert!(a.iter().any(|s| s.kind == StateKind::Torn));
     assert!(a.iter().any(|s| s.kind == StateKind::Subset));
 }
@@ -623,7 +633,7 @@ fn random_states_are_deterministic_and_within_budget() {
 fn random_states_stay_in_their_open_epoch() {
     let bytes = rich_log();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
-    for state in random_states(&log, 7, 200, true) {
+    for state in random_states(&log, &opts(7, 200, true)) {
         state.validate(&log).unwrap();
         let epoch = open_epoch(&log, state.prefix_entries);
         let boundary = state.prefix_entries == 0 || log.entries[state.prefix_entries as usize - 1].flags.is_flush();
@@ -640,20 +650,6 @@ fn random_states_stay_in_their_open_epoch() {
 }
 
 #[test]
-fn random_states_respect_the_crash_point() {
-    let bytes = rich_log();
-    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
-    let end = 16; // inside the third epoch (entries 14..20)
-    let states = random_states_up_to(&log, end, 3, 100, true);
-    assert!(!states.is_empty());
-    for state in &states {
-        assert!(state.prefix_entries <= end);
-        assert!(state.extra_writes.iter().all(|&i| i < end), "{state:?}");
-    }
-    assert!(states.iter().any(|s| s.extra_writes.contains(&15)));
-}
-
-#[test]
 fn random_states_skip_identical_contents() {
     // Two writes of the same two sectors, then a flush: entry 1 covers entry 0.
     let mut writer = LogWriter::new(512);
@@ -661,7 +657,7 @@ fn random_states_skip_identical_contents() {
     let bytes = writer.bytes().to_vec();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
     // {} / {0} / {1} = {0,1}: three contents.
-    let states = random_states(&log, 1, 100, false);
+    let states = random_states(&log, &opts(1, 100, false));
     assert_eq!(states.len(), 3);
     let images: std::collections::HashSet<Vec<u8>> = states.iter().map(|s| applied_image(&bytes, &log, s)).collect();
     assert_eq!(images.len(), 3);
@@ -670,9 +666,9 @@ fn random_states_skip_identical_contents() {
     writer.flush();
     let bytes = writer.into_bytes();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
-    let states = random_states(&log, 1, 100, false);
+    let states = random_states(&log, &opts(1, 100, false));
     assert_eq!(states.len(), 3);
-    let keys: std::collections::HashSet<StateKey> = states.iter().map(|s| state_key(&log, s)).collect();
+    let keys: std::collections::HashSet<StateKey> = states.iter().map(|s| state_key(&log, s, &NONE)).collect();
     assert_eq!(keys.len(), 3);
 }
 
@@ -680,8 +676,8 @@ fn random_states_skip_identical_contents() {
 fn incremental_keys_match_keys_from_scratch() {
     let bytes = rich_log();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
-    let states = random_states(&log, 11, 300, true);
-    let keys: std::collections::HashSet<StateKey> = states.iter().map(|s| state_key(&log, s)).collect();
+    let states = random_states(&log, &opts(11, 300, true));
+    let keys: std::collections::HashSet<StateKey> = states.iter().map(|s| state_key(&log, s, &NONE)).collect();
     assert_eq!(
         keys.len(),
         states.len(),
@@ -694,8 +690,8 @@ fn incremental_keys_match_keys_from_scratch() {
     let epoch = open_epoch(&log, 7);
     let writes: Vec<u64> = epoch.clone().collect();
     assert_eq!(
-        state_key(&log, &CrashState::new(7, writes, None)),
-        state_key(&log, &CrashState::prefix(epoch.end + 1))
+        state_key(&log, &CrashState::new(7, writes, None), &NONE),
+        state_key(&log, &CrashState::prefix(epoch.end + 1), &NONE)
     );
 }
 
@@ -703,7 +699,7 @@ fn incremental_keys_match_keys_from_scratch() {
 fn random_states_apply_like_the_reference_replay() {
     let bytes = rich_log();
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
-    for state in random_states(&log, 5, 100, true) {
+    for state in random_states(&log, &opts(5, 100, true)) {
         assert_eq!(
             applied_image(&bytes, &log, &state),
             reference_image(&bytes, &log, &state),
@@ -718,7 +714,15 @@ fn validate_rejects_states_outside_the_model() {
     let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
     let reason = |state: CrashState| state.validate(&log).unwrap_err().reason;
     assert!(reason(CrashState::new(0, vec![3], None)).contains("outside the open epoch"));
-    assert!(reason(CrashState::new(3, vec![4], None)).contains("not a data write"));
+    assert!(
+        CrashState::new(3, vec![4], None).validate(&log).is_ok(),
+        "a discard may persist or not"
+    );
+    let mut writer = LogWriter::new(512);
+    writer.write_fill(0, 1, 1).discard(4, 0);
+    let empty_discard = parse_log(writer.bytes(), DEVICE_SIZE_BYTES).unwrap();
+    let err = CrashState::new(0, vec![1], None).validate(&empty_discard).unwrap_err();
+    assert!(err.reason.contains("not a data write or discard"), "{err}");
     assert!(reason(CrashState::new(3, vec![3, 3], None)).contains("strictly increasing"));
     assert!(reason(CrashState::prefix(8)).contains("the log has 7"));
     let torn = |kept: Vec<u64>| {
@@ -736,4 +740,167 @@ fn validate_rejects_states_outside_the_model() {
     };
     assert!(reason(mislabeled).contains("kind"));
     assert!(CrashState::new(3, vec![3], torn(vec![1, 2])).validate(&log).is_ok());
+}
+
+// ------------------------------------------------ judging point and planning
+
+#[test]
+fn states_are_judged_at_the_end_of_their_open_epoch() {
+    // W0 W1 F W3 D4 F W6: epochs [0,2) [3,5) [6,7).
+    let bytes = sample_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    // The prefix at the first flush is judged just before the second one
+    // completes, whatever the open epoch keeps: acks logged in between
+    // had been given.
+    assert_eq!(crash_position(&log, &CrashState::prefix(3)), 5);
+    assert_eq!(crash_position(&log, &CrashState::new(3, vec![3], None)), 5);
+    assert_eq!(crash_position(&log, &CrashState::new(3, vec![3, 4], None)), 5);
+    // Open to the log's end: judged at the end.
+    assert_eq!(crash_position(&log, &CrashState::prefix(6)), 7);
+    assert_eq!(crash_position(&log, &CrashState::prefix(7)), 7);
+    assert_eq!(crash_position(&log, &CrashState::prefix(0)), 2);
+}
+
+/// W0 FUA1 W2 FUA3 W4 F W6: the FUA writes end the epoch early when left out.
+fn fua_log() -> (Vec<u8>, ParsedLog) {
+    let mut w = LogWriter::new(512);
+    w.write_fill(0, 2, 1).write_fill_fua(2, 1, 2).write_fill(3, 2, 3);
+    w.write_fill_fua(5, 1, 4)
+        .write_fill(6, 1, 5)
+        .flush()
+        .write_fill(8, 1, 7);
+    let bytes = w.into_bytes();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    (bytes, log)
+}
+
+#[test]
+fn a_fua_write_left_out_is_the_crash_point() {
+    let (_, log) = fua_log();
+    assert!(log.entries[1].flags.is_fua());
+    // Without FUA 1, the crash came before it completed: judged at 1, and
+    // nothing logged after it may be present.
+    assert_eq!(crash_position(&log, &CrashState::new(0, vec![0], None)), 1);
+    let err = CrashState::new(0, vec![2], None).validate(&log).unwrap_err();
+    assert!(err.reason.contains("follows FUA write 1"), "{err}");
+    // With FUA 1 but not FUA 3: judged at 3.
+    assert_eq!(crash_position(&log, &CrashState::new(0, vec![1, 2], None)), 3);
+    assert!(CrashState::new(0, vec![1, 4], None).validate(&log).is_err());
+    // With both: the epoch's end, the flush at 5.
+    assert_eq!(crash_position(&log, &CrashState::new(0, vec![1, 3], None)), 5);
+    // A FUA write is durable once complete: it never tears.
+    let torn = TornWrite {
+        entry: 1,
+        sectors_kept: vec![0],
+    };
+    assert!(CrashState::new(0, vec![1], Some(torn)).validate(&log).is_err());
+}
+
+#[test]
+fn random_states_keep_every_fua_write_before_their_crash_point() {
+    let (bytes, log) = fua_log();
+    let states = random_states(&log, &opts(3, 200, true));
+    assert!(states.len() > 10);
+    let mut positions = std::collections::HashSet::new();
+    for state in &states {
+        state.validate(&log).unwrap();
+        let position = crash_position(&log, state);
+        positions.insert(position);
+        for fua in [1u64, 3] {
+            if fua < position && state.prefix_entries <= fua {
+                assert!(state.extra_writes.contains(&fua), "{state:?} at {position}");
+            }
+        }
+        assert_eq!(applied_image(&bytes, &log, state), reference_image(&bytes, &log, state));
+    }
+    // Crash points before each FUA write and at the flush are all drawn.
+    assert!(positions.is_superset(&[1, 3, 5].into_iter().collect()), "{positions:?}");
+}
+
+#[test]
+fn random_states_include_or_leave_out_discards() {
+    let bytes = sample_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let states = random_states(&log, &opts(1, 100, false));
+    let with_discard = states.iter().filter(|s| s.extra_writes.contains(&4)).count();
+    assert!(with_discard > 0 && with_discard < states.len(), "{states:?}");
+    for state in states.iter().filter(|s| s.extra_writes.contains(&4)) {
+        let image = applied_image(&bytes, &log, state);
+        assert_eq!(sector_of(&image, 10), &[0; 512][..]);
+        assert_eq!(image, reference_image(&bytes, &log, state));
+    }
+}
+
+#[test]
+fn random_draws_skip_epochs_without_writes_and_weigh_the_rest() {
+    // One epoch of 40 writes, then 200 epochs of one write, and 200
+    // flush-only epochs in between: a uniform draw over epochs would give
+    // the big epoch about 0.25% of the states.
+    let mut w = LogWriter::new(512);
+    for i in 0..40u64 {
+        w.write_fill(i % 60, 1, 1 + i as u8);
+    }
+    w.flush();
+    for i in 0..200u64 {
+        w.write_fill(i % 60, 1, 100).flush().flush();
+    }
+    let bytes = w.into_bytes();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let states = random_states(&log, &opts(5, 400, false));
+    assert_eq!(states.len(), 400);
+    let from_big = states.iter().filter(|s| s.prefix_entries == 0).count();
+    // 40 of 240 drawable writes: about a sixth of the draws.
+    assert!(from_big >= 40, "the long epoch got {from_big} of 400 states");
+    for state in &states {
+        let epoch = open_epoch(&log, state.prefix_entries);
+        assert!(
+            epoch.clone().any(|i| log.entries[i as usize].changes_data()),
+            "{state:?}"
+        );
+    }
+}
+
+#[test]
+fn planned_states_with_equal_contents_are_judged_at_the_later_point() {
+    // W0 F A2 F A4 F W6 F, where A (sector 40) is in the ignored area: the
+    // prefixes after flush 1, 3 and 5 hold the same checked contents.
+    let mut w = LogWriter::new(512);
+    w.write_fill(0, 1, 1).flush();
+    w.write_fill(40, 1, 2).flush();
+    w.write_fill(41, 1, 3).flush();
+    w.write_fill(1, 1, 4).flush();
+    let bytes = w.into_bytes();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let options = PlanOptions {
+        ignored_sectors: 40..64,
+        ..opts(1, 10, false)
+    };
+    let states = plan_states(&log, &options);
+    let prefixes: Vec<u64> = states.iter().map(|s| s.prefix_entries).collect();
+    // Prefix 2 and 4 give way to prefix 6 (judged at 7, after both acks).
+    assert_eq!(prefixes, vec![6, 8, 0], "{states:?}");
+    assert_eq!(crash_position(&log, &states[0]), 7);
+    // Writes in the ignored area are never drawn into a subset.
+    for state in &states {
+        assert!(state.extra_writes.iter().all(|&i| log.entries[i as usize].sector < 40));
+    }
+    // Without the ignored area, all four prefixes differ.
+    let states = plan_states(&log, &opts(1, 10, false));
+    let flush_prefixes = states
+        .iter()
+        .filter(|s| s.kind == StateKind::Prefix && s.prefix_entries > 0)
+        .count();
+    assert_eq!(flush_prefixes, 4);
+}
+
+#[test]
+fn plan_thins_prefixes_to_half_the_budget_and_fills_with_random_states() {
+    let bytes = rich_log();
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let states = plan_states(&log, &opts(2, 6, true));
+    assert_eq!(states.len(), 6);
+    assert_eq!(states.iter().take_while(|s| s.kind == StateKind::Prefix).count(), 3);
+    assert_eq!(states, plan_states(&log, &opts(2, 6, true)), "deterministic");
+    let keys: std::collections::HashSet<StateKey> = states.iter().map(|s| state_key(&log, s, &NONE)).collect();
+    assert_eq!(keys.len(), 6, "no two states with the same contents");
 }

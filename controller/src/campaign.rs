@@ -51,16 +51,24 @@ pub struct Summary {
     pub workload_errors: u64,
     pub violations: u64,
     pub observations: u64,
+    /// Per-state counts summed over every crash state judged (one state per
+    /// trial under kernel-crash): a record acked before 100 states' crash
+    /// points counts 100 times in `acked`.
     pub acked: u64,
     pub in_flight: u64,
     pub lost: u64,
     pub torn: u64,
+    /// From the campaign's start to the first failing state's verdict.
+    pub first_failure_after_s: Option<f64>,
     pub elapsed_s: f64,
     pub seconds_per_trial: f64,
     pub states_per_minute: f64,
     pub interrupted: bool,
     /// Peak resident memory of the controller, from getrusage.
     pub peak_rss_kib: u64,
+    /// Peak resident memory of the largest child process waited for (in
+    /// practice a QEMU; also mkfs, e2fsck, debugfs), from getrusage.
+    pub peak_rss_largest_child_kib: u64,
 }
 
 /// What the summary needs from one trial of either crash model.
@@ -97,7 +105,7 @@ impl From<&PowerLossRecord> for TrialTotals {
             states_failed: t.states_failed,
             violations: t.violation_count,
             observations: t.observation_count,
-            counts: t.counts.clone(),
+            counts: t.state_counts.clone(),
         }
     }
 }
@@ -140,7 +148,7 @@ impl Summary {
             self.crashed, self.workload_done, self.workload_errors
         );
         s += &format!(
-            "records: {} acked, {} in flight, {} lost, {} torn\n",
+            "records, summed over crash states: {} acked, {} in flight, {} lost, {} torn\n",
             self.acked, self.in_flight, self.lost, self.torn
         );
         s += &format!(
@@ -148,15 +156,22 @@ impl Summary {
             self.states_checked, self.states_failed
         );
         s += &format!(
-            "violations: {}   observations: {}\n",
-            self.violations, self.observations
+            "violations: {}   observations: {}{}\n",
+            self.violations,
+            self.observations,
+            match self.first_failure_after_s {
+                Some(t) => format!("   first failing state after {t:.1} s"),
+                None => String::new(),
+            }
         );
         s += &format!(
-            "time: {:.1} s, {:.1} s per trial, {:.2} crash states verified per minute, peak RSS {} MiB\n",
-            self.elapsed_s,
-            self.seconds_per_trial,
-            self.states_per_minute,
-            self.peak_rss_kib / 1024
+            "time: {:.1} s, {:.1} s per trial, {:.2} crash states verified per minute\n",
+            self.elapsed_s, self.seconds_per_trial, self.states_per_minute,
+        );
+        s += &format!(
+            "peak RSS: controller {} MiB, largest child (QEMU) {} MiB\n",
+            self.peak_rss_kib / 1024,
+            self.peak_rss_largest_child_kib / 1024
         );
         s += &format!("results: {}\n", self.results_dir.display());
         s
@@ -242,12 +257,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     };
     let start = Instant::now();
     let mut failure = None;
-    let state_budget = config.state_budget_per_trial();
     let pctx = PowerLossContext {
         trial: &ctx,
         base_disk: &base_disk,
         ack_area_offset_bytes,
-        state_budget,
     };
     for &trial in &trial_ids {
         let plan = plan_trial(config, trial);
@@ -257,6 +270,9 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
                 run_trial(&ctx, &plan, &trial_dir).and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?)))
             }
             CrashModel::PowerLoss => run_powerloss_trial(&pctx, &plan, &trial_dir, |line| {
+                if !line.passed && summary.first_failure_after_s.is_none() {
+                    summary.first_failure_after_s = Some(start.elapsed().as_secs_f64());
+                }
                 let log = states_log.as_mut().expect("power-loss campaigns have a states log");
                 writeln!(log, "{}", serde_json::to_string(line)?)?;
                 Ok(())
@@ -265,6 +281,9 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         };
         match outcome {
             Ok((totals, json)) => {
+                if !totals.passed && summary.first_failure_after_s.is_none() {
+                    summary.first_failure_after_s = Some(start.elapsed().as_secs_f64());
+                }
                 // One line per finished trial, flushed at once: an interrupted
                 // or crashed campaign keeps every trial it finished.
                 writeln!(trials_log, "{json}")?;
@@ -288,7 +307,8 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         summary.seconds_per_trial = summary.elapsed_s / summary.trials_run as f64;
         summary.states_per_minute = summary.states_checked as f64 * 60.0 / summary.elapsed_s.max(1e-9);
     }
-    summary.peak_rss_kib = peak_rss_kib();
+    summary.peak_rss_kib = peak_rss_kib(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    summary.peak_rss_largest_child_kib = peak_rss_kib(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
     if let Some(e) = &failure {
         summary.interrupted = e.downcast_ref::<vm::Interrupted>().is_some();
     }
@@ -350,8 +370,9 @@ impl Progress {
     }
 }
 
-fn peak_rss_kib() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+/// ru_maxrss: for RUSAGE_CHILDREN, that of the largest child waited for.
+fn peak_rss_kib(who: nix::sys::resource::UsageWho) -> u64 {
+    nix::sys::resource::getrusage(who)
         .map(|u| u.max_rss() as u64)
         .unwrap_or(0)
 }

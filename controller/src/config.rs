@@ -98,6 +98,10 @@ pub struct CampaignConfig {
     pub crash_points: CrashPointKind,
     pub crash_delay_max_ms: u64,
     pub planted_bug: Option<PlantedBug>,
+    /// Power loss: a planted device bug (states as a disk that breaks the
+    /// flush contract would leave them).
+    #[serde(default)]
+    pub device_bug: Option<blocklog::DeviceBug>,
     pub profile: verifier::Profile,
     pub disk_size_bytes: u64,
     pub guest_memory_mib: u32,
@@ -200,6 +204,13 @@ impl CampaignConfig {
                 ));
             }
         }
+        if self.device_bug.is_some() && self.crash_model != CrashModel::PowerLoss {
+            return Err(
+                "--planted-device-bug needs --crash-model power-loss: a guest kernel crash keeps every \
+                 write the disk received, so a disk's flush bugs cannot show"
+                    .into(),
+            );
+        }
         if self.boot_timeout_ms == 0 || self.stall_timeout_ms == 0 || self.trial_timeout_ms == 0 {
             return Err("timeouts must be positive".into());
         }
@@ -255,6 +266,9 @@ impl CampaignConfig {
         if let Some(bug) = self.planted_bug {
             args.push(format!("--planted-bug={bug}"));
         }
+        if let Some(bug) = self.device_bug {
+            args.push(format!("--planted-device-bug={bug}"));
+        }
         args
     }
 }
@@ -297,6 +311,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
         crash_points: CrashPointKind::Mixed,
         crash_delay_max_ms: 3000,
         planted_bug: None,
+        device_bug: None,
         profile: verifier::Profile::Linux,
         disk_size_bytes: 64 << 20,
         guest_memory_mib: 512,

@@ -86,9 +86,15 @@ struct RunArgs {
     /// Upper bound of delay-based crash points, after READY.
     #[arg(long, default_value_t = 3000)]
     crash_delay_max_ms: u64,
-    /// A deliberate workload bug, to prove the verifier catches it.
+    /// A deliberate workload bug, to measure that the checks catch it:
+    /// ack-before-sync, skip-sync[:N], sync-wrong-range, async-instead-of-sync[:N].
     #[arg(long)]
     planted_bug: Option<PlantedBug>,
+    /// Power loss: a deliberate disk bug, to measure that the checks catch
+    /// it: drop-flush:N (one flush in N ignored), reorder-across-flush:N (a
+    /// write held past one flush in N).
+    #[arg(long, value_parser = parse_device_bug)]
+    planted_device_bug: Option<blocklog::DeviceBug>,
     /// How strictly to read msync's promise.
     #[arg(long, value_enum, default_value = "linux")]
     profile: ProfileArg,
@@ -141,6 +147,10 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_device_bug(text: &str) -> Result<blocklog::DeviceBug, String> {
+    text.parse()
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -208,6 +218,7 @@ fn run(args: RunArgs) -> ExitCode {
         crash_points: args.crash_points,
         crash_delay_max_ms: args.crash_delay_max_ms,
         planted_bug: args.planted_bug,
+        device_bug: args.planted_device_bug,
         profile: match args.profile {
             ProfileArg::Linux => verifier::Profile::Linux,
             ProfileArg::Posix => verifier::Profile::Posix,

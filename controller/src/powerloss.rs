@@ -7,14 +7,17 @@
 //!    its place in the log is exact. The run may be killed at the trial's
 //!    seeded crash point; the log then ends there.
 //! 2. **States**: `blocklog` plans crash states from the log: a prefix at
-//!    flush boundaries, seeded random subsets of the open epoch, optional
-//!    torn writes, deduplicated by persisted contents.
+//!    flush boundaries, seeded random subsets of open epochs (weighted by
+//!    the writes they hold), optional torn writes, deduplicated by persisted
+//!    contents (the ack area left out), each judged at its latest crash
+//!    point.
 //! 3. **Verification**: each state is shown, copy-on-write, to a long-lived
 //!    checker VM through the controller's NBD server (the guest kernel's own
 //!    recovery, no reboot per state), or, for ext4, checked on the host
 //!    (e2fsck replays the journal, debugfs dumps the file).
 //! 4. **Evidence per state**: the serial protocol log with only the acks
-//!    whose log entry comes before the state's crash position.
+//!    whose log entry comes before the state's crash position (the latest
+//!    position that leaves its contents: `blocklog::crash_position`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -31,7 +34,7 @@ use record::{Event, ProtocolLog};
 
 use crate::nbd::{DiskView, NbdHandle, NbdLimits, NbdServer};
 use crate::qemu::{Drive, VmSpec};
-use crate::trial::{CheckReport, CheckResult, ExportDisk, FsckResult, TrialContext};
+use crate::trial::{CheckReport, CheckResult, ExportDisk, FsckResult, RecoveredFile, TrialContext};
 use crate::vm::{self, Limits, RunFiles, Step, VmSession};
 
 /// Where an ack sits in the block-write log.
@@ -100,33 +103,28 @@ pub fn acks_in_log(
     Ok(LoggedPromises { ready_entry, acks })
 }
 
-/// The log position a state's crash happened at, at the earliest: just past
-/// the last entry it includes. Acks logged before it had been given.
-pub fn crash_position(state: &CrashState) -> u64 {
+/// The earliest log position that leaves a state's contents: just past
+/// the last entry it includes. Judging there instead of at
+/// `blocklog::crash_position` (the latest) gives fewer acks; kept only to
+/// report how much the latest point adds (`states_failed_at_earliest_point`).
+pub fn earliest_crash_position(state: &CrashState) -> u64 {
     let last_extra = state.extra_writes.iter().max().map(|&i| i + 1).unwrap_or(0);
     let torn = state.torn.as_ref().map(|t| t.entry + 1).unwrap_or(0);
     state.prefix_entries.max(last_extra).max(torn)
 }
 
-/// The protocol as the application knew it at the crash: before the ready
-/// marker, nothing was promised (no READY, no record begun); after it,
-/// every line of the serial log but only the acks whose log entry precedes
-/// `position`. Keeping every BEGIN is safe: a record begun after the crash
-/// has no data in the state, and a begun record only widens what a slot
-/// may hold.
+/// The protocol as the application knew it at a crash at log `position`:
+/// the serial log cut just before the first `READY` or `ACK` whose log
+/// entry (the ready marker, the ack sector) is not before `position`.
+///
+/// Why a cut and not a filter: the workload is one sequential program, and
+/// each of those lines is printed only after its marker's O_DIRECT write
+/// completed, i.e. was logged. A marker logged at or after `position`
+/// completed after the crash, so every line printed after it (the next
+/// records' `BEGIN`s among them) came after the crash too. The records
+/// begun before the cut and not acked are exactly those in flight.
 pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64) -> ProtocolLog {
-    if promises.ready_entry.is_none_or(|r| r >= position) {
-        let events = serial
-            .events
-            .iter()
-            .filter(|e| matches!(e, Event::Booted { .. }))
-            .cloned()
-            .collect();
-        return ProtocolLog {
-            events,
-            truncated_tail: None,
-        };
-    }
+    let ready_given = promises.ready_entry.is_some_and(|r| r < position);
     let given: std::collections::HashSet<u64> = promises
         .acks
         .iter()
@@ -136,7 +134,8 @@ pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u6
     let events = serial
         .events
         .iter()
-        .filter(|e| match e {
+        .take_while(|e| match e {
+            Event::Ready { .. } => ready_given,
             Event::Ack { seq, .. } => given.contains(seq),
             _ => true,
         })
@@ -149,22 +148,30 @@ pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u6
 }
 
 /// Every ACK the host saw on the channel must be in the log: the workload
-/// wrote it there (O_DIRECT, completed) before printing the line.
-pub fn check_acks_match(serial: &ProtocolLog, acks: &[AckPosition]) -> Result<()> {
+/// wrote it there (O_DIRECT, completed) before printing the line. The one
+/// exception is a log whose usable part ends early, at a hole or a cut-off
+/// entry left by the kill: acks logged past that end are counted and left
+/// unjudged (states are built only from what precedes it). Returns how many
+/// there were.
+pub fn check_acks_match(serial: &ProtocolLog, acks: &[AckPosition], log_ends_early: bool) -> Result<u64> {
     let logged: std::collections::HashSet<u64> = acks.iter().map(|a| a.seq).collect();
+    let mut past_end = 0;
     for e in &serial.events {
         if let Event::Ack { seq, .. } = e {
             if !logged.contains(seq) {
-                bail!("ACK {seq} reached the channel but not the block log: the capture is incomplete");
+                if !log_ends_early {
+                    bail!("ACK {seq} reached the channel but not the block log: the capture is incomplete");
+                }
+                past_end += 1;
             }
         }
     }
-    Ok(())
+    Ok(past_end)
 }
 
 /// A crash state as a read-only disk: the pristine base image with the
-/// state's winning log extents on top. Nothing is copied: reads go to the
-/// base or the log file.
+/// state's winning log extents (or zeros, for discards) on top. Nothing is
+/// copied: reads go to the base or the log file.
 pub struct StateView {
     base: Arc<File>,
     log: Arc<File>,
@@ -204,27 +211,41 @@ impl DiskView for StateView {
             let from = e.device_offset_bytes.max(offset_bytes);
             let to = (e.device_offset_bytes + e.len_bytes).min(end);
             let dst = &mut buf[(from - offset_bytes) as usize..(to - offset_bytes) as usize];
-            self.log
-                .read_exact_at(dst, e.log_offset_bytes + (from - e.device_offset_bytes))?;
+            match e.log_offset_bytes() {
+                Some(log_offset) => self
+                    .log
+                    .read_exact_at(dst, log_offset + (from - e.device_offset_bytes))?,
+                None => dst.fill(0), // a discarded range
+            }
         }
         Ok(())
     }
 }
 
 /// The long-lived checker VM: boots once, then checks one state per
-/// round trip ("CHECK" → MOUNT, FILE/NOFILE, FSCK, CHECKED).
+/// round trip ("CHECK nonce" → MOUNT, FILE/NOFILE, COPY, UMOUNT, FSCK,
+/// CHECKED nonce). A guest that panics, hangs or cannot unmount while
+/// recovering a state makes that state's verdict and is retired
+/// ([`KernelChecker::is_usable`]); the worker boots a new one.
 pub struct KernelChecker {
     session: Option<VmSession>,
     server: Option<NbdServer>,
     handle: NbdHandle,
     export: ExportDisk,
+    files: RunFiles,
     state_timeout_ms: u64,
+    /// Nonce of the last check asked for; the guest echoes it.
+    nonce: u64,
+    usable: bool,
     _socket_dir: tempfile::TempDir,
 }
 
 pub const STATE_TIMEOUT_MS: u64 = 60_000;
 /// Guest writes held per state (journal recovery, superblock updates).
 pub const OVERLAY_MAX_BYTES: u64 = 256 << 20;
+/// Checker VMs a worker may boot again in one trial after one died
+/// recovering a state; past that the trial stops with an error.
+pub const CHECKER_RESTARTS_MAX: u32 = 16;
 
 impl KernelChecker {
     pub fn start(
@@ -306,7 +327,10 @@ impl KernelChecker {
             server: Some(server),
             handle,
             export,
+            files,
             state_timeout_ms: STATE_TIMEOUT_MS.min(config.stall_timeout_ms.max(1)),
+            nonce: 0,
+            usable: true,
             _socket_dir: socket_dir,
         })
     }
@@ -315,36 +339,64 @@ impl KernelChecker {
         &self.handle
     }
 
-    /// Shows `view` to the guest and waits for its report. `stop` (Ctrl-C, or
-    /// another worker's failure) ends the wait.
+    /// False once a check left the guest dead, hung or with a state still
+    /// mounted: it must not check another state.
+    pub fn is_usable(&self) -> bool {
+        self.usable
+    }
+
+    /// Shows `view` to the guest and waits for its report. A guest that
+    /// dies or falls silent while recovering the state gives that state's
+    /// result (a recovery failure) and retires this checker. `stop`
+    /// (Ctrl-C, or another worker's failure) ends the wait.
     pub fn check(&mut self, view: Arc<dyn DiskView>, stop: &AtomicBool) -> Result<CheckResult> {
+        assert!(self.usable, "a retired checker is not asked again");
         self.handle.set_view(view);
+        self.nonce += 1;
+        let nonce = self.nonce;
         let session = self.session.as_mut().expect("checker is running");
-        session.send_line("CHECK")?;
+        session.send_line(&format!("CHECK {nonce}"))?;
         let start = Instant::now();
         let mut report = CheckReport::default();
-        while !report.checked {
+        while report.checked.is_none() {
             anyhow::ensure!(!stop.load(Ordering::SeqCst), vm::Interrupted);
             if start.elapsed() > Duration::from_millis(self.state_timeout_ms) {
-                bail!(
-                    "the checker VM did not answer within {} ms: a hung guest",
-                    self.state_timeout_ms
-                );
+                self.usable = false;
+                return Ok(CheckResult::recovery_failed(format!(
+                    "the checker VM did not finish recovering the state within {} ms: a hung mount or \
+                     read? console {}:\n{}",
+                    self.state_timeout_ms,
+                    self.files.console_log.display(),
+                    vm::tail_of(&self.files.console_log, 8)
+                )));
             }
             match session.next(Duration::from_millis(2))? {
                 Step::Event(event) => report.observe(&event),
-                Step::Exited(code) => bail!("the checker VM exited (status {code:?}) mid-check: a guest panic?"),
+                Step::Exited(code) => {
+                    self.usable = false;
+                    return Ok(CheckResult::recovery_failed(format!(
+                        "the checker VM exited (status {code:?}) while recovering the state: a guest \
+                         kernel panic? console {}:\n{}",
+                        self.files.console_log.display(),
+                        vm::tail_of(&self.files.console_log, 8)
+                    )));
+                }
                 Step::Tick => {}
             }
         }
+        if report.left_mounted() {
+            self.usable = false;
+        }
         report
-            .finish(&self.export)?
+            .finish(&self.export, nonce)?
             .context("the checker reported CHECKED without MOUNT")
     }
 
     pub fn stop(mut self) -> Result<()> {
         if let Some(mut session) = self.session.take() {
-            let _ = session.send_line("QUIT");
+            if self.usable {
+                let _ = session.send_line("QUIT");
+            }
             session.finish()?;
         }
         if let Some(server) = self.server.take() {
@@ -389,8 +441,9 @@ pub fn host_check_ext4(
     let replay_rc = replay.status.code().unwrap_or(-1);
     if replay_rc > 1 {
         return Ok(CheckResult {
+            recovery_failure: None,
             mount_rc: replay_rc,
-            file: None,
+            file: RecoveredFile::Missing,
             fsck: None,
         });
     }
@@ -407,13 +460,20 @@ pub fn host_check_ext4(
         .arg(&image)
         .output()
         .context("cannot run debugfs")?;
-    let file = if out.exists() && !String::from_utf8_lossy(&dump.stderr).contains("not found") {
-        Some(std::fs::read(&out)?)
+    let stderr = String::from_utf8_lossy(&dump.stderr);
+    let file = if stderr.contains("not found") {
+        RecoveredFile::Missing
+    } else if out.exists() {
+        RecoveredFile::Read(std::fs::read(&out)?)
     } else {
-        None
+        RecoveredFile::Unreadable {
+            size_bytes: 0,
+            reason: format!("debugfs could not dump it: {}", stderr.trim()),
+        }
     };
     let _ = std::fs::remove_file(&out);
     Ok(CheckResult {
+        recovery_failure: None,
         mount_rc: 0,
         file,
         fsck: fsck.map(|f| FsckResult {
@@ -423,7 +483,8 @@ pub fn host_check_ext4(
     })
 }
 
-/// A captured run, read back: the parsed log, the serial protocol, and the
+/// A captured run, read back: the parsed log (as the planted device bug,
+/// if any, would have made it durable), the serial protocol, and the
 /// promises placed in the log.
 pub struct Capture {
     pub log: ParsedLog,
@@ -431,34 +492,81 @@ pub struct Capture {
     pub serial: ProtocolLog,
     pub promises: LoggedPromises,
     pub device_size_bytes: u64,
+    /// ACKs seen on the channel whose log entry lies past a hole or a
+    /// cut-off entry at the log's end: not judged.
+    pub acks_past_log_end: u64,
+    pub device_bug_effect: Option<blocklog::DeviceBugEffect>,
 }
 
-pub fn read_capture(
-    log_path: &Path,
-    protocol_path: &Path,
-    base_disk: &Path,
-    ack_area_offset_bytes: u64,
-    seed: u64,
-) -> Result<Capture> {
+/// Where the capture's files are and how to read them.
+pub struct CaptureSource<'a> {
+    pub log_path: &'a Path,
+    pub protocol_path: &'a Path,
+    pub base_disk: &'a Path,
+    pub ack_area_offset_bytes: u64,
+    pub seed: u64,
+    pub device_bug: Option<blocklog::DeviceBug>,
+}
+
+pub fn read_capture(source: &CaptureSource) -> Result<Capture> {
+    let protocol_path = source.protocol_path;
     let serial = record::protocol::parse_log(
         &std::fs::read_to_string(protocol_path).with_context(|| format!("cannot read {}", protocol_path.display()))?,
     )
     .with_context(|| format!("{} is corrupt", protocol_path.display()))?;
-    let device_size_bytes = std::fs::metadata(base_disk)
-        .with_context(|| format!("cannot read {}", base_disk.display()))?
+    let device_size_bytes = std::fs::metadata(source.base_disk)
+        .with_context(|| format!("cannot read {}", source.base_disk.display()))?
         .len();
-    let log = blocklog::read_log_file(log_path, device_size_bytes)
-        .with_context(|| format!("block-write log {} is unusable", log_path.display()))?;
-    let log_file = Arc::new(File::open(log_path)?);
-    let promises = acks_in_log(&log, &log_file, ack_area_offset_bytes, device_size_bytes, seed)?;
-    check_acks_match(&serial, &promises.acks)?;
+    let log = blocklog::read_log_file(source.log_path, device_size_bytes)
+        .with_context(|| format!("block-write log {} is unusable", source.log_path.display()))?;
+    let log_ends_early = log.truncated.is_some() || log.stray_data_offset_bytes.is_some();
+    let (log, device_bug_effect) = match source.device_bug {
+        Some(bug) => {
+            let ignored = ack_area_sectors(source.ack_area_offset_bytes, device_size_bytes);
+            let (log, effect) = blocklog::apply_device_bug(&log, bug, &ignored, source.seed);
+            (log, Some(effect))
+        }
+        None => (log, None),
+    };
+    let log_file = Arc::new(File::open(source.log_path)?);
+    let promises = acks_in_log(
+        &log,
+        &log_file,
+        source.ack_area_offset_bytes,
+        device_size_bytes,
+        source.seed,
+    )?;
+    let acks_past_log_end = check_acks_match(&serial, &promises.acks, log_ends_early)?;
     Ok(Capture {
         log,
         log_file,
         serial,
         promises,
         device_size_bytes,
+        acks_past_log_end,
+        device_bug_effect,
     })
+}
+
+/// The ack area in 512-byte sectors: no check reads it, so it is no part
+/// of a state's identity.
+pub fn ack_area_sectors(ack_area_offset_bytes: u64, device_size_bytes: u64) -> std::ops::Range<u64> {
+    ack_area_offset_bytes / 512..device_size_bytes / 512
+}
+
+/// How a trial's states are planned from its capture.
+pub fn plan_options(
+    config: &crate::config::CampaignConfig,
+    workload_seed: u64,
+    capture: &Capture,
+    ack_area_offset_bytes: u64,
+) -> blocklog::PlanOptions {
+    blocklog::PlanOptions {
+        seed: workload_seed,
+        budget: config.state_budget_per_trial(),
+        torn: config.torn_writes,
+        ignored_sectors: ack_area_sectors(ack_area_offset_bytes, capture.device_size_bytes),
+    }
 }
 
 /// One power-loss trial: what it captured, the states it checked, and
@@ -468,23 +576,39 @@ pub struct PowerLossRecord {
     #[serde(flatten)]
     pub run: crate::trial::WorkloadRun,
     pub log: LogFacts,
+    /// The planted device bug and what it changed in the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_bug: Option<DeviceBugFacts>,
+    /// Records as the host saw them on the channel by the end of the
+    /// capture (the same for every state).
+    pub records: RunRecords,
     pub states_planned: u64,
     pub states_checked: u64,
     pub states_passed: u64,
     pub states_failed: u64,
+    /// States that would fail if judged at their earliest crash position
+    /// (just past their last included entry) instead of the latest: the
+    /// weaker check the latest point replaced, kept for comparison.
+    pub states_failed_at_earliest_point: u64,
     /// With `--checker both`: states the kernel and host paths judged
     /// differently (one passed, the other failed).
     pub checker_disagreements: u64,
     /// With `--checker both`: failing states where the two paths agree on
     /// the failure but not on its details (violations, lost or torn counts).
     pub checker_detail_differences: u64,
+    /// Checker VMs booted again after one died, hung or could not unmount
+    /// while recovering a state (that state's verdict says so).
+    pub checker_restarts: u64,
     pub passed: bool,
-    pub counts: verifier::Counts,
+    /// Per-state counts summed over the trial's states: a record judged in
+    /// 100 states counts 100 times (see results/README.md).
+    pub state_counts: verifier::Counts,
     pub violation_count: u64,
     /// The first violations, each with its state.
     pub violations: Vec<StateFinding>,
     pub observation_count: u64,
-    /// Summed over the check workers, which run in parallel.
+    /// From the trial's start to the first failing state's verdict.
+    pub first_failure_after_ms: Option<u64>,
     pub timing_ms: Timing,
     pub overlay_peak_bytes: u64,
     pub check_workers: u64,
@@ -492,15 +616,35 @@ pub struct PowerLossRecord {
     pub evidence_dir: PathBuf,
 }
 
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RunRecords {
+    pub begun: u64,
+    pub acked: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceBugFacts {
+    pub bug: String,
+    pub flushes_dropped: u64,
+    pub writes_delayed: u64,
+}
+
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LogFacts {
     pub entries: u64,
     pub writes: u64,
     pub flushes: u64,
+    pub discards: u64,
     pub acks: u64,
     pub log_bytes: u64,
     /// The log ended mid-entry (QEMU killed while logging).
     pub truncated: bool,
+    /// The log ended at a hole (an entry left unwritten by the kill) with
+    /// entries after it: only what precedes the hole was used.
+    pub hole: bool,
+    /// ACKs on the channel whose log entry lay past the usable log's end:
+    /// not judged.
+    pub acks_past_log_end: u64,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -515,20 +659,25 @@ pub struct StateFinding {
     pub finding: verifier::Finding,
 }
 
-/// Where the time goes, summed over the trial's states.
+/// Where the time goes. Stages before and after the checks run once; the
+/// per-state parts (`build`, `kernel_check`, `host_check`, `verify`) are
+/// summed over the check workers, which run in parallel, so they can exceed
+/// `check_wall`, the wall time of the whole checking stage.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Timing {
     pub capture: u64,
     pub parse: u64,
     pub plan: u64,
-    /// Building views (extents) or host images.
+    pub checker_boot: u64,
+    pub check_wall: u64,
+    /// Worker time: building views (extents) or host images.
     pub build: u64,
-    /// Kernel path: NBD transfer + mount + copy out, one round trip a state.
+    /// Worker time, kernel path: NBD transfer + mount + copy out, one round
+    /// trip a state.
     pub kernel_check: u64,
-    /// Host path: e2fsck + debugfs.
+    /// Worker time, host path: e2fsck + debugfs.
     pub host_check: u64,
     pub verify: u64,
-    pub checker_boot: u64,
 }
 
 /// One line of `states.jsonl`.
@@ -540,10 +689,14 @@ pub struct StateLine {
     pub prefix_entries: u64,
     pub extra_writes: usize,
     pub torn: bool,
+    /// The latest log position that leaves this state's contents: acks
+    /// logged before it are judged as given.
     pub crash_position: u64,
     pub acked: u64,
     pub checker: &'static str,
     pub passed: bool,
+    /// The verdict had the state been judged at its earliest position.
+    pub passed_at_earliest_point: bool,
     pub violation_count: u64,
     pub lost: u64,
     pub torn_records: u64,
@@ -557,44 +710,11 @@ fn ms_since(t: Instant) -> u64 {
     t.elapsed().as_millis() as u64
 }
 
-/// Plans the trial's states: every flush-boundary prefix (evenly thinned if
-/// they alone would exceed half the budget), then seeded random subsets of
-/// open epochs up to the budget, skipping states with the same persisted
-/// contents.
-pub fn plan_states(log: &ParsedLog, seed: u64, budget: usize, torn: bool) -> Vec<CrashState> {
-    let mut prefixes = blocklog::prefix_states(log);
-    let prefix_cap = (budget / 2).max(1);
-    if prefixes.len() > prefix_cap {
-        let step = prefixes.len() as f64 / prefix_cap as f64;
-        prefixes = (0..prefix_cap)
-            .map(|i| prefixes[(i as f64 * step) as usize].clone())
-            .collect();
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut states = Vec::with_capacity(budget);
-    for s in prefixes {
-        if seen.insert(blocklog::state_key(log, &s)) {
-            states.push(s);
-        }
-    }
-    let random_budget = budget.saturating_sub(states.len());
-    for s in blocklog::random_states(log, seed, random_budget + random_budget / 4, torn) {
-        if states.len() >= budget {
-            break;
-        }
-        if seen.insert(blocklog::state_key(log, &s)) {
-            states.push(s);
-        }
-    }
-    states
-}
-
 pub struct PowerLossContext<'a> {
     pub trial: &'a TrialContext<'a>,
     /// Pristine formatted disk, filesystem + ack area.
     pub base_disk: &'a Path,
     pub ack_area_offset_bytes: u64,
-    pub state_budget: usize,
 }
 
 pub fn run_powerloss_trial(
@@ -605,6 +725,7 @@ pub fn run_powerloss_trial(
 ) -> Result<PowerLossRecord> {
     let ctx = pctx.trial;
     let config = ctx.config;
+    let trial_start = Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {} (disk full?)", dir.display()))?;
     let mut timing = Timing::default();
 
@@ -635,65 +756,92 @@ pub fn run_powerloss_trial(
 
     // 2. Parse the log and find the promises in it.
     let t = Instant::now();
-    let capture = read_capture(
-        &log_path,
-        &files.protocol_log,
-        pctx.base_disk,
-        pctx.ack_area_offset_bytes,
-        params.seed,
-    )?;
+    let capture = read_capture(&CaptureSource {
+        log_path: &log_path,
+        protocol_path: &files.protocol_log,
+        base_disk: pctx.base_disk,
+        ack_area_offset_bytes: pctx.ack_area_offset_bytes,
+        seed: params.seed,
+        device_bug: config.device_bug,
+    })?;
     timing.parse = ms_since(t);
-    let Capture {
-        log,
-        log_file,
-        serial,
-        promises: acks,
-        device_size_bytes,
-    } = capture;
+    let log = &capture.log;
     let log_facts = LogFacts {
         entries: log.entries.len() as u64,
         writes: log.entries.iter().filter(|e| e.is_data_write()).count() as u64,
         flushes: log.entries.iter().filter(|e| e.flags.is_flush()).count() as u64,
-        acks: acks.acks.len() as u64,
+        discards: log.entries.iter().filter(|e| e.flags.is_discard()).count() as u64,
+        acks: capture.promises.acks.len() as u64,
         log_bytes: std::fs::metadata(&log_path)?.len(),
         truncated: log.truncated.is_some(),
+        hole: log.stray_data_offset_bytes.is_some(),
+        acks_past_log_end: capture.acks_past_log_end,
+    };
+    let run_records = RunRecords {
+        begun: capture
+            .serial
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Begin { .. }))
+            .count() as u64,
+        acked: capture
+            .serial
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Ack { .. }))
+            .count() as u64,
     };
 
     // 3. Plan the states.
     let t = Instant::now();
-    let states = plan_states(&log, plan.workload_seed, pctx.state_budget, config.torn_writes);
+    let options = plan_options(config, plan.workload_seed, &capture, pctx.ack_area_offset_bytes);
+    let states = blocklog::plan_states(log, &options);
     timing.plan = ms_since(t);
 
     // 4. Check them: `check_workers` workers in parallel (under TCG a checker
     // VM keeps one core busy), results taken back and judged in state order.
     let env = CheckEnv {
         base_file: Arc::new(File::open(pctx.base_disk)?),
-        log_file: log_file.clone(),
-        device_size_bytes,
-        log: &log,
+        log_file: capture.log_file.clone(),
+        device_size_bytes: capture.device_size_bytes,
+        log,
         base_disk: pctx.base_disk,
         fsck: config.fsck_states,
+        ctx,
+        dir,
     };
     let want_kernel = config.checker != crate::config::Checker::Host;
     let want_host = config.checker != crate::config::Checker::Kernel;
     let workers_n = (config.check_workers as usize).clamp(1, states.len().max(1));
     let t = Instant::now();
-    let mut workers = start_workers(ctx, dir, &env, workers_n, want_kernel, want_host)?;
+    let mut workers = start_workers(&env, workers_n, want_kernel, want_host)?;
     timing.checker_boot = ms_since(t);
     let mut record = PowerLossRecord {
         run,
         log: log_facts,
+        device_bug: config.device_bug.map(|bug| {
+            let effect = capture.device_bug_effect.unwrap_or_default();
+            DeviceBugFacts {
+                bug: bug.to_string(),
+                flushes_dropped: effect.flushes_dropped,
+                writes_delayed: effect.writes_delayed,
+            }
+        }),
+        records: run_records,
         states_planned: states.len() as u64,
         states_checked: 0,
         states_passed: 0,
         states_failed: 0,
+        states_failed_at_earliest_point: 0,
         checker_disagreements: 0,
         checker_detail_differences: 0,
+        checker_restarts: 0,
         passed: true,
-        counts: verifier::Counts::default(),
+        state_counts: verifier::Counts::default(),
         violation_count: 0,
         violations: Vec::new(),
         observation_count: 0,
+        first_failure_after_ms: None,
         timing_ms: timing,
         overlay_peak_bytes: 0,
         check_workers: workers_n as u64,
@@ -702,6 +850,7 @@ pub fn run_powerloss_trial(
     };
     let abort = AtomicBool::new(false);
     let next_state = AtomicUsize::new(0);
+    let check_start = Instant::now();
     let checked = std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = mpsc::channel::<(usize, Result<StateChecks>)>();
         for worker in workers.iter_mut() {
@@ -735,44 +884,34 @@ pub fn run_powerloss_trial(
             }
             while let Some(checks) = pending.remove(&next_out) {
                 let state = &states[next_out];
-                let position = crash_position(state);
-                let protocol = protocol_at(&serial, &acks, position);
-                let t = Instant::now();
-                let verdicts: Vec<(&'static str, verifier::Verdict)> = checks
-                    .results
-                    .iter()
-                    .map(|(name, check)| (*name, crate::trial::judge(config, &params, &protocol, check)))
-                    .collect();
-                record.timing_ms.verify += ms_since(t);
+                let judged = judge_state(config, &params, &capture, state, &checks);
+                record.timing_ms.verify += judged.verify_ms;
                 record.timing_ms.build += checks.build_ms;
                 record.timing_ms.kernel_check += checks.kernel_ms;
                 record.timing_ms.host_check += checks.host_ms;
+                record.checker_restarts += checks.checker_restarts;
                 record.overlay_peak_bytes = record.overlay_peak_bytes.max(checks.overlay_bytes);
-                let judged = |v: &verifier::Verdict| (v.passed, v.violation_count, v.counts.lost, v.counts.torn);
-                let disagreement = (verdicts.len() == 2 && judged(&verdicts[0].1) != judged(&verdicts[1].1)).then(|| {
-                    verdicts
-                        .iter()
-                        .map(|(name, v)| {
-                            let (passed, violations, lost, torn) = judged(v);
-                            let first = v.violations.first().map(|f| f.reason.as_str()).unwrap_or("-");
-                            format!("{name}: passed={passed} violations={violations} lost={lost} torn={torn} first={first}")
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                });
-                if disagreement.is_some() {
+                if let Some(difference) = &judged.disagreement {
                     // Pass/fail must agree. On a filesystem the crash left
                     // broken, the kernel and e2fsprogs may read different
                     // wreckage (a rejected inode vs an empty file): counted
                     // apart, with both readings in states.jsonl.
-                    if verdicts[0].1.passed != verdicts[1].1.passed {
-                        record.checker_disagreements += 1;
-                    } else {
-                        record.checker_detail_differences += 1;
+                    match difference {
+                        Disagreement::Verdict(_) => record.checker_disagreements += 1,
+                        Disagreement::Details(_) => record.checker_detail_differences += 1,
                     }
                 }
-                let (checker_name, verdict) = &verdicts[0];
-                record.add_state(next_out as u64, state, position, verdict);
+                let (checker_name, verdict) = &judged.verdicts[0];
+                if !verdict.passed && record.first_failure_after_ms.is_none() {
+                    record.first_failure_after_ms = Some(ms_since(trial_start));
+                }
+                record.add_state(
+                    next_out as u64,
+                    state,
+                    judged.position,
+                    verdict,
+                    judged.passed_at_earliest,
+                );
                 let line = StateLine {
                     trial: plan.trial,
                     state: next_out as u64,
@@ -780,15 +919,16 @@ pub fn run_powerloss_trial(
                     prefix_entries: state.prefix_entries,
                     extra_writes: state.extra_writes.len(),
                     torn: state.torn.is_some(),
-                    crash_position: position,
+                    crash_position: judged.position,
                     acked: verdict.counts.acked,
                     checker: checker_name,
-                    passed: verdicts.iter().all(|(_, v)| v.passed),
+                    passed: judged.verdicts.iter().all(|(_, v)| v.passed),
+                    passed_at_earliest_point: judged.passed_at_earliest,
                     violation_count: verdict.violation_count,
                     lost: verdict.counts.lost,
                     torn_records: verdict.counts.torn,
                     first_violation: verdict.violations.first().cloned(),
-                    disagreement,
+                    disagreement: judged.disagreement.map(Disagreement::into_text),
                 };
                 if let Err(e) = on_state(&line) {
                     abort.store(true, Ordering::SeqCst);
@@ -801,6 +941,7 @@ pub fn run_powerloss_trial(
         abort.store(true, Ordering::SeqCst);
         outcome
     });
+    record.timing_ms.check_wall = ms_since(check_start);
     let stopped: Result<Vec<()>> = workers.into_iter().map(CheckWorker::stop).collect();
     checked?;
     stopped?;
@@ -820,6 +961,78 @@ pub fn run_powerloss_trial(
     Ok(record)
 }
 
+/// How the kernel and host paths' verdicts on one state differed.
+enum Disagreement {
+    /// One passed, the other failed.
+    Verdict(String),
+    /// Both failed, with different details.
+    Details(String),
+}
+
+impl Disagreement {
+    fn into_text(self) -> String {
+        match self {
+            Disagreement::Verdict(text) | Disagreement::Details(text) => text,
+        }
+    }
+}
+
+/// One state's verdicts, judged at its latest crash position (and, for
+/// comparison, at its earliest).
+pub struct JudgedState {
+    pub position: u64,
+    pub verdicts: Vec<(&'static str, verifier::Verdict)>,
+    /// The first path's verdict had the state been judged at its earliest
+    /// position (fewer acks).
+    pub passed_at_earliest: bool,
+    disagreement: Option<Disagreement>,
+    verify_ms: u64,
+}
+
+/// Judges one checked state against the promises the application had been
+/// given at its crash position.
+pub fn judge_state(
+    config: &crate::config::CampaignConfig,
+    params: &record::WorkloadParams,
+    capture: &Capture,
+    state: &CrashState,
+    checks: &StateChecks,
+) -> JudgedState {
+    let t = Instant::now();
+    let position = blocklog::crash_position(&capture.log, state);
+    let protocol = protocol_at(&capture.serial, &capture.promises, position);
+    let verdicts: Vec<(&'static str, verifier::Verdict)> = checks
+        .results
+        .iter()
+        .map(|(name, check)| (*name, crate::trial::judge(config, params, &protocol, check)))
+        .collect();
+    let earliest = protocol_at(&capture.serial, &capture.promises, earliest_crash_position(state));
+    let passed_at_earliest = crate::trial::judge(config, params, &earliest, &checks.results[0].1).passed;
+    let summary = |v: &verifier::Verdict| (v.passed, v.violation_count, v.counts.lost, v.counts.torn);
+    let disagreement = (verdicts.len() == 2 && summary(&verdicts[0].1) != summary(&verdicts[1].1)).then(|| {
+        let text = verdicts
+            .iter()
+            .map(|(name, v)| {
+                let (passed, violations, lost, torn) = summary(v);
+                let first = v.violations.first().map(|f| f.reason.as_str()).unwrap_or("-");
+                format!("{name}: passed={passed} violations={violations} lost={lost} torn={torn} first={first}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        match verdicts[0].1.passed != verdicts[1].1.passed {
+            true => Disagreement::Verdict(text),
+            false => Disagreement::Details(text),
+        }
+    });
+    JudgedState {
+        position,
+        verdicts,
+        passed_at_earliest,
+        disagreement,
+        verify_ms: ms_since(t),
+    }
+}
+
 /// What a worker needs to build and check any state; shared, read-only.
 struct CheckEnv<'a> {
     base_file: Arc<File>,
@@ -828,64 +1041,85 @@ struct CheckEnv<'a> {
     log: &'a ParsedLog,
     base_disk: &'a Path,
     fsck: bool,
+    ctx: &'a TrialContext<'a>,
+    dir: &'a Path,
+}
+
+impl CheckEnv<'_> {
+    fn empty_view(&self) -> Arc<dyn DiskView> {
+        Arc::new(StateView::new(
+            self.base_file.clone(),
+            self.log_file.clone(),
+            self.device_size_bytes,
+            vec![],
+        ))
+    }
 }
 
 /// One state's check results, from each path asked for.
-struct StateChecks {
-    results: Vec<(&'static str, CheckResult)>,
+pub struct StateChecks {
+    pub results: Vec<(&'static str, CheckResult)>,
     build_ms: u64,
     kernel_ms: u64,
     host_ms: u64,
     overlay_bytes: u64,
+    /// Checker VMs booted again before this state (the last one retired).
+    checker_restarts: u64,
+}
+
+impl StateChecks {
+    pub fn new(results: Vec<(&'static str, CheckResult)>) -> StateChecks {
+        StateChecks {
+            results,
+            build_ms: 0,
+            kernel_ms: 0,
+            host_ms: 0,
+            overlay_bytes: 0,
+            checker_restarts: 0,
+        }
+    }
 }
 
 /// A check worker: a checker VM (kernel path) and/or a scratch directory
 /// (host path). Each runs on its own thread.
 struct CheckWorker {
+    index: usize,
     kernel: Option<KernelChecker>,
+    /// Checker VMs this worker booted after the first.
+    restarts: u32,
     host_scratch: Option<PathBuf>,
 }
 
-fn start_workers(
-    ctx: &TrialContext,
-    dir: &Path,
-    env: &CheckEnv,
-    count: usize,
-    want_kernel: bool,
-    want_host: bool,
-) -> Result<Vec<CheckWorker>> {
+fn start_workers(env: &CheckEnv, count: usize, want_kernel: bool, want_host: bool) -> Result<Vec<CheckWorker>> {
     // Checker VMs boot in parallel: a boot is seconds of one core.
     let booted: Vec<Result<CheckWorker>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..count)
             .map(|i| {
                 scope.spawn(move || -> Result<CheckWorker> {
                     let kernel = match want_kernel {
-                        true => {
-                            let initial: Arc<dyn DiskView> = Arc::new(StateView::new(
-                                env.base_file.clone(),
-                                env.log_file.clone(),
-                                env.device_size_bytes,
-                                vec![],
-                            ));
-                            Some(KernelChecker::start(
-                                ctx,
-                                dir,
-                                &format!("checker{i}"),
-                                initial,
-                                env.fsck,
-                            )?)
-                        }
+                        true => Some(KernelChecker::start(
+                            env.ctx,
+                            env.dir,
+                            &format!("checker{i}"),
+                            env.empty_view(),
+                            env.fsck,
+                        )?),
                         false => None,
                     };
                     let host_scratch = match want_host {
                         true => {
-                            let scratch = dir.join(format!("host{i}"));
+                            let scratch = env.dir.join(format!("host{i}"));
                             std::fs::create_dir_all(&scratch)?;
                             Some(scratch)
                         }
                         false => None,
                     };
-                    Ok(CheckWorker { kernel, host_scratch })
+                    Ok(CheckWorker {
+                        index: i,
+                        kernel,
+                        restarts: 0,
+                        host_scratch,
+                    })
                 })
             })
             .collect();
@@ -902,13 +1136,10 @@ fn start_workers(
 
 impl CheckWorker {
     fn check(&mut self, env: &CheckEnv, state: &CrashState, abort: &AtomicBool) -> Result<StateChecks> {
-        let mut checks = StateChecks {
-            results: Vec::new(),
-            build_ms: 0,
-            kernel_ms: 0,
-            host_ms: 0,
-            overlay_bytes: 0,
-        };
+        let mut checks = StateChecks::new(Vec::new());
+        if self.kernel.as_ref().is_some_and(|k| !k.is_usable()) {
+            checks.checker_restarts = self.restart_kernel(env)?;
+        }
         if let Some(checker) = self.kernel.as_mut() {
             let t = Instant::now();
             let extents = blocklog::overlay_extents(env.log, state);
@@ -935,6 +1166,33 @@ impl CheckWorker {
         Ok(checks)
     }
 
+    /// Replaces a retired checker VM (its logs stay, under a new name for
+    /// the next one). Bounded: a guest that dies on every state is a setup
+    /// problem, not a finding per state.
+    fn restart_kernel(&mut self, env: &CheckEnv) -> Result<u64> {
+        self.restarts += 1;
+        if let Some(old) = self.kernel.take() {
+            old.stop()?;
+        }
+        anyhow::ensure!(
+            self.restarts <= CHECKER_RESTARTS_MAX,
+            "checker VM {} died, hung or could not unmount while recovering {} states in one trial: \
+             see the checker console logs in {}",
+            self.index,
+            self.restarts,
+            env.dir.display()
+        );
+        let name = format!("checker{}-restart{}", self.index, self.restarts);
+        self.kernel = Some(KernelChecker::start(
+            env.ctx,
+            env.dir,
+            &name,
+            env.empty_view(),
+            env.fsck,
+        )?);
+        Ok(1)
+    }
+
     fn stop(self) -> Result<()> {
         if let Some(scratch) = &self.host_scratch {
             let _ = std::fs::remove_dir_all(scratch);
@@ -947,7 +1205,14 @@ impl CheckWorker {
 }
 
 impl PowerLossRecord {
-    fn add_state(&mut self, index: u64, state: &CrashState, position: u64, verdict: &verifier::Verdict) {
+    fn add_state(
+        &mut self,
+        index: u64,
+        state: &CrashState,
+        position: u64,
+        verdict: &verifier::Verdict,
+        passed_at_earliest: bool,
+    ) {
         self.states_checked += 1;
         if verdict.passed {
             self.states_passed += 1;
@@ -955,17 +1220,12 @@ impl PowerLossRecord {
             self.states_failed += 1;
             self.passed = false;
         }
+        if !passed_at_earliest {
+            self.states_failed_at_earliest_point += 1;
+        }
         self.violation_count += verdict.violation_count;
         self.observation_count += verdict.observation_count;
-        let c = &verdict.counts;
-        self.counts.acked = self.counts.acked.max(c.acked);
-        self.counts.begun = self.counts.begun.max(c.begun);
-        self.counts.in_flight = self.counts.in_flight.max(c.in_flight);
-        self.counts.lost += c.lost;
-        self.counts.torn += c.torn;
-        self.counts.intact += c.intact;
-        self.counts.in_flight_new += c.in_flight_new;
-        self.counts.in_flight_old += c.in_flight_old;
+        add_counts(&mut self.state_counts, &verdict.counts);
         for f in &verdict.violations {
             if self.violations.len() >= verifier::FINDINGS_MAX {
                 break;
@@ -988,5 +1248,215 @@ impl PowerLossRecord {
                 finding: f.clone(),
             });
         }
+    }
+}
+
+/// Adds one state's counts to a sum over states.
+pub fn add_counts(sum: &mut verifier::Counts, c: &verifier::Counts) {
+    sum.begun += c.begun;
+    sum.acked += c.acked;
+    sum.in_flight += c.in_flight;
+    sum.lost += c.lost;
+    sum.torn += c.torn;
+    sum.intact += c.intact;
+    sum.in_flight_new += c.in_flight_new;
+    sum.in_flight_old += c.in_flight_old;
+}
+
+#[cfg(test)]
+mod tests {
+    //! The judging point, ack placement and the protocol at a crash, on
+    //! hand-built logs: the argument of ARCHITECTURE.md, one step a test.
+
+    use super::*;
+    use blocklog::testing::LogWriter;
+    use record::layout::ack::{encode, AckRecord, READY_MARKER_INDEX};
+
+    const SEED: u64 = 0x5eed;
+    /// 64 data sectors, then the ack area.
+    const AREA_SECTOR: u64 = 64;
+    const DEVICE_BYTES: u64 = 128 * 512;
+
+    fn ack_sector(ack_index: u64, seq: u64) -> Vec<u8> {
+        encode(&AckRecord {
+            ack_index,
+            seq,
+            slot: seq,
+            seed: SEED,
+        })
+        .to_vec()
+    }
+
+    fn write_ready(w: &mut LogWriter) {
+        w.write(AREA_SECTOR, &ack_sector(READY_MARKER_INDEX, 0));
+    }
+
+    fn write_ack(w: &mut LogWriter, ack_index: u64, seq: u64) {
+        w.write(AREA_SECTOR + 1 + ack_index, &ack_sector(ack_index, seq));
+    }
+
+    /// What one MS_SYNC of record `seq` logs on ext4: data, flush, ack.
+    fn record(w: &mut LogWriter, seq: u64) {
+        w.write_fill(seq, 1, 1 + seq as u8).flush();
+        write_ack(w, seq, seq);
+    }
+
+    fn serial(lines: &str) -> ProtocolLog {
+        record::protocol::parse_log(lines).unwrap()
+    }
+
+    fn promises_of(w: &LogWriter) -> (ParsedLog, LoggedPromises) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, w.bytes()).unwrap();
+        let log = blocklog::read_log_file(&path, DEVICE_BYTES).unwrap();
+        let promises = acks_in_log(&log, &File::open(&path).unwrap(), AREA_SECTOR * 512, DEVICE_BYTES, SEED).unwrap();
+        (log, promises)
+    }
+
+    /// READY, then records 0..3 each synced and acked.
+    fn three_records() -> LogWriter {
+        let mut w = LogWriter::new(512);
+        w.write_fill(40, 2, 9).flush(); // file creation, fsynced
+        write_ready(&mut w);
+        for seq in 0..3 {
+            record(&mut w, seq);
+        }
+        w
+    }
+
+    const THREE_SERIAL: &str =
+        "BOOTED workload\nREADY 8\nBEGIN 0 0\nACK 0 0\nBEGIN 1 1\nACK 1 1\nBEGIN 2 2\nACK 2 2\nDONE 3\n";
+
+    #[test]
+    fn acks_are_found_in_log_order() {
+        let (log, promises) = promises_of(&three_records());
+        // Entries: W F READY | W0 F ACK0 | W1 F ACK1 | W2 F ACK2.
+        assert_eq!(log.entries.len(), 12);
+        assert_eq!(promises.ready_entry, Some(2));
+        let found: Vec<(u64, u64)> = promises.acks.iter().map(|a| (a.entry_index, a.seq)).collect();
+        assert_eq!(found, vec![(5, 0), (8, 1), (11, 2)]);
+    }
+
+    #[test]
+    fn ack_area_rejects_foreign_or_out_of_order_records() {
+        let mut w = LogWriter::new(512);
+        write_ready(&mut w);
+        write_ack(&mut w, 1, 1); // ack number 0 is missing
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, w.bytes()).unwrap();
+        let log = blocklog::read_log_file(&path, DEVICE_BYTES).unwrap();
+        let err = acks_in_log(&log, &File::open(&path).unwrap(), AREA_SECTOR * 512, DEVICE_BYTES, SEED).unwrap_err();
+        assert!(err.to_string().contains("is not the run's ack number 0"), "{err}");
+        // A write straddling the area's start: the filesystem wrote past its end.
+        let mut w = LogWriter::new(512);
+        w.write_fill(AREA_SECTOR - 1, 2, 1);
+        std::fs::write(&path, w.bytes()).unwrap();
+        let log = blocklog::read_log_file(&path, DEVICE_BYTES).unwrap();
+        let err = acks_in_log(&log, &File::open(&path).unwrap(), AREA_SECTOR * 512, DEVICE_BYTES, SEED).unwrap_err();
+        assert!(err.to_string().contains("straddles"), "{err}");
+    }
+
+    #[test]
+    fn the_protocol_at_a_crash_ends_before_the_first_act_not_yet_logged() {
+        let (_, promises) = promises_of(&three_records());
+        let serial = serial(THREE_SERIAL);
+        let lines = |position| {
+            protocol_at(&serial, &promises, position)
+                .events
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        // Before the ready marker: nothing was promised, nothing begun.
+        assert_eq!(lines(2), "BOOTED workload");
+        // Marker logged, no ack yet: record 0 is in flight.
+        assert_eq!(lines(5), "BOOTED workload,READY 8,BEGIN 0 0");
+        // Ack 0 logged: record 1 may have begun, not more.
+        assert_eq!(lines(6), "BOOTED workload,READY 8,BEGIN 0 0,ACK 0 0,BEGIN 1 1");
+        // Everything logged: the whole run, DONE included.
+        assert_eq!(lines(12), THREE_SERIAL.trim_end().replace('\n', ","));
+    }
+
+    #[test]
+    fn prefix_states_are_judged_with_the_acks_of_their_epoch() {
+        let w = three_records();
+        let (log, promises) = promises_of(&w);
+        // The prefix up to record 1's flush (entries 0..8) is judged just
+        // before the next flush (entry 10) completes: ack 1 (entry 8) had
+        // been given, and the data it vouches for (entry 6) is in the prefix.
+        let state = CrashState::prefix(8);
+        assert_eq!(blocklog::crash_position(&log, &state), 10);
+        assert_eq!(earliest_crash_position(&state), 8);
+        let given = |position| {
+            protocol_at(&serial(THREE_SERIAL), &promises, position)
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::Ack { .. }))
+                .count()
+        };
+        assert_eq!(given(10), 2, "judged at the latest point: acks 0 and 1");
+        assert_eq!(given(8), 1, "the earliest point misses ack 1");
+    }
+
+    #[test]
+    fn a_hole_left_by_the_kill_ends_the_usable_log_without_failing_the_capture() {
+        let mut bytes = three_records().bytes().to_vec();
+        // A request whose entry was never written (zeros), then one that was.
+        bytes.extend_from_slice(&[0u8; 1024]);
+        let mut tail = LogWriter::new(512);
+        write_ack(&mut tail, 3, 3);
+        bytes.extend_from_slice(&tail.bytes()[512..]);
+        let dir = tempfile::tempdir().unwrap();
+        let (log_path, protocol_path, base) = (
+            dir.path().join("log"),
+            dir.path().join("proto"),
+            dir.path().join("base"),
+        );
+        std::fs::write(&log_path, &bytes).unwrap();
+        std::fs::write(
+            &protocol_path,
+            format!("{THREE_SERIAL}BEGIN 3 3\nACK 3 3\n").replace("DONE 3\n", ""),
+        )
+        .unwrap();
+        File::create(&base).unwrap().set_len(DEVICE_BYTES).unwrap();
+        let source = CaptureSource {
+            log_path: &log_path,
+            protocol_path: &protocol_path,
+            base_disk: &base,
+            ack_area_offset_bytes: AREA_SECTOR * 512,
+            seed: SEED,
+            device_bug: None,
+        };
+        let capture = read_capture(&source).unwrap();
+        assert!(capture.log.stray_data_offset_bytes.is_some());
+        assert_eq!(capture.promises.acks.len(), 3);
+        assert_eq!(
+            capture.acks_past_log_end, 1,
+            "ACK 3 lies past the hole: counted, not judged"
+        );
+
+        // Without the hole, a missing ack is an incomplete capture.
+        std::fs::write(&log_path, three_records().bytes()).unwrap();
+        let err = read_capture(&source).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("ACK 3 reached the channel but not the block log"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_dropped_flush_is_judged_with_the_acks_it_let_through() {
+        // With every flush of the log dropped (a device that ignores them),
+        // the prefix before record 0 is judged at the log's end: all three
+        // acks given, none of the records' data in it.
+        let (log, _) = promises_of(&three_records());
+        let (bad, effect) = blocklog::apply_device_bug(&log, "drop-flush:1".parse().unwrap(), &(AREA_SECTOR..128), 1);
+        assert_eq!(effect.flushes_dropped, 4);
+        let state = CrashState::prefix(0);
+        assert_eq!(blocklog::crash_position(&bad, &state), bad.entries.len() as u64);
     }
 }

@@ -114,9 +114,12 @@ fn drive_args(index: usize, drive: &Drive) -> Vec<String> {
         Drive::Logged { disk, log } => {
             args.extend(["-blockdev".to_string(), file_node(&format!("{node}-data"), disk)]);
             args.extend(["-blockdev".to_string(), file_node(&format!("{node}-log"), log)]);
+            // discard=unmap: without it QEMU drops the guest's discards
+            // before the driver sees them, and the log would never show one.
             args.push("-blockdev".to_string());
             args.push(format!(
-                "driver=blklogwrites,file={node}-data,log={node}-log,node-name={node},log-sector-size=512,log-append=off"
+                "driver=blklogwrites,file={node}-data,log={node}-log,node-name={node},log-sector-size=512,\
+                 log-append=off,discard=unmap"
             ));
         }
         Drive::Nbd { socket, export } => {

@@ -82,19 +82,16 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         crate::trial::hold_for(&plan),
         Some(ack_area_offset_bytes),
     );
-    let capture = powerloss::read_capture(
-        &log_path,
-        &trial_dir.join("workload.protocol.log"),
-        &base,
+    let capture = powerloss::read_capture(&powerloss::CaptureSource {
+        log_path: &log_path,
+        protocol_path: &trial_dir.join("workload.protocol.log"),
+        base_disk: &base,
         ack_area_offset_bytes,
-        params.seed,
-    )?;
-    let states = powerloss::plan_states(
-        &capture.log,
-        plan.workload_seed,
-        config.state_budget_per_trial(),
-        config.torn_writes,
-    );
+        seed: params.seed,
+        device_bug: config.device_bug,
+    })?;
+    let options = powerloss::plan_options(&config, plan.workload_seed, &capture, ack_area_offset_bytes);
+    let states = blocklog::plan_states(&capture.log, &options);
     let state = states.get(req.state as usize).with_context(|| {
         format!(
             "state {} does not exist: trial {} has {} states",
@@ -114,9 +111,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         .context("writing the state image")?;
     drop(sink);
 
-    let position = powerloss::crash_position(state);
-    let protocol = powerloss::protocol_at(&capture.serial, &capture.promises, position);
-    let mut verdicts = Vec::new();
+    let mut results = Vec::new();
     if req.checker != Checker::Host {
         let images = images::locate(&config.images_dir)?;
         let work = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
@@ -139,7 +134,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
             powerloss::KernelChecker::start(&ctx, work.path(), "replay", view.clone(), config.fsck_states)?;
         let check = checker.check(view, req.interrupt);
         checker.stop()?;
-        verdicts.push(("kernel", crate::trial::judge(&config, &params, &protocol, &check?)));
+        results.push(("kernel", check?));
     }
     if req.checker != Checker::Kernel {
         let scratch = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
@@ -151,8 +146,11 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
             scratch.path(),
             config.fsck_states,
         )?;
-        verdicts.push(("host", crate::trial::judge(&config, &params, &protocol, &check)));
+        results.push(("host", check));
     }
+    let judged = powerloss::judge_state(&config, &params, &capture, state, &powerloss::StateChecks::new(results));
+    let position = judged.position;
+    let verdicts = judged.verdicts;
     Ok(ReplayOutcome {
         image,
         state_kind: format!("{:?}", state.kind).to_lowercase(),

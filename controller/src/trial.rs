@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use record::protocol::{EXPORT_DATA_OFFSET_BYTES, EXPORT_TAG_PREFIX};
 use record::{Event, ProtocolLog};
 use serde::Serialize;
 
@@ -81,6 +82,9 @@ pub struct TrialRecord {
     pub mount_rc: i32,
     pub fsck: Option<FsckResult>,
     pub file_size_bytes: Option<u64>,
+    /// Why the check boot did not complete (a guest panic or hang while
+    /// recovering), when it did not.
+    pub recovery_failure: Option<String>,
     #[serde(flatten)]
     pub verdict: verifier::Verdict,
     pub workload_ms: u64,
@@ -132,7 +136,8 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
         run,
         mount_rc: check.mount_rc,
         fsck: check.fsck.clone(),
-        file_size_bytes: check.file.as_ref().map(|f| f.len() as u64),
+        file_size_bytes: check.file.size_bytes(),
+        recovery_failure: check.recovery_failure.clone(),
         verdict,
         workload_ms,
         check_ms,
@@ -230,15 +235,48 @@ pub(crate) fn run_workload(
     })
 }
 
-/// What the check boot reported.
+/// What a check (a check boot, the long-lived checker VM, or the host path)
+/// found on a recovered crash state.
 pub struct CheckResult {
+    /// Why recovery did not complete (a guest panic or hang while mounting
+    /// or reading the state, or a failed unmount).
+    pub recovery_failure: Option<String>,
     pub mount_rc: i32,
-    pub file: Option<Vec<u8>>,
+    pub file: RecoveredFile,
     pub fsck: Option<FsckResult>,
 }
 
-/// The second disk a check boot copies the data file onto. It holds the
-/// workload's file size + 1 MiB, so a file that grew past its size still
+impl CheckResult {
+    pub fn recovery_failed(reason: String) -> CheckResult {
+        CheckResult {
+            recovery_failure: Some(reason),
+            mount_rc: 0,
+            file: RecoveredFile::Missing,
+            fsck: None,
+        }
+    }
+}
+
+/// The data file after recovery, owned (see `verifier::FileFound`).
+pub enum RecoveredFile {
+    Missing,
+    Read(Vec<u8>),
+    Unreadable { size_bytes: u64, reason: String },
+}
+
+impl RecoveredFile {
+    pub fn size_bytes(&self) -> Option<u64> {
+        match self {
+            Self::Missing => None,
+            Self::Read(bytes) => Some(bytes.len() as u64),
+            Self::Unreadable { size_bytes, .. } => Some(*size_bytes),
+        }
+    }
+}
+
+/// The second disk a check copies the data file onto: the tag sector,
+/// then from `EXPORT_DATA_OFFSET_BYTES` on the copy, with room for the
+/// workload's file size + 1 MiB so that a file that grew a little still
 /// shows up (and is judged by the size rule).
 pub(crate) struct ExportDisk {
     pub path: PathBuf,
@@ -247,36 +285,59 @@ pub(crate) struct ExportDisk {
 
 impl ExportDisk {
     pub fn create(path: PathBuf, file_size_bytes: u64) -> Result<ExportDisk> {
-        let size_bytes = file_size_bytes + (1 << 20);
+        let size_bytes = EXPORT_DATA_OFFSET_BYTES + file_size_bytes + (1 << 20);
         std::fs::File::create(&path)
             .and_then(|f| f.set_len(size_bytes))
             .with_context(|| format!("cannot create {} (disk full?)", path.display()))?;
         Ok(ExportDisk { path, size_bytes })
     }
 
-    /// The first `size_bytes` the guest copied.
-    fn read_file(&self, size_bytes: u64) -> Result<Vec<u8>> {
-        if size_bytes > self.size_bytes {
+    /// Bytes of a file this large fit on the export.
+    fn holds(&self, file_size_bytes: u64) -> bool {
+        file_size_bytes <= self.size_bytes - EXPORT_DATA_OFFSET_BYTES
+    }
+
+    /// The `size_bytes` the guest copied for check `nonce`. The tag proves
+    /// the copy is this check's and complete: without it the bytes could be
+    /// an earlier state's.
+    fn read_file(&self, nonce: u64, size_bytes: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        anyhow::ensure!(
+            self.holds(size_bytes),
+            "a {size_bytes}-byte file does not fit the export disk"
+        );
+        let file = std::fs::File::open(&self.path)?;
+        let mut tag = [0u8; 512];
+        file.read_exact_at(&mut tag, 0)?;
+        let expected = format!("{EXPORT_TAG_PREFIX} {nonce} {size_bytes}\n");
+        if !tag.starts_with(expected.as_bytes()) {
+            let found =
+                String::from_utf8_lossy(&tag[..tag.iter().position(|&b| b == 0).unwrap_or(64).min(64)]).into_owned();
             bail!(
-                "the recovered file is {size_bytes} bytes, more than the export disk's {}",
-                self.size_bytes
+                "the export disk {} does not carry this check's tag (expected {:?}, found {found:?}): \
+                 the guest reported a complete copy that is not there",
+                self.path.display(),
+                expected.trim_end()
             );
         }
         let mut bytes = vec![0u8; size_bytes as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&self.path)?, &mut bytes, 0)?;
+        file.read_exact_at(&mut bytes, EXPORT_DATA_OFFSET_BYTES)?;
         Ok(bytes)
     }
 }
 
-/// The check boot's report lines (`MOUNT`, `FILE`/`NOFILE`, `FSCK`,
-/// `CHECKED`), gathered; the one-shot check boot and the long-lived
-/// checker VM both speak it.
+/// A check's report lines (`MOUNT`, `FILE`/`NOFILE`, `COPY`, `UMOUNT`,
+/// `FSCK`, `CHECKED nonce`), gathered; the one-shot check boot and the
+/// long-lived checker VM both speak it.
 #[derive(Default)]
 pub(crate) struct CheckReport {
     mount_rc: Option<i32>,
     file_size_bytes: Option<u64>,
+    copy_rc: Option<i32>,
+    umount_rc: Option<i32>,
     fsck: Option<FsckResult>,
-    pub checked: bool,
+    /// The nonce `CHECKED` echoed.
+    pub checked: Option<u64>,
 }
 
 impl CheckReport {
@@ -284,54 +345,112 @@ impl CheckReport {
         match event {
             Event::Mount { rc } => self.mount_rc = Some(*rc),
             Event::File { size_bytes } => self.file_size_bytes = Some(*size_bytes),
+            Event::Copy { rc } => self.copy_rc = Some(*rc),
+            Event::Umount { rc } => self.umount_rc = Some(*rc),
             Event::Fsck { tool, rc } if tool != "none" => {
                 self.fsck = Some(FsckResult {
                     tool: tool.clone(),
                     rc: *rc,
                 })
             }
-            Event::Checked => self.checked = true,
+            Event::Checked { nonce } => self.checked = Some(*nonce),
             _ => {}
         }
     }
 
-    /// The result, with the file's bytes read from `export`; `None` when the
-    /// report is incomplete (no `MOUNT`, or no `CHECKED`).
-    pub fn finish(self, export: &ExportDisk) -> Result<Option<CheckResult>> {
-        let (Some(mount_rc), true) = (self.mount_rc, self.checked) else {
+    /// The recovered filesystem could not be unmounted: the guest still has
+    /// it mounted, so that guest must not check another state.
+    pub fn left_mounted(&self) -> bool {
+        self.mount_rc == Some(0) && self.umount_rc != Some(0)
+    }
+
+    /// The result of check `nonce`, with the file's bytes read from
+    /// `export`; `None` when the report is incomplete (no `MOUNT`, or no
+    /// `CHECKED`). An answer for another nonce is an error.
+    pub fn finish(self, export: &ExportDisk, nonce: u64) -> Result<Option<CheckResult>> {
+        let (Some(mount_rc), Some(checked)) = (self.mount_rc, self.checked) else {
             return Ok(None);
         };
-        let file = self.file_size_bytes.map(|size| export.read_file(size)).transpose()?;
+        anyhow::ensure!(
+            checked == nonce,
+            "the guest answered check {checked} when check {nonce} was asked: its reports are out of step"
+        );
+        let fsck = self.fsck.clone();
+        if self.left_mounted() {
+            let rc = self.umount_rc.map_or("none".to_string(), |rc| rc.to_string());
+            return Ok(Some(CheckResult {
+                fsck,
+                ..CheckResult::recovery_failed(format!(
+                    "unmounting the recovered filesystem failed (umount exit status {rc})"
+                ))
+            }));
+        }
+        let file = match (self.file_size_bytes, self.copy_rc) {
+            (None, _) => RecoveredFile::Missing,
+            (Some(size_bytes), _) if !export.holds(size_bytes) => RecoveredFile::Unreadable {
+                size_bytes,
+                reason: format!(
+                    "it grew to {size_bytes} bytes, past the {} the workload gave it and the export's slack",
+                    export.size_bytes - EXPORT_DATA_OFFSET_BYTES - (1 << 20)
+                ),
+            },
+            (Some(size_bytes), Some(0)) => RecoveredFile::Read(export.read_file(nonce, size_bytes)?),
+            (Some(size_bytes), rc) => RecoveredFile::Unreadable {
+                size_bytes,
+                reason: format!(
+                    "copying it out in the guest failed (dd exit status {}): an I/O error reading the recovered file",
+                    rc.map_or("none".to_string(), |rc| rc.to_string())
+                ),
+            },
+        };
         Ok(Some(CheckResult {
+            recovery_failure: None,
             mount_rc,
             file,
-            fsck: self.fsck,
+            fsck,
         }))
     }
 }
 
+/// The one-shot check boot of a kernel-crash trial. A guest that booted and
+/// then died or fell silent before `CHECKED` did so while recovering the
+/// crashed disk: a finding of this trial, with the console's last lines.
+/// A guest that never booted is a setup error.
 fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> Result<CheckResult> {
+    const NONCE: u64 = 1;
     let export = ExportDisk::create(dir.join("export.img"), ctx.config.file_size_bytes)?;
+    let mut kernel_args = base_kernel_args(ctx.config, "check");
+    kernel_args.push(format!("crashlab.nonce={NONCE}"));
     let spec = VmSpec {
         images: ctx.images.clone(),
         accel: ctx.accel,
         memory_mib: ctx.config.guest_memory_mib,
-        kernel_args: base_kernel_args(ctx.config, "check"),
+        kernel_args,
         drives: vec![Drive::Raw(disk.to_path_buf()), Drive::Raw(export.path.clone())],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
     };
     let mut report = CheckReport::default();
+    let mut booted = false;
     let run = vm::run_vm(spec, files, limits(ctx.config), ctx.interrupt, |event, _| {
-        if let Some(event) = event {
-            report.observe(event);
+        match event {
+            Some(Event::Booted { .. }) => booted = true,
+            Some(event) => report.observe(event),
+            None => {}
         }
         Action::Continue
     })?;
     vm::bail_if_interrupted(run.outcome)?;
-    match report.finish(&export)? {
+    let outcome = run.outcome;
+    match report.finish(&export, NONCE)? {
         Some(result) => Ok(result),
-        None => Err(vm::boot_failure("check boot did not finish", run.outcome, files)),
+        None if booted => Ok(CheckResult::recovery_failed(format!(
+            "the check boot ended before finishing ({outcome:?}) while recovering the crashed disk: \
+             a guest kernel panic or hang? console {}:\n{}",
+            files.console_log.display(),
+            vm::tail_of(&files.console_log, 8)
+        ))),
+        None => Err(vm::boot_failure("check boot did not start", outcome, files)),
     }
 }
 
@@ -345,8 +464,16 @@ pub fn judge(
         params,
         protocol,
         recovered: verifier::Recovered {
+            recovery_failure: check.recovery_failure.clone(),
             mount_rc: check.mount_rc,
-            file: check.file.as_deref(),
+            file: match &check.file {
+                RecoveredFile::Missing => verifier::FileFound::Missing,
+                RecoveredFile::Read(bytes) => verifier::FileFound::Read(bytes),
+                RecoveredFile::Unreadable { size_bytes, reason } => verifier::FileFound::Unreadable {
+                    size_bytes: *size_bytes,
+                    reason: reason.clone(),
+                },
+            },
             fsck: check.fsck.as_ref().map(|f| (f.tool.clone(), f.rc)),
         },
     };

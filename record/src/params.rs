@@ -105,19 +105,48 @@ impl TryFrom<String> for DurabilityMode {
     }
 }
 
-/// Deliberate bugs that tests use to prove the verifier catches a lying
-/// application.
+/// Deliberate workload bugs: each acknowledges a record that is not
+/// durable, so a tester worth its name must catch it. They exist to measure
+/// the checks' sensitivity (`cargo xtask sensitivity`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(into = "String", try_from = "String")]
 pub enum PlantedBug {
     /// Acknowledge each record before its durability call, not after.
     AckBeforeSync,
+    /// Skip the durability call of one batch in `every` (the first of each
+    /// `every`), acknowledging it anyway.
+    SkipSync { every: u32 },
+    /// Sync the page before the record's page (the file's last page for
+    /// the first one) instead of the record's own.
+    SyncWrongRange,
+    /// Use `MS_ASYNC` where `MS_SYNC` was promised, for one batch in
+    /// `every` (the first of each `every`).
+    AsyncInsteadOfSync { every: u32 },
+}
+
+/// Default N of "one in N" planted bugs.
+pub const PLANTED_BUG_DEFAULT_EVERY: u32 = 4;
+pub const PLANTED_BUG_EVERY_MAX: u32 = 1_000_000;
+
+impl PlantedBug {
+    pub const ALL_NAMES: &'static str = "ack-before-sync, skip-sync[:N], sync-wrong-range, async-instead-of-sync[:N]";
+
+    /// Whether the bug applies to durability call number `call` (from 0).
+    pub fn hits(self, call: u64) -> bool {
+        match self {
+            Self::SkipSync { every } | Self::AsyncInsteadOfSync { every } => call.is_multiple_of(u64::from(every)),
+            Self::AckBeforeSync | Self::SyncWrongRange => true,
+        }
+    }
 }
 
 impl fmt::Display for PlantedBug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AckBeforeSync => write!(f, "ack-before-sync"),
+            Self::SkipSync { every } => write!(f, "skip-sync:{every}"),
+            Self::SyncWrongRange => write!(f, "sync-wrong-range"),
+            Self::AsyncInsteadOfSync { every } => write!(f, "async-instead-of-sync:{every}"),
         }
     }
 }
@@ -125,12 +154,50 @@ impl fmt::Display for PlantedBug {
 impl FromStr for PlantedBug {
     type Err = ParamsError;
     fn from_str(s: &str) -> Result<Self, ParamsError> {
-        match s {
-            "ack-before-sync" => Ok(Self::AckBeforeSync),
-            _ => Err(ParamsError(format!(
-                "unknown planted bug {s:?}: the only one is ack-before-sync"
-            ))),
-        }
+        let (name, every) = match s.split_once(':') {
+            Some((name, n)) => match n.parse::<u32>() {
+                Ok(n) if (1..=PLANTED_BUG_EVERY_MAX).contains(&n) => (name, Some(n)),
+                _ => {
+                    return Err(ParamsError(format!(
+                        "planted bug {s:?}: N must be a number from 1 to {PLANTED_BUG_EVERY_MAX}"
+                    )))
+                }
+            },
+            None => (s, None),
+        };
+        let bug = match (name, every) {
+            ("ack-before-sync", None) => Self::AckBeforeSync,
+            ("sync-wrong-range", None) => Self::SyncWrongRange,
+            ("skip-sync", n) => Self::SkipSync {
+                every: n.unwrap_or(PLANTED_BUG_DEFAULT_EVERY),
+            },
+            ("async-instead-of-sync", n) => Self::AsyncInsteadOfSync {
+                every: n.unwrap_or(PLANTED_BUG_DEFAULT_EVERY),
+            },
+            ("ack-before-sync" | "sync-wrong-range", Some(_)) => {
+                return Err(ParamsError(format!("planted bug {name} takes no :N")))
+            }
+            _ => {
+                return Err(ParamsError(format!(
+                    "unknown planted bug {s:?}: use one of {}",
+                    Self::ALL_NAMES
+                )))
+            }
+        };
+        Ok(bug)
+    }
+}
+
+impl From<PlantedBug> for String {
+    fn from(bug: PlantedBug) -> String {
+        bug.to_string()
+    }
+}
+
+impl TryFrom<String> for PlantedBug {
+    type Error = ParamsError;
+    fn try_from(s: String) -> Result<Self, ParamsError> {
+        s.parse()
     }
 }
 
@@ -276,7 +343,7 @@ impl WorkloadParams {
                 "hold_after_acks" => hold_after_acks = Some(num(value)?),
                 "ack_offset" => ack_area_offset_bytes = Some(num(value)?),
                 // Keys read by the guest's init script, not by the workload.
-                "role" | "fs" | "mount_opts" | "fsck" => {}
+                "role" | "fs" | "mount_opts" | "fsck" | "nonce" => {}
                 _ => return Err(ParamsError(format!("unknown parameter {PREFIX}{key}"))),
             }
         }
@@ -367,6 +434,33 @@ mod tests {
             .unwrap_err()
             .0
             .contains("bogus"));
+    }
+
+    #[test]
+    fn planted_bugs_parse_print_and_explain() {
+        for name in [
+            "ack-before-sync",
+            "skip-sync:3",
+            "sync-wrong-range",
+            "async-instead-of-sync:1",
+        ] {
+            assert_eq!(name.parse::<PlantedBug>().unwrap().to_string(), name);
+        }
+        assert_eq!(
+            "skip-sync".parse::<PlantedBug>().unwrap(),
+            PlantedBug::SkipSync { every: 4 }
+        );
+        assert!("skip-sync:0".parse::<PlantedBug>().unwrap_err().0.contains("from 1"));
+        assert!("ack-before-sync:2"
+            .parse::<PlantedBug>()
+            .unwrap_err()
+            .0
+            .contains("no :N"));
+        assert!("lie".parse::<PlantedBug>().unwrap_err().0.contains("sync-wrong-range"));
+        let bug = PlantedBug::SkipSync { every: 3 };
+        assert_eq!((0..7).filter(|&c| bug.hits(c)).collect::<Vec<_>>(), vec![0, 3, 6]);
+        let json = serde_json::to_string(&bug).unwrap();
+        assert_eq!(json, "\"skip-sync:3\"");
     }
 
     #[test]

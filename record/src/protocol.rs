@@ -13,12 +13,26 @@
 //! | `HOLD acks`           | workload | crash-point hook reached; waiting to be killed|
 //! | `ERR op errno`        | workload | a syscall failed; the run ends                |
 //! | `DONE records`        | workload | all records written                           |
-//! | `MOUNT rc`            | init     | check boot: mount's exit status               |
-//! | `FILE size` / `NOFILE`| init     | check boot: data file exported / absent       |
-//! | `FSCK tool rc`        | init     | check boot: read-only fsck's exit status      |
-//! | `CHECKED`             | init     | check boot finished                           |
+//! | `MOUNT rc`            | init     | check: mount's exit status                    |
+//! | `FILE size` / `NOFILE`| init     | check: the data file's size / it is absent    |
+//! | `COPY rc`             | init     | check: exit status of copying it to the export|
+//! | `UMOUNT rc`           | init     | check: umount's exit status                   |
+//! | `FSCK tool rc`        | init     | check: read-only fsck's exit status           |
+//! | `CHECKED nonce`       | init     | check finished; `nonce` is the host's, echoed |
+//!
+//! The host asks a long-lived checker for a check with `CHECK nonce` (and a
+//! one-shot check boot reads the nonce from `crashlab.nonce=`). After a
+//! complete copy the guest writes `CRASHLAB-EXPORT nonce size` into the
+//! export disk's first sector ([`EXPORT_TAG_PREFIX`]), so the host can tell
+//! this check's bytes from an earlier one's.
 
 use std::fmt;
+
+/// First word of the tag a check writes into the export disk's first
+/// sector after copying the data file: `CRASHLAB-EXPORT nonce size\n`.
+pub const EXPORT_TAG_PREFIX: &str = "CRASHLAB-EXPORT";
+/// Where the copy of the data file starts on the export disk.
+pub const EXPORT_DATA_OFFSET_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -32,8 +46,10 @@ pub enum Event {
     Mount { rc: i32 },
     File { size_bytes: u64 },
     NoFile,
+    Copy { rc: i32 },
+    Umount { rc: i32 },
     Fsck { tool: String, rc: i32 },
-    Checked,
+    Checked { nonce: u64 },
 }
 
 impl fmt::Display for Event {
@@ -49,8 +65,10 @@ impl fmt::Display for Event {
             Self::Mount { rc } => write!(f, "MOUNT {rc}"),
             Self::File { size_bytes } => write!(f, "FILE {size_bytes}"),
             Self::NoFile => write!(f, "NOFILE"),
+            Self::Copy { rc } => write!(f, "COPY {rc}"),
+            Self::Umount { rc } => write!(f, "UMOUNT {rc}"),
             Self::Fsck { tool, rc } => write!(f, "FSCK {tool} {rc}"),
-            Self::Checked => write!(f, "CHECKED"),
+            Self::Checked { nonce } => write!(f, "CHECKED {nonce}"),
         }
     }
 }
@@ -109,11 +127,13 @@ impl Event {
                 size_bytes: num(field()?)?,
             },
             "NOFILE" => Event::NoFile,
+            "COPY" => Event::Copy { rc: int(field()?)? },
+            "UMOUNT" => Event::Umount { rc: int(field()?)? },
             "FSCK" => Event::Fsck {
                 tool: field()?.to_string(),
                 rc: int(field()?)?,
             },
-            "CHECKED" => Event::Checked,
+            "CHECKED" => Event::Checked { nonce: num(field()?)? },
             _ => return Err("unknown tag"),
         };
         if words.next().is_some() {
@@ -181,11 +201,13 @@ mod tests {
             Event::Mount { rc: 0 },
             Event::File { size_bytes: 4096 },
             Event::NoFile,
+            Event::Copy { rc: 1 },
+            Event::Umount { rc: 0 },
             Event::Fsck {
                 tool: "e2fsck".into(),
                 rc: 0,
             },
-            Event::Checked,
+            Event::Checked { nonce: 77 },
         ];
         for e in events {
             assert_eq!(Event::parse(&e.to_string()), Ok(e));

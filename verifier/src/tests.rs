@@ -81,8 +81,12 @@ impl Scenario {
             params: &self.params,
             protocol: &self.log,
             recovered: Recovered {
+                recovery_failure: None,
                 mount_rc: self.mount_rc,
-                file: self.file_present.then_some(&self.file[..]),
+                file: match self.file_present {
+                    true => FileFound::Read(&self.file[..]),
+                    false => FileFound::Missing,
+                },
                 fsck: self.fsck.clone(),
             },
         };
@@ -192,6 +196,64 @@ fn torn_acked_record_is_lost() {
 }
 
 #[test]
+fn in_flight_record_may_mix_old_and_new_bytes_within_a_sector() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    for seq in 0..4 {
+        s.durable(seq);
+    }
+    s.begin(4); // seq 4 in flight over acked seq 0
+    let new = Scenario::record(4);
+    // Every other 16-byte run new: no sector is one whole version.
+    for i in (0..RS).step_by(32) {
+        s.file[i..i + 16].copy_from_slice(&new[i..i + 16]);
+    }
+    let v = s.verify(Profile::Linux);
+    assert!(v.passed, "{:?}", v.violations);
+    assert_eq!(v.slots[0], SlotState::Torn);
+}
+
+#[test]
+fn byte_mixes_stay_violations_in_acked_and_unwritten_slots() {
+    // Acked slot: seq 4 acked over seq 0; a few bytes of seq 0 inside a
+    // sector of seq 4 mean the acked record was partly lost.
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    for seq in 0..5 {
+        s.durable(seq);
+    }
+    let old = Scenario::record(0);
+    let at = (0..RS).find(|&i| old[i] != Scenario::record(4)[i] && i > 600).unwrap();
+    s.file[at] = old[at];
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::AckedRecordLost], "{:?}", v.violations);
+    assert_eq!(
+        v.slots[0],
+        SlotState::Lost {
+            expected_seq: 4,
+            found_seq: None
+        }
+    );
+
+    // Never-begun slot: zeros with a few bytes of a record of this run that
+    // belongs elsewhere are stale.
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    let other = Scenario::record(0);
+    s.file[3 * RS + 600..3 * RS + 610].copy_from_slice(&other[600..610]);
+    let v = s.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::StaleBytes], "{:?}", v.violations);
+    assert_eq!(v.violations[0].slot, Some(3));
+
+    // In-flight slot: a byte that neither version holds is stale.
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    s.begin(1);
+    let new = Scenario::record(1);
+    s.file[RS..2 * RS].copy_from_slice(&new);
+    s.file[RS + 700] = new[700] ^ 0xff;
+    assert_eq!(rules(&s.verify(Profile::Linux)), vec![Rule::StaleBytes]);
+}
+
+#[test]
 fn stale_bytes_are_a_violation() {
     let mut s = Scenario::new(DurabilityMode::MsSync);
     s.durable(0);
@@ -201,7 +263,7 @@ fn stale_bytes_are_a_violation() {
     assert_eq!(rules(&v), vec![Rule::StaleBytes]);
     assert_eq!(v.violations[0].slot, Some(1));
     assert!(
-        v.violations[0].hex_excerpt.as_deref().unwrap().starts_with("@0x200:"),
+        v.violations[0].hex_excerpt.as_deref().unwrap().starts_with("@0x250:"),
         "{:?}",
         v.violations[0]
     );
@@ -253,19 +315,28 @@ fn record_never_begun_is_foreign() {
 }
 
 #[test]
-fn short_file_breaks_the_size_rule_on_linux_only() {
-    let mut s = Scenario::new(DurabilityMode::MsSync);
-    for seq in 0..4 {
-        s.durable(seq);
+fn short_file_breaks_the_size_rule_under_every_mode_and_profile() {
+    // The file was sized and fsynced before READY: its size is durable
+    // whatever the mode promises for records and whatever the profile.
+    for mode in [DurabilityMode::MsSync, DurabilityMode::MsAsync, DurabilityMode::None] {
+        let mut s = Scenario::new(mode);
+        s.durable(0);
+        s.file.truncate(3 * RS); // still covers the acked record
+        for profile in [Profile::Linux, Profile::Posix] {
+            let v = s.verify(profile);
+            assert_eq!(rules(&v), vec![Rule::SizeDurable], "{mode} {profile:?}");
+            assert!(v.violations[0].reason.contains("synced before READY"));
+            assert_eq!(v.slots[3], SlotState::Missing);
+        }
     }
-    s.file.truncate(2 * RS);
-    let v = s.verify(Profile::Linux);
-    assert_eq!(rules(&v), vec![Rule::SizeCoversAcked]);
-    assert_eq!(v.slots[3], SlotState::Missing);
+}
 
-    let v = s.verify(Profile::Posix);
-    assert!(v.passed, "{:?}", v.violations);
-    assert!(v.observations.iter().any(|f| f.rule == Rule::SizeCoversAcked));
+#[test]
+fn before_ready_the_size_is_not_promised() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.log.events.clear();
+    s.file.truncate(0);
+    assert!(s.verify(Profile::Linux).passed);
 }
 
 #[test]
@@ -297,10 +368,67 @@ fn missing_file_after_ready() {
     s.durable(0);
     s.file_present = false;
     assert_eq!(rules(&s.verify(Profile::Linux)), vec![Rule::FilePresent]);
-    assert!(s.verify(Profile::Posix).passed);
+    // The file and its directory were fsynced before READY: POSIX promises
+    // that too.
+    assert_eq!(rules(&s.verify(Profile::Posix)), vec![Rule::FilePresent]);
     // Before READY the file may not exist yet.
     s.log.events.clear();
     assert!(s.verify(Profile::Linux).passed);
+}
+
+#[test]
+fn unreadable_file_is_a_violation_of_that_state() {
+    let s = Scenario::new(DurabilityMode::MsAsync);
+    let evidence = Evidence {
+        params: &s.params,
+        protocol: &s.log,
+        recovered: Recovered {
+            recovery_failure: None,
+            mount_rc: 0,
+            file: FileFound::Unreadable {
+                size_bytes: s.params.file_size_bytes,
+                reason: "dd exit status 1".into(),
+            },
+            fsck: None,
+        },
+    };
+    let v = verify(&evidence, Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::FileReadable]);
+    assert!(v.violations[0].reason.contains("dd exit status 1"));
+    // One that grew is unreadable too, and breaks the size rule.
+    let grown = Evidence {
+        recovered: Recovered {
+            file: FileFound::Unreadable {
+                size_bytes: s.params.file_size_bytes * 3,
+                reason: "larger than the export disk".into(),
+            },
+            ..evidence.recovered.clone()
+        },
+        ..evidence
+    };
+    assert_eq!(
+        rules(&verify(&grown, Profile::Linux)),
+        vec![Rule::SizeNotGrown, Rule::FileReadable]
+    );
+}
+
+#[test]
+fn failed_recovery_is_the_only_finding() {
+    let mut s = Scenario::new(DurabilityMode::MsSync);
+    s.durable(0);
+    let evidence = Evidence {
+        params: &s.params,
+        protocol: &s.log,
+        recovered: Recovered {
+            recovery_failure: Some("the guest kernel panicked while mounting".into()),
+            mount_rc: 0,
+            file: FileFound::Missing,
+            fsck: None,
+        },
+    };
+    let v = verify(&evidence, Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::RecoveryCompletes]);
+    assert!(v.violations[0].reason.contains("panicked"));
 }
 
 #[test]

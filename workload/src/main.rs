@@ -9,7 +9,8 @@
 //!
 //! Invariants:
 //! - a record is acknowledged only after its durability call returned 0
-//!   (unless the planted bug `ack-before-sync` is on, which exists for tests);
+//!   (unless a planted bug is on: they exist to measure the checks, see
+//!   `record::PlantedBug`);
 //! - a failed syscall is reported as `ERR op errno` and ends the run: nothing
 //!   after it is acknowledged;
 //! - nothing depends on the wall clock.
@@ -99,6 +100,7 @@ fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Resul
     let batch = params.mode.batch_records() as usize;
     let mut pending: Vec<(u64, u64)> = Vec::with_capacity(batch);
     let mut acks = 0u64;
+    let mut sync_calls = 0u64;
     for seq in 0..params.records {
         let slot = seq % params.slots();
         channel.emit(&Event::Begin { seq, slot });
@@ -118,12 +120,21 @@ fn run(params: &WorkloadParams, data_path: &str, channel: &mut Channel) -> Resul
         if !batch_full {
             continue;
         }
-        let ack_first = params.planted_bug == Some(PlantedBug::AckBeforeSync);
-        if ack_first {
+        let call = match params.planted_bug {
+            Some(bug) if bug.hits(sync_calls) => match bug {
+                PlantedBug::AckBeforeSync => SyncCall::AfterAck,
+                PlantedBug::SkipSync { .. } => SyncCall::Skipped,
+                PlantedBug::SyncWrongRange => SyncCall::PageBefore,
+                PlantedBug::AsyncInsteadOfSync { .. } => SyncCall::AsyncOnly,
+            },
+            _ => SyncCall::AsPromised,
+        };
+        sync_calls += 1;
+        if call == SyncCall::AfterAck {
             acknowledge(&pending, &mut acks, params, &mut ack_log, channel)?;
         }
-        sync_records(&mut file, params.mode, &pending, record_size)?;
-        if !ack_first {
+        sync_records(&mut file, params.mode, &pending, record_size, call)?;
+        if call != SyncCall::AfterAck {
             acknowledge(&pending, &mut acks, params, &mut ack_log, channel)?;
         }
         pending.clear();
@@ -166,27 +177,58 @@ fn acknowledge(
     Ok(())
 }
 
-/// Makes the records in `pending` durable the way `mode` says.
+/// How one durability call is made: as the mode promises, or broken by a
+/// planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncCall {
+    AsPromised,
+    /// As promised, but after the ack (`ack-before-sync`).
+    AfterAck,
+    /// Not at all (`skip-sync`).
+    Skipped,
+    /// A bare `MS_ASYNC` over the range (`async-instead-of-sync`).
+    AsyncOnly,
+    /// As promised, over the page before the range (`sync-wrong-range`).
+    PageBefore,
+}
+
+/// Makes the records in `pending` durable the way `mode` says (unless a
+/// planted bug breaks the call).
 fn sync_records(
     file: &mut MappedFile,
     mode: DurabilityMode,
     pending: &[(u64, u64)],
     record_size: usize,
+    call: SyncCall,
 ) -> Result<(), SyscallError> {
+    if call == SyncCall::Skipped {
+        return Ok(());
+    }
     for (first_slot, count) in contiguous_runs(pending) {
-        let offset = first_slot as usize * record_size;
-        let len = count * record_size;
-        match mode {
-            DurabilityMode::MsSync | DurabilityMode::Batch(_) => file.msync(offset, len, true)?,
-            DurabilityMode::MsAsync | DurabilityMode::MsAsyncFsync | DurabilityMode::MsAsyncFdatasync => {
+        let mut offset = first_slot as usize * record_size;
+        let mut len = count * record_size;
+        if call == SyncCall::PageBefore {
+            let page = file.page_size_bytes();
+            let record_page = offset - offset % page;
+            offset = match record_page.checked_sub(page) {
+                Some(before) => before,
+                None => file.size_bytes().saturating_sub(page), // wraps to the last page
+            };
+            len = len.min(file.size_bytes() - offset);
+        }
+        match (mode, call) {
+            (_, SyncCall::AsyncOnly) => file.msync(offset, len, false)?,
+            (DurabilityMode::MsSync | DurabilityMode::Batch(_), _) => file.msync(offset, len, true)?,
+            (DurabilityMode::MsAsync | DurabilityMode::MsAsyncFsync | DurabilityMode::MsAsyncFdatasync, _) => {
                 file.msync(offset, len, false)?
             }
-            DurabilityMode::None => {}
+            (DurabilityMode::None, _) => {}
         }
     }
-    match mode {
-        DurabilityMode::MsAsyncFsync => file.fsync(),
-        DurabilityMode::MsAsyncFdatasync => file.fdatasync(),
+    match (mode, call) {
+        (_, SyncCall::AsyncOnly) => Ok(()),
+        (DurabilityMode::MsAsyncFsync, _) => file.fsync(),
+        (DurabilityMode::MsAsyncFdatasync, _) => file.fdatasync(),
         _ => Ok(()),
     }
 }

@@ -97,6 +97,14 @@ impl MappedFile {
         })
     }
 
+    pub fn page_size_bytes(&self) -> usize {
+        self.page_size_bytes
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.size_bytes
+    }
+
     pub fn record_mut(&mut self, slot: u64, record_size: usize) -> &mut [u8] {
         let offset = slot as usize * record_size;
         assert!(offset + record_size <= self.size_bytes, "slot {slot} outside the file");
