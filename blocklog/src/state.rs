@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::InvalidState;
 use crate::parse::{LogEntry, ParsedLog};
 use crate::rng::{mix64, SplitMix64};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -233,35 +233,39 @@ impl PlanOptions {
 /// on every platform.
 pub fn random_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> {
     let epochs = build_epochs(log, options);
-    let mut states = Vec::new();
-    let Some(picker) = EpochPicker::new(&epochs) else {
-        return states;
+    let mut plan = Plan::default();
+    draw_into(log, options, &epochs, &mut plan, options.budget);
+    plan.states.into_iter().map(|p| p.state).collect()
+}
+
+/// Draws random states into `plan` until it holds `target` states or the
+/// draws run out (`16 * budget + 64`); see [`random_states`].
+fn draw_into(log: &ParsedLog, options: &PlanOptions, epochs: &[Epoch], plan: &mut Plan, target: usize) {
+    let Some(picker) = EpochPicker::new(epochs) else {
+        return;
     };
     let mut rng = SplitMix64::new(options.seed);
-    let mut seen = HashSet::new();
     let max_draws = options.budget.saturating_mul(16).saturating_add(64);
     for _ in 0..max_draws {
-        if states.len() >= options.budget {
+        if plan.states.len() >= target {
             break;
         }
         let epoch = &epochs[picker.pick(&mut rng)];
         let state = draw_state(&mut rng, log, epoch, options.torn);
-        if seen.insert(epoch.key_of(log, &state, options)) {
-            states.push(state);
-        }
+        let key = epoch.key_of(log, &state, options);
+        let position = crash_position_unchecked(log, &state);
+        plan.offer(state, key, position);
     }
-    states
 }
 
 /// A trial's states: every flush-boundary prefix (evenly thinned when they
-/// alone would exceed half the budget), then random states up to the
-/// budget. Two states with the same persisted contents are one state,
-/// judged at the later of their crash positions (more acks given, same
-/// bytes: a strictly stronger check). Deterministic for a given log and
-/// options.
+/// alone would exceed half the budget), then random states until the
+/// budget is full or the draws run out. Two states with the same persisted
+/// contents are one state, judged at the later of their crash positions
+/// (more acks given, same bytes: a strictly stronger check). Deterministic
+/// for a given log and options.
 pub fn plan_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> {
     let epochs = build_epochs(log, options);
-    let mut plan = Plan::default();
     let mut prefixes = Plan::default();
     for state in prefix_states(log) {
         let key = match epochs.binary_search_by_key(&state.prefix_entries, |e| e.prefix_entries) {
@@ -275,23 +279,12 @@ pub fn plan_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> {
     let prefixes = prefixes.states;
     let step = (prefixes.len() as f64 / prefix_cap as f64).max(1.0);
     let kept = (0..prefix_cap.min(prefixes.len())).map(|i| (i as f64 * step) as usize);
+    let mut plan = Plan::default();
     for i in kept.take(options.budget) {
         let planned = &prefixes[i];
         plan.offer(planned.state.clone(), planned.key, planned.position);
     }
-    let random_budget = options.budget.saturating_sub(plan.states.len());
-    let random_options = PlanOptions {
-        budget: random_budget + random_budget / 4,
-        ..options.clone()
-    };
-    for state in random_states(log, &random_options) {
-        if plan.states.len() >= options.budget {
-            break;
-        }
-        let key = state_key(log, &state, &options.ignored_sectors);
-        let position = crash_position_unchecked(log, &state);
-        plan.offer(state, key, position);
-    }
+    draw_into(log, options, &epochs, &mut plan, options.budget);
     plan.states.into_iter().map(|p| p.state).collect()
 }
 

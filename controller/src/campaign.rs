@@ -188,6 +188,9 @@ pub struct CampaignRequest<'a> {
 }
 
 pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
+    // The campaign's clock includes its setup (accelerator choice, mkfs):
+    // `elapsed_s` and `first_failure_after_s` are wall time a user waits.
+    let start = Instant::now();
     let config = req.config;
     config.validate().map_err(anyhow::Error::msg)?;
     if let Some(t) = req.only_trial {
@@ -255,7 +258,6 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         results_dir: dir.clone(),
         ..Default::default()
     };
-    let start = Instant::now();
     let mut failure = None;
     let pctx = PowerLossContext {
         trial: &ctx,

@@ -454,7 +454,11 @@ pub fn host_check_ext4(
     };
     let out = scratch_dir.join("host-state.dat");
     let _ = std::fs::remove_file(&out);
+    // -c (catastrophic mode): bitmaps are not read. Dumping a file needs
+    // only its inode and extents, and a torn bitmap write (allowed in the
+    // open epoch) would otherwise make debugfs refuse the whole filesystem.
     let dump = Command::new("debugfs")
+        .arg("-c")
         .arg("-R")
         .arg(format!("dump {} {}", crate::trial::DATA_FILE_PATH, out.display()))
         .arg(&image)
@@ -467,7 +471,7 @@ pub fn host_check_ext4(
         RecoveredFile::Read(std::fs::read(&out)?)
     } else {
         RecoveredFile::Unreadable {
-            size_bytes: 0,
+            size_bytes: None,
             reason: format!("debugfs could not dump it: {}", stderr.trim()),
         }
     };
@@ -1458,5 +1462,170 @@ mod tests {
         assert_eq!(effect.flushes_dropped, 4);
         let state = CrashState::prefix(0);
         assert_eq!(blocklog::crash_position(&bad, &state), bad.entries.len() as u64);
+    }
+
+    // ---------------------------------------------------------------
+    // The sensitivity catalogue on hand-built logs: a "filesystem" that
+    // keeps the data file in sectors 0.. of the disk, so a state's first
+    // bytes are the file. Each planted bug's log pattern, planned, judged
+    // at each state's crash point, must fail some state; the correct
+    // pattern must fail none.
+
+    const RECORD_BYTES: usize = 512;
+    const RECORDS: u64 = 12;
+
+    fn record_bytes(seq: u64) -> Vec<u8> {
+        record::layout::encode_vec(&record::RecordHeader {
+            record_size_bytes: RECORD_BYTES as u32,
+            seq,
+            slot: seq,
+            seed: SEED,
+        })
+    }
+
+    /// How a planted workload bug changes one record's log pattern.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Pattern {
+        Correct,
+        AckBeforeSync,
+        /// No data write and no flush for odd records (skip-sync,
+        /// async-instead-of-sync: MS_ASYNC writes nothing back).
+        SkipOdd,
+        /// The sync writes the record before's sector, not this one.
+        WrongRange,
+    }
+
+    fn workload_log(pattern: Pattern) -> (LogWriter, String) {
+        let mut w = LogWriter::new(512);
+        w.flush();
+        write_ready(&mut w);
+        let mut serial = format!("BOOTED workload\nREADY {RECORDS}\n");
+        for seq in 0..RECORDS {
+            serial += &format!("BEGIN {seq} {seq}\n");
+            match pattern {
+                Pattern::Correct => {
+                    w.write(seq, &record_bytes(seq)).flush();
+                    write_ack(&mut w, seq, seq);
+                }
+                Pattern::AckBeforeSync => {
+                    write_ack(&mut w, seq, seq);
+                    w.write(seq, &record_bytes(seq)).flush();
+                }
+                Pattern::SkipOdd if seq % 2 == 1 => write_ack(&mut w, seq, seq),
+                Pattern::SkipOdd => {
+                    w.write(seq, &record_bytes(seq)).flush();
+                    write_ack(&mut w, seq, seq);
+                }
+                Pattern::WrongRange => {
+                    if seq > 0 {
+                        w.write(seq - 1, &record_bytes(seq - 1));
+                    }
+                    w.flush();
+                    write_ack(&mut w, seq, seq);
+                }
+            }
+            serial += &format!("ACK {seq} {seq}\n");
+        }
+        (w, serial + &format!("DONE {RECORDS}\n"))
+    }
+
+    /// Plans every state of the log (after the device bug, if any), judges
+    /// each on its file bytes at its crash point; returns (failed, total).
+    fn judge_all(w: &LogWriter, serial_text: &str, device_bug: Option<&str>) -> (usize, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_path, protocol_path, base) = (
+            dir.path().join("log"),
+            dir.path().join("proto"),
+            dir.path().join("base"),
+        );
+        std::fs::write(&log_path, w.bytes()).unwrap();
+        std::fs::write(&protocol_path, serial_text).unwrap();
+        File::create(&base).unwrap().set_len(DEVICE_BYTES).unwrap();
+        let capture = read_capture(&CaptureSource {
+            log_path: &log_path,
+            protocol_path: &protocol_path,
+            base_disk: &base,
+            ack_area_offset_bytes: AREA_SECTOR * 512,
+            seed: SEED,
+            device_bug: device_bug.map(|b| b.parse().unwrap()),
+        })
+        .unwrap();
+        let options = blocklog::PlanOptions {
+            seed: 3,
+            budget: 400,
+            torn: false,
+            ignored_sectors: ack_area_sectors(AREA_SECTOR * 512, DEVICE_BYTES),
+        };
+        let states = blocklog::plan_states(&capture.log, &options);
+        let params = record::WorkloadParams {
+            mode: record::DurabilityMode::MsSync,
+            record_size_bytes: RECORD_BYTES as u32,
+            file_size_bytes: RECORD_BYTES as u64 * RECORDS,
+            records: RECORDS,
+            seed: SEED,
+            planted_bug: None,
+            hold_after_acks: None,
+            ack_area_offset_bytes: Some(AREA_SECTOR * 512),
+        };
+        let failed = states
+            .iter()
+            .filter(|state| {
+                let mut image = vec![0u8; DEVICE_BYTES as usize];
+                blocklog::apply_state(w.bytes(), &capture.log, state, &mut image).unwrap();
+                let position = blocklog::crash_position(&capture.log, state);
+                let protocol = protocol_at(&capture.serial, &capture.promises, position);
+                let file = &image[..params.file_size_bytes as usize];
+                let evidence = verifier::Evidence {
+                    params: &params,
+                    protocol: &protocol,
+                    recovered: verifier::Recovered {
+                        recovery_failure: None,
+                        mount_rc: 0,
+                        file: verifier::FileFound::Read(file),
+                        fsck: None,
+                    },
+                };
+                let verdict = verifier::verify(&evidence, verifier::Profile::Linux);
+                if !verdict.passed {
+                    assert_eq!(verdict.violations[0].rule, verifier::Rule::AckedRecordLost, "{state:?}");
+                }
+                !verdict.passed
+            })
+            .count();
+        (failed, states.len())
+    }
+
+    #[test]
+    fn the_correct_pattern_fails_no_state() {
+        let (w, serial) = workload_log(Pattern::Correct);
+        let (failed, total) = judge_all(&w, &serial, None);
+        assert!(total > RECORDS as usize, "{total}");
+        assert_eq!(failed, 0);
+    }
+
+    #[test]
+    fn each_planted_workload_bug_fails_some_state() {
+        for pattern in [Pattern::AckBeforeSync, Pattern::SkipOdd, Pattern::WrongRange] {
+            let (w, serial) = workload_log(pattern);
+            let (failed, total) = judge_all(&w, &serial, None);
+            assert!(failed > 0, "caught in {failed} of {total} states");
+        }
+    }
+
+    #[test]
+    fn each_planted_device_bug_fails_some_state() {
+        let (w, serial) = workload_log(Pattern::Correct);
+        for bug in ["drop-flush:2", "reorder-across-flush:2"] {
+            let (failed, total) = judge_all(&w, &serial, Some(bug));
+            assert!(failed > 0, "{bug}: caught in {failed} of {total} states");
+        }
+    }
+
+    #[test]
+    fn a_device_without_flushes_loses_acked_records_in_most_states() {
+        // barrier=0 as the log shows it: no flush at all.
+        let (w, serial) = workload_log(Pattern::Correct);
+        let (failed, total) = judge_all(&w, &serial, Some("drop-flush:1"));
+        assert!(failed * 2 > total, "caught in {failed} of {total} states");
     }
 }

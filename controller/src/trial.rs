@@ -261,7 +261,7 @@ impl CheckResult {
 pub enum RecoveredFile {
     Missing,
     Read(Vec<u8>),
-    Unreadable { size_bytes: u64, reason: String },
+    Unreadable { size_bytes: Option<u64>, reason: String },
 }
 
 impl RecoveredFile {
@@ -269,7 +269,7 @@ impl RecoveredFile {
         match self {
             Self::Missing => None,
             Self::Read(bytes) => Some(bytes.len() as u64),
-            Self::Unreadable { size_bytes, .. } => Some(*size_bytes),
+            Self::Unreadable { size_bytes, .. } => *size_bytes,
         }
     }
 }
@@ -388,7 +388,7 @@ impl CheckReport {
         let file = match (self.file_size_bytes, self.copy_rc) {
             (None, _) => RecoveredFile::Missing,
             (Some(size_bytes), _) if !export.holds(size_bytes) => RecoveredFile::Unreadable {
-                size_bytes,
+                size_bytes: Some(size_bytes),
                 reason: format!(
                     "it grew to {size_bytes} bytes, past the {} the workload gave it and the export's slack",
                     export.size_bytes - EXPORT_DATA_OFFSET_BYTES - (1 << 20)
@@ -396,7 +396,7 @@ impl CheckReport {
             },
             (Some(size_bytes), Some(0)) => RecoveredFile::Read(export.read_file(nonce, size_bytes)?),
             (Some(size_bytes), rc) => RecoveredFile::Unreadable {
-                size_bytes,
+                size_bytes: Some(size_bytes),
                 reason: format!(
                     "copying it out in the guest failed (dd exit status {}): an I/O error reading the recovered file",
                     rc.map_or("none".to_string(), |rc| rc.to_string())
@@ -478,4 +478,106 @@ pub fn judge(
         },
     };
     verifier::verify(&evidence, config.profile)
+}
+
+#[cfg(test)]
+mod tests {
+    //! A check is judged only on bytes it produced: the report lines and
+    //! the export disk's tag, without a VM.
+
+    use super::*;
+
+    fn export_with(dir: &Path, tag: &str, data: &[u8]) -> ExportDisk {
+        use std::os::unix::fs::FileExt;
+        let export = ExportDisk::create(dir.join("export.img"), 8192).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&export.path).unwrap();
+        file.write_all_at(tag.as_bytes(), 0).unwrap();
+        file.write_all_at(data, EXPORT_DATA_OFFSET_BYTES).unwrap();
+        export
+    }
+
+    fn report(lines: &[&str]) -> CheckReport {
+        let mut report = CheckReport::default();
+        for line in lines {
+            report.observe(&Event::parse(line).unwrap());
+        }
+        report
+    }
+
+    const COMPLETE: &[&str] = &[
+        "MOUNT 0",
+        "FILE 4096",
+        "COPY 0",
+        "UMOUNT 0",
+        "FSCK e2fsck 0",
+        "CHECKED 7",
+    ];
+
+    #[test]
+    fn a_complete_copy_with_this_checks_tag_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 4096\n", &[0xab; 4096]);
+        let result = report(COMPLETE).finish(&export, 7).unwrap().unwrap();
+        assert!(matches!(&result.file, RecoveredFile::Read(bytes) if bytes == &vec![0xab; 4096]));
+        assert_eq!(result.fsck.unwrap().rc, 0);
+        assert!(result.recovery_failure.is_none());
+    }
+
+    #[test]
+    fn an_earlier_checks_bytes_are_never_judged() {
+        let dir = tempfile::tempdir().unwrap();
+        // The export still holds check 6's copy: the guest claims a copy
+        // for check 7 that is not there.
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 6 4096\n", &[0xab; 4096]);
+        let err = report(COMPLETE).finish(&export, 7).err().unwrap();
+        assert!(err.to_string().contains("does not carry this check's tag"), "{err}");
+        // An answer for another check is out of step.
+        let err = report(COMPLETE).finish(&export, 8).err().unwrap();
+        assert!(err.to_string().contains("answered check 7"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_copy_is_an_unreadable_file_not_stale_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 6 4096\n", &[0xab; 4096]);
+        let lines = ["MOUNT 0", "FILE 4096", "COPY 1", "UMOUNT 0", "CHECKED 7"];
+        let result = report(&lines).finish(&export, 7).unwrap().unwrap();
+        match result.file {
+            RecoveredFile::Unreadable { size_bytes, reason } => {
+                assert_eq!(size_bytes, Some(4096));
+                assert!(reason.contains("dd exit status 1"), "{reason}");
+            }
+            _ => panic!("a failed copy must not be read"),
+        }
+    }
+
+    #[test]
+    fn a_file_that_grew_past_the_export_is_unreadable_with_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = export_with(dir.path(), "", &[]);
+        let huge = 64 << 20;
+        let lines = [
+            "MOUNT 0".to_string(),
+            format!("FILE {huge}"),
+            "COPY 27".into(),
+            "UMOUNT 0".into(),
+            "CHECKED 1".into(),
+        ];
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let result = report(&lines).finish(&export, 1).unwrap().unwrap();
+        assert!(matches!(result.file, RecoveredFile::Unreadable { size_bytes: Some(n), .. } if n == huge));
+    }
+
+    #[test]
+    fn a_failed_unmount_retires_the_guest_and_is_a_recovery_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 4096\n", &[0xab; 4096]);
+        let lines = ["MOUNT 0", "FILE 4096", "COPY 0", "UMOUNT 16", "CHECKED 7"];
+        let report = report(&lines);
+        assert!(report.left_mounted());
+        let result = report.finish(&export, 7).unwrap().unwrap();
+        assert!(result.recovery_failure.unwrap().contains("umount exit status 16"));
+        // A mount that failed leaves nothing mounted.
+        assert!(!super::tests::report(&["MOUNT 32", "CHECKED 7"]).left_mounted());
+    }
 }

@@ -76,6 +76,29 @@ fn planted_ack_before_sync_is_caught_and_replays_identically() {
     );
 }
 
+/// The planted workload bugs under a guest kernel crash: killed right
+/// after an ack, the unsynced record is still only in the lost page cache.
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn planted_workload_bugs_are_caught_by_a_kernel_crash() {
+    let h = vm_harness("kc_planted");
+    for bug in ["skip-sync:2", "sync-wrong-range", "async-instead-of-sync:2"] {
+        let id = bug.replace(':', "-");
+        let out = h.run(
+            &id,
+            &[
+                &format!("--planted-bug={bug}"),
+                "--crash-points=acks",
+                "--trials=1",
+                "--seed=5",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{bug}");
+        let t = &h.trials(&id)[0];
+        assert_eq!(t["violations"][0]["rule"], "acked-record-lost", "{bug}: {t}");
+    }
+}
+
 #[test]
 #[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
 fn ms_async_losses_are_observations_not_violations() {

@@ -5,12 +5,14 @@
 //! - `campaign`  deps + images + the default campaign (extra args go to `crashlab run`)
 //! - `test`      deps + images + every test, unit and VM integration
 //! - `bench`     deps + images + the benchmark figures
+//! - `sensitivity` deps + images + the planted-bug catalogue's detection rates
 //!
 //! Exit codes: those of the task; 2 for setup errors.
 
 mod cpio;
 mod deps;
 mod images;
+mod sensitivity;
 
 use std::process::ExitCode;
 
@@ -20,7 +22,7 @@ use xshell::{cmd, Shell};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench> [args...]");
+        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity> [args...]");
         return ExitCode::from(2);
     };
     let result = (|| -> Result<i32> {
@@ -32,7 +34,11 @@ fn main() -> ExitCode {
             "campaign" => campaign(&sh, rest),
             "test" => test(&sh, rest),
             "bench" => bench(&sh, rest),
-            other => anyhow::bail!("unknown task {other:?}: use deps, images, campaign, test or bench"),
+            "sensitivity" => {
+                let images = setup(&sh)?;
+                sensitivity::run(&sh, &images, rest)
+            }
+            other => anyhow::bail!("unknown task {other:?}: use deps, images, campaign, test, bench or sensitivity"),
         }
     })();
     match result {
@@ -142,17 +148,18 @@ fn bench(sh: &Shell, extra: &[String]) -> Result<i32> {
     println!("crashlab benchmark (workload: {})", BENCH_WORKLOAD.join(" "));
     println!();
     println!(
-        "{:<34} {:>8} {:>10} {:>14} {:>10}",
-        "pipeline", "states", "seconds", "states/minute", "peak RSS"
+        "{:<34} {:>8} {:>10} {:>14} {:>16} {:>16}",
+        "pipeline", "states", "seconds", "states/minute", "RSS controller", "RSS largest QEMU"
     );
     for (name, _, summary, _) in &results {
         println!(
-            "{:<34} {:>8} {:>10.1} {:>14.1} {:>7} MiB",
+            "{:<34} {:>8} {:>10.1} {:>14.1} {:>12} MiB {:>12} MiB",
             name,
             summary["states_checked"],
             field(summary, &["elapsed_s"]),
             field(summary, &["states_per_minute"]),
-            field(summary, &["peak_rss_kib"]) as u64 / 1024
+            field(summary, &["peak_rss_kib"]) as u64 / 1024,
+            field(summary, &["peak_rss_largest_child_kib"]) as u64 / 1024
         );
     }
     println!();
@@ -173,20 +180,16 @@ fn bench(sh: &Shell, extra: &[String]) -> Result<i32> {
         let t = &results[i].3[0];
         let timing = &t["timing_ms"];
         println!(
-            "where the time goes, {} ({} states, ms):",
-            results[i].0, t["states_checked"]
+            "where the time goes, {} ({} states, {} check workers), ms:",
+            results[i].0, t["states_checked"], t["check_workers"]
         );
-        for key in [
-            "capture",
-            "checker_boot",
-            "parse",
-            "plan",
-            "build",
-            "kernel_check",
-            "host_check",
-            "verify",
-        ] {
-            println!("  {key:<14} {:>8}", timing[key]);
+        println!("  wall time, once per trial:");
+        for key in ["capture", "parse", "plan", "checker_boot", "check_wall"] {
+            println!("    {key:<14} {:>8}", timing[key]);
+        }
+        println!("  worker time, summed over the workers running in parallel (can exceed check_wall):");
+        for key in ["build", "kernel_check", "host_check", "verify"] {
+            println!("    {key:<14} {:>8}", timing[key]);
         }
         println!(
             "  log: {} entries ({} writes, {} flushes, {} acks), {} KiB",

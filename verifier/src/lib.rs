@@ -59,9 +59,10 @@ pub enum FileFound<'a> {
     Missing,
     /// Every byte of the file, read after recovery.
     Read(&'a [u8]),
-    /// The file exists with this size but could not be read in full (an
-    /// I/O error on a damaged extent, or more bytes than can be exported).
-    Unreadable { size_bytes: u64, reason: String },
+    /// The file exists (with this size, when known) but could not be read
+    /// in full: an I/O error on a damaged extent, or more bytes than can be
+    /// exported.
+    Unreadable { size_bytes: Option<u64>, reason: String },
 }
 
 /// What the check saw.
@@ -286,10 +287,13 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
             return verdict;
         }
         FileFound::Unreadable { size_bytes, reason } => {
-            check_size(&mut verdict, params, &history, *size_bytes);
+            if let Some(size_bytes) = size_bytes {
+                check_size(&mut verdict, params, &history, *size_bytes);
+            }
+            let size = size_bytes.map_or("of unknown size".to_string(), |n| format!("{n} bytes"));
             verdict.violation(finding(
                 Rule::FileReadable,
-                format!("the recovered data file ({size_bytes} bytes) could not be read: {reason}"),
+                format!("the recovered data file ({size}) could not be read: {reason}"),
             ));
             verdict.slots = vec![SlotState::Missing; slots as usize];
             return verdict;

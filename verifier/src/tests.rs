@@ -386,7 +386,7 @@ fn unreadable_file_is_a_violation_of_that_state() {
             recovery_failure: None,
             mount_rc: 0,
             file: FileFound::Unreadable {
-                size_bytes: s.params.file_size_bytes,
+                size_bytes: Some(s.params.file_size_bytes),
                 reason: "dd exit status 1".into(),
             },
             fsck: None,
@@ -399,7 +399,7 @@ fn unreadable_file_is_a_violation_of_that_state() {
     let grown = Evidence {
         recovered: Recovered {
             file: FileFound::Unreadable {
-                size_bytes: s.params.file_size_bytes * 3,
+                size_bytes: Some(s.params.file_size_bytes * 3),
                 reason: "larger than the export disk".into(),
             },
             ..evidence.recovered.clone()

@@ -1,0 +1,282 @@
+//! `cargo xtask sensitivity`: how sensitive the checks are. Runs a
+//! catalogue of planted bugs (and a control without one) under both crash
+//! models over several seeds, and prints per entry: on how many seeds it
+//! was caught, the share of crash states that failed, the wall time to the
+//! first failing state, and (power loss) the share that would fail if
+//! states were judged at their earliest crash point.
+//!
+//! Flags: `--seeds N` (default 20), `--first-seed S` (default 1),
+//! `--only SUBSTRING` (entries whose name contains it). Results also go
+//! to `results/sensitivity-<pid>/table.{txt,json}`, each run's campaign
+//! beside them.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Model {
+    KernelCrash,
+    PowerLoss,
+}
+
+impl Model {
+    fn name(self) -> &'static str {
+        match self {
+            Model::KernelCrash => "kernel-crash",
+            Model::PowerLoss => "power-loss",
+        }
+    }
+
+    /// One trial per seed; the crash point is a random ack count.
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Model::KernelCrash => &["--crash-model=kernel-crash", "--records=300"],
+            Model::PowerLoss => &["--crash-model=power-loss", "--records=200", "--state-budget=100"],
+        }
+    }
+}
+
+struct Entry {
+    name: &'static str,
+    /// What kind of bug: workload, device, filesystem, or none (control).
+    kind: &'static str,
+    args: &'static [&'static str],
+    models: &'static [Model],
+    /// Why a model is left out, shown in the table.
+    not_under_kernel_crash: Option<&'static str>,
+}
+
+const BOTH: &[Model] = &[Model::KernelCrash, Model::PowerLoss];
+const POWER_LOSS: &[Model] = &[Model::PowerLoss];
+const NO_KERNEL_CRASH: &str = "a guest kernel crash keeps every write the disk received";
+
+const CATALOGUE: &[Entry] = &[
+    Entry {
+        name: "control (no bug)",
+        kind: "none",
+        args: &[],
+        models: BOTH,
+        not_under_kernel_crash: None,
+    },
+    Entry {
+        name: "ack-before-sync",
+        kind: "workload",
+        args: &["--planted-bug=ack-before-sync"],
+        models: BOTH,
+        not_under_kernel_crash: None,
+    },
+    Entry {
+        name: "skip-sync:4",
+        kind: "workload",
+        args: &["--planted-bug=skip-sync:4"],
+        models: BOTH,
+        not_under_kernel_crash: None,
+    },
+    Entry {
+        name: "sync-wrong-range",
+        kind: "workload",
+        args: &["--planted-bug=sync-wrong-range"],
+        models: BOTH,
+        not_under_kernel_crash: None,
+    },
+    Entry {
+        name: "async-instead-of-sync:4",
+        kind: "workload",
+        args: &["--planted-bug=async-instead-of-sync:4"],
+        models: BOTH,
+        not_under_kernel_crash: None,
+    },
+    Entry {
+        name: "drop-flush:4",
+        kind: "device",
+        args: &["--planted-device-bug=drop-flush:4"],
+        models: POWER_LOSS,
+        not_under_kernel_crash: Some(NO_KERNEL_CRASH),
+    },
+    Entry {
+        name: "reorder-across-flush:4",
+        kind: "device",
+        args: &["--planted-device-bug=reorder-across-flush:4"],
+        models: POWER_LOSS,
+        not_under_kernel_crash: Some(NO_KERNEL_CRASH),
+    },
+    Entry {
+        name: "ext4 barrier=0",
+        kind: "filesystem",
+        args: &["--mount-opts=barrier=0"],
+        models: POWER_LOSS,
+        not_under_kernel_crash: Some(NO_KERNEL_CRASH),
+    },
+];
+
+/// One campaign's figures.
+struct RunFigures {
+    states: u64,
+    states_failed: u64,
+    states_failed_earliest: Option<u64>,
+    first_failure_s: Option<f64>,
+    elapsed_s: f64,
+}
+
+pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
+    let mut seeds = 20u64;
+    let mut first_seed = 1u64;
+    let mut only: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--seeds" => seeds = value("--seeds")?.parse().context("--seeds takes a number")?,
+            "--first-seed" => first_seed = value("--first-seed")?.parse().context("--first-seed takes a number")?,
+            "--only" => only = Some(value("--only")?.clone()),
+            other => bail!("unknown flag {other:?}: use --seeds N, --first-seed S, --only SUBSTRING"),
+        }
+    }
+    if seeds == 0 || seeds > 1000 {
+        bail!("--seeds must be between 1 and 1000");
+    }
+    cmd!(
+        sh,
+        "cargo build --quiet --release -p crashlab-controller --bin crashlab"
+    )
+    .run()?;
+    let out_dir = format!("results/sensitivity-{}", std::process::id());
+    let images = images.display().to_string();
+    let mut rows = Vec::new();
+    let mut json_rows = Vec::new();
+    for entry in CATALOGUE {
+        if only.as_deref().is_some_and(|o| !entry.name.contains(o)) {
+            continue;
+        }
+        for &model in BOTH {
+            if !entry.models.contains(&model) {
+                let why = entry.not_under_kernel_crash.unwrap_or("not applicable");
+                rows.push(format!("{:<26} {:<13} n/a: {why}", entry.name, model.name()));
+                continue;
+            }
+            let mut figures = Vec::new();
+            for seed in first_seed..first_seed + seeds {
+                let id = format!("{}-{}-seed{seed}", slug(entry.name), model.name());
+                eprintln!(
+                    "xtask sensitivity: {} under {}, seed {seed} ...",
+                    entry.name,
+                    model.name()
+                );
+                let seed_arg = format!("--seed={seed}");
+                let (model_args, entry_args) = (model.args(), entry.args);
+                let command = cmd!(
+                    sh,
+                    "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} --trials=1 --crash-points=acks {seed_arg} {model_args...} {entry_args...}"
+                );
+                let code = std::process::Command::from(command).status()?.code().unwrap_or(2);
+                if code > 1 {
+                    bail!(
+                        "{} under {} (seed {seed}): crashlab exited {code}; see {out_dir}/{id}",
+                        entry.name,
+                        model.name()
+                    );
+                }
+                figures.push(read_figures(sh, &format!("{out_dir}/{id}"))?);
+            }
+            let (row, json) = summarize(entry, model, &figures);
+            eprintln!("{row}");
+            rows.push(row);
+            json_rows.push(json);
+        }
+    }
+    let mut table = String::new();
+    table += &format!("crashlab sensitivity: {seeds} seeds from {first_seed}, one trial per seed, crash points after a random ack count\n");
+    table += "kernel-crash: 300 records per trial; power-loss: 200 records, 100 crash states per trial\n\n";
+    table += &format!(
+        "{:<26} {:<13} {:>9} {:>22} {:>21} {:>26}\n",
+        "planted bug", "crash model", "caught", "failing states", "first failure s", "failing at earliest point"
+    );
+    table += &format!(
+        "{:<26} {:<13} {:>9} {:>22} {:>21} {:>26}\n",
+        "", "", "(seeds)", "(share)", "median / max", "(share)"
+    );
+    for row in &rows {
+        table += row;
+        table += "\n";
+    }
+    print!("{table}");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(format!("{out_dir}/table.txt"), &table)?;
+    std::fs::write(
+        format!("{out_dir}/table.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Array(json_rows))? + "\n",
+    )?;
+    println!("\nresults: {out_dir}/table.txt, table.json and one campaign per run");
+    Ok(0)
+}
+
+fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .replace("--", "-")
+}
+
+fn read_figures(sh: &Shell, campaign_dir: &str) -> Result<RunFigures> {
+    let summary: serde_json::Value = serde_json::from_str(&sh.read_file(format!("{campaign_dir}/summary.json"))?)?;
+    let trials: Vec<serde_json::Value> = sh
+        .read_file(format!("{campaign_dir}/trials.jsonl"))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let earliest = trials
+        .iter()
+        .map(|t| t["states_failed_at_earliest_point"].as_u64())
+        .sum::<Option<u64>>();
+    Ok(RunFigures {
+        states: summary["states_checked"].as_u64().unwrap_or(0),
+        states_failed: summary["states_failed"].as_u64().unwrap_or(0),
+        states_failed_earliest: earliest,
+        first_failure_s: summary["first_failure_after_s"].as_f64(),
+        elapsed_s: summary["elapsed_s"].as_f64().unwrap_or(0.0),
+    })
+}
+
+fn summarize(entry: &Entry, model: Model, runs: &[RunFigures]) -> (String, serde_json::Value) {
+    let caught = runs.iter().filter(|r| r.states_failed > 0).count();
+    let states: u64 = runs.iter().map(|r| r.states).sum();
+    let failed: u64 = runs.iter().map(|r| r.states_failed).sum();
+    let share = |n: u64| format!("{n}/{states} ({:.0}%)", 100.0 * n as f64 / states.max(1) as f64);
+    let mut firsts: Vec<f64> = runs.iter().filter_map(|r| r.first_failure_s).collect();
+    firsts.sort_by(f64::total_cmp);
+    let first = match firsts.len() {
+        0 => "-".to_string(),
+        n => format!("{:.1} / {:.1}", firsts[n / 2], firsts[n - 1]),
+    };
+    let earliest = runs.iter().map(|r| r.states_failed_earliest).sum::<Option<u64>>();
+    let caught_text = match entry.kind {
+        // For the control, a failing seed is a false positive.
+        "none" => format!("{caught}/{} FP", runs.len()),
+        _ => format!("{caught}/{}", runs.len()),
+    };
+    let row = format!(
+        "{:<26} {:<13} {:>9} {:>22} {:>21} {:>26}",
+        entry.name,
+        model.name(),
+        caught_text,
+        share(failed),
+        first,
+        earliest.map_or("-".to_string(), share),
+    );
+    let json = serde_json::json!({
+        "planted_bug": entry.name,
+        "kind": entry.kind,
+        "crash_model": model.name(),
+        "seeds": runs.len(),
+        "seeds_caught": caught,
+        "states": states,
+        "states_failed": failed,
+        "states_failed_at_earliest_point": earliest,
+        "first_failure_s_median": firsts.get(firsts.len() / 2),
+        "first_failure_s_max": firsts.last(),
+        "campaign_s_total": runs.iter().map(|r| r.elapsed_s).sum::<f64>(),
+    });
+    (row, json)
+}
