@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use record::{DurabilityMode, PlantedBug, WorkloadParams};
+use record::{DurabilityMode, Pattern, PlantedBug, WorkloadParams};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -88,6 +88,9 @@ pub enum Checker {
 pub struct CampaignConfig {
     pub fs: Filesystem,
     pub mount_opts: String,
+    /// How records are written, synced and acknowledged.
+    #[serde(default)]
+    pub pattern: Pattern,
     pub mode: DurabilityMode,
     pub record_size_bytes: u32,
     pub file_size_bytes: u64,
@@ -149,7 +152,13 @@ impl CampaignConfig {
             planted_bug: self.planted_bug,
             hold_after_acks,
             ack_area_offset_bytes,
+            pattern: self.pattern,
         }
+    }
+
+    /// The data files, slots and writers of the campaign's pattern.
+    pub fn geometry(&self) -> record::Geometry {
+        self.workload_params(0, None, None).geometry()
     }
 
     /// Checks everything that can be checked before a VM starts. The message
@@ -241,6 +250,7 @@ impl CampaignConfig {
             "run".to_string(),
             format!("--fs={}", self.fs.name()),
             format!("--mount-opts={}", self.mount_opts),
+            format!("--pattern={}", self.pattern),
             format!("--mode={}", self.mode),
             format!("--record-size={}", self.record_size_bytes),
             format!("--file-size={}", self.file_size_bytes),
@@ -301,6 +311,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
     CampaignConfig {
         fs: Filesystem::Ext4,
         mount_opts: "data=ordered".into(),
+        pattern: Pattern::Records,
         mode: DurabilityMode::MsSync,
         record_size_bytes: 4096,
         file_size_bytes: 4 << 20,

@@ -59,7 +59,10 @@ struct RunArgs {
     /// Mount options (one comma-separated word; "defaults" for none).
     #[arg(long, default_value = "data=ordered")]
     mount_opts: String,
-    /// Durability mode: ms-sync, batch:N, ms-async, ms-async-fsync, ms-async-fdatasync, none.
+    /// Workload pattern: records, partial-msync, invalidate, ipc, wal, growth, several.
+    #[arg(long, default_value = "records")]
+    pattern: record::Pattern,
+    /// Durability mode (pattern records): ms-sync, batch:N, ms-async, ms-async-fsync, ms-async-fdatasync, none.
     #[arg(long, default_value = "ms-sync")]
     mode: DurabilityMode,
     /// Record size (512 to 64K, a multiple of 512).
@@ -208,6 +211,7 @@ fn run(args: RunArgs) -> ExitCode {
     let config = CampaignConfig {
         fs: args.fs,
         mount_opts: args.mount_opts,
+        pattern: args.pattern,
         mode: args.mode,
         record_size_bytes,
         file_size_bytes: args.file_size,

@@ -53,8 +53,9 @@ pub struct LoggedPromises {
 }
 
 /// Finds the ready marker and every ack record written into
-/// `[area_start, area_end)`, in log order, checking that the acks are
-/// consecutive and of this run.
+/// `[area_start, area_end)`, in log order. The ack of record `seq` sits in
+/// the area's sector `seq + 1` (writer processes never share one); each
+/// must be of this run, in its own sector, and written once.
 pub fn acks_in_log(
     log: &ParsedLog,
     log_file: &File,
@@ -63,6 +64,7 @@ pub fn acks_in_log(
     seed: u64,
 ) -> Result<LoggedPromises> {
     let mut acks = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut ready_entry = None;
     let mut buf = Vec::new();
     for entry in log.entries.iter().filter(|e| e.is_data_write()) {
@@ -78,20 +80,29 @@ pub fn acks_in_log(
             );
         }
         blocklog::read_entry_data(log_file, entry, &mut buf).context("reading an ack from the log")?;
-        for sector in buf.chunks(ACK_SIZE_BYTES) {
+        for (i, sector) in buf.chunks(ACK_SIZE_BYTES).enumerate() {
+            let area_sector = (start - area_start_bytes) / ACK_SIZE_BYTES as u64 + i as u64;
             let Some(record) = ack::decode(sector) else {
                 bail!("log entry {} in the ack area holds no valid ack record", entry.index);
             };
-            if record.ack_index == ack::READY_MARKER_INDEX && record.seed == seed && ready_entry.is_none() {
-                ready_entry = Some(entry.index);
+            let placed = ack::sector_offset_bytes(record.ack_index) == area_sector * ACK_SIZE_BYTES as u64;
+            if record.seed != seed || !placed {
+                bail!(
+                    "ack record {record:?} in log entry {} (area sector {area_sector}) is not one of this run's",
+                    entry.index
+                );
+            }
+            if record.ack_index == ack::READY_MARKER_INDEX {
+                if ready_entry.replace(entry.index).is_some() {
+                    bail!("log entry {} writes the ready marker a second time", entry.index);
+                }
                 continue;
             }
-            if ready_entry.is_none() || record.seed != seed || record.ack_index != acks.len() as u64 {
+            if ready_entry.is_none() || record.ack_index != record.seq || !seen.insert(record.seq) {
                 bail!(
-                    "ack record {:?} in log entry {} is not the run's ack number {}",
-                    record,
-                    entry.index,
-                    acks.len()
+                    "ack record {record:?} in log entry {} is out of place: before the ready marker, \
+                     not at its record's sector, or a second time",
+                    entry.index
                 );
             }
             acks.push(AckPosition {
@@ -114,16 +125,19 @@ pub fn earliest_crash_position(state: &CrashState) -> u64 {
 }
 
 /// The protocol as the application knew it at a crash at log `position`:
-/// the serial log cut just before the first `READY` or `ACK` whose log
-/// entry (the ready marker, the ack sector) is not before `position`.
+/// nothing after a `READY` whose ready marker is not logged before
+/// `position`, and for each writer process, nothing after its first `ACK`
+/// whose ack sector is not logged before `position`.
 ///
-/// Why a cut and not a filter: the workload is one sequential program, and
+/// Why a cut and not a filter: each writer is one sequential program, and
 /// each of those lines is printed only after its marker's O_DIRECT write
 /// completed, i.e. was logged. A marker logged at or after `position`
-/// completed after the crash, so every line printed after it (the next
-/// records' `BEGIN`s among them) came after the crash too. The records
-/// begun before the cut and not acked are exactly those in flight.
-pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64) -> ProtocolLog {
+/// completed after the crash, so every line that writer printed after it
+/// (its next records' `BEGIN`s among them) came after the crash too. The
+/// records begun before the cut and not acked are exactly those in flight.
+/// Lines of no one writer (`MSYNC`, `GROW`, ...) stay while any writer is
+/// uncut; `DONE` goes once any is cut.
+pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64, writers: u32) -> ProtocolLog {
     let ready_given = promises.ready_entry.is_some_and(|r| r < position);
     let given: std::collections::HashSet<u64> = promises
         .acks
@@ -131,16 +145,27 @@ pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u6
         .filter(|a| a.entry_index < position)
         .map(|a| a.seq)
         .collect();
-    let events = serial
-        .events
-        .iter()
-        .take_while(|e| match e {
-            Event::Ready { .. } => ready_given,
-            Event::Ack { seq, .. } => given.contains(seq),
-            _ => true,
-        })
-        .cloned()
-        .collect();
+    let writer_of = |seq: u64| (seq % u64::from(writers.max(1))) as usize;
+    let mut cut = vec![false; writers.max(1) as usize];
+    let mut events = Vec::new();
+    for event in &serial.events {
+        let keep = match event {
+            Event::Ready { .. } if !ready_given => break,
+            Event::Begin { seq, .. } => !cut[writer_of(*seq)],
+            Event::Ack { seq, .. } => {
+                let w = writer_of(*seq);
+                if !cut[w] && !given.contains(seq) {
+                    cut[w] = true;
+                }
+                !cut[w]
+            }
+            Event::Done { .. } => !cut.iter().any(|&c| c),
+            _ => !cut.iter().all(|&c| c),
+        };
+        if keep {
+            events.push(event.clone());
+        }
+    }
     ProtocolLog {
         events,
         truncated_tail: None,
@@ -263,18 +288,25 @@ impl KernelChecker {
             request_max_bytes: 32 << 20,
         };
         let (server, handle) = NbdServer::start(&socket, "state", initial, limits)?;
-        let export = ExportDisk::create(dir.join(format!("{name}-export.img")), config.file_size_bytes)?;
+        let export = ExportDisk::create(
+            dir.join(format!("{name}-export.img")),
+            config.file_size_bytes,
+            config.geometry().files,
+        )?;
         let files = RunFiles::in_dir(dir, name);
         let spec = VmSpec {
             images: ctx.images.clone(),
             accel: ctx.accel,
             memory_mib: config.guest_memory_mib,
-            kernel_args: vec![
+            kernel_args: [
                 "crashlab.role=checker".into(),
                 format!("crashlab.fs={}", config.fs.name()),
                 format!("crashlab.mount_opts={}", config.mount_opts),
                 format!("crashlab.fsck={}", u8::from(fsck)),
-            ],
+            ]
+            .into_iter()
+            .chain(export.kernel_args())
+            .collect(),
             drives: vec![
                 Drive::Nbd {
                     socket: socket.clone(),
@@ -362,24 +394,30 @@ impl KernelChecker {
             anyhow::ensure!(!stop.load(Ordering::SeqCst), vm::Interrupted);
             if start.elapsed() > Duration::from_millis(self.state_timeout_ms) {
                 self.usable = false;
-                return Ok(CheckResult::recovery_failed(format!(
-                    "the checker VM did not finish recovering the state within {} ms: a hung mount or \
-                     read? console {}:\n{}",
-                    self.state_timeout_ms,
-                    self.files.console_log.display(),
-                    vm::tail_of(&self.files.console_log, 8)
-                )));
+                return Ok(CheckResult::recovery_failed(
+                    format!(
+                        "the checker VM did not finish recovering the state within {} ms: a hung mount or \
+                         read? console {}:\n{}",
+                        self.state_timeout_ms,
+                        self.files.console_log.display(),
+                        vm::tail_of(&self.files.console_log, 8)
+                    ),
+                    self.export.files as usize,
+                ));
             }
             match session.next(Duration::from_millis(2))? {
                 Step::Event(event) => report.observe(&event),
                 Step::Exited(code) => {
                     self.usable = false;
-                    return Ok(CheckResult::recovery_failed(format!(
-                        "the checker VM exited (status {code:?}) while recovering the state: a guest \
-                         kernel panic? console {}:\n{}",
-                        self.files.console_log.display(),
-                        vm::tail_of(&self.files.console_log, 8)
-                    )));
+                    return Ok(CheckResult::recovery_failed(
+                        format!(
+                            "the checker VM exited (status {code:?}) while recovering the state: a guest \
+                             kernel panic? console {}:\n{}",
+                            self.files.console_log.display(),
+                            vm::tail_of(&self.files.console_log, 8)
+                        ),
+                        self.export.files as usize,
+                    ));
                 }
                 Step::Tick => {}
             }
@@ -417,7 +455,7 @@ impl Drop for KernelChecker {
 
 /// Host-only check for ext4, no VM and no root: materialise the state into
 /// a scratch image, let e2fsck replay the journal (what the kernel's mount
-/// would do), check it read-only, and dump the file with debugfs.
+/// would do), check it read-only, and dump each data file with debugfs.
 pub fn host_check_ext4(
     base: &Path,
     log_file: &File,
@@ -425,6 +463,7 @@ pub fn host_check_ext4(
     state: &CrashState,
     scratch_dir: &Path,
     fsck: bool,
+    data_files: u32,
 ) -> Result<CheckResult> {
     let image = scratch_dir.join("host-state.img");
     crate::images::copy_sparse(base, &image)?;
@@ -443,7 +482,7 @@ pub fn host_check_ext4(
         return Ok(CheckResult {
             recovery_failure: None,
             mount_rc: replay_rc,
-            file: RecoveredFile::Missing,
+            files: (0..data_files).map(|_| RecoveredFile::Missing).collect(),
             fsck: None,
         });
     }
@@ -452,16 +491,32 @@ pub fn host_check_ext4(
         true => Some(Command::new("e2fsck").args(["-f", "-n"]).arg(&image).output()?),
         false => None,
     };
+    let files = (0..data_files as usize)
+        .map(|i| debugfs_dump(&image, record::pattern::DATA_FILE_NAMES[i], scratch_dir))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CheckResult {
+        recovery_failure: None,
+        mount_rc: 0,
+        files,
+        fsck: fsck.map(|f| FsckResult {
+            tool: "e2fsck".into(),
+            rc: f.status.code().unwrap_or(-1),
+        }),
+    })
+}
+
+/// One file out of an ext4 image, with `debugfs -c` (catastrophic mode:
+/// bitmaps are not read; dumping a file needs only its inode and extents,
+/// and a torn bitmap write, allowed in the open epoch, would otherwise make
+/// debugfs refuse the whole filesystem).
+fn debugfs_dump(image: &Path, name: &str, scratch_dir: &Path) -> Result<RecoveredFile> {
     let out = scratch_dir.join("host-state.dat");
     let _ = std::fs::remove_file(&out);
-    // -c (catastrophic mode): bitmaps are not read. Dumping a file needs
-    // only its inode and extents, and a torn bitmap write (allowed in the
-    // open epoch) would otherwise make debugfs refuse the whole filesystem.
     let dump = Command::new("debugfs")
         .arg("-c")
         .arg("-R")
-        .arg(format!("dump {} {}", crate::trial::DATA_FILE_PATH, out.display()))
-        .arg(&image)
+        .arg(format!("dump /{name} {}", out.display()))
+        .arg(image)
         .output()
         .context("cannot run debugfs")?;
     let stderr = String::from_utf8_lossy(&dump.stderr);
@@ -476,15 +531,7 @@ pub fn host_check_ext4(
         }
     };
     let _ = std::fs::remove_file(&out);
-    Ok(CheckResult {
-        recovery_failure: None,
-        mount_rc: 0,
-        file,
-        fsck: fsck.map(|f| FsckResult {
-            tool: "e2fsck".into(),
-            rc: f.status.code().unwrap_or(-1),
-        }),
-    })
+    Ok(file)
 }
 
 /// A captured run, read back: the parsed log (as the planted device bug,
@@ -590,6 +637,10 @@ pub struct PowerLossRecord {
     pub states_checked: u64,
     pub states_passed: u64,
     pub states_failed: u64,
+    /// What the workload reported live during the capture (an incoherent
+    /// mapping, a consumer that read a torn record): judged once, over the
+    /// whole run, not per state.
+    pub live_violations: Vec<verifier::Finding>,
     /// States that would fail if judged at their earliest crash position
     /// (just past their last included entry) instead of the latest: the
     /// weaker check the latest point replaced, kept for comparison.
@@ -832,6 +883,7 @@ pub fn run_powerloss_trial(
             }
         }),
         records: run_records,
+        live_violations: verifier::live_findings(&capture.serial),
         states_planned: states.len() as u64,
         states_checked: 0,
         states_passed: 0,
@@ -852,6 +904,11 @@ pub fn run_powerloss_trial(
         rerun: format!("{} --only-trial={}", ctx.rerun_command, plan.trial),
         evidence_dir: dir.to_path_buf(),
     };
+    if !record.live_violations.is_empty() {
+        record.passed = false;
+        record.violation_count += record.live_violations.len() as u64;
+        record.first_failure_after_ms = Some(ms_since(trial_start));
+    }
     let abort = AtomicBool::new(false);
     let next_state = AtomicUsize::new(0);
     let check_start = Instant::now();
@@ -1004,13 +1061,19 @@ pub fn judge_state(
 ) -> JudgedState {
     let t = Instant::now();
     let position = blocklog::crash_position(&capture.log, state);
-    let protocol = protocol_at(&capture.serial, &capture.promises, position);
+    let writers = config.geometry().writers;
+    let protocol = protocol_at(&capture.serial, &capture.promises, position, writers);
     let verdicts: Vec<(&'static str, verifier::Verdict)> = checks
         .results
         .iter()
         .map(|(name, check)| (*name, crate::trial::judge(config, params, &protocol, check)))
         .collect();
-    let earliest = protocol_at(&capture.serial, &capture.promises, earliest_crash_position(state));
+    let earliest = protocol_at(
+        &capture.serial,
+        &capture.promises,
+        earliest_crash_position(state),
+        writers,
+    );
     let passed_at_earliest = crate::trial::judge(config, params, &earliest, &checks.results[0].1).passed;
     let summary = |v: &verifier::Verdict| (v.passed, v.violation_count, v.counts.lost, v.counts.torn);
     let disagreement = (verdicts.len() == 2 && summary(&verdicts[0].1) != summary(&verdicts[1].1)).then(|| {
@@ -1163,7 +1226,15 @@ impl CheckWorker {
             let t = Instant::now();
             checks.results.push((
                 "host",
-                host_check_ext4(env.base_disk, &env.log_file, env.log, state, scratch, env.fsck)?,
+                host_check_ext4(
+                    env.base_disk,
+                    &env.log_file,
+                    env.log,
+                    state,
+                    scratch,
+                    env.fsck,
+                    env.ctx.config.geometry().files,
+                )?,
             ));
             checks.host_ms = ms_since(t);
         }
@@ -1344,15 +1415,37 @@ mod tests {
 
     #[test]
     fn ack_area_rejects_foreign_or_out_of_order_records() {
+        let read = |w: &LogWriter| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("log");
+            std::fs::write(&path, w.bytes()).unwrap();
+            let log = blocklog::read_log_file(&path, DEVICE_BYTES).unwrap();
+            acks_in_log(&log, &File::open(&path).unwrap(), AREA_SECTOR * 512, DEVICE_BYTES, SEED)
+        };
+        // Acks of several writers arrive in any order of seq.
         let mut w = LogWriter::new(512);
         write_ready(&mut w);
-        write_ack(&mut w, 1, 1); // ack number 0 is missing
+        write_ack(&mut w, 1, 1);
+        write_ack(&mut w, 0, 0);
+        let promises = read(&w).unwrap();
+        assert_eq!(promises.acks.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 0]);
+        // An ack in another record's sector.
+        let mut w = LogWriter::new(512);
+        write_ready(&mut w);
+        w.write(AREA_SECTOR + 1, &ack_sector(1, 1));
+        let err = read(&w).unwrap_err();
+        assert!(err.to_string().contains("is not one of this run's"), "{err}");
+        // The same ack twice, or an ack before the ready marker.
+        let mut w = LogWriter::new(512);
+        write_ready(&mut w);
+        write_ack(&mut w, 0, 0);
+        write_ack(&mut w, 0, 0);
+        assert!(read(&w).unwrap_err().to_string().contains("a second time"));
+        let mut w = LogWriter::new(512);
+        write_ack(&mut w, 0, 0);
+        assert!(read(&w).unwrap_err().to_string().contains("before the ready marker"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        std::fs::write(&path, w.bytes()).unwrap();
-        let log = blocklog::read_log_file(&path, DEVICE_BYTES).unwrap();
-        let err = acks_in_log(&log, &File::open(&path).unwrap(), AREA_SECTOR * 512, DEVICE_BYTES, SEED).unwrap_err();
-        assert!(err.to_string().contains("is not the run's ack number 0"), "{err}");
         // A write straddling the area's start: the filesystem wrote past its end.
         let mut w = LogWriter::new(512);
         w.write_fill(AREA_SECTOR - 1, 2, 1);
@@ -1367,7 +1460,7 @@ mod tests {
         let (_, promises) = promises_of(&three_records());
         let serial = serial(THREE_SERIAL);
         let lines = |position| {
-            protocol_at(&serial, &promises, position)
+            protocol_at(&serial, &promises, position, 1)
                 .events
                 .iter()
                 .map(|e| e.to_string())
@@ -1395,7 +1488,7 @@ mod tests {
         assert_eq!(blocklog::crash_position(&log, &state), 10);
         assert_eq!(earliest_crash_position(&state), 8);
         let given = |position| {
-            protocol_at(&serial(THREE_SERIAL), &promises, position)
+            protocol_at(&serial(THREE_SERIAL), &promises, position, 1)
                 .events
                 .iter()
                 .filter(|e| matches!(e, Event::Ack { .. }))
@@ -1566,6 +1659,7 @@ mod tests {
             planted_bug: None,
             hold_after_acks: None,
             ack_area_offset_bytes: Some(AREA_SECTOR * 512),
+            pattern: record::Pattern::Records,
         };
         let failed = states
             .iter()
@@ -1573,7 +1667,7 @@ mod tests {
                 let mut image = vec![0u8; DEVICE_BYTES as usize];
                 blocklog::apply_state(w.bytes(), &capture.log, state, &mut image).unwrap();
                 let position = blocklog::crash_position(&capture.log, state);
-                let protocol = protocol_at(&capture.serial, &capture.promises, position);
+                let protocol = protocol_at(&capture.serial, &capture.promises, position, 1);
                 let file = &image[..params.file_size_bytes as usize];
                 let evidence = verifier::Evidence {
                     params: &params,
@@ -1581,7 +1675,7 @@ mod tests {
                     recovered: verifier::Recovered {
                         recovery_failure: None,
                         mount_rc: 0,
-                        file: verifier::FileFound::Read(file),
+                        files: vec![verifier::FileFound::Read(file)],
                         fsck: None,
                     },
                 };

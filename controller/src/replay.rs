@@ -145,6 +145,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
             state,
             scratch.path(),
             config.fsck_states,
+            config.geometry().files,
         )?;
         results.push(("host", check));
     }

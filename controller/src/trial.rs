@@ -21,10 +21,6 @@ use crate::plan::{CrashPoint, TrialPlan};
 use crate::qemu::{AccelUsed, Drive, VmSpec};
 use crate::vm::{self, Action, Limits, RunFiles, VmOutcome};
 
-/// The data file's path on the test filesystem (the guest's /init mounts
-/// it at /mnt: see `DATA` in vm-images/init).
-pub const DATA_FILE_PATH: &str = "/crashlab.dat";
-
 pub struct TrialContext<'a> {
     pub config: &'a CampaignConfig,
     pub images: &'a GuestImages,
@@ -124,7 +120,10 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
     let check_ms = check_start.elapsed().as_millis() as u64;
 
     let verify_start = Instant::now();
-    let verdict = judge(config, &params, &protocol, &check);
+    let mut verdict = judge(config, &params, &protocol, &check);
+    for finding in verifier::live_findings(&protocol) {
+        verdict.add_violation(finding);
+    }
     let verify_ms = verify_start.elapsed().as_millis() as u64;
 
     // A crashed disk is evidence only when something is wrong with it.
@@ -136,7 +135,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
         run,
         mount_rc: check.mount_rc,
         fsck: check.fsck.clone(),
-        file_size_bytes: check.file.size_bytes(),
+        file_size_bytes: check.files.first().and_then(RecoveredFile::size_bytes),
         recovery_failure: check.recovery_failure.clone(),
         verdict,
         workload_ms,
@@ -242,22 +241,23 @@ pub struct CheckResult {
     /// or reading the state, or a failed unmount).
     pub recovery_failure: Option<String>,
     pub mount_rc: i32,
-    pub file: RecoveredFile,
+    /// Each data file of the run, in order.
+    pub files: Vec<RecoveredFile>,
     pub fsck: Option<FsckResult>,
 }
 
 impl CheckResult {
-    pub fn recovery_failed(reason: String) -> CheckResult {
+    pub fn recovery_failed(reason: String, files: usize) -> CheckResult {
         CheckResult {
             recovery_failure: Some(reason),
             mount_rc: 0,
-            file: RecoveredFile::Missing,
+            files: (0..files).map(|_| RecoveredFile::Missing).collect(),
             fsck: None,
         }
     }
 }
 
-/// The data file after recovery, owned (see `verifier::FileFound`).
+/// A data file after recovery, owned (see `verifier::FileFound`).
 pub enum RecoveredFile {
     Missing,
     Read(Vec<u8>),
@@ -274,33 +274,48 @@ impl RecoveredFile {
     }
 }
 
-/// The second disk a check copies the data file onto: the tag sector,
-/// then from `EXPORT_DATA_OFFSET_BYTES` on the copy, with room for the
-/// workload's file size + 1 MiB so that a file that grew a little still
-/// shows up (and is judged by the size rule).
+/// The second disk a check copies the data files onto: a tag sector per
+/// file, then from `EXPORT_DATA_OFFSET_BYTES` on one stride per file, each
+/// with room for the workload's file size + 1 MiB, so that a file that grew
+/// a little still shows up (and is judged by the size rule).
 pub(crate) struct ExportDisk {
     pub path: PathBuf,
-    pub size_bytes: u64,
+    pub stride_bytes: u64,
+    pub files: u32,
 }
 
 impl ExportDisk {
-    pub fn create(path: PathBuf, file_size_bytes: u64) -> Result<ExportDisk> {
-        let size_bytes = EXPORT_DATA_OFFSET_BYTES + file_size_bytes + (1 << 20);
+    pub fn create(path: PathBuf, file_size_bytes: u64, files: u32) -> Result<ExportDisk> {
+        let stride_bytes = (file_size_bytes.div_ceil(1 << 20) + 1) << 20;
+        let size_bytes = EXPORT_DATA_OFFSET_BYTES + u64::from(files) * stride_bytes;
         std::fs::File::create(&path)
             .and_then(|f| f.set_len(size_bytes))
             .with_context(|| format!("cannot create {} (disk full?)", path.display()))?;
-        Ok(ExportDisk { path, size_bytes })
+        Ok(ExportDisk {
+            path,
+            stride_bytes,
+            files,
+        })
     }
 
-    /// Bytes of a file this large fit on the export.
+    /// The guest's kernel arguments that describe this export.
+    pub fn kernel_args(&self) -> Vec<String> {
+        let names = &record::pattern::DATA_FILE_NAMES[..self.files as usize];
+        vec![
+            format!("crashlab.files={}", names.join(",")),
+            format!("crashlab.export_stride_mib={}", self.stride_bytes >> 20),
+        ]
+    }
+
+    /// Bytes of a file this large fit in a stride.
     fn holds(&self, file_size_bytes: u64) -> bool {
-        file_size_bytes <= self.size_bytes - EXPORT_DATA_OFFSET_BYTES
+        file_size_bytes <= self.stride_bytes
     }
 
-    /// The `size_bytes` the guest copied for check `nonce`. The tag proves
-    /// the copy is this check's and complete: without it the bytes could be
-    /// an earlier state's.
-    fn read_file(&self, nonce: u64, size_bytes: u64) -> Result<Vec<u8>> {
+    /// The `size_bytes` the guest copied of file `index` for check `nonce`.
+    /// The tag proves the copy is this check's and complete: without it the
+    /// bytes could be an earlier state's.
+    fn read_file(&self, nonce: u64, index: u32, size_bytes: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         anyhow::ensure!(
             self.holds(size_bytes),
@@ -308,11 +323,11 @@ impl ExportDisk {
         );
         let file = std::fs::File::open(&self.path)?;
         let mut tag = [0u8; 512];
-        file.read_exact_at(&mut tag, 0)?;
-        let expected = format!("{EXPORT_TAG_PREFIX} {nonce} {size_bytes}\n");
+        file.read_exact_at(&mut tag, u64::from(index) * 512)?;
+        let expected = format!("{EXPORT_TAG_PREFIX} {nonce} {index} {size_bytes}\n");
         if !tag.starts_with(expected.as_bytes()) {
-            let found =
-                String::from_utf8_lossy(&tag[..tag.iter().position(|&b| b == 0).unwrap_or(64).min(64)]).into_owned();
+            let end = tag.iter().position(|&b| b == 0).unwrap_or(64).min(64);
+            let found = String::from_utf8_lossy(&tag[..end]).into_owned();
             bail!(
                 "the export disk {} does not carry this check's tag (expected {:?}, found {found:?}): \
                  the guest reported a complete copy that is not there",
@@ -321,19 +336,22 @@ impl ExportDisk {
             );
         }
         let mut bytes = vec![0u8; size_bytes as usize];
-        file.read_exact_at(&mut bytes, EXPORT_DATA_OFFSET_BYTES)?;
+        file.read_exact_at(
+            &mut bytes,
+            EXPORT_DATA_OFFSET_BYTES + u64::from(index) * self.stride_bytes,
+        )?;
         Ok(bytes)
     }
 }
 
-/// A check's report lines (`MOUNT`, `FILE`/`NOFILE`, `COPY`, `UMOUNT`,
-/// `FSCK`, `CHECKED nonce`), gathered; the one-shot check boot and the
-/// long-lived checker VM both speak it.
+/// A check's report lines (`MOUNT`, per file `FILE`/`NOFILE` and `COPY`,
+/// `UMOUNT`, `FSCK`, `CHECKED nonce`), gathered; the one-shot check boot
+/// and the long-lived checker VM both speak it.
 #[derive(Default)]
 pub(crate) struct CheckReport {
     mount_rc: Option<i32>,
-    file_size_bytes: Option<u64>,
-    copy_rc: Option<i32>,
+    file_size_bytes: std::collections::BTreeMap<u32, u64>,
+    copy_rc: std::collections::BTreeMap<u32, i32>,
     umount_rc: Option<i32>,
     fsck: Option<FsckResult>,
     /// The nonce `CHECKED` echoed.
@@ -344,8 +362,12 @@ impl CheckReport {
     pub fn observe(&mut self, event: &Event) {
         match event {
             Event::Mount { rc } => self.mount_rc = Some(*rc),
-            Event::File { size_bytes } => self.file_size_bytes = Some(*size_bytes),
-            Event::Copy { rc } => self.copy_rc = Some(*rc),
+            Event::File { file, size_bytes } => {
+                self.file_size_bytes.insert(*file, *size_bytes);
+            }
+            Event::Copy { file, rc } => {
+                self.copy_rc.insert(*file, *rc);
+            }
             Event::Umount { rc } => self.umount_rc = Some(*rc),
             Event::Fsck { tool, rc } if tool != "none" => {
                 self.fsck = Some(FsckResult {
@@ -364,7 +386,7 @@ impl CheckReport {
         self.mount_rc == Some(0) && self.umount_rc != Some(0)
     }
 
-    /// The result of check `nonce`, with the file's bytes read from
+    /// The result of check `nonce`, with the files' bytes read from
     /// `export`; `None` when the report is incomplete (no `MOUNT`, or no
     /// `CHECKED`). An answer for another nonce is an error.
     pub fn finish(self, export: &ExportDisk, nonce: u64) -> Result<Option<CheckResult>> {
@@ -380,21 +402,36 @@ impl CheckReport {
             let rc = self.umount_rc.map_or("none".to_string(), |rc| rc.to_string());
             return Ok(Some(CheckResult {
                 fsck,
-                ..CheckResult::recovery_failed(format!(
-                    "unmounting the recovered filesystem failed (umount exit status {rc})"
-                ))
+                ..CheckResult::recovery_failed(
+                    format!("unmounting the recovered filesystem failed (umount exit status {rc})"),
+                    export.files as usize,
+                )
             }));
         }
-        let file = match (self.file_size_bytes, self.copy_rc) {
+        let files = (0..export.files)
+            .map(|index| self.file(export, nonce, index))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(CheckResult {
+            recovery_failure: None,
+            mount_rc,
+            files,
+            fsck,
+        }))
+    }
+
+    fn file(&self, export: &ExportDisk, nonce: u64, index: u32) -> Result<RecoveredFile> {
+        let size = self.file_size_bytes.get(&index).copied();
+        let rc = self.copy_rc.get(&index).copied();
+        Ok(match (size, rc) {
             (None, _) => RecoveredFile::Missing,
             (Some(size_bytes), _) if !export.holds(size_bytes) => RecoveredFile::Unreadable {
                 size_bytes: Some(size_bytes),
                 reason: format!(
-                    "it grew to {size_bytes} bytes, past the {} the workload gave it and the export's slack",
-                    export.size_bytes - EXPORT_DATA_OFFSET_BYTES - (1 << 20)
+                    "it grew to {size_bytes} bytes, past the {} the export holds",
+                    export.stride_bytes
                 ),
             },
-            (Some(size_bytes), Some(0)) => RecoveredFile::Read(export.read_file(nonce, size_bytes)?),
+            (Some(size_bytes), Some(0)) => RecoveredFile::Read(export.read_file(nonce, index, size_bytes)?),
             (Some(size_bytes), rc) => RecoveredFile::Unreadable {
                 size_bytes: Some(size_bytes),
                 reason: format!(
@@ -402,13 +439,7 @@ impl CheckReport {
                     rc.map_or("none".to_string(), |rc| rc.to_string())
                 ),
             },
-        };
-        Ok(Some(CheckResult {
-            recovery_failure: None,
-            mount_rc,
-            file,
-            fsck,
-        }))
+        })
     }
 }
 
@@ -418,9 +449,11 @@ impl CheckReport {
 /// A guest that never booted is a setup error.
 fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> Result<CheckResult> {
     const NONCE: u64 = 1;
-    let export = ExportDisk::create(dir.join("export.img"), ctx.config.file_size_bytes)?;
+    let data_files = ctx.config.geometry().files;
+    let export = ExportDisk::create(dir.join("export.img"), ctx.config.file_size_bytes, data_files)?;
     let mut kernel_args = base_kernel_args(ctx.config, "check");
     kernel_args.push(format!("crashlab.nonce={NONCE}"));
+    kernel_args.extend(export.kernel_args());
     let spec = VmSpec {
         images: ctx.images.clone(),
         accel: ctx.accel,
@@ -444,12 +477,15 @@ fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> R
     let outcome = run.outcome;
     match report.finish(&export, NONCE)? {
         Some(result) => Ok(result),
-        None if booted => Ok(CheckResult::recovery_failed(format!(
-            "the check boot ended before finishing ({outcome:?}) while recovering the crashed disk: \
-             a guest kernel panic or hang? console {}:\n{}",
-            files.console_log.display(),
-            vm::tail_of(&files.console_log, 8)
-        ))),
+        None if booted => Ok(CheckResult::recovery_failed(
+            format!(
+                "the check boot ended before finishing ({outcome:?}) while recovering the crashed disk: \
+                 a guest kernel panic or hang? console {}:\n{}",
+                files.console_log.display(),
+                vm::tail_of(&files.console_log, 8)
+            ),
+            export.files as usize,
+        )),
         None => Err(vm::boot_failure("check boot did not start", outcome, files)),
     }
 }
@@ -466,14 +502,18 @@ pub fn judge(
         recovered: verifier::Recovered {
             recovery_failure: check.recovery_failure.clone(),
             mount_rc: check.mount_rc,
-            file: match &check.file {
-                RecoveredFile::Missing => verifier::FileFound::Missing,
-                RecoveredFile::Read(bytes) => verifier::FileFound::Read(bytes),
-                RecoveredFile::Unreadable { size_bytes, reason } => verifier::FileFound::Unreadable {
-                    size_bytes: *size_bytes,
-                    reason: reason.clone(),
-                },
-            },
+            files: check
+                .files
+                .iter()
+                .map(|file| match file {
+                    RecoveredFile::Missing => verifier::FileFound::Missing,
+                    RecoveredFile::Read(bytes) => verifier::FileFound::Read(bytes),
+                    RecoveredFile::Unreadable { size_bytes, reason } => verifier::FileFound::Unreadable {
+                        size_bytes: *size_bytes,
+                        reason: reason.clone(),
+                    },
+                })
+                .collect(),
             fsck: check.fsck.as_ref().map(|f| (f.tool.clone(), f.rc)),
         },
     };
@@ -489,7 +529,7 @@ mod tests {
 
     fn export_with(dir: &Path, tag: &str, data: &[u8]) -> ExportDisk {
         use std::os::unix::fs::FileExt;
-        let export = ExportDisk::create(dir.join("export.img"), 8192).unwrap();
+        let export = ExportDisk::create(dir.join("export.img"), 8192, 1).unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(&export.path).unwrap();
         file.write_all_at(tag.as_bytes(), 0).unwrap();
         file.write_all_at(data, EXPORT_DATA_OFFSET_BYTES).unwrap();
@@ -506,8 +546,8 @@ mod tests {
 
     const COMPLETE: &[&str] = &[
         "MOUNT 0",
-        "FILE 4096",
-        "COPY 0",
+        "FILE 0 4096",
+        "COPY 0 0",
         "UMOUNT 0",
         "FSCK e2fsck 0",
         "CHECKED 7",
@@ -516,9 +556,9 @@ mod tests {
     #[test]
     fn a_complete_copy_with_this_checks_tag_is_read() {
         let dir = tempfile::tempdir().unwrap();
-        let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 4096\n", &[0xab; 4096]);
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 0 4096\n", &[0xab; 4096]);
         let result = report(COMPLETE).finish(&export, 7).unwrap().unwrap();
-        assert!(matches!(&result.file, RecoveredFile::Read(bytes) if bytes == &vec![0xab; 4096]));
+        assert!(matches!(&result.files[0], RecoveredFile::Read(bytes) if bytes == &vec![0xab; 4096]));
         assert_eq!(result.fsck.unwrap().rc, 0);
         assert!(result.recovery_failure.is_none());
     }
@@ -528,7 +568,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The export still holds check 6's copy: the guest claims a copy
         // for check 7 that is not there.
-        let export = export_with(dir.path(), "CRASHLAB-EXPORT 6 4096\n", &[0xab; 4096]);
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 6 0 4096\n", &[0xab; 4096]);
         let err = report(COMPLETE).finish(&export, 7).err().unwrap();
         assert!(err.to_string().contains("does not carry this check's tag"), "{err}");
         // An answer for another check is out of step.
@@ -539,10 +579,10 @@ mod tests {
     #[test]
     fn a_failed_copy_is_an_unreadable_file_not_stale_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let export = export_with(dir.path(), "CRASHLAB-EXPORT 6 4096\n", &[0xab; 4096]);
-        let lines = ["MOUNT 0", "FILE 4096", "COPY 1", "UMOUNT 0", "CHECKED 7"];
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 6 0 4096\n", &[0xab; 4096]);
+        let lines = ["MOUNT 0", "FILE 0 4096", "COPY 0 1", "UMOUNT 0", "CHECKED 7"];
         let result = report(&lines).finish(&export, 7).unwrap().unwrap();
-        match result.file {
+        match result.files.into_iter().next().unwrap() {
             RecoveredFile::Unreadable { size_bytes, reason } => {
                 assert_eq!(size_bytes, Some(4096));
                 assert!(reason.contains("dd exit status 1"), "{reason}");
@@ -558,21 +598,37 @@ mod tests {
         let huge = 64 << 20;
         let lines = [
             "MOUNT 0".to_string(),
-            format!("FILE {huge}"),
-            "COPY 27".into(),
+            format!("FILE 0 {huge}"),
+            "COPY 0 27".into(),
             "UMOUNT 0".into(),
             "CHECKED 1".into(),
         ];
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         let result = report(&lines).finish(&export, 1).unwrap().unwrap();
-        assert!(matches!(result.file, RecoveredFile::Unreadable { size_bytes: Some(n), .. } if n == huge));
+        assert!(matches!(result.files[0], RecoveredFile::Unreadable { size_bytes: Some(n), .. } if n == huge));
+    }
+
+    #[test]
+    fn each_data_file_has_its_own_tag_and_stride() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let export = ExportDisk::create(dir.path().join("export.img"), 8192, 2).unwrap();
+        assert_eq!(export.kernel_args()[0], "crashlab.files=crashlab.dat,crashlab-1.dat");
+        let file = std::fs::OpenOptions::new().write(true).open(&export.path).unwrap();
+        file.write_all_at(b"CRASHLAB-EXPORT 3 1 512\n", 512).unwrap();
+        file.write_all_at(&[0x5a; 512], EXPORT_DATA_OFFSET_BYTES + export.stride_bytes)
+            .unwrap();
+        let lines = ["MOUNT 0", "NOFILE 0", "FILE 1 512", "COPY 1 0", "UMOUNT 0", "CHECKED 3"];
+        let result = report(&lines).finish(&export, 3).unwrap().unwrap();
+        assert!(matches!(result.files[0], RecoveredFile::Missing));
+        assert!(matches!(&result.files[1], RecoveredFile::Read(bytes) if bytes == &vec![0x5a; 512]));
     }
 
     #[test]
     fn a_failed_unmount_retires_the_guest_and_is_a_recovery_failure() {
         let dir = tempfile::tempdir().unwrap();
-        let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 4096\n", &[0xab; 4096]);
-        let lines = ["MOUNT 0", "FILE 4096", "COPY 0", "UMOUNT 16", "CHECKED 7"];
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 0 4096\n", &[0xab; 4096]);
+        let lines = ["MOUNT 0", "FILE 0 4096", "COPY 0 0", "UMOUNT 16", "CHECKED 7"];
         let report = report(&lines);
         assert!(report.left_mounted());
         let result = report.finish(&export, 7).unwrap().unwrap();

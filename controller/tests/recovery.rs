@@ -42,6 +42,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
     CampaignConfig {
         fs: Filesystem::Ext4,
         mount_opts: "data=ordered".into(),
+        pattern: record::Pattern::Records,
         mode: DurabilityMode::MsSync,
         record_size_bytes: 4096,
         file_size_bytes: 1 << 20,
@@ -124,7 +125,7 @@ fn a_recovery_that_hangs_is_that_states_finding_and_the_checker_is_replaced() {
     let result = fresh.check(plain(), &AtomicBool::new(false)).unwrap();
     assert!(result.recovery_failure.is_none());
     assert_eq!(result.mount_rc, 0);
-    assert!(matches!(result.file, RecoveredFile::Missing));
+    assert!(matches!(result.files[..], [RecoveredFile::Missing]));
     assert!(fresh.is_usable());
     fresh.stop().unwrap();
 }

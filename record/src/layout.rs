@@ -230,9 +230,10 @@ pub mod ack {
     pub const ACK_MAGIC: [u8; 8] = *b"CRSHACK\x01";
     pub const ACK_SIZE_BYTES: usize = SECTOR_SIZE_BYTES;
     /// The area's first sector holds the ready marker, written once after
-    /// the data file was created and synced, before `READY`: a crash state
-    /// from before it predates the workload's promises. Ack number `i` is
-    /// at sector `i + 1`.
+    /// the data files were created and synced, before `READY`: a crash
+    /// state from before it predates the workload's promises. The ack of
+    /// record `seq` is at sector `seq + 1` (its `ack_index` is `seq`), so
+    /// several writer processes never share a sector.
     pub const READY_MARKER_INDEX: u64 = u64::MAX;
 
     /// Byte offset of ack number `ack_index` (or of the ready marker) from
@@ -248,7 +249,8 @@ pub mod ack {
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct AckRecord {
-        /// 0 for the first ack of the run, 1 for the next...
+        /// The record's seq (its sector in the area is `ack_index + 1`), or
+        /// `READY_MARKER_INDEX`.
         pub ack_index: u64,
         pub seq: u64,
         pub slot: u64,

@@ -13,8 +13,10 @@
 
 pub mod layout;
 pub mod params;
+pub mod pattern;
 pub mod protocol;
 
 pub use layout::{RecordHeader, RecordLayoutError};
 pub use params::{DurabilityMode, ParamsError, PlantedBug, WorkloadParams};
+pub use pattern::{Geometry, Pattern};
 pub use protocol::{Event, ProtocolError, ProtocolLog};

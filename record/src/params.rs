@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::layout;
+use crate::pattern::{self, Pattern};
 
 /// How the workload makes a record durable before acknowledging it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -122,6 +123,8 @@ pub enum PlantedBug {
     /// Use `MS_ASYNC` where `MS_SYNC` was promised, for one batch in
     /// `every` (the first of each `every`).
     AsyncInsteadOfSync { every: u32 },
+    /// Wal pattern: write and msync the data page before its log record.
+    DataBeforeLog,
 }
 
 /// Default N of "one in N" planted bugs.
@@ -129,13 +132,14 @@ pub const PLANTED_BUG_DEFAULT_EVERY: u32 = 4;
 pub const PLANTED_BUG_EVERY_MAX: u32 = 1_000_000;
 
 impl PlantedBug {
-    pub const ALL_NAMES: &'static str = "ack-before-sync, skip-sync[:N], sync-wrong-range, async-instead-of-sync[:N]";
+    pub const ALL_NAMES: &'static str =
+        "ack-before-sync, skip-sync[:N], sync-wrong-range, async-instead-of-sync[:N], data-before-log (wal)";
 
     /// Whether the bug applies to durability call number `call` (from 0).
     pub fn hits(self, call: u64) -> bool {
         match self {
             Self::SkipSync { every } | Self::AsyncInsteadOfSync { every } => call.is_multiple_of(u64::from(every)),
-            Self::AckBeforeSync | Self::SyncWrongRange => true,
+            Self::AckBeforeSync | Self::SyncWrongRange | Self::DataBeforeLog => true,
         }
     }
 }
@@ -147,6 +151,7 @@ impl fmt::Display for PlantedBug {
             Self::SkipSync { every } => write!(f, "skip-sync:{every}"),
             Self::SyncWrongRange => write!(f, "sync-wrong-range"),
             Self::AsyncInsteadOfSync { every } => write!(f, "async-instead-of-sync:{every}"),
+            Self::DataBeforeLog => write!(f, "data-before-log"),
         }
     }
 }
@@ -168,13 +173,14 @@ impl FromStr for PlantedBug {
         let bug = match (name, every) {
             ("ack-before-sync", None) => Self::AckBeforeSync,
             ("sync-wrong-range", None) => Self::SyncWrongRange,
+            ("data-before-log", None) => Self::DataBeforeLog,
             ("skip-sync", n) => Self::SkipSync {
                 every: n.unwrap_or(PLANTED_BUG_DEFAULT_EVERY),
             },
             ("async-instead-of-sync", n) => Self::AsyncInsteadOfSync {
                 every: n.unwrap_or(PLANTED_BUG_DEFAULT_EVERY),
             },
-            ("ack-before-sync" | "sync-wrong-range", Some(_)) => {
+            ("ack-before-sync" | "sync-wrong-range" | "data-before-log", Some(_)) => {
                 return Err(ParamsError(format!("planted bug {name} takes no :N")))
             }
             _ => {
@@ -238,6 +244,9 @@ pub struct WorkloadParams {
     /// the reserved ack area, past the filesystem's end. Each ack is also
     /// written there, with O_DIRECT, as one sector (`layout::ack`).
     pub ack_area_offset_bytes: Option<u64>,
+    /// How records are written, synced and acknowledged.
+    #[serde(default)]
+    pub pattern: Pattern,
 }
 
 /// The disk the test filesystem lives on, as the guest sees it.
@@ -246,8 +255,13 @@ pub const ACK_DEVICE: &str = "/dev/vda";
 const PREFIX: &str = "crashlab.";
 
 impl WorkloadParams {
+    /// Slots per data file.
     pub fn slots(&self) -> u64 {
         self.file_size_bytes / u64::from(self.record_size_bytes)
+    }
+
+    pub fn geometry(&self) -> pattern::Geometry {
+        pattern::Geometry::of(self)
     }
 
     /// Validates every field; the error names the field and the fix.
@@ -289,7 +303,12 @@ impl WorkloadParams {
         if self.hold_after_acks == Some(0) {
             return Err(ParamsError("hold_after_acks must be at least 1".into()));
         }
-        Ok(())
+        if self.planted_bug == Some(PlantedBug::DataBeforeLog) && self.pattern != Pattern::Wal {
+            return Err(ParamsError(
+                "--planted-bug data-before-log belongs to --pattern wal".into(),
+            ));
+        }
+        pattern::validate(self)
     }
 
     /// Renders the parameters as kernel command-line words.
@@ -300,6 +319,7 @@ impl WorkloadParams {
             format!("{PREFIX}file_size={}", self.file_size_bytes),
             format!("{PREFIX}records={}", self.records),
             format!("{PREFIX}seed={}", self.seed),
+            format!("{PREFIX}pattern={}", self.pattern),
         ];
         if let Some(bug) = self.planted_bug {
             args.push(format!("{PREFIX}planted_bug={bug}"));
@@ -324,6 +344,7 @@ impl WorkloadParams {
         let mut planted_bug = None;
         let mut hold_after_acks = None;
         let mut ack_area_offset_bytes = None;
+        let mut pattern = Pattern::default();
         for word in cmdline.split_ascii_whitespace() {
             let Some(kv) = word.strip_prefix(PREFIX) else { continue };
             let (key, value) = kv
@@ -342,6 +363,7 @@ impl WorkloadParams {
                 "planted_bug" => planted_bug = Some(value.parse()?),
                 "hold_after_acks" => hold_after_acks = Some(num(value)?),
                 "ack_offset" => ack_area_offset_bytes = Some(num(value)?),
+                "pattern" => pattern = value.parse()?,
                 // Keys read by the guest's init script, not by the workload.
                 "role" | "fs" | "mount_opts" | "fsck" | "nonce" => {}
                 _ => return Err(ParamsError(format!("unknown parameter {PREFIX}{key}"))),
@@ -359,6 +381,7 @@ impl WorkloadParams {
             planted_bug,
             hold_after_acks,
             ack_area_offset_bytes,
+            pattern,
         };
         params.validate()?;
         Ok(params)
@@ -379,11 +402,20 @@ mod tests {
             planted_bug: Some(PlantedBug::AckBeforeSync),
             hold_after_acks: Some(17),
             ack_area_offset_bytes: Some(60 << 20),
+            pattern: Pattern::Records,
         }
     }
 
     #[test]
     fn kernel_args_round_trip() {
+        let p = WorkloadParams {
+            pattern: Pattern::Several,
+            planted_bug: None,
+            mode: DurabilityMode::MsSync,
+            ..sample()
+        };
+        let cmdline = format!("console=ttyS0 {} crashlab.role=workload", p.to_kernel_args().join(" "));
+        assert_eq!(WorkloadParams::from_kernel_cmdline(&cmdline), Ok(p));
         let p = sample();
         let cmdline = format!(
             "console=ttyS0 quiet {} crashlab.role=workload",

@@ -13,43 +13,109 @@
 //! | `HOLD acks`           | workload | crash-point hook reached; waiting to be killed|
 //! | `ERR op errno`        | workload | a syscall failed; the run ends                |
 //! | `DONE records`        | workload | all records written                           |
+//! | `GROW file size`      | workload | growth: file grown (ftruncate + mremap)       |
+//! | `MSYNC file off len flags errno` | workload | an msync call returned (errno 0: success) |
+//! | `INCOHERENT file off how` | workload | invalidate: the two paths disagreed live  |
+//! | `SEEN seq slot`       | consumer | ipc: read a published record, intact          |
+//! | `SEENBAD seq slot why`| consumer | ipc: a published record read torn/foreign     |
 //! | `MOUNT rc`            | init     | check: mount's exit status                    |
-//! | `FILE size` / `NOFILE`| init     | check: the data file's size / it is absent    |
-//! | `COPY rc`             | init     | check: exit status of copying it to the export|
+//! | `FILE i size` / `NOFILE i` | init | check: data file i's size / it is absent   |
+//! | `COPY i rc`           | init     | check: exit status of copying file i out      |
 //! | `UMOUNT rc`           | init     | check: umount's exit status                   |
 //! | `FSCK tool rc`        | init     | check: read-only fsck's exit status           |
 //! | `CHECKED nonce`       | init     | check finished; `nonce` is the host's, echoed |
 //!
 //! The host asks a long-lived checker for a check with `CHECK nonce` (and a
-//! one-shot check boot reads the nonce from `crashlab.nonce=`). After a
-//! complete copy the guest writes `CRASHLAB-EXPORT nonce size` into the
-//! export disk's first sector ([`EXPORT_TAG_PREFIX`]), so the host can tell
-//! this check's bytes from an earlier one's.
+//! one-shot check boot reads the nonce from `crashlab.nonce=`). Data file
+//! `i` is copied to [`EXPORT_DATA_OFFSET_BYTES`] + `i` × the export stride
+//! on the export disk; after a complete copy the guest writes
+//! `CRASHLAB-EXPORT nonce i size` into sector `i` ([`EXPORT_TAG_PREFIX`]),
+//! so the host can tell this check's bytes from an earlier one's.
 
 use std::fmt;
 
-/// First word of the tag a check writes into the export disk's first
-/// sector after copying the data file: `CRASHLAB-EXPORT nonce size\n`.
+/// First word of the tag a check writes into sector `i` of the export disk
+/// after copying data file `i`: `CRASHLAB-EXPORT nonce i size\n`.
 pub const EXPORT_TAG_PREFIX: &str = "CRASHLAB-EXPORT";
-/// Where the copy of the data file starts on the export disk.
+/// Where the copy of the first data file starts on the export disk (the
+/// sectors before it hold the tags).
 pub const EXPORT_DATA_OFFSET_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Booted { role: String },
-    Ready { slots: u64 },
-    Begin { seq: u64, slot: u64 },
-    Ack { seq: u64, slot: u64 },
-    Hold { acks: u64 },
-    Error { op: String, errno: i32 },
-    Done { records: u64 },
-    Mount { rc: i32 },
-    File { size_bytes: u64 },
-    NoFile,
-    Copy { rc: i32 },
-    Umount { rc: i32 },
-    Fsck { tool: String, rc: i32 },
-    Checked { nonce: u64 },
+    Booted {
+        role: String,
+    },
+    Ready {
+        slots: u64,
+    },
+    Begin {
+        seq: u64,
+        slot: u64,
+    },
+    Ack {
+        seq: u64,
+        slot: u64,
+    },
+    Hold {
+        acks: u64,
+    },
+    Error {
+        op: String,
+        errno: i32,
+    },
+    Done {
+        records: u64,
+    },
+    Grow {
+        file: u32,
+        size_bytes: u64,
+    },
+    Msync {
+        file: u32,
+        offset_bytes: u64,
+        len_bytes: u64,
+        flags: String,
+        errno: i32,
+    },
+    Incoherent {
+        file: u32,
+        offset_bytes: u64,
+        how: String,
+    },
+    Seen {
+        seq: u64,
+        slot: u64,
+    },
+    SeenBad {
+        seq: u64,
+        slot: u64,
+        why: String,
+    },
+    Mount {
+        rc: i32,
+    },
+    File {
+        file: u32,
+        size_bytes: u64,
+    },
+    NoFile {
+        file: u32,
+    },
+    Copy {
+        file: u32,
+        rc: i32,
+    },
+    Umount {
+        rc: i32,
+    },
+    Fsck {
+        tool: String,
+        rc: i32,
+    },
+    Checked {
+        nonce: u64,
+    },
 }
 
 impl fmt::Display for Event {
@@ -62,10 +128,25 @@ impl fmt::Display for Event {
             Self::Hold { acks } => write!(f, "HOLD {acks}"),
             Self::Error { op, errno } => write!(f, "ERR {op} {errno}"),
             Self::Done { records } => write!(f, "DONE {records}"),
+            Self::Grow { file, size_bytes } => write!(f, "GROW {file} {size_bytes}"),
+            Self::Msync {
+                file,
+                offset_bytes,
+                len_bytes,
+                flags,
+                errno,
+            } => write!(f, "MSYNC {file} {offset_bytes} {len_bytes} {flags} {errno}"),
+            Self::Incoherent {
+                file,
+                offset_bytes,
+                how,
+            } => write!(f, "INCOHERENT {file} {offset_bytes} {how}"),
+            Self::Seen { seq, slot } => write!(f, "SEEN {seq} {slot}"),
+            Self::SeenBad { seq, slot, why } => write!(f, "SEENBAD {seq} {slot} {why}"),
             Self::Mount { rc } => write!(f, "MOUNT {rc}"),
-            Self::File { size_bytes } => write!(f, "FILE {size_bytes}"),
-            Self::NoFile => write!(f, "NOFILE"),
-            Self::Copy { rc } => write!(f, "COPY {rc}"),
+            Self::File { file, size_bytes } => write!(f, "FILE {file} {size_bytes}"),
+            Self::NoFile { file } => write!(f, "NOFILE {file}"),
+            Self::Copy { file, rc } => write!(f, "COPY {file} {rc}"),
             Self::Umount { rc } => write!(f, "UMOUNT {rc}"),
             Self::Fsck { tool, rc } => write!(f, "FSCK {tool} {rc}"),
             Self::Checked { nonce } => write!(f, "CHECKED {nonce}"),
@@ -101,6 +182,7 @@ impl Event {
         let mut field = || words.next().ok_or("missing field");
         let num = |s: &str| s.parse::<u64>().map_err(|_| "field is not a number");
         let int = |s: &str| s.parse::<i32>().map_err(|_| "field is not an integer");
+        let small = |s: &str| s.parse::<u32>().map_err(|_| "field is not a small number");
         let event = match tag {
             "BOOTED" => Event::Booted {
                 role: field()?.to_string(),
@@ -122,12 +204,41 @@ impl Event {
             "DONE" => Event::Done {
                 records: num(field()?)?,
             },
-            "MOUNT" => Event::Mount { rc: int(field()?)? },
-            "FILE" => Event::File {
+            "GROW" => Event::Grow {
+                file: small(field()?)?,
                 size_bytes: num(field()?)?,
             },
-            "NOFILE" => Event::NoFile,
-            "COPY" => Event::Copy { rc: int(field()?)? },
+            "MSYNC" => Event::Msync {
+                file: small(field()?)?,
+                offset_bytes: num(field()?)?,
+                len_bytes: num(field()?)?,
+                flags: field()?.to_string(),
+                errno: int(field()?)?,
+            },
+            "INCOHERENT" => Event::Incoherent {
+                file: small(field()?)?,
+                offset_bytes: num(field()?)?,
+                how: field()?.to_string(),
+            },
+            "SEEN" => Event::Seen {
+                seq: num(field()?)?,
+                slot: num(field()?)?,
+            },
+            "SEENBAD" => Event::SeenBad {
+                seq: num(field()?)?,
+                slot: num(field()?)?,
+                why: field()?.to_string(),
+            },
+            "MOUNT" => Event::Mount { rc: int(field()?)? },
+            "FILE" => Event::File {
+                file: small(field()?)?,
+                size_bytes: num(field()?)?,
+            },
+            "NOFILE" => Event::NoFile { file: small(field()?)? },
+            "COPY" => Event::Copy {
+                file: small(field()?)?,
+                rc: int(field()?)?,
+            },
             "UMOUNT" => Event::Umount { rc: int(field()?)? },
             "FSCK" => Event::Fsck {
                 tool: field()?.to_string(),
@@ -198,10 +309,35 @@ mod tests {
                 errno: 5,
             },
             Event::Done { records: 10 },
+            Event::Grow {
+                file: 0,
+                size_bytes: 8192,
+            },
+            Event::Msync {
+                file: 1,
+                offset_bytes: 4096,
+                len_bytes: 4097,
+                flags: "MS_SYNC|MS_INVALIDATE".into(),
+                errno: 0,
+            },
+            Event::Incoherent {
+                file: 0,
+                offset_bytes: 512,
+                how: "map-after-pwrite".into(),
+            },
+            Event::Seen { seq: 3, slot: 3 },
+            Event::SeenBad {
+                seq: 4,
+                slot: 4,
+                why: "torn".into(),
+            },
             Event::Mount { rc: 0 },
-            Event::File { size_bytes: 4096 },
-            Event::NoFile,
-            Event::Copy { rc: 1 },
+            Event::File {
+                file: 0,
+                size_bytes: 4096,
+            },
+            Event::NoFile { file: 1 },
+            Event::Copy { file: 0, rc: 1 },
             Event::Umount { rc: 0 },
             Event::Fsck {
                 tool: "e2fsck".into(),

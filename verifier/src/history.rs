@@ -1,44 +1,113 @@
 //! What the workload said it did, rebuilt from its protocol log.
 
-use record::{Event, ProtocolLog};
+use std::collections::{HashMap, HashSet};
 
-/// Per-sequence-number facts from the protocol. The workload writes records
-/// in order, so the begun records are exactly `0..begun`.
-#[derive(Debug)]
+use record::{Event, Geometry, ProtocolLog};
+
+/// An msync call the workload reported (`MSYNC`), with its place among the
+/// protocol's events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MsyncCall {
+    pub event_index: usize,
+    pub file: u32,
+    pub offset_bytes: u64,
+    pub len_bytes: u64,
+    pub flags: String,
+    pub errno: i32,
+}
+
+impl MsyncCall {
+    /// Whether the call's range, rounded out to whole pages as msync does,
+    /// covers `[offset, offset + len)` of `file`.
+    pub fn covers(&self, file: u32, offset_bytes: u64, len_bytes: u64) -> bool {
+        let page = record::pattern::PAGE_SIZE_BYTES;
+        let start = self.offset_bytes - self.offset_bytes % page;
+        let end = (self.offset_bytes + self.len_bytes).div_ceil(page) * page;
+        self.file == file && start <= offset_bytes && offset_bytes + len_bytes <= end
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "msync(file {}, offset {}, len {}, {}) = {}",
+            self.file,
+            self.offset_bytes,
+            self.len_bytes,
+            self.flags,
+            match self.errno {
+                0 => "0".to_string(),
+                e => format!("-1 errno {e}"),
+            }
+        )
+    }
+}
+
+/// Per-record facts from the protocol. Sequence numbers are unique in a
+/// run; each slot's versions are the records begun in it, in `BEGIN`
+/// order (a slot belongs to one writer, whose lines are in program order).
+#[derive(Debug, Default)]
 pub struct History {
     pub ready: bool,
     pub begun: u64,
-    pub acked: Vec<bool>,
     pub ack_count: u64,
+    versions: HashMap<u64, Vec<u64>>,
+    slot_of: HashMap<u64, u64>,
+    acked: HashSet<u64>,
+    /// Index of each record's `ACK` among the protocol's events.
+    ack_event: HashMap<u64, usize>,
+    /// Growth: (file, size) set with `GROW`, in order.
+    pub grown: Vec<(u32, u64)>,
+    pub msyncs: Vec<MsyncCall>,
     pub workload_error: Option<(String, i32)>,
     pub done: bool,
 }
 
 impl History {
     pub fn is_acked(&self, seq: u64) -> bool {
-        self.acked.get(seq as usize).copied().unwrap_or(false)
+        self.acked.contains(&seq)
+    }
+
+    /// Records begun in `slot`, oldest first.
+    pub fn versions_in(&self, slot: u64) -> &[u64] {
+        self.versions.get(&slot).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn slot_of(&self, seq: u64) -> Option<u64> {
+        self.slot_of.get(&seq).copied()
+    }
+
+    /// Acked records, in no particular order.
+    pub fn acked_records(&self) -> impl Iterator<Item = u64> + '_ {
+        self.acked.iter().copied()
+    }
+
+    /// The last msync before `seq`'s ACK whose range covers the record: the
+    /// call that made the promise.
+    pub fn covering_msync(&self, seq: u64, file: u32, offset_bytes: u64, len_bytes: u64) -> Option<&MsyncCall> {
+        let ack_at = *self.ack_event.get(&seq)?;
+        self.msyncs
+            .iter()
+            .rev()
+            .filter(|m| m.event_index < ack_at && m.errno == 0)
+            .find(|m| m.covers(file, offset_bytes, len_bytes))
     }
 }
 
 /// Rebuilds the history, refusing logs that break the protocol's own rules
-/// (a record begun out of order, an ack for a record never begun, a slot that
-/// is not `seq % slots`): such a log means the workload or the channel is
-/// broken, and no verdict on the disk could be trusted.
-pub fn rebuild(log: &ProtocolLog, slots: u64, records_max: u64) -> Result<History, String> {
-    assert!(slots > 0);
-    let mut h = History {
-        ready: false,
-        begun: 0,
-        acked: Vec::new(),
-        ack_count: 0,
-        workload_error: None,
-        done: false,
-    };
-    for event in &log.events {
+/// (a record begun twice or before READY, an ack for a record never begun,
+/// a slot outside the geometry or not the one begun): such a log means the
+/// workload or the channel is broken, and no verdict on the disk could be
+/// trusted.
+pub fn rebuild(log: &ProtocolLog, geometry: &Geometry, records_max: u64) -> Result<History, String> {
+    let total_slots = geometry.total_slots();
+    assert!(total_slots > 0);
+    let mut h = History::default();
+    for (index, event) in log.events.iter().enumerate() {
         match event {
-            Event::Ready { slots: s } => {
-                if *s != slots {
-                    return Err(format!("READY reports {s} slots, the parameters give {slots}"));
+            Event::Ready { slots } => {
+                if *slots != total_slots {
+                    return Err(format!(
+                        "READY reports {slots} slots, the parameters give {total_slots}"
+                    ));
                 }
                 h.ready = true;
             }
@@ -46,32 +115,56 @@ pub fn rebuild(log: &ProtocolLog, slots: u64, records_max: u64) -> Result<Histor
                 if !h.ready {
                     return Err(format!("BEGIN {seq} before READY"));
                 }
-                if *seq != h.begun {
-                    return Err(format!("BEGIN {seq} out of order: expected {}", h.begun));
-                }
-                if *slot != seq % slots {
-                    return Err(format!("BEGIN {seq} names slot {slot}, expected {}", seq % slots));
-                }
                 if *seq >= records_max {
                     return Err(format!("BEGIN {seq} beyond the {records_max} records of the run"));
                 }
+                if *slot >= total_slots {
+                    return Err(format!("BEGIN {seq} names slot {slot}, past the {total_slots} slots"));
+                }
+                if h.slot_of.insert(*seq, *slot).is_some() {
+                    return Err(format!("BEGIN {seq} twice"));
+                }
+                h.versions.entry(*slot).or_default().push(*seq);
                 h.begun += 1;
-                h.acked.push(false);
             }
             Event::Ack { seq, slot } => {
-                if *seq >= h.begun {
-                    return Err(format!("ACK {seq} for a record never begun"));
+                match h.slot_of.get(seq) {
+                    None => return Err(format!("ACK {seq} for a record never begun")),
+                    Some(begun_slot) if begun_slot != slot => {
+                        return Err(format!("ACK {seq} names slot {slot}, it was begun in {begun_slot}"))
+                    }
+                    Some(_) => {}
                 }
-                if *slot != seq % slots {
-                    return Err(format!("ACK {seq} names slot {slot}, expected {}", seq % slots));
-                }
-                if std::mem::replace(&mut h.acked[*seq as usize], true) {
+                if !h.acked.insert(*seq) {
                     return Err(format!("ACK {seq} twice"));
                 }
+                h.ack_event.insert(*seq, index);
                 h.ack_count += 1;
             }
+            Event::Grow { file, size_bytes } => {
+                if *file >= geometry.files {
+                    return Err(format!("GROW of file {file}: the run has {} files", geometry.files));
+                }
+                h.grown.push((*file, *size_bytes));
+            }
+            Event::Msync {
+                file,
+                offset_bytes,
+                len_bytes,
+                flags,
+                errno,
+            } => h.msyncs.push(MsyncCall {
+                event_index: index,
+                file: *file,
+                offset_bytes: *offset_bytes,
+                len_bytes: *len_bytes,
+                flags: flags.clone(),
+                errno: *errno,
+            }),
             Event::Error { op, errno } => h.workload_error = Some((op.clone(), *errno)),
             Event::Done { .. } => h.done = true,
+            // Judged live, once per trial (`live_findings`), not per state.
+            Event::Incoherent { .. } | Event::Seen { .. } | Event::SeenBad { .. } => {}
             Event::Booted { .. } | Event::Hold { .. } => {}
             other => return Err(format!("unexpected line in a workload log: {other}")),
         }

@@ -74,7 +74,8 @@ pub struct Recovered<'a> {
     pub recovery_failure: Option<String>,
     /// Exit status of `mount` in the check boot (0: mounted).
     pub mount_rc: i32,
-    pub file: FileFound<'a>,
+    /// Each data file of the run's geometry, in order.
+    pub files: Vec<FileFound<'a>>,
     /// Read-only fsck after the kernel's recovery: (tool, exit status), or
     /// `None` if the filesystem has no fsck in the guest.
     pub fsck: Option<(String, i32)>,
@@ -113,6 +114,15 @@ pub enum Rule {
     StaleBytes,
     /// A well-formed record from another run or another slot.
     ForeignRecord,
+    /// Wal: every data page is explained by a durable log record (its own,
+    /// or a later one in the same log slot).
+    WalOrder,
+    /// Invalidate (live): a write through the mapping is visible to `read`,
+    /// a `pwrite` is visible through the mapping.
+    Coherent,
+    /// Ipc (live): the consumer never reads a published record torn or
+    /// foreign.
+    ConsumerSeesCommitted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -124,6 +134,9 @@ pub struct Finding {
     pub reason: String,
     /// Hex of the found bytes where they first differ from the expected.
     pub hex_excerpt: Option<String>,
+    /// For a lost acked record: the msync call that had promised it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub covered_by: Option<String>,
 }
 
 /// What one slot of the file was found to hold.
@@ -147,6 +160,17 @@ pub enum SlotState {
     Bad,
     /// Past the end of the recovered file.
     Missing,
+}
+
+impl SlotState {
+    /// The record the slot holds whole, if it holds one of this run.
+    pub fn found_seq(&self) -> Option<u64> {
+        match *self {
+            SlotState::Intact { seq } | SlotState::InFlightNew { seq } => Some(seq),
+            SlotState::InFlightOld { found_seq } | SlotState::Lost { found_seq, .. } => found_seq,
+            SlotState::Unwritten | SlotState::Torn | SlotState::Bad | SlotState::Missing => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -176,6 +200,10 @@ pub struct Verdict {
     pub violations: Vec<Finding>,
     pub observation_count: u64,
     pub observations: Vec<Finding>,
+    /// When something failed: the last msync calls before the crash, newest
+    /// last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub last_msyncs: Vec<String>,
     #[serde(skip)]
     pub slots: Vec<SlotState>,
 }
@@ -189,8 +217,15 @@ impl Verdict {
             violations: Vec::new(),
             observation_count: 0,
             observations: Vec::new(),
+            last_msyncs: Vec::new(),
             slots: Vec::new(),
         }
+    }
+
+    /// Adds a violation found outside this verdict's evidence (the
+    /// workload's live findings of the whole run).
+    pub fn add_violation(&mut self, finding: Finding) {
+        self.violation(finding)
     }
 
     fn violation(&mut self, finding: Finding) {
@@ -227,18 +262,20 @@ fn finding(rule: Rule, reason: String) -> Finding {
         found_seq: None,
         reason,
         hex_excerpt: None,
+        covered_by: None,
     }
 }
+
+/// The msync calls a verdict shows when something failed.
+const LAST_MSYNCS_SHOWN: usize = 8;
 
 pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     let params = evidence.params;
     assert!(params.validate().is_ok(), "the verifier is given validated parameters");
-    // The profiles agree on everything the record workload promises (see
-    // `Profile`); the parameter stays for workloads where they differ.
-    let _ = profile;
+    let geometry = params.geometry();
+    let total_slots = geometry.total_slots() as usize;
     let mut verdict = Verdict::new();
-    let slots = params.slots();
-    let history = match history::rebuild(evidence.protocol, slots, params.records) {
+    let history = match history::rebuild(evidence.protocol, &geometry, params.records) {
         Ok(h) => h,
         Err(reason) => {
             verdict.violation(finding(Rule::ProtocolConsistent, reason));
@@ -252,7 +289,7 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     let recovered = &evidence.recovered;
     if let Some(reason) = &recovered.recovery_failure {
         verdict.violation(finding(Rule::RecoveryCompletes, reason.clone()));
-        verdict.slots = vec![SlotState::Missing; slots as usize];
+        verdict.slots = vec![SlotState::Missing; total_slots];
         return verdict;
     }
     if recovered.mount_rc != 0 {
@@ -273,57 +310,195 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
             ));
         }
     }
+    assert_eq!(
+        recovered.files.len(),
+        geometry.files as usize,
+        "one recovered file per data file of the geometry"
+    );
     let promised = params.mode.promises_durability();
-    let file = match &recovered.file {
-        FileFound::Read(bytes) => *bytes,
-        FileFound::Missing => {
-            if history.ready {
-                verdict.violation(finding(
-                    Rule::FilePresent,
-                    "the data file is missing although it was created and synced before READY".into(),
-                ));
-            }
-            verdict.slots = vec![SlotState::Missing; slots as usize];
-            return verdict;
-        }
-        FileFound::Unreadable { size_bytes, reason } => {
-            if let Some(size_bytes) = size_bytes {
-                check_size(&mut verdict, params, &history, *size_bytes);
-            }
-            let size = size_bytes.map_or("of unknown size".to_string(), |n| format!("{n} bytes"));
-            verdict.violation(finding(
-                Rule::FileReadable,
-                format!("the recovered data file ({size}) could not be read: {reason}"),
-            ));
-            verdict.slots = vec![SlotState::Missing; slots as usize];
-            return verdict;
-        }
-    };
-    check_size(&mut verdict, params, &history, file.len() as u64);
-
+    let sizes = SizeRules::new(params, &geometry, &history, profile);
     let mut ctx = SlotContext::new(params, &history);
-    for slot in 0..slots {
-        let state = ctx.judge_slot(slot, file, promised, &mut verdict);
-        verdict.slots.push(state);
+    for (file_index, found) in recovered.files.iter().enumerate() {
+        let file_index = file_index as u32;
+        let name = record::pattern::DATA_FILE_NAMES[file_index as usize];
+        let bytes: Option<&[u8]> = match found {
+            FileFound::Read(bytes) => {
+                sizes.check(&mut verdict, file_index, bytes.len() as u64);
+                Some(bytes)
+            }
+            FileFound::Missing => {
+                if history.ready {
+                    verdict.violation(finding(
+                        Rule::FilePresent,
+                        format!("data file {name} is missing although it was created and synced before READY"),
+                    ));
+                }
+                None
+            }
+            FileFound::Unreadable { size_bytes, reason } => {
+                if let Some(size_bytes) = size_bytes {
+                    sizes.check(&mut verdict, file_index, *size_bytes);
+                }
+                let size = size_bytes.map_or("of unknown size".to_string(), |n| format!("{n} bytes"));
+                verdict.violation(finding(
+                    Rule::FileReadable,
+                    format!("the recovered data file {name} ({size}) could not be read: {reason}"),
+                ));
+                None
+            }
+        };
+        let first = u64::from(file_index) * geometry.slots_per_file;
+        for slot in first..first + geometry.slots_per_file {
+            let state = match bytes {
+                Some(bytes) => {
+                    let (_, offset) = geometry.locate(slot, params.record_size_bytes);
+                    ctx.judge_slot(slot, bytes, offset as usize, promised, &mut verdict)
+                }
+                None => SlotState::Missing,
+            };
+            verdict.slots.push(state);
+        }
+    }
+    if geometry.log_slots > 0 {
+        check_wal_order(&mut verdict, &geometry, params);
+    }
+    if !verdict.passed {
+        let shown = history.msyncs.len().saturating_sub(LAST_MSYNCS_SHOWN);
+        verdict.last_msyncs = history.msyncs[shown..]
+            .iter()
+            .map(history::MsyncCall::describe)
+            .collect();
     }
     verdict
 }
 
-/// The file was sized and synced before READY: from then on its size is
-/// exactly that, under every mode. It is never larger.
-fn check_size(verdict: &mut Verdict, params: &WorkloadParams, history: &History, found_bytes: u64) {
-    let sized_bytes = params.file_size_bytes;
-    if found_bytes > sized_bytes {
-        verdict.violation(finding(
-            Rule::SizeNotGrown,
-            format!("file is {found_bytes} bytes, the workload sized it to {sized_bytes}"),
-        ));
+/// Findings the workload reported live, over the whole run: they do not
+/// depend on a crash state, so a power-loss trial judges them once.
+pub fn live_findings(protocol: &ProtocolLog) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for event in &protocol.events {
+        let found = match event {
+            record::Event::Incoherent {
+                file,
+                offset_bytes,
+                how,
+            } => finding(
+                Rule::Coherent,
+                format!("file {file} at byte {offset_bytes}: {how}: the mapping and read()/write() disagreed"),
+            ),
+            record::Event::SeenBad { seq, slot, why } => Finding {
+                slot: Some(*slot),
+                found_seq: Some(*seq),
+                ..finding(
+                    Rule::ConsumerSeesCommitted,
+                    format!("the consumer read published record {seq} in slot {slot}: {why}"),
+                )
+            },
+            _ => continue,
+        };
+        if findings.len() < FINDINGS_MAX {
+            findings.push(found);
+        }
     }
-    if history.ready && found_bytes < sized_bytes {
-        verdict.violation(finding(
-            Rule::SizeDurable,
-            format!("file is {found_bytes} bytes, but it was sized to {sized_bytes} and synced before READY"),
-        ));
+    findings
+}
+
+/// What a data file's size may be and must be.
+struct SizeRules {
+    /// Largest size each file was ever given.
+    max_bytes: Vec<u64>,
+    /// Smallest size each file may have: its synced initial size once READY
+    /// was given, and (growth, `linux`) the size every acked record needs.
+    min_bytes: Vec<u64>,
+    /// What `min_bytes` rests on, for the finding.
+    min_reason: Vec<String>,
+}
+
+impl SizeRules {
+    fn new(params: &WorkloadParams, geometry: &record::Geometry, history: &History, profile: Profile) -> SizeRules {
+        let files = geometry.files as usize;
+        let mut max_bytes = vec![geometry.initial_size_bytes; files];
+        for &(file, size) in &history.grown {
+            let max = &mut max_bytes[file as usize];
+            *max = (*max).max(size);
+        }
+        let ready_min = if history.ready { geometry.initial_size_bytes } else { 0 };
+        let mut min_bytes = vec![ready_min; files];
+        let mut min_reason = vec!["it was sized and synced before READY".to_string(); files];
+        // Growth: Linux's msync is fdatasync over the range, so the size
+        // that makes the synced data readable is durable too; POSIX
+        // promises only the data.
+        if geometry.growth_step_bytes > 0 && profile == Profile::Linux {
+            for seq in history.acked_records() {
+                let slot = history.slot_of(seq).expect("acked records were begun");
+                let (file, offset) = geometry.locate(slot, params.record_size_bytes);
+                let end = offset + u64::from(params.record_size_bytes);
+                if end > min_bytes[file as usize] {
+                    min_bytes[file as usize] = end;
+                    min_reason[file as usize] =
+                        format!("acked record {seq} ends there, and Linux's msync persists the size");
+                }
+            }
+        }
+        SizeRules {
+            max_bytes,
+            min_bytes,
+            min_reason,
+        }
+    }
+
+    fn check(&self, verdict: &mut Verdict, file: u32, found_bytes: u64) {
+        let (max, min) = (self.max_bytes[file as usize], self.min_bytes[file as usize]);
+        if found_bytes > max {
+            verdict.violation(finding(
+                Rule::SizeNotGrown,
+                format!("file {file} is {found_bytes} bytes, the workload never made it larger than {max}"),
+            ));
+        }
+        if found_bytes < min {
+            verdict.violation(finding(
+                Rule::SizeDurable,
+                format!(
+                    "file {file} is {found_bytes} bytes, but it must be at least {min}: {}",
+                    self.min_reason[file as usize]
+                ),
+            ));
+        }
+    }
+}
+
+/// Wal: a data page holding transaction `t`'s record (seq `2t + 1`) must
+/// find in its log slot (`t % log_slots`) the log record `2t` or a later
+/// one: the log was durable before the data page changed.
+fn check_wal_order(verdict: &mut Verdict, geometry: &record::Geometry, params: &WorkloadParams) {
+    let record = u64::from(params.record_size_bytes);
+    let slots = verdict.slots.clone();
+    for (slot, state) in slots.iter().enumerate().skip(geometry.log_slots as usize) {
+        let Some(data_seq) = state.found_seq() else { continue };
+        let t = data_seq / 2;
+        let (log_slot, log_seq) = (t % geometry.log_slots, 2 * t);
+        let log_state = slots[log_slot as usize];
+        let explained = log_state.found_seq().is_some_and(|found| found >= log_seq);
+        if !explained {
+            let found = match log_state.found_seq() {
+                Some(seq) => format!("log record {seq}"),
+                None => format!("{log_state:?}"),
+            };
+            verdict.violation(Finding {
+                slot: Some(slot as u64),
+                expected_seq: Some(log_seq),
+                found_seq: Some(data_seq),
+                ..finding(
+                    Rule::WalOrder,
+                    format!(
+                        "data page slot {slot} holds transaction {t} (record {data_seq}), but its log slot \
+                         {log_slot} (byte {}) holds {found}, not log record {log_seq} or a later one: the data \
+                         reached the disk before its log",
+                        log_slot * record
+                    ),
+                )
+            });
+        }
     }
 }
 
@@ -336,6 +511,7 @@ enum Version {
 
 struct SlotContext<'a> {
     params: &'a WorkloadParams,
+    geometry: record::Geometry,
     history: &'a History,
     record_size: usize,
     scratch: Vec<u8>,
@@ -346,16 +522,11 @@ impl<'a> SlotContext<'a> {
         let record_size = params.record_size_bytes as usize;
         SlotContext {
             params,
+            geometry: params.geometry(),
             history,
             record_size,
             scratch: vec![0; record_size],
         }
-    }
-
-    /// Sequence numbers ever begun in `slot`, oldest first.
-    fn begun_in(&self, slot: u64) -> Vec<u64> {
-        let (slots, begun) = (self.params.slots(), self.history.begun);
-        (0..).map(|k| slot + k * slots).take_while(|&seq| seq < begun).collect()
     }
 
     fn expected_bytes(&mut self, version: Version) -> &[u8] {
@@ -365,7 +536,7 @@ impl<'a> SlotContext<'a> {
                 let header = RecordHeader {
                     record_size_bytes: self.params.record_size_bytes,
                     seq,
-                    slot: seq % self.params.slots(),
+                    slot: self.history.slot_of(seq).expect("only begun records are expected"),
                     seed: self.params.seed,
                 };
                 layout::encode(&header, &mut self.scratch);
@@ -374,29 +545,44 @@ impl<'a> SlotContext<'a> {
         &self.scratch
     }
 
-    fn judge_slot(&mut self, slot: u64, file: &[u8], promised: bool, verdict: &mut Verdict) -> SlotState {
-        let begun = self.begun_in(slot);
+    /// The msync that had promised acked record `seq` of `slot`, or that
+    /// none did (when the workload reported its msync calls at all).
+    fn covering(&self, seq: u64, slot: u64) -> Option<String> {
+        let (file, offset) = self.geometry.locate(slot, self.params.record_size_bytes);
+        match self
+            .history
+            .covering_msync(seq, file, offset, u64::from(self.params.record_size_bytes))
+        {
+            Some(call) => Some(call.describe()),
+            None if self.history.msyncs.is_empty() => None,
+            None => Some("none: no successful msync before its ACK covered the record".into()),
+        }
+    }
+
+    /// Judges one slot, found at byte `start` of its file. `promised`: the
+    /// mode promises durability. A slot past the file's end is counted
+    /// lost but left to the size rule.
+    fn judge_slot(&mut self, slot: u64, file: &[u8], start: usize, promised: bool, verdict: &mut Verdict) -> SlotState {
+        let begun = self.history.versions_in(slot).to_vec();
         // The floor: the newest acked version, the oldest the slot may still
         // show. Falling below it is a violation where durability was promised
         // and an observation where it was not.
-        let floor = begun.iter().rev().copied().find(|&seq| self.history.is_acked(seq));
-        let allowed: Vec<Version> = match floor {
-            Some(f) => begun.iter().copied().filter(|&s| s >= f).map(Version::Seq).collect(),
+        let floor_at = begun.iter().rposition(|&seq| self.history.is_acked(seq));
+        let floor = floor_at.map(|i| begun[i]);
+        let allowed: Vec<Version> = match floor_at {
+            Some(i) => begun[i..].iter().copied().map(Version::Seq).collect(),
             None => std::iter::once(Version::Zeros)
                 .chain(begun.iter().copied().map(Version::Seq))
                 .collect(),
         };
-        let start = slot as usize * self.record_size;
         let Some(found) = file.get(start..start + self.record_size) else {
             if let Some(seq) = floor {
                 verdict.counts.lost += 1;
+                let reason = "the slot lies past the end of the recovered file (see the size rule)".to_string();
                 verdict.observation(Finding {
-                    rule: Rule::AckedRecordLost,
-                    slot: Some(slot),
-                    expected_seq: Some(seq),
-                    found_seq: None,
-                    reason: "slot lies past the end of the recovered file (see the size rule)".into(),
+                    covered_by: self.covering(seq, slot),
                     hex_excerpt: None,
+                    ..lost_finding(slot, seq, None, reason, String::new())
                 });
             }
             return SlotState::Missing;
@@ -416,6 +602,7 @@ impl<'a> SlotContext<'a> {
                         header.seed, header.seq, header.slot
                     ),
                     hex_excerpt: Some(hex::excerpt(found, 0, 40)),
+                    covered_by: None,
                 });
                 SlotState::Bad
             }
@@ -442,9 +629,8 @@ impl<'a> SlotContext<'a> {
         let p = self.params;
         let belongs = header.seed == p.seed
             && header.record_size_bytes == p.record_size_bytes
-            && header.seq < self.history.begun
             && header.slot == slot
-            && header.seq % p.slots() == slot;
+            && self.history.slot_of(header.seq) == Some(slot);
         if !belongs || self.expected_bytes(Version::Seq(header.seq)) != found {
             return Err(Identify::Foreign(header));
         }
@@ -488,7 +674,11 @@ impl<'a> SlotContext<'a> {
             None => format!("acked record {expected} was lost: the slot holds zeros"),
         };
         let excerpt = hex::excerpt(found, diff_at & !15, 32);
-        verdict.judge(promised, lost_finding(slot, expected, found_seq, reason, excerpt));
+        let lost = Finding {
+            covered_by: self.covering(expected, slot),
+            ..lost_finding(slot, expected, found_seq, reason, excerpt)
+        };
+        verdict.judge(promised, lost);
         SlotState::Lost {
             expected_seq: expected,
             found_seq,
@@ -542,6 +732,7 @@ impl<'a> SlotContext<'a> {
                     i / SECTOR_SIZE_BYTES
                 ),
                 hex_excerpt: Some(hex::excerpt(found, i & !15, 32)),
+                covered_by: None,
             });
             return SlotState::Bad;
         }
@@ -552,7 +743,11 @@ impl<'a> SlotContext<'a> {
                 at / SECTOR_SIZE_BYTES
             );
             let excerpt = hex::excerpt(found, at & !15, 32);
-            verdict.judge(promised, lost_finding(slot, expected, None, reason, excerpt));
+            let lost = Finding {
+                covered_by: self.covering(expected, slot),
+                ..lost_finding(slot, expected, None, reason, excerpt)
+            };
+            verdict.judge(promised, lost);
             return SlotState::Lost {
                 expected_seq: expected,
                 found_seq: None,
@@ -570,6 +765,7 @@ fn lost_finding(slot: u64, expected: u64, found_seq: Option<u64>, reason: String
         found_seq,
         reason,
         hex_excerpt: Some(hex_excerpt),
+        covered_by: None,
     }
 }
 
@@ -584,3 +780,6 @@ fn first_difference(a: &[u8], b: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pattern_tests;

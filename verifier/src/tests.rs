@@ -30,6 +30,7 @@ impl Scenario {
             planted_bug: None,
             hold_after_acks: None,
             ack_area_offset_bytes: None,
+            pattern: record::Pattern::Records,
         };
         let log = ProtocolLog {
             events: vec![Event::Ready { slots: SLOTS }],
@@ -83,10 +84,10 @@ impl Scenario {
             recovered: Recovered {
                 recovery_failure: None,
                 mount_rc: self.mount_rc,
-                file: match self.file_present {
+                files: vec![match self.file_present {
                     true => FileFound::Read(&self.file[..]),
                     false => FileFound::Missing,
-                },
+                }],
                 fsck: self.fsck.clone(),
             },
         };
@@ -385,10 +386,10 @@ fn unreadable_file_is_a_violation_of_that_state() {
         recovered: Recovered {
             recovery_failure: None,
             mount_rc: 0,
-            file: FileFound::Unreadable {
+            files: vec![FileFound::Unreadable {
                 size_bytes: Some(s.params.file_size_bytes),
                 reason: "dd exit status 1".into(),
-            },
+            }],
             fsck: None,
         },
     };
@@ -398,10 +399,10 @@ fn unreadable_file_is_a_violation_of_that_state() {
     // One that grew is unreadable too, and breaks the size rule.
     let grown = Evidence {
         recovered: Recovered {
-            file: FileFound::Unreadable {
+            files: vec![FileFound::Unreadable {
                 size_bytes: Some(s.params.file_size_bytes * 3),
                 reason: "larger than the export disk".into(),
-            },
+            }],
             ..evidence.recovered.clone()
         },
         ..evidence
@@ -422,7 +423,7 @@ fn failed_recovery_is_the_only_finding() {
         recovered: Recovered {
             recovery_failure: Some("the guest kernel panicked while mounting".into()),
             mount_rc: 0,
-            file: FileFound::Missing,
+            files: vec![FileFound::Missing],
             fsck: None,
         },
     };

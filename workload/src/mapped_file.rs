@@ -1,15 +1,16 @@
-//! The data file and its MAP_SHARED mapping: every syscall the workload makes
-//! on it, each failure carrying the syscall's name and errno.
+//! A data file and its MAP_SHARED mappings: every syscall the workload
+//! makes on them, each failure carrying the syscall's name and errno.
 
 use std::ffi::c_void;
 use std::fmt;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::ptr::NonNull;
 
-use nix::sys::mman::{mmap, msync, MapFlags, MsFlags, ProtFlags};
+use nix::sys::mman::{mmap, mremap, MRemapFlags, MapFlags, MsFlags, ProtFlags};
 
 #[derive(Debug)]
 pub struct SyscallError {
@@ -28,33 +29,136 @@ impl fmt::Display for SyscallError {
     }
 }
 
-fn fail(op: &'static str) -> impl Fn(nix::Error) -> SyscallError {
+pub fn fail(op: &'static str) -> impl Fn(nix::Error) -> SyscallError {
     move |e| SyscallError { op, errno: e as i32 }
 }
 
-fn fail_io(op: &'static str) -> impl Fn(std::io::Error) -> SyscallError {
+pub fn fail_io(op: &'static str) -> impl Fn(std::io::Error) -> SyscallError {
     move |e| SyscallError {
         op,
-        errno: e.raw_os_error().unwrap_or(libc_eio()),
+        errno: e.raw_os_error().unwrap_or(nix::errno::Errno::EIO as i32),
     }
 }
 
-fn libc_eio() -> i32 {
-    nix::errno::Errno::EIO as i32
+/// The page size the workload runs with (x86-64: 4096; checked at start).
+pub fn page_size_bytes() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as usize
 }
 
-pub struct MappedFile {
-    file: File,
+/// One MAP_SHARED mapping of the whole file (as long as it is now).
+pub struct Mapping {
     base: NonNull<c_void>,
-    size_bytes: usize,
-    page_size_bytes: usize,
+    len_bytes: usize,
 }
 
-impl MappedFile {
+/// What an msync call was, for the `MSYNC` line.
+pub struct MsyncCall {
+    pub offset_bytes: usize,
+    pub len_bytes: usize,
+    pub flags: MsFlags,
+}
+
+impl MsyncCall {
+    pub fn flag_names(&self) -> String {
+        let mut names = Vec::new();
+        for (flag, name) in [
+            (MsFlags::MS_SYNC, "MS_SYNC"),
+            (MsFlags::MS_ASYNC, "MS_ASYNC"),
+            (MsFlags::MS_INVALIDATE, "MS_INVALIDATE"),
+        ] {
+            if self.flags.contains(flag) {
+                names.push(name);
+            }
+        }
+        match names.is_empty() {
+            true => "0".to_string(),
+            false => names.join("|"),
+        }
+    }
+}
+
+impl Mapping {
+    fn map(file: &File, len_bytes: usize) -> Result<Mapping, SyscallError> {
+        let len = NonZeroUsize::new(len_bytes).expect("mappings are never empty");
+        // SAFETY: a fresh shared mapping of a file we own; slices into it
+        // never outlive `self`, and the file is not truncated below it.
+        let base = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                file,
+                0,
+            )
+        }
+        .map_err(fail("mmap"))?;
+        Ok(Mapping { base, len_bytes })
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.len_bytes
+    }
+
+    pub fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset + len <= self.len_bytes, "{offset}+{len} outside the mapping");
+        // SAFETY: in bounds of the live mapping (asserted); &mut self keeps
+        // the slice unique within this process.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().cast::<u8>().add(offset), len) }
+    }
+
+    pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(offset + len <= self.len_bytes, "{offset}+{len} outside the mapping");
+        // SAFETY: as above, shared.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast::<u8>().add(offset), len) }
+    }
+
+    /// msync over `[offset, offset + len)`, the start rounded down to a page
+    /// (POSIX allows EINVAL otherwise); the kernel rounds the length up.
+    /// Returns the call made, and its result.
+    pub fn msync(&mut self, offset: usize, len: usize, flags: MsFlags) -> (MsyncCall, Result<(), SyscallError>) {
+        assert!(offset + len <= self.len_bytes);
+        let start = offset - offset % page_size_bytes();
+        let call = MsyncCall {
+            offset_bytes: start,
+            len_bytes: offset + len - start,
+            flags,
+        };
+        // SAFETY: the range lies inside our live mapping.
+        let result = unsafe {
+            let addr = NonNull::new_unchecked(self.base.as_ptr().cast::<u8>().add(start).cast());
+            nix::sys::mman::msync(addr, call.len_bytes, flags)
+        };
+        (call, result.map_err(fail("msync")))
+    }
+
+    /// Grows the mapping to `new_len` (the file must already be that long).
+    pub fn grow(&mut self, new_len: usize) -> Result<(), SyscallError> {
+        // SAFETY: remaps our own mapping; no slice into it is alive (&mut).
+        let base = unsafe { mremap(self.base, self.len_bytes, new_len, MRemapFlags::MREMAP_MAYMOVE, None) }
+            .map_err(fail("mremap"))?;
+        self.base = base;
+        self.len_bytes = new_len;
+        Ok(())
+    }
+}
+
+/// A data file with one or more shared mappings of it.
+pub struct DataFile {
+    file: File,
+    size_bytes: usize,
+    mappings: Vec<Mapping>,
+}
+
+impl DataFile {
     /// Creates the file, sizes it and makes both the size and the directory
     /// entry durable before any record is written, as a careful application
-    /// would: acked records must not depend on metadata that was never synced.
-    pub fn create_durably(path: &str, size_bytes: u64) -> Result<MappedFile, SyscallError> {
+    /// would: acked records must not depend on metadata that was never
+    /// synced. Maps it `mappings` times.
+    pub fn create_durably(path: &str, size_bytes: u64, mappings: usize) -> Result<DataFile, SyscallError> {
         let file = File::options()
             .read(true)
             .write(true)
@@ -68,66 +172,42 @@ impl MappedFile {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(fail_io("fsync-dir"))?;
-
         let size_bytes = usize::try_from(size_bytes).expect("file size fits in memory");
-        let len = NonZeroUsize::new(size_bytes).expect("file size is validated non-zero");
-        // SAFETY: a fresh shared mapping of a file we own; we never hand out
-        // references that outlive `self`, and the file is not truncated while
-        // mapped.
-        let base = unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                &file,
-                0,
-            )
-        }
-        .map_err(fail("mmap"))?;
-        let page_size_bytes = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .unwrap_or(4096) as usize;
-        Ok(MappedFile {
+        let mappings = (0..mappings)
+            .map(|_| Mapping::map(&file, size_bytes))
+            .collect::<Result<_, _>>()?;
+        Ok(DataFile {
             file,
-            base,
             size_bytes,
-            page_size_bytes,
+            mappings,
         })
-    }
-
-    pub fn page_size_bytes(&self) -> usize {
-        self.page_size_bytes
     }
 
     pub fn size_bytes(&self) -> usize {
         self.size_bytes
     }
 
-    pub fn record_mut(&mut self, slot: u64, record_size: usize) -> &mut [u8] {
-        let offset = slot as usize * record_size;
-        assert!(offset + record_size <= self.size_bytes, "slot {slot} outside the file");
-        // SAFETY: in bounds of the live mapping (asserted); &mut self keeps the
-        // slice unique.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().cast::<u8>().add(offset), record_size) }
+    pub fn mapping(&mut self, index: usize) -> &mut Mapping {
+        &mut self.mappings[index]
     }
 
-    /// msync over the whole pages containing `[offset, offset + len)`. The
-    /// address must be page-aligned (POSIX allows EINVAL otherwise), so the
-    /// start is rounded down; the length is rounded up by the kernel.
-    pub fn msync(&mut self, offset: usize, len: usize, synchronous: bool) -> Result<(), SyscallError> {
-        assert!(offset + len <= self.size_bytes);
-        let start = offset - offset % self.page_size_bytes;
-        let flags = if synchronous {
-            MsFlags::MS_SYNC
-        } else {
-            MsFlags::MS_ASYNC
-        };
-        // SAFETY: start lies inside the mapping (offset is in bounds).
-        let addr = unsafe { NonNull::new_unchecked(self.base.as_ptr().cast::<u8>().add(start).cast()) };
-        // SAFETY: the range is part of our live mapping.
-        unsafe { msync(addr, offset + len - start, flags) }.map_err(fail("msync"))
+    /// Grows the file with ftruncate, then every mapping with mremap.
+    pub fn grow(&mut self, new_size_bytes: usize) -> Result<(), SyscallError> {
+        assert!(new_size_bytes > self.size_bytes);
+        self.file.set_len(new_size_bytes as u64).map_err(fail_io("ftruncate"))?;
+        for mapping in &mut self.mappings {
+            mapping.grow(new_size_bytes)?;
+        }
+        self.size_bytes = new_size_bytes;
+        Ok(())
+    }
+
+    pub fn pwrite(&self, offset: usize, bytes: &[u8]) -> Result<(), SyscallError> {
+        self.file.write_all_at(bytes, offset as u64).map_err(fail_io("pwrite"))
+    }
+
+    pub fn pread(&self, offset: usize, buf: &mut [u8]) -> Result<(), SyscallError> {
+        self.file.read_exact_at(buf, offset as u64).map_err(fail_io("pread"))
     }
 
     pub fn fsync(&self) -> Result<(), SyscallError> {
