@@ -26,6 +26,20 @@ impl Filesystem {
         }
     }
 
+    /// The mount options a run uses unless told otherwise.
+    pub fn default_mount_opts(self) -> &'static str {
+        match self {
+            Self::Ext4 => "data=ordered",
+            Self::Xfs | Self::Btrfs | Self::F2fs => "defaults",
+        }
+    }
+
+    /// The disk size a run uses unless told otherwise: 64 MiB, or the
+    /// filesystem's minimum if larger.
+    pub fn default_disk_size_bytes(self) -> u64 {
+        self.min_disk_size_bytes().max(64 << 20)
+    }
+
     /// Smallest disk mkfs accepts for this filesystem, with room for the file.
     pub fn min_disk_size_bytes(self) -> u64 {
         match self {

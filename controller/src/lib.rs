@@ -9,6 +9,7 @@
 pub mod accel;
 pub mod campaign;
 pub mod config;
+pub mod conformance;
 pub mod images;
 pub mod nbd;
 pub mod plan;

@@ -29,6 +29,29 @@ enum Command {
     /// Rebuild one power-loss crash state exactly from a campaign's kept
     /// evidence, write it as a disk image and judge it again.
     ReplayState(ReplayArgs),
+    /// msync's interface on the running kernel (no crash): each call of
+    /// the seeds, its result beside what POSIX requires and Linux documents.
+    Conformance(ConformanceArgs),
+}
+
+#[derive(Args)]
+struct ConformanceArgs {
+    /// Filesystems to run the suite on (one guest boot each).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ext4,xfs,btrfs,f2fs")]
+    fs: Vec<Filesystem>,
+    /// Guest kernel and initramfs, as built by `cargo xtask images`.
+    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value = "vm-images/cache")]
+    images_dir: PathBuf,
+    /// Where the table goes (conformance.txt, conformance.json).
+    #[arg(long, default_value = "results")]
+    results_dir: PathBuf,
+    /// Name of the output directory (default: timestamp).
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: Accel,
+    #[arg(long, default_value_t = 60_000)]
+    boot_timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -57,8 +80,9 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "ext4")]
     fs: Filesystem,
     /// Mount options (one comma-separated word; "defaults" for none).
-    #[arg(long, default_value = "data=ordered")]
-    mount_opts: String,
+    /// Default: data=ordered for ext4, defaults for the others.
+    #[arg(long)]
+    mount_opts: Option<String>,
     /// Workload pattern: records, partial-msync, invalidate, ipc, wal, growth, several.
     #[arg(long, default_value = "records")]
     pattern: record::Pattern,
@@ -101,9 +125,10 @@ struct RunArgs {
     /// How strictly to read msync's promise.
     #[arg(long, value_enum, default_value = "linux")]
     profile: ProfileArg,
-    /// Guest disk size.
-    #[arg(long, default_value = "64M", value_parser = config::parse_size_bytes)]
-    disk_size: u64,
+    /// Guest disk size. Default: 64M, or the filesystem's minimum (xfs 300M,
+    /// btrfs 128M).
+    #[arg(long, value_parser = config::parse_size_bytes)]
+    disk_size: Option<u64>,
     #[arg(long, default_value_t = 512)]
     guest_memory_mib: u32,
     /// KVM or TCG; auto proves KVM with a sanity boot.
@@ -173,6 +198,39 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::ReplayState(args) => replay(args),
+        Command::Conformance(args) => conformance(args),
+    }
+}
+
+fn conformance(args: ConformanceArgs) -> ExitCode {
+    if let Err(e) = controller::signals::install() {
+        eprintln!("error: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::from(2);
+    }
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("{}-conformance", campaign::utc_timestamp()));
+    let request = controller::conformance::ConformanceRequest {
+        filesystems: args.fs,
+        images_dir: args.images_dir,
+        out_dir: args.results_dir.join(id),
+        accel: args.accel,
+        boot_timeout_ms: args.boot_timeout_ms,
+        interrupt: &controller::signals::INTERRUPTED,
+    };
+    match controller::conformance::run_conformance(&request)
+        .and_then(|table| controller::conformance::write(&table, &request.out_dir))
+    {
+        Ok(text) => {
+            print!("{text}");
+            println!("\nresults: {}", request.out_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -210,7 +268,9 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let config = CampaignConfig {
         fs: args.fs,
-        mount_opts: args.mount_opts,
+        mount_opts: args
+            .mount_opts
+            .unwrap_or_else(|| args.fs.default_mount_opts().to_string()),
         pattern: args.pattern,
         mode: args.mode,
         record_size_bytes,
@@ -227,7 +287,7 @@ fn run(args: RunArgs) -> ExitCode {
             ProfileArg::Linux => verifier::Profile::Linux,
             ProfileArg::Posix => verifier::Profile::Posix,
         },
-        disk_size_bytes: args.disk_size,
+        disk_size_bytes: args.disk_size.unwrap_or_else(|| args.fs.default_disk_size_bytes()),
         guest_memory_mib: args.guest_memory_mib,
         accel: args.accel,
         boot_timeout_ms: args.boot_timeout_ms,

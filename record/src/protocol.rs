@@ -18,6 +18,7 @@
 //! | `INCOHERENT file off how` | workload | invalidate: the two paths disagreed live  |
 //! | `SEEN seq slot`       | consumer | ipc: read a published record, intact          |
 //! | `SEENBAD seq slot why`| consumer | ipc: a published record read torn/foreign     |
+//! | `CONF case rc errno detail` | conformance | one msync call of the suite and its result |
 //! | `MOUNT rc`            | init     | check: mount's exit status                    |
 //! | `FILE i size` / `NOFILE i` | init | check: data file i's size / it is absent   |
 //! | `COPY i rc`           | init     | check: exit status of copying file i out      |
@@ -92,6 +93,12 @@ pub enum Event {
         slot: u64,
         why: String,
     },
+    Conf {
+        case: String,
+        rc: i32,
+        errno: i32,
+        detail: String,
+    },
     Mount {
         rc: i32,
     },
@@ -143,6 +150,12 @@ impl fmt::Display for Event {
             } => write!(f, "INCOHERENT {file} {offset_bytes} {how}"),
             Self::Seen { seq, slot } => write!(f, "SEEN {seq} {slot}"),
             Self::SeenBad { seq, slot, why } => write!(f, "SEENBAD {seq} {slot} {why}"),
+            Self::Conf {
+                case,
+                rc,
+                errno,
+                detail,
+            } => write!(f, "CONF {case} {rc} {errno} {detail}"),
             Self::Mount { rc } => write!(f, "MOUNT {rc}"),
             Self::File { file, size_bytes } => write!(f, "FILE {file} {size_bytes}"),
             Self::NoFile { file } => write!(f, "NOFILE {file}"),
@@ -223,6 +236,12 @@ impl Event {
             "SEEN" => Event::Seen {
                 seq: num(field()?)?,
                 slot: num(field()?)?,
+            },
+            "CONF" => Event::Conf {
+                case: field()?.to_string(),
+                rc: int(field()?)?,
+                errno: int(field()?)?,
+                detail: field()?.to_string(),
             },
             "SEENBAD" => Event::SeenBad {
                 seq: num(field()?)?,
@@ -326,6 +345,12 @@ mod tests {
                 how: "map-after-pwrite".into(),
             },
             Event::Seen { seq: 3, slot: 3 },
+            Event::Conf {
+                case: "partly-unmapped".into(),
+                rc: -1,
+                errno: 12,
+                detail: "mapped-part-written=yes".into(),
+            },
             Event::SeenBad {
                 seq: 4,
                 slot: 4,

@@ -1,6 +1,8 @@
 //! `crashlab-workload`: runs inside the guest, started by /init.
 //!
-//! Usage: `crashlab-workload DATA_DIR CHANNEL_PATH [CMDLINE_PATH]`
+//! Usage: `crashlab-workload DATA_DIR CHANNEL_PATH [CMDLINE_PATH]`, or
+//! `crashlab-workload conformance DATA_DIR CHANNEL_PATH` for the msync
+//! conformance suite (`conformance.rs`).
 //!
 //! Reads its parameters from the kernel command line (`/proc/cmdline` unless
 //! a path is given), creates and durably sizes its data files in `DATA_DIR`
@@ -18,6 +20,7 @@
 //! - nothing depends on the wall clock.
 
 mod ack_log;
+mod conformance;
 mod mapped_file;
 mod patterns;
 mod rng;
@@ -34,6 +37,24 @@ use mapped_file::{MsyncCall, SyscallError};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("conformance") && args.len() == 4 {
+        let mut channel = match File::options().write(true).open(&args[3]) {
+            Ok(f) => Channel(f),
+            Err(e) => {
+                eprintln!("crashlab-workload: cannot open channel {}: {e}", args[3]);
+                return ExitCode::from(2);
+            }
+        };
+        let result = conformance::run(&args[2], &mut channel);
+        if let Err(err) = &result {
+            channel.emit(&Event::Error {
+                op: err.op.to_string(),
+                errno: err.errno,
+            });
+        }
+        channel.emit(&Event::Done { records: 0 });
+        return ExitCode::from(u8::from(result.is_err()));
+    }
     if args.len() < 3 || args.len() > 4 {
         eprintln!("usage: crashlab-workload DATA_DIR CHANNEL_PATH [CMDLINE_PATH]");
         return ExitCode::from(2);
