@@ -138,6 +138,13 @@ pub struct CampaignConfig {
     /// Power loss: states checked in parallel (checker VMs and/or host
     /// scratch images). Under TCG one checker VM keeps one core busy.
     pub check_workers: u32,
+    /// Record every msync in the guest with the kernel's tracepoints.
+    #[serde(default = "yes")]
+    pub trace_msync: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub const CHECK_WORKERS_MAX: u32 = 16;
@@ -293,6 +300,9 @@ impl CampaignConfig {
         if let Some(bug) = self.device_bug {
             args.push(format!("--planted-device-bug={bug}"));
         }
+        if !self.trace_msync {
+            args.push("--no-msync-trace".into());
+        }
         args
     }
 }
@@ -351,6 +361,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
         torn_writes: false,
         fsck_states: false,
         check_workers: 2,
+        trace_msync: true,
     }
 }
 

@@ -260,6 +260,7 @@ fn run_one(
         drives: vec![Drive::Raw(disk.clone())],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
+        trace_log: None,
     };
     let limits = Limits {
         boot_timeout_ms: req.boot_timeout_ms,

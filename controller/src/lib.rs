@@ -17,5 +17,6 @@ pub mod powerloss;
 pub mod qemu;
 pub mod replay;
 pub mod signals;
+pub mod trace;
 pub mod trial;
 pub mod vm;

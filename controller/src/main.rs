@@ -172,6 +172,10 @@ struct RunArgs {
     /// at most 4; under TCG each checker VM keeps one core busy).
     #[arg(long)]
     check_workers: Option<u32>,
+    /// Do not record the guest's msync calls with the kernel's tracepoints
+    /// (trials keep workload.trace.log otherwise).
+    #[arg(long)]
+    no_msync_trace: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -299,6 +303,7 @@ fn run(args: RunArgs) -> ExitCode {
         checker: args.checker,
         torn_writes: args.torn_writes,
         fsck_states: args.fsck_states,
+        trace_msync: !args.no_msync_trace,
         check_workers: args.check_workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as u32)

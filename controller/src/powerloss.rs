@@ -316,6 +316,7 @@ impl KernelChecker {
             ],
             console_log: files.console_log.clone(),
             channel_socket: PathBuf::new(),
+            trace_log: None,
         };
         let limits = Limits {
             boot_timeout_ms: config.boot_timeout_ms,
@@ -641,6 +642,9 @@ pub struct PowerLossRecord {
     /// mapping, a consumer that read a torn record): judged once, over the
     /// whole run, not per state.
     pub live_violations: Vec<verifier::Finding>,
+    /// The guest kernel's msync trace of the capture, when traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msync_trace: Option<crate::trace::TraceSummary>,
     /// States that would fail if judged at their earliest crash position
     /// (just past their last included entry) instead of the latest: the
     /// weaker check the latest point replaced, kept for comparison.
@@ -884,6 +888,7 @@ pub fn run_powerloss_trial(
         }),
         records: run_records,
         live_violations: verifier::live_findings(&capture.serial),
+        msync_trace: crate::trace::read_summary(&files.trace_log),
         states_planned: states.len() as u64,
         states_checked: 0,
         states_passed: 0,

@@ -46,6 +46,9 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// Unix socket the controller listens on; the guest's ttyS1 connects to it.
     pub channel_socket: PathBuf,
+    /// Where the guest's ttyS2 goes: the kernel's msync trace (tracefs), or
+    /// nowhere.
+    pub trace_log: Option<PathBuf>,
 }
 
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
@@ -83,6 +86,9 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-serial".into(),
         "chardev:channel".into(),
     ]);
+    if let Some(trace) = &spec.trace_log {
+        args.extend(["-serial".into(), format!("file:{}", trace.display())]);
+    }
     for (i, drive) in spec.drives.iter().enumerate() {
         args.extend(drive_args(i, drive));
     }
@@ -225,6 +231,7 @@ mod tests {
             ],
             console_log: "/c.log".into(),
             channel_socket: "/s.sock".into(),
+            trace_log: Some("/t.log".into()),
         };
         let args = qemu_args(&spec);
         let joined = args.join(" ");
@@ -232,6 +239,7 @@ mod tests {
         assert!(joined.contains("-display none"));
         assert!(joined.contains("-serial file:/c.log"));
         assert!(joined.contains("-serial chardev:channel"));
+        assert!(joined.contains("-serial file:/t.log"), "the trace goes to ttyS2");
         assert!(joined.contains("crashlab.role=check"));
         assert_eq!(args.iter().filter(|a| a.starts_with("virtio-blk-pci")).count(), 3);
         assert!(

@@ -81,6 +81,10 @@ pub struct TrialRecord {
     /// Why the check boot did not complete (a guest panic or hang while
     /// recovering), when it did not.
     pub recovery_failure: Option<String>,
+    /// The guest kernel's msync trace of the workload boot (its last calls
+    /// before the crash), when traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msync_trace: Option<crate::trace::TraceSummary>,
     #[serde(flatten)]
     pub verdict: verifier::Verdict,
     pub workload_ms: u64,
@@ -137,6 +141,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
         fsck: check.fsck.clone(),
         file_size_bytes: check.files.first().and_then(RecoveredFile::size_bytes),
         recovery_failure: check.recovery_failure.clone(),
+        msync_trace: crate::trace::read_summary(&workload_files.trace_log),
         verdict,
         workload_ms,
         check_ms,
@@ -172,6 +177,7 @@ pub(crate) fn run_workload(
 ) -> Result<WorkloadRun> {
     let mut kernel_args = base_kernel_args(ctx.config, "workload");
     kernel_args.extend(params.to_kernel_args());
+    kernel_args.push(format!("crashlab.trace={}", u8::from(ctx.config.trace_msync)));
     let spec = VmSpec {
         images: ctx.images.clone(),
         accel: ctx.accel,
@@ -180,6 +186,7 @@ pub(crate) fn run_workload(
         drives: vec![drive],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
+        trace_log: Some(files.trace_log.clone()),
     };
     let mut ready_at = None::<Instant>;
     let mut done = false;
@@ -462,6 +469,7 @@ fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> R
         drives: vec![Drive::Raw(disk.to_path_buf()), Drive::Raw(export.path.clone())],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
+        trace_log: None,
     };
     let mut report = CheckReport::default();
     let mut booted = false;

@@ -63,6 +63,8 @@ pub struct RunFiles {
     pub protocol_log: PathBuf,
     pub console_log: PathBuf,
     pub stderr_log: PathBuf,
+    /// The guest's msync trace (workload boots only).
+    pub trace_log: PathBuf,
 }
 
 impl RunFiles {
@@ -71,6 +73,7 @@ impl RunFiles {
             protocol_log: dir.join(format!("{name}.protocol.log")),
             console_log: dir.join(format!("{name}.console.log")),
             stderr_log: dir.join(format!("{name}.qemu-stderr.log")),
+            trace_log: dir.join(format!("{name}.trace.log")),
         }
     }
 }

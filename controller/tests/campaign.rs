@@ -227,3 +227,32 @@ fn delay_crash_point_fires_while_the_guest_is_busy() {
         assert!(t["counts"]["acked"].as_u64().unwrap() < 5000);
     }
 }
+
+/// The guest kernel's msync trace agrees with what the workload says it
+/// called: one traced call per MSYNC line, each returned 0.
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn the_kernel_traces_every_msync_the_workload_reports() {
+    let h = vm_harness("msync_trace");
+    let out = h.run(
+        "trace",
+        &[
+            "--pattern=partial-msync",
+            "--file-size=1M",
+            "--crash-points=end",
+            "--trials=1",
+            "--records=200",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let t = &h.trials("trace")[0];
+    let protocol = std::fs::read_to_string(h.results.path().join("trace/trials/0/workload.protocol.log")).unwrap();
+    let reported = protocol.lines().filter(|l| l.starts_with("MSYNC ")).count() as u64;
+    assert!(reported > 10, "{reported}");
+    let trace = &t["msync_trace"];
+    assert_eq!(trace["calls"].as_u64(), Some(reported), "{t}");
+    assert_eq!(trace["failed_calls"], 0);
+    assert_eq!(trace["unreturned_calls"], 0);
+    let last = trace["last_calls"].as_array().unwrap();
+    assert!(last[0].as_str().unwrap().contains("MS_SYNC) = 0"), "{last:?}");
+}

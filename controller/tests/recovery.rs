@@ -69,6 +69,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         torn_writes: false,
         fsck_states: false,
         check_workers: 1,
+        trace_msync: false,
     }
 }
 

@@ -365,7 +365,7 @@ impl WorkloadParams {
                 "ack_offset" => ack_area_offset_bytes = Some(num(value)?),
                 "pattern" => pattern = value.parse()?,
                 // Keys read by the guest's init script, not by the workload.
-                "role" | "fs" | "mount_opts" | "fsck" | "nonce" => {}
+                "role" | "fs" | "mount_opts" | "fsck" | "nonce" | "files" | "export_stride_mib" | "trace" => {}
                 _ => return Err(ParamsError(format!("unknown parameter {PREFIX}{key}"))),
             }
         }
