@@ -141,6 +141,28 @@ pub struct CampaignConfig {
     /// Record every msync in the guest with the kernel's tracepoints.
     #[serde(default = "yes")]
     pub trace_msync: bool,
+    /// Kernel crash: fail the disk write that carries one seeded record
+    /// (once), with this error.
+    #[serde(default)]
+    pub inject_write_error: Option<WriteError>,
+}
+
+/// An error a disk write can fail with, as the guest sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteError {
+    Eio,
+    Enospc,
+}
+
+impl WriteError {
+    /// The NBD error code (the errno values of Linux).
+    pub fn nbd_errno(self) -> u32 {
+        match self {
+            WriteError::Eio => 5,
+            WriteError::Enospc => 28,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -174,6 +196,7 @@ impl CampaignConfig {
             hold_after_acks,
             ack_area_offset_bytes,
             pattern: self.pattern,
+            io_errors: self.inject_write_error.is_some(),
         }
     }
 
@@ -233,6 +256,16 @@ impl CampaignConfig {
                     self.fs.name()
                 ));
             }
+        }
+        if self.inject_write_error.is_some() && self.crash_model != CrashModel::KernelCrash {
+            return Err(
+                "--inject-write-error runs under --crash-model kernel-crash (the disk the guest writes \
+                 is served by crashlab's NBD server, not logged)"
+                    .into(),
+            );
+        }
+        if self.inject_write_error.is_some() && self.pattern != Pattern::Records {
+            return Err("--inject-write-error needs --pattern records".into());
         }
         if self.device_bug.is_some() && self.crash_model != CrashModel::PowerLoss {
             return Err(
@@ -303,6 +336,9 @@ impl CampaignConfig {
         if !self.trace_msync {
             args.push("--no-msync-trace".into());
         }
+        if let Some(error) = self.inject_write_error {
+            args.push(format!("--inject-write-error={}", kebab(&error)));
+        }
         args
     }
 }
@@ -362,6 +398,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
         fsck_states: false,
         check_workers: 2,
         trace_msync: true,
+        inject_write_error: None,
     }
 }
 

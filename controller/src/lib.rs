@@ -11,6 +11,8 @@ pub mod campaign;
 pub mod config;
 pub mod conformance;
 pub mod images;
+pub mod io_errors;
+pub mod matrix;
 pub mod nbd;
 pub mod plan;
 pub mod powerloss;

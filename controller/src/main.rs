@@ -32,6 +32,56 @@ enum Command {
     /// msync's interface on the running kernel (no crash): each call of
     /// the seeds, its result beside what POSIX requires and Linux documents.
     Conformance(ConformanceArgs),
+    /// Filesystem configurations × workload patterns, one campaign per
+    /// cell, and the table (states checked / violations / observations).
+    Matrix(MatrixArgs),
+    /// Injected write errors (EIO, ENOSPC) per filesystem, without and with
+    /// a kernel crash: what the application is told, and the table.
+    IoErrors(IoErrorsArgs),
+}
+
+#[derive(Args)]
+struct MatrixArgs {
+    /// Filesystem configurations, each FS or FS:MOUNT-OPTS.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ext4:data=ordered,ext4:data=journal,ext4:data=writeback,xfs,btrfs,f2fs"
+    )]
+    configs: Vec<String>,
+    /// Workload patterns (columns).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "records,partial-msync,invalidate,ipc,wal,growth,several"
+    )]
+    patterns: Vec<record::Pattern>,
+    /// One table per crash model.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "power-loss")]
+    crash_models: Vec<CrashModel>,
+    /// Where the cells' campaigns and the tables go.
+    #[arg(long, default_value = "results")]
+    results_dir: PathBuf,
+    /// Name of the sweep's directory (default: timestamp).
+    #[arg(long)]
+    id: Option<String>,
+    /// Further `crashlab run` flags for every cell, after `--`
+    /// (e.g. -- --trials=1 --state-budget=200 --records=300).
+    #[arg(last = true)]
+    run_flags: Vec<String>,
+}
+
+#[derive(Args)]
+struct IoErrorsArgs {
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ext4,xfs,btrfs,f2fs")]
+    fs: Vec<Filesystem>,
+    #[arg(long, default_value = "results")]
+    results_dir: PathBuf,
+    #[arg(long)]
+    id: Option<String>,
+    /// Further `crashlab run` flags for every cell, after `--`.
+    #[arg(last = true)]
+    run_flags: Vec<String>,
 }
 
 #[derive(Args)]
@@ -172,6 +222,10 @@ struct RunArgs {
     /// at most 4; under TCG each checker VM keeps one core busy).
     #[arg(long)]
     check_workers: Option<u32>,
+    /// Kernel crash: fail the disk write that carries one seeded record
+    /// (once) with this error, and see what the application is told.
+    #[arg(long, value_enum)]
+    inject_write_error: Option<config::WriteError>,
     /// Do not record the guest's msync calls with the kernel's tracepoints
     /// (trials keep workload.trace.log otherwise).
     #[arg(long)]
@@ -203,6 +257,124 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::ReplayState(args) => replay(args),
         Command::Conformance(args) => conformance(args),
+        Command::Matrix(args) => sweep(matrix_cells(&args), "matrix", &args.results_dir, args.id.as_deref()),
+        Command::IoErrors(args) => sweep(
+            io_error_cells(&args),
+            "io-errors",
+            &args.results_dir,
+            args.id.as_deref(),
+        ),
+    }
+}
+
+/// A cell's configuration, from `crashlab run` flags: the same defaults and
+/// validation as `run`.
+fn cell_config(flags: &[String]) -> Result<CampaignConfig, String> {
+    let argv = std::iter::once("crashlab".to_string()).chain(flags.iter().cloned());
+    let cli = Cli::try_parse_from(argv).map_err(|e| format!("{}: {e}", flags.join(" ")))?;
+    match cli.command {
+        Command::Run(args) => config_from(&args),
+        _ => unreachable!("cell flags start with run"),
+    }
+}
+
+type Cells = Result<(String, Vec<controller::matrix::Cell>), String>;
+
+fn matrix_cells(args: &MatrixArgs) -> Cells {
+    let mut cells = Vec::new();
+    for model in &args.crash_models {
+        let model_name = match model {
+            CrashModel::KernelCrash => "kernel-crash",
+            CrashModel::PowerLoss => "power-loss",
+        };
+        for config in &args.configs {
+            let (fs, opts) = config.split_once(':').unwrap_or((config.as_str(), ""));
+            for pattern in &args.patterns {
+                let mut flags = vec![
+                    "run".to_string(),
+                    format!("--fs={fs}"),
+                    format!("--pattern={pattern}"),
+                    format!("--crash-model={model_name}"),
+                ];
+                if !opts.is_empty() {
+                    flags.push(format!("--mount-opts={opts}"));
+                }
+                flags.extend(args.run_flags.iter().cloned());
+                cells.push(controller::matrix::Cell {
+                    row: format!("{model_name}: {}", config.replace(':', " ")),
+                    column: pattern.to_string(),
+                    config: cell_config(&flags)?,
+                });
+            }
+        }
+    }
+    Ok((
+        "matrix: states checked / violations / observations per cell".into(),
+        cells,
+    ))
+}
+
+fn io_error_cells(args: &IoErrorsArgs) -> Cells {
+    let mut cells = Vec::new();
+    for fs in &args.fs {
+        for error in ["eio", "enospc"] {
+            for (column, points) in [("no crash", "end"), ("kernel crash", "acks")] {
+                let mut flags = vec![
+                    "run".to_string(),
+                    format!("--fs={}", fs.name()),
+                    format!("--inject-write-error={error}"),
+                    format!("--crash-points={points}"),
+                    "--crash-model=kernel-crash".into(),
+                    "--trials=1".into(),
+                ];
+                flags.extend(args.run_flags.iter().cloned());
+                cells.push(controller::matrix::Cell {
+                    row: format!("{} {}", fs.name(), error.to_uppercase()),
+                    column: column.into(),
+                    config: cell_config(&flags)?,
+                });
+            }
+        }
+    }
+    Ok(("injected write errors".into(), cells))
+}
+
+fn sweep(cells: Cells, name: &str, results_dir: &std::path::Path, id: Option<&str>) -> ExitCode {
+    let (title, cells) = match cells {
+        Ok(cells) => cells,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = controller::signals::install() {
+        eprintln!("error: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::from(2);
+    }
+    let out_dir = results_dir.join(id.map_or_else(|| format!("{}-{name}", campaign::utc_timestamp()), String::from));
+    let interrupt = &controller::signals::INTERRUPTED;
+    let result = controller::matrix::run_cells(&title, &cells, &out_dir, interrupt).and_then(|table| {
+        let text = match name {
+            "io-errors" => controller::io_errors::write_table(&table, &out_dir)?,
+            _ => controller::matrix::write(&table, &out_dir, name)?,
+        };
+        Ok((table, text))
+    });
+    match result {
+        Ok((table, text)) => {
+            print!("{text}");
+            println!("\nresults: {}", out_dir.display());
+            let failed = table.cells.values().flat_map(|r| r.values()).any(|c| c.violations > 0);
+            ExitCode::from(u8::from(failed))
+        }
+        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => {
+            eprintln!("interrupted: finished cells are kept in {}", out_dir.display());
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -265,15 +437,15 @@ fn replay(args: ReplayArgs) -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
-    let Ok(record_size_bytes) = u32::try_from(args.record_size) else {
-        eprintln!("error: --record-size {} is too large: at most 64K", args.record_size);
-        return ExitCode::from(2);
-    };
+/// The campaign configuration a `run` command line describes, validated.
+fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
+    let record_size_bytes = u32::try_from(args.record_size)
+        .map_err(|_| format!("--record-size {} is too large: at most 64K", args.record_size))?;
     let config = CampaignConfig {
         fs: args.fs,
         mount_opts: args
             .mount_opts
+            .clone()
             .unwrap_or_else(|| args.fs.default_mount_opts().to_string()),
         pattern: args.pattern,
         mode: args.mode,
@@ -297,13 +469,14 @@ fn run(args: RunArgs) -> ExitCode {
         boot_timeout_ms: args.boot_timeout_ms,
         stall_timeout_ms: args.stall_timeout_ms,
         trial_timeout_ms: args.trial_timeout_ms,
-        images_dir: args.images_dir,
+        images_dir: args.images_dir.clone(),
         keep_images: args.keep_images,
         state_budget: args.state_budget,
         checker: args.checker,
         torn_writes: args.torn_writes,
         fsck_states: args.fsck_states,
         trace_msync: !args.no_msync_trace,
+        inject_write_error: args.inject_write_error,
         check_workers: args.check_workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
@@ -311,10 +484,18 @@ fn run(args: RunArgs) -> ExitCode {
                 .min(4)
         }),
     };
-    if let Err(msg) = config.validate() {
-        eprintln!("error: {msg}");
-        return ExitCode::from(2);
-    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match config_from(&args) {
+        Ok(config) => config,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = controller::signals::install() {
         eprintln!("error: cannot install the Ctrl-C handler: {e}");
         return ExitCode::from(2);

@@ -43,6 +43,15 @@ pub trait DiskView: Send + Sync {
     fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
+/// Decides, write by write, whether the disk fails it: a planted I/O error
+/// (`--inject-write-error`). Sees each WRITE's offset and data before it
+/// reaches the overlay.
+pub trait WriteFault: Send {
+    /// `Some(errno)` (an NBD error code, Linux's errno values) to fail the
+    /// write; it then changes nothing.
+    fn check(&mut self, offset_bytes: u64, data: &[u8]) -> Option<u32>;
+}
+
 /// A whole file as a view, read with `pread` so concurrent readers need no
 /// shared file position.
 pub struct FileView {
@@ -106,6 +115,8 @@ pub struct NbdStats {
     /// Requests answered with any error (including the ENOSPC ones).
     pub errors: u64,
     pub enospc_errors: u64,
+    /// Writes failed by the planted [`WriteFault`].
+    pub injected_errors: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub bytes_zeroed: u64,
@@ -202,6 +213,21 @@ impl NbdHandle {
         let mut state = self.shared.lock_state();
         state.view = view;
         state.overlay.clear();
+    }
+
+    /// Installs a planted write fault (see [`WriteFault`]).
+    pub fn set_write_fault(&self, fault: Box<dyn WriteFault>) {
+        *lock(&self.shared.fault) = Some(fault);
+    }
+
+    /// Writes every overlay sector into `file` at its offset: the disk as
+    /// the guest left it, for a boot on a plain image.
+    pub fn write_overlay_into(&self, file: &File) -> io::Result<u64> {
+        let state = self.shared.lock_state();
+        for (&sector, data) in &state.overlay.sectors {
+            file.write_all_at(&data[..], sector * SECTOR_BYTES)?;
+        }
+        Ok(state.overlay.bytes())
     }
 
     /// Bytes currently held in the overlay (for memory accounting / tests).
@@ -343,6 +369,7 @@ struct Shared {
     limits: NbdLimits,
     state: Mutex<ViewState>,
     stats: Mutex<NbdStats>,
+    fault: Mutex<Option<Box<dyn WriteFault>>>,
     last_error: Mutex<Option<String>>,
     handshake_log: Mutex<VecDeque<String>>,
     /// A clone of the connection being served, so stop() can shut it down
@@ -367,6 +394,7 @@ impl Shared {
                 overlay: Overlay::default(),
             }),
             stats: Mutex::new(NbdStats::default()),
+            fault: Mutex::new(None),
             last_error: Mutex::new(None),
             handshake_log: Mutex::new(VecDeque::new()),
             connection: Mutex::new(None),
@@ -816,6 +844,12 @@ fn do_write(shared: &Shared, request: &Request, data: Option<&[u8]>) -> Outcome 
     }
     let mut state = shared.lock_state();
     check_range(&state, request)?;
+    if let (Some(bytes), Some(fault)) = (data, lock(&shared.fault).as_mut()) {
+        if let Some(errno) = fault.check(request.offset_bytes, bytes) {
+            lock(&shared.stats).injected_errors += 1;
+            return Err(errno);
+        }
+    }
     let ViewState { view, overlay } = &mut *state;
     let source = match data {
         Some(bytes) => Source::Data(bytes),

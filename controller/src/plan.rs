@@ -27,6 +27,9 @@ pub struct TrialPlan {
     pub trial: u64,
     pub workload_seed: u64,
     pub crash_point: CrashPoint,
+    /// With `--inject-write-error`: the record whose disk write fails.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub failing_record: Option<u64>,
 }
 
 pub fn plan_trial(config: &CampaignConfig, trial: u64) -> TrialPlan {
@@ -39,6 +42,13 @@ pub fn plan_trial(config: &CampaignConfig, trial: u64) -> TrialPlan {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     rng.set_stream(trial);
     let workload_seed = rng.random::<u64>();
+    // A write error in the first half of the run; an ack-count crash point
+    // then falls after it, so the crash tests what was synced after the
+    // error.
+    let failing_record = config.inject_write_error.map(|_| {
+        let quarter = (config.records_per_trial / 4).max(1);
+        (quarter + rng.random_range(0..quarter)).min(config.records_per_trial - 1)
+    });
     let use_acks = match config.crash_points {
         CrashPointKind::Acks => true,
         CrashPointKind::Delay => false,
@@ -48,12 +58,14 @@ pub fn plan_trial(config: &CampaignConfig, trial: u64) -> TrialPlan {
                 trial,
                 workload_seed,
                 crash_point: CrashPoint::AtEnd,
+                failing_record,
             }
         }
     };
+    let first_ack = failing_record.map_or(1, |r| (r + 1).min(config.records_per_trial));
     let crash_point = if use_acks {
         CrashPoint::AfterAcks {
-            acks: rng.random_range(1..=config.records_per_trial),
+            acks: rng.random_range(first_ack..=config.records_per_trial),
         }
     } else {
         CrashPoint::AfterDelay {
@@ -64,6 +76,7 @@ pub fn plan_trial(config: &CampaignConfig, trial: u64) -> TrialPlan {
         trial,
         workload_seed,
         crash_point,
+        failing_record,
     }
 }
 

@@ -1665,6 +1665,7 @@ mod tests {
             hold_after_acks: None,
             ack_area_offset_bytes: Some(AREA_SECTOR * 512),
             pattern: record::Pattern::Records,
+            io_errors: false,
         };
         let failed = states
             .iter()

@@ -137,7 +137,13 @@ fn drive_args(index: usize, drive: &Drive) -> Vec<String> {
         }
     }
     args.push("-device".to_string());
-    args.push(format!("virtio-blk-pci,drive={node}"));
+    args.push(match drive {
+        // Errors from crashlab's NBD server (an injected write error, the
+        // overlay's limit) go to the guest: QEMU's default for ENOSPC is to
+        // pause the VM, which would look like a hung guest.
+        Drive::Nbd { .. } => format!("virtio-blk-pci,drive={node},werror=report,rerror=report"),
+        _ => format!("virtio-blk-pci,drive={node}"),
+    });
     args
 }
 

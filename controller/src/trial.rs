@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::config::CampaignConfig;
 use crate::images::{self, GuestImages};
+use crate::io_errors::FaultyDisk;
 use crate::plan::{CrashPoint, TrialPlan};
 use crate::qemu::{AccelUsed, Drive, VmSpec};
 use crate::vm::{self, Action, Limits, RunFiles, VmOutcome};
@@ -85,6 +86,10 @@ pub struct TrialRecord {
     /// before the crash), when traced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub msync_trace: Option<crate::trace::TraceSummary>,
+    /// With `--inject-write-error`: the failed write and what the
+    /// application was told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_error: Option<crate::io_errors::IoErrorFacts>,
     #[serde(flatten)]
     pub verdict: verifier::Verdict,
     pub workload_ms: u64,
@@ -112,11 +117,29 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
 
     let workload_files = RunFiles::in_dir(dir, "workload");
     let workload_start = Instant::now();
-    let run = run_workload(ctx, plan, &params, Drive::Raw(disk.clone()), &workload_files)?;
+    // With an injected write error the disk is served by the NBD server,
+    // which fails the write carrying the planned record.
+    let faulty = match (config.inject_write_error, plan.failing_record) {
+        (Some(error), Some(seq)) => Some((error, seq, FaultyDisk::serve(&disk, error, seq, params.seed)?)),
+        _ => None,
+    };
+    let drive = match &faulty {
+        Some((_, _, served)) => Drive::Nbd {
+            socket: served.socket.clone(),
+            export: "disk".into(),
+        },
+        None => Drive::Raw(disk.clone()),
+    };
+    let run = run_workload(ctx, plan, &params, drive, &workload_files)?;
+    let io_error = match faulty {
+        Some((error, seq, served)) => Some((error, seq, served.finish()?)),
+        None => None,
+    };
     let workload_ms = workload_start.elapsed().as_millis() as u64;
     let protocol_text = std::fs::read_to_string(&workload_files.protocol_log)?;
     let protocol = record::protocol::parse_log(&protocol_text)
         .with_context(|| format!("{} is corrupt", workload_files.protocol_log.display()))?;
+    let io_error = io_error.map(|(error, seq, injected)| crate::io_errors::facts(error, seq, injected, &protocol));
 
     let check_files = RunFiles::in_dir(dir, "check");
     let check_start = Instant::now();
@@ -125,7 +148,8 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
 
     let verify_start = Instant::now();
     let mut verdict = judge(config, &params, &protocol, &check);
-    for finding in verifier::live_findings(&protocol) {
+    let io_finding = io_error.as_ref().and_then(crate::io_errors::error_reported);
+    for finding in verifier::live_findings(&protocol).into_iter().chain(io_finding) {
         verdict.add_violation(finding);
     }
     let verify_ms = verify_start.elapsed().as_millis() as u64;
@@ -142,6 +166,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
         file_size_bytes: check.files.first().and_then(RecoveredFile::size_bytes),
         recovery_failure: check.recovery_failure.clone(),
         msync_trace: crate::trace::read_summary(&workload_files.trace_log),
+        io_error,
         verdict,
         workload_ms,
         check_ms,

@@ -256,3 +256,42 @@ fn the_kernel_traces_every_msync_the_workload_reports() {
     let last = trace["last_calls"].as_array().unwrap();
     assert!(last[0].as_str().unwrap().contains("MS_SYNC) = 0"), "{last:?}");
 }
+
+/// fsyncgate for mappings: the disk fails the write carrying one record;
+/// msync reports it, that record is never acked, and what was synced after
+/// it survives the crash.
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn an_injected_write_error_reaches_the_application_and_later_syncs_keep_their_promise() {
+    let h = vm_harness("io_error");
+    let out = h.run(
+        "eio",
+        &[
+            "--inject-write-error=eio",
+            "--crash-points=acks",
+            "--trials=1",
+            "--records=300",
+            "--seed=3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let t = &h.trials("eio")[0];
+    assert_eq!(t["run_end"], "crashed");
+    let facts = &t["io_error"];
+    assert_eq!(facts["injected"], 1, "{t}");
+    assert_eq!(facts["reported_by"][0], "msync EIO", "{t}");
+    let failed = facts["failing_record"].as_u64().unwrap();
+    let protocol = std::fs::read_to_string(h.results.path().join("eio/trials/0/workload.protocol.log")).unwrap();
+    let ack = format!("ACK {failed} ");
+    assert!(
+        !protocol.lines().any(|l| l.starts_with(&ack)),
+        "the failed record is never acked"
+    );
+    assert!(
+        protocol.contains(&format!("READBACK {failed} ")),
+        "what the mapping showed is reported"
+    );
+    // Records acked after the error were judged on the recovered disk.
+    assert!(facts["acked_after_error"].as_u64().unwrap() > 0, "{t}");
+    assert_eq!(t["passed"], true, "{t}");
+}

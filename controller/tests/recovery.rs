@@ -70,6 +70,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         fsck_states: false,
         check_workers: 1,
         trace_msync: false,
+        inject_write_error: None,
     }
 }
 

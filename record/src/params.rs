@@ -247,6 +247,11 @@ pub struct WorkloadParams {
     /// How records are written, synced and acknowledged.
     #[serde(default)]
     pub pattern: Pattern,
+    /// Write errors are injected (pattern records): a failed msync is
+    /// reported with what follows it (`FSYNC`, `READBACK`), its records are
+    /// not acked, and the run goes on, instead of ending at the first error.
+    #[serde(default)]
+    pub io_errors: bool,
 }
 
 /// The disk the test filesystem lives on, as the guest sees it.
@@ -303,6 +308,11 @@ impl WorkloadParams {
         if self.hold_after_acks == Some(0) {
             return Err(ParamsError("hold_after_acks must be at least 1".into()));
         }
+        if self.io_errors && self.pattern != Pattern::Records {
+            return Err(ParamsError(
+                "write errors are injected into --pattern records only".into(),
+            ));
+        }
         if self.planted_bug == Some(PlantedBug::DataBeforeLog) && self.pattern != Pattern::Wal {
             return Err(ParamsError(
                 "--planted-bug data-before-log belongs to --pattern wal".into(),
@@ -321,6 +331,9 @@ impl WorkloadParams {
             format!("{PREFIX}seed={}", self.seed),
             format!("{PREFIX}pattern={}", self.pattern),
         ];
+        if self.io_errors {
+            args.push(format!("{PREFIX}io_errors=1"));
+        }
         if let Some(bug) = self.planted_bug {
             args.push(format!("{PREFIX}planted_bug={bug}"));
         }
@@ -345,6 +358,7 @@ impl WorkloadParams {
         let mut hold_after_acks = None;
         let mut ack_area_offset_bytes = None;
         let mut pattern = Pattern::default();
+        let mut io_errors = false;
         for word in cmdline.split_ascii_whitespace() {
             let Some(kv) = word.strip_prefix(PREFIX) else { continue };
             let (key, value) = kv
@@ -364,6 +378,7 @@ impl WorkloadParams {
                 "hold_after_acks" => hold_after_acks = Some(num(value)?),
                 "ack_offset" => ack_area_offset_bytes = Some(num(value)?),
                 "pattern" => pattern = value.parse()?,
+                "io_errors" => io_errors = num(value)? == 1,
                 // Keys read by the guest's init script, not by the workload.
                 "role" | "fs" | "mount_opts" | "fsck" | "nonce" | "files" | "export_stride_mib" | "trace" => {}
                 _ => return Err(ParamsError(format!("unknown parameter {PREFIX}{key}"))),
@@ -382,6 +397,7 @@ impl WorkloadParams {
             hold_after_acks,
             ack_area_offset_bytes,
             pattern,
+            io_errors,
         };
         params.validate()?;
         Ok(params)
@@ -403,6 +419,7 @@ mod tests {
             hold_after_acks: Some(17),
             ack_area_offset_bytes: Some(60 << 20),
             pattern: Pattern::Records,
+            io_errors: false,
         }
     }
 

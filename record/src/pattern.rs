@@ -235,6 +235,7 @@ mod tests {
             hold_after_acks: None,
             ack_area_offset_bytes: None,
             pattern,
+            io_errors: false,
         }
     }
 

@@ -19,6 +19,8 @@
 //! | `SEEN seq slot`       | consumer | ipc: read a published record, intact          |
 //! | `SEENBAD seq slot why`| consumer | ipc: a published record read torn/foreign     |
 //! | `CONF case rc errno detail` | conformance | one msync call of the suite and its result |
+//! | `FSYNC errno`         | workload | io errors: the fsync after a failed msync     |
+//! | `READBACK seq what`   | workload | io errors: the failed record read back through the mapping (new, old, zeros, other) |
 //! | `MOUNT rc`            | init     | check: mount's exit status                    |
 //! | `FILE i size` / `NOFILE i` | init | check: data file i's size / it is absent   |
 //! | `COPY i rc`           | init     | check: exit status of copying file i out      |
@@ -99,6 +101,13 @@ pub enum Event {
         errno: i32,
         detail: String,
     },
+    Fsync {
+        errno: i32,
+    },
+    Readback {
+        seq: u64,
+        what: String,
+    },
     Mount {
         rc: i32,
     },
@@ -156,6 +165,8 @@ impl fmt::Display for Event {
                 errno,
                 detail,
             } => write!(f, "CONF {case} {rc} {errno} {detail}"),
+            Self::Fsync { errno } => write!(f, "FSYNC {errno}"),
+            Self::Readback { seq, what } => write!(f, "READBACK {seq} {what}"),
             Self::Mount { rc } => write!(f, "MOUNT {rc}"),
             Self::File { file, size_bytes } => write!(f, "FILE {file} {size_bytes}"),
             Self::NoFile { file } => write!(f, "NOFILE {file}"),
@@ -242,6 +253,11 @@ impl Event {
                 rc: int(field()?)?,
                 errno: int(field()?)?,
                 detail: field()?.to_string(),
+            },
+            "FSYNC" => Event::Fsync { errno: int(field()?)? },
+            "READBACK" => Event::Readback {
+                seq: num(field()?)?,
+                what: field()?.to_string(),
             },
             "SEENBAD" => Event::SeenBad {
                 seq: num(field()?)?,
@@ -345,6 +361,11 @@ mod tests {
                 how: "map-after-pwrite".into(),
             },
             Event::Seen { seq: 3, slot: 3 },
+            Event::Fsync { errno: 5 },
+            Event::Readback {
+                seq: 9,
+                what: "new".into(),
+            },
             Event::Conf {
                 case: "partly-unmapped".into(),
                 rc: -1,

@@ -80,6 +80,11 @@ impl History {
         self.acked.iter().copied()
     }
 
+    /// Index of `seq`'s ACK among the protocol's events.
+    pub fn ack_event_of(&self, seq: u64) -> Option<usize> {
+        self.ack_event.get(&seq).copied()
+    }
+
     /// The last msync before `seq`'s ACK whose range covers the record: the
     /// call that made the promise.
     pub fn covering_msync(&self, seq: u64, file: u32, offset_bytes: u64, len_bytes: u64) -> Option<&MsyncCall> {
@@ -163,8 +168,13 @@ pub fn rebuild(log: &ProtocolLog, geometry: &Geometry, records_max: u64) -> Resu
             }),
             Event::Error { op, errno } => h.workload_error = Some((op.clone(), *errno)),
             Event::Done { .. } => h.done = true,
-            // Judged live, once per trial (`live_findings`), not per state.
-            Event::Incoherent { .. } | Event::Seen { .. } | Event::SeenBad { .. } => {}
+            // Judged live, once per trial (`live_findings`), not per state;
+            // reported for the io-errors table.
+            Event::Incoherent { .. }
+            | Event::Seen { .. }
+            | Event::SeenBad { .. }
+            | Event::Fsync { .. }
+            | Event::Readback { .. } => {}
             Event::Booted { .. } | Event::Hold { .. } => {}
             other => return Err(format!("unexpected line in a workload log: {other}")),
         }

@@ -123,6 +123,12 @@ pub enum Rule {
     /// Ipc (live): the consumer never reads a published record torn or
     /// foreign.
     ConsumerSeesCommitted,
+    /// A record whose covering msync failed is never acknowledged (until
+    /// a later msync covering it succeeded).
+    NoAckAfterFailedSync,
+    /// Injected write errors (judged by the controller, which knows the
+    /// disk failed a write): the error reaches the application.
+    WriteErrorReported,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -362,6 +368,7 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     if geometry.log_slots > 0 {
         check_wal_order(&mut verdict, &geometry, params);
     }
+    check_no_ack_after_failed_sync(&mut verdict, &geometry, &history, params);
     if !verdict.passed {
         let shown = history.msyncs.len().saturating_sub(LAST_MSYNCS_SHOWN);
         verdict.last_msyncs = history.msyncs[shown..]
@@ -463,6 +470,47 @@ impl SizeRules {
                     self.min_reason[file as usize]
                 ),
             ));
+        }
+    }
+}
+
+/// An ACK whose last covering msync before it failed: the application was
+/// told the record is durable when the call that was to make it so
+/// returned an error.
+fn check_no_ack_after_failed_sync(
+    verdict: &mut Verdict,
+    geometry: &record::Geometry,
+    history: &History,
+    params: &WorkloadParams,
+) {
+    if history.msyncs.iter().all(|m| m.errno == 0) {
+        return;
+    }
+    let mut acked: Vec<u64> = history.acked_records().collect();
+    acked.sort_unstable();
+    for seq in acked {
+        let slot = history.slot_of(seq).expect("acked records were begun");
+        let (file, offset) = geometry.locate(slot, params.record_size_bytes);
+        let len = u64::from(params.record_size_bytes);
+        let Some(ack_at) = history.ack_event_of(seq) else {
+            continue;
+        };
+        let last = history
+            .msyncs
+            .iter()
+            .rev()
+            .filter(|m| m.event_index < ack_at)
+            .find(|m| m.covers(file, offset, len));
+        if let Some(call) = last.filter(|m| m.errno != 0) {
+            verdict.violation(Finding {
+                slot: Some(slot),
+                expected_seq: Some(seq),
+                covered_by: Some(call.describe()),
+                ..finding(
+                    Rule::NoAckAfterFailedSync,
+                    format!("record {seq} was acked although the msync that covered it failed"),
+                )
+            });
         }
     }
 }

@@ -28,6 +28,7 @@ impl Run {
             hold_after_acks: None,
             ack_area_offset_bytes: None,
             pattern,
+            io_errors: false,
         };
         params.validate().unwrap();
         let geometry = params.geometry();
@@ -285,5 +286,37 @@ fn live_findings_come_from_the_workloads_own_checks() {
     // They are not the crash state's business: the same log verifies clean.
     let mut r = Run::new(Pattern::Invalidate, 64 << 10);
     r.log = log;
+    assert!(r.verify(Profile::Linux).passed);
+}
+
+#[test]
+fn a_record_acked_after_its_msync_failed_is_a_violation() {
+    let mut r = Run::new(Pattern::Records, 64 << 10);
+    r.begin(0, 0);
+    r.log.events.push(Event::Msync {
+        file: 0,
+        offset_bytes: 0,
+        len_bytes: 4096,
+        flags: "MS_SYNC".into(),
+        errno: 5,
+    });
+    r.ack(0, 0);
+    r.persist(0, 0);
+    let v = r.verify(Profile::Linux);
+    assert_eq!(rules(&v), vec![Rule::NoAckAfterFailedSync]);
+    assert!(v.violations[0].covered_by.as_deref().unwrap().ends_with("= -1 errno 5"));
+    // A retry that succeeded before the ack makes the ack honest.
+    let mut r = Run::new(Pattern::Records, 64 << 10);
+    r.begin(0, 0);
+    r.log.events.push(Event::Msync {
+        file: 0,
+        offset_bytes: 0,
+        len_bytes: 4096,
+        flags: "MS_SYNC".into(),
+        errno: 5,
+    });
+    r.msync(0, 0, 4096);
+    r.ack(0, 0);
+    r.persist(0, 0);
     assert!(r.verify(Profile::Linux).passed);
 }

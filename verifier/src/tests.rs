@@ -31,6 +31,7 @@ impl Scenario {
             hold_after_acks: None,
             ack_area_offset_bytes: None,
             pattern: record::Pattern::Records,
+            io_errors: false,
         };
         let log = ProtocolLog {
             events: vec![Event::Ready { slots: SLOTS }],

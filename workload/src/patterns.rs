@@ -121,9 +121,16 @@ fn records(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
         if call == SyncCall::AfterAck {
             ack_all(ctx, &pending)?;
         }
-        sync_records(ctx, &mut file, &pending, record_size, call)?;
-        if call != SyncCall::AfterAck {
-            ack_all(ctx, &pending)?;
+        match sync_records(ctx, &mut file, &pending, record_size, call) {
+            Ok(()) => {
+                if call != SyncCall::AfterAck {
+                    ack_all(ctx, &pending)?;
+                }
+            }
+            // Injected write errors: report what follows, ack nothing of
+            // this batch, go on.
+            Err(error) if params.io_errors => after_failed_sync(ctx, &mut file, &pending, record_size, &error)?,
+            Err(error) => return Err(error),
         }
         pending.clear();
     }
@@ -159,6 +166,41 @@ fn sync_records(
         (DurabilityMode::MsAsyncFdatasync, _) => file.fdatasync(),
         _ => Ok(()),
     }
+}
+
+/// After a durability call failed: does the following fsync report the
+/// error too (`FSYNC`), and what does the mapping show for each record of
+/// the batch now (`READBACK`: new, old, zeros, other)?
+fn after_failed_sync(
+    ctx: &mut Ctx,
+    file: &mut DataFile,
+    pending: &[(u64, u64)],
+    record_size: usize,
+    error: &SyscallError,
+) -> Result<(), SyscallError> {
+    eprintln!("crashlab-workload: {error} (injected errors: going on)");
+    let errno = file.fsync().err().map_or(0, |e| e.errno);
+    ctx.channel.emit(&Event::Fsync { errno });
+    for &(seq, slot) in pending {
+        let expected = layout::encode_vec(&RecordHeader {
+            record_size_bytes: ctx.params.record_size_bytes,
+            seq,
+            slot,
+            seed: ctx.params.seed,
+        });
+        let seen = file.mapping(0).bytes(slot as usize * record_size, record_size);
+        let what = if seen == expected.as_slice() {
+            "new"
+        } else if seen.iter().all(|&b| b == 0) {
+            "zeros"
+        } else if layout::decode(seen).is_ok_and(|h| h.slot == slot && h.seq < seq) {
+            "old"
+        } else {
+            "other"
+        };
+        ctx.channel.emit(&Event::Readback { seq, what: what.into() });
+    }
+    Ok(())
 }
 
 /// Groups slots that follow each other into (first slot, count) runs: a batch
