@@ -201,6 +201,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         );
     }
     let images = images::locate(&config.images_dir)?;
+    images.check_supports(config.fs)?;
     let dir = req.results_root.join(&req.campaign_id);
     std::fs::create_dir_all(dir.join("trials")).with_context(|| {
         format!(

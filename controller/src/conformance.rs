@@ -209,6 +209,9 @@ pub struct ConformanceTable {
 /// Boots one guest per filesystem and gathers the table.
 pub fn run_conformance(req: &ConformanceRequest) -> Result<ConformanceTable> {
     let images = crate::images::locate(&req.images_dir)?;
+    for &fs in &req.filesystems {
+        images.check_supports(fs)?;
+    }
     std::fs::create_dir_all(&req.out_dir)
         .with_context(|| format!("cannot create {} (disk full? read-only?)", req.out_dir.display()))?;
     let (accel, _) = crate::accel::choose(req.accel, &images, &req.out_dir, req.interrupt)?;

@@ -15,6 +15,8 @@ struct Manifest {
     kernel: String,
     initramfs: String,
     kernel_release: String,
+    #[serde(default)]
+    modules_missing: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -22,6 +24,25 @@ pub struct GuestImages {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub kernel_release: String,
+    /// Modules crashlab wants that the kernel lacks, each as
+    /// "name (CONFIG_OPTION)".
+    pub modules_missing: Vec<String>,
+}
+
+impl GuestImages {
+    /// Refuses a filesystem the guest kernel lacks, naming the option that
+    /// adds it, before any VM starts.
+    pub fn check_supports(&self, fs: Filesystem) -> Result<()> {
+        let name = fs.name();
+        if let Some(missing) = self.modules_missing.iter().find(|m| m.split(' ').next() == Some(name)) {
+            bail!(
+                "the guest kernel {} has no {missing}: build the kernel with it (=y, or =m and \
+                 `cargo xtask images --kernel PATH --modules DIR` again), or test another filesystem",
+                self.kernel_release
+            );
+        }
+        Ok(())
+    }
 }
 
 pub fn locate(dir: &Path) -> Result<GuestImages> {
@@ -42,6 +63,7 @@ pub fn locate(dir: &Path) -> Result<GuestImages> {
         kernel: dir.join(&m.kernel),
         initramfs: dir.join(&m.initramfs),
         kernel_release: m.kernel_release,
+        modules_missing: m.modules_missing,
     };
     for p in [&images.kernel, &images.initramfs] {
         if !p.is_file() {

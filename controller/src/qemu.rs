@@ -220,6 +220,7 @@ mod tests {
                 kernel: "/k".into(),
                 initramfs: "/i".into(),
                 kernel_release: "r".into(),
+                modules_missing: vec![],
             },
             accel: AccelUsed::Tcg,
             memory_mib: 512,

@@ -241,6 +241,14 @@ pub(crate) fn run_workload(
         Action::Continue
     })?;
     vm::bail_if_interrupted(run.outcome)?;
+    if let Some(what) = error.as_deref().and_then(|e| e.strip_prefix("kernel-lacks-")) {
+        let what = what.split(':').next().unwrap_or(what);
+        bail!(
+            "the guest kernel ({}) lacks {what}: build it with {} (=y, or =m and in its module tree)",
+            ctx.images.kernel_release,
+            kernel_config_option(what)
+        );
+    }
     if let Some(rc) = mount_rc {
         bail!(
             "the guest could not mount the fresh {} filesystem with -o {} (mount exit status {rc}): \
@@ -264,6 +272,18 @@ pub(crate) fn run_workload(
         workload_error: error,
         workload_rate: rate,
     })
+}
+
+/// The config option behind a piece the guest kernel lacks.
+pub fn kernel_config_option(what: &str) -> &'static str {
+    match what {
+        "virtio_blk" => "CONFIG_VIRTIO_BLK",
+        "ext4" => "CONFIG_EXT4_FS",
+        "xfs" => "CONFIG_XFS_FS",
+        "btrfs" => "CONFIG_BTRFS_FS",
+        "f2fs" => "CONFIG_F2FS_FS",
+        _ => "the option that provides it",
+    }
 }
 
 /// What a check (a check boot, the long-lived checker VM, or the host path)

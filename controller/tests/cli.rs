@@ -67,3 +67,38 @@ fn help_lists_every_flag() {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn a_filesystem_the_guest_kernel_lacks_is_refused_naming_its_config_option() {
+    // Images built for a kernel without f2fs (as `cargo xtask images`
+    // records it), e.g. Debian's cloud kernel.
+    let images = tempfile::tempdir().unwrap();
+    std::fs::write(images.path().join("vmlinuz"), b"").unwrap();
+    std::fs::write(images.path().join("initramfs.cpio"), b"").unwrap();
+    std::fs::write(
+        images.path().join("manifest.json"),
+        r#"{"kernel":"vmlinuz","initramfs":"initramfs.cpio","kernel_release":"6.12-cloud",
+            "modules_missing":["f2fs (CONFIG_F2FS_FS)"]}"#,
+    )
+    .unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let images_arg = format!("--images-dir={}", images.path().display());
+    let results_arg = format!("--results-dir={}", results.path().display());
+    run_expecting_usage_error(&["run", "--fs=f2fs", &images_arg, &results_arg], "CONFIG_F2FS_FS");
+}
+
+#[test]
+fn pattern_flags_say_what_each_pattern_needs() {
+    run_expecting_usage_error(&["run", "--pattern=mmap"], "partial-msync");
+    run_expecting_usage_error(
+        &["run", "--pattern=partial-msync", "--file-size=256K"],
+        "at least 1 MiB",
+    );
+    run_expecting_usage_error(&["run", "--pattern=wal", "--mode=batch:4"], "leave --mode at ms-sync");
+    run_expecting_usage_error(&["run", "--planted-bug=data-before-log"], "--pattern wal");
+    run_expecting_usage_error(
+        &["run", "--inject-write-error=eio", "--crash-model=power-loss"],
+        "kernel-crash",
+    );
+    run_expecting_usage_error(&["run", "--planted-device-bug=drop-flush:4"], "power-loss");
+}

@@ -15,6 +15,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "xfsprogs",
     "btrfs-progs",
     "f2fs-tools",
+    // Decompress the modules of kernels that ship them compressed.
+    "xz-utils",
+    "zstd",
 ];
 
 /// Commands that prove the packages are there.
@@ -31,6 +34,8 @@ const REQUIRED_COMMANDS: &[&str] = &[
     "mkfs.f2fs",
     "fsck.f2fs",
     "modprobe",
+    "xz",
+    "zstd",
 ];
 
 pub fn apt_line() -> String {
@@ -49,8 +54,8 @@ fn missing(sh: &Shell) -> Vec<String> {
     if !busybox_is_static(sh) {
         missing.push("busybox (static)".into());
     }
-    if crate::images::find_kernel().is_err() {
-        missing.push("a kernel in /boot".into());
+    if crate::images::find_kernel(sh, &crate::images::ImageRequest::default()).is_err() {
+        missing.push("the distro kernel (linux-image-amd64)".into());
     }
     missing
 }

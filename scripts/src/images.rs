@@ -1,10 +1,19 @@
-//! Builds the guest images into `vm-images/cache/`:
-//! - `vmlinuz`: the host's Debian kernel, copied (it is root-only in /boot);
+//! Builds the guest images into `vm-images/cache/` (or `--out DIR`):
+//! - `vmlinuz`: the kernel under test, copied (it is root-only in /boot):
+//!   the distro's default kernel (the one `linux-image-amd64` depends on),
+//!   or `--kernel PATH --modules DIR` for a user's own, always an explicit
+//!   choice recorded in the manifest, never "the newest in /boot" (which
+//!   silently switches when a second kernel is installed);
 //! - `initramfs.cpio`: /init (vm-images/init), static busybox, the static
 //!   workload, the kernel modules of vm-images/modules.txt with their
 //!   dependencies in load order, and the fsck tools of
 //!   vm-images/guest-tools.txt with their shared libraries;
 //! - `manifest.json`: what the controller reads to find them.
+//!
+//! Compressed modules (`.ko.xz`, `.ko.zst`, `.ko.gz`) go in decompressed:
+//! busybox's insmod reads plain ELF only. A module the kernel has neither
+//! built in nor in its tree is an error naming the config option to turn
+//! on.
 //!
 //! The archive is built in memory (deterministic bytes) and written only when
 //! it differs from the cached one, so "rebuilt when an input changes" needs
@@ -25,26 +34,124 @@ const GNU_TARGET: &str = "x86_64-unknown-linux-gnu";
 pub struct Kernel {
     pub image: PathBuf,
     pub release: String,
+    /// Where its modules live: `<root>/lib/modules/<release>`.
+    pub modules_root: PathBuf,
+    /// How it was chosen, for the manifest.
+    pub choice: String,
 }
 
-/// The newest Debian kernel in /boot (`vmlinuz-<release>`).
-pub fn find_kernel() -> Result<Kernel> {
-    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir("/boot")?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let release = name.strip_prefix("vmlinuz-")?.to_string();
-            Path::new("/lib/modules")
-                .join(&release)
-                .is_dir()
-                .then(|| (release, e.path()))
-        })
-        .collect();
-    found.sort();
-    let (release, image) = found
-        .pop()
-        .context("no /boot/vmlinuz-* with modules in /lib/modules: install linux-image-amd64")?;
-    Ok(Kernel { image, release })
+/// What `cargo xtask images` is asked to build.
+#[derive(Default)]
+pub struct ImageRequest {
+    pub kernel: Option<PathBuf>,
+    pub modules: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+}
+
+impl ImageRequest {
+    pub fn parse(args: &[String]) -> Result<ImageRequest> {
+        let mut req = ImageRequest::default();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut value = |flag: &str| -> Result<PathBuf> {
+                it.next()
+                    .map(PathBuf::from)
+                    .with_context(|| format!("{flag} needs a path"))
+            };
+            match arg.as_str() {
+                "--kernel" => req.kernel = Some(value("--kernel")?),
+                "--modules" => req.modules = Some(value("--modules")?),
+                "--out" => req.out = Some(value("--out")?),
+                other => bail!("unknown flag {other:?}: cargo xtask images [--kernel PATH --modules DIR] [--out DIR]"),
+            }
+        }
+        if req.kernel.is_some() != req.modules.is_some() {
+            bail!(
+                "--kernel and --modules go together: the kernel image and its module tree \
+                 (DIR = <root>/lib/modules/<release>, as `make modules_install INSTALL_MOD_PATH=<root>` leaves it)"
+            );
+        }
+        Ok(req)
+    }
+}
+
+/// The kernel under test: the one asked for, or the distro's default.
+pub fn find_kernel(sh: &Shell, req: &ImageRequest) -> Result<Kernel> {
+    if let (Some(image), Some(modules)) = (&req.kernel, &req.modules) {
+        anyhow::ensure!(image.is_file(), "--kernel {}: no such file", image.display());
+        let modules = modules
+            .canonicalize()
+            .with_context(|| format!("--modules {}: no such directory", modules.display()))?;
+        let release = modules
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("--modules must end in the release's directory")?
+            .to_string();
+        let root = modules
+            .parent()
+            .filter(|p| p.ends_with("lib/modules"))
+            .and_then(|p| p.parent())
+            .and_then(|p| p.parent())
+            .with_context(|| {
+                format!(
+                    "--modules {} is not <root>/lib/modules/<release> (what `make modules_install \
+                     INSTALL_MOD_PATH=<root>` leaves)",
+                    modules.display()
+                )
+            })?
+            .to_path_buf();
+        anyhow::ensure!(
+            modules.join("modules.dep").is_file(),
+            "{} has no modules.dep: run `depmod -b <root> {release}`",
+            modules.display()
+        );
+        return Ok(Kernel {
+            image: image.clone(),
+            release,
+            modules_root: root,
+            choice: format!("--kernel {} --modules {}", image.display(), modules.display()),
+        });
+    }
+    // The distro's default: linux-image-amd64 depends on exactly one image.
+    let format = "-f=${Depends}";
+    let depends = cmd!(sh, "dpkg-query -W {format} linux-image-amd64")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .unwrap_or_default();
+    let release = depends
+        .split(|c: char| c == ',' || c == ' ' || c == '|')
+        .find_map(|word| word.strip_prefix("linux-image-"))
+        .filter(|r| Path::new("/lib/modules").join(r).is_dir())
+        .map(String::from);
+    let Some(release) = release else {
+        bail!(
+            "no distro kernel: install linux-image-amd64 (`cargo xtask deps`), or give a kernel with \
+             --kernel PATH --modules DIR"
+        );
+    };
+    Ok(Kernel {
+        image: PathBuf::from(format!("/boot/vmlinuz-{release}")),
+        release,
+        modules_root: PathBuf::from("/"),
+        choice: "the distro's default kernel (linux-image-amd64)".into(),
+    })
+}
+
+/// The config option that provides each module crashlab needs, for the
+/// error when a kernel lacks it.
+fn config_option(module: &str) -> &'static str {
+    match module {
+        "virtio_pci" => "CONFIG_VIRTIO_PCI",
+        "virtio_blk" => "CONFIG_VIRTIO_BLK",
+        "virtio_console" => "CONFIG_VIRTIO_CONSOLE",
+        "ext4" => "CONFIG_EXT4_FS",
+        "xfs" => "CONFIG_XFS_FS",
+        "btrfs" => "CONFIG_BTRFS_FS",
+        "f2fs" => "CONFIG_F2FS_FS",
+        "dm-log-writes" => "CONFIG_DM_LOG_WRITES",
+        _ => "the option that builds it",
+    }
 }
 
 /// Builds the static workload binary and returns its path.
@@ -84,31 +191,94 @@ fn build_workload(sh: &Shell) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Module files (relative to /lib/modules/<release>) in load order.
-fn resolve_modules(sh: &Shell, release: &str, names: &[String]) -> Result<Vec<String>> {
-    let root = format!("/lib/modules/{release}/");
-    let mut order = Vec::new();
+/// What the kernel provides of the modules crashlab wants.
+#[derive(Debug)]
+struct ResolvedModules {
+    /// Module files (relative to the release's module directory) in load
+    /// order. A module built into the kernel needs no file.
+    files: Vec<String>,
+    /// Wanted modules the kernel has (built in or as a file).
+    present: Vec<String>,
+    /// Optional ones it lacks, each with the config option that adds it.
+    missing: Vec<(String, &'static str)>,
+}
+
+/// The virtio drivers are required; a filesystem the kernel lacks only
+/// rules that filesystem out (the controller says so if it is asked for).
+fn resolve_modules(sh: &Shell, kernel: &Kernel, names: &[String]) -> Result<ResolvedModules> {
+    let dir = kernel.modules_root.join("lib/modules").join(&kernel.release);
+    let base = &kernel.modules_root;
+    let release = &kernel.release;
+    let mut resolved = ResolvedModules {
+        files: Vec::new(),
+        present: Vec::new(),
+        missing: Vec::new(),
+    };
     let mut seen = BTreeSet::new();
     for name in names {
-        let out = cmd!(sh, "modprobe -S {release} --show-depends {name}")
+        let Ok(out) = cmd!(sh, "modprobe -d {base} -S {release} --show-depends {name}")
             .quiet()
+            .ignore_stderr()
             .read()
-            .with_context(|| format!("module {name} not found for kernel {release}"))?;
+        else {
+            if name.starts_with("virtio") {
+                bail!(
+                    "kernel {release} has no {name}, neither built in nor as a module in {}: build it with \
+                     {}=y or =m",
+                    dir.display(),
+                    config_option(name)
+                );
+            }
+            resolved.missing.push((name.clone(), config_option(name)));
+            continue;
+        };
+        resolved.present.push(name.clone());
         for line in out.lines() {
             let Some(path) = line.strip_prefix("insmod ") else {
-                continue;
+                continue; // "builtin NAME": nothing to load
             };
-            let rel = path
-                .trim()
-                .strip_prefix(&root)
+            let rel = Path::new(path.trim())
+                .strip_prefix(&dir)
                 .context("module outside the kernel's tree")?
+                .display()
                 .to_string();
             if seen.insert(rel.clone()) {
-                order.push(rel);
+                resolved.files.push(rel);
             }
         }
     }
-    Ok(order)
+    Ok(resolved)
+}
+
+/// A module's bytes as insmod wants them: decompressed.
+fn module_bytes(sh: &Shell, path: &Path) -> Result<(String, Vec<u8>)> {
+    let name = path.display().to_string();
+    let tool = match path.extension().and_then(|e| e.to_str()) {
+        Some("xz") => Some("xz"),
+        Some("zst") => Some("zstd"),
+        Some("gz") => Some("gzip"),
+        _ => None,
+    };
+    match tool {
+        None => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {name}"))?;
+            Ok((name, bytes))
+        }
+        Some(tool) => {
+            let plain = name
+                .rsplit_once('.')
+                .map(|(stem, _)| stem.to_string())
+                .unwrap_or(name.clone());
+            let bytes = std::process::Command::new(tool)
+                .args(["-d", "-c"])
+                .arg(path)
+                .output()
+                .with_context(|| format!("cannot run {tool} to decompress {name}: install it"))?;
+            anyhow::ensure!(bytes.status.success(), "{tool} could not decompress {name}");
+            let _ = sh;
+            Ok((plain, bytes.stdout))
+        }
+    }
 }
 
 /// The shared libraries (and the loader) a dynamic binary needs, from ldd.
@@ -143,10 +313,18 @@ fn add_parents(w: &mut CpioWriter, dirs: &mut BTreeSet<String>, path: &str) {
     }
 }
 
-pub fn build(sh: &Shell) -> Result<PathBuf> {
-    let kernel = find_kernel()?;
+pub fn build(sh: &Shell, req: &ImageRequest) -> Result<PathBuf> {
+    let kernel = find_kernel(sh, req)?;
     let workload = build_workload(sh)?;
-    let modules = resolve_modules(sh, &kernel.release, &list_file(sh, "vm-images/modules.txt")?)?;
+    let resolved = resolve_modules(sh, &kernel, &list_file(sh, "vm-images/modules.txt")?)?;
+    for (name, option) in &resolved.missing {
+        eprintln!(
+            "xtask images: kernel {} has no {name} ({option}): campaigns that need it will say so",
+            kernel.release
+        );
+    }
+    let modules = &resolved.files;
+    let module_dir = kernel.modules_root.join("lib/modules").join(&kernel.release);
 
     let mut w = CpioWriter::new();
     let mut dirs = BTreeSet::new();
@@ -173,16 +351,20 @@ pub fn build(sh: &Shell) -> Result<PathBuf> {
         &std::fs::read("/bin/busybox").context("install busybox-static")?,
     );
     w.file("/bin/crashlab-workload", 0o755, &std::fs::read(&workload)?);
-    for rel in &modules {
-        let dest = format!("/lib/modules/{rel}");
+    let mut loaded = Vec::new();
+    for rel in modules {
+        let (plain, bytes) = module_bytes(sh, &module_dir.join(rel))?;
+        let plain_rel = Path::new(&plain)
+            .strip_prefix(&module_dir)
+            .context("module outside the kernel's tree")?
+            .display()
+            .to_string();
+        let dest = format!("/lib/modules/{plain_rel}");
         add_parents(&mut w, &mut dirs, &dest);
-        w.file(
-            &dest,
-            0o644,
-            &std::fs::read(format!("/lib/modules/{}/{rel}", kernel.release))?,
-        );
+        w.file(&dest, 0o644, &bytes);
+        loaded.push(plain_rel);
     }
-    w.file("/etc/crashlab/modules", 0o644, (modules.join("\n") + "\n").as_bytes());
+    w.file("/etc/crashlab/modules", 0o644, (loaded.join("\n") + "\n").as_bytes());
 
     let mut libs = BTreeSet::new();
     for tool in list_file(sh, "vm-images/guest-tools.txt")? {
@@ -198,7 +380,10 @@ pub fn build(sh: &Shell) -> Result<PathBuf> {
     }
     let archive = w.finish();
 
-    let cache = sh.current_dir().join(CACHE_DIR);
+    let cache = match &req.out {
+        Some(out) => sh.current_dir().join(out),
+        None => sh.current_dir().join(CACHE_DIR),
+    };
     sh.create_dir(&cache)?;
     let initramfs = cache.join("initramfs.cpio");
     let kernel_bytes =
@@ -208,6 +393,9 @@ pub fn build(sh: &Shell) -> Result<PathBuf> {
         "kernel": "vmlinuz",
         "initramfs": "initramfs.cpio",
         "kernel_release": kernel.release,
+        "kernel_choice": kernel.choice,
+        "modules_present": resolved.present,
+        "modules_missing": resolved.missing.iter().map(|(name, option)| format!("{name} ({option})")).collect::<Vec<_>>(),
         "modules": modules.len(),
         "initramfs_bytes": archive.len(),
     });
@@ -231,4 +419,93 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
     }
     std::fs::write(path, bytes).with_context(|| format!("cannot write {} (disk full?)", path.display()))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A module tree as `make modules_install` + depmod leave it, with the
+    /// virtio drivers built in (or not) and ext4 as an xz module.
+    fn fake_tree(root: &Path, release: &str, builtin: &[&str]) -> Kernel {
+        let dir = root.join("lib/modules").join(release);
+        std::fs::create_dir_all(dir.join("kernel/fs/ext4")).unwrap();
+        let builtins: String = builtin
+            .iter()
+            .map(|m| format!("kernel/drivers/virtio/{m}.ko\n"))
+            .collect();
+        std::fs::write(dir.join("modules.builtin"), builtins).unwrap();
+        std::fs::write(dir.join("modules.dep"), "kernel/fs/ext4/ext4.ko.xz:\n").unwrap();
+        let xz = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf 'not an elf' | xz > {}/kernel/fs/ext4/ext4.ko.xz",
+                dir.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(xz.success());
+        // depmod builds the binary indexes modprobe reads; it warns about
+        // the fake module, which is fine.
+        let depmod = std::process::Command::new("depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(release)
+            .output()
+            .unwrap();
+        assert!(dir.join("modules.dep.bin").is_file(), "{depmod:?}");
+        Kernel {
+            image: root.join("vmlinuz"),
+            release: release.into(),
+            modules_root: root.to_path_buf(),
+            choice: "test".into(),
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_users_kernel_tree_built_in_modules_compressed_ones_and_missing_filesystems() {
+        let sh = Shell::new().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let kernel = fake_tree(root.path(), "9.9.9-test", &["virtio_pci", "virtio_blk"]);
+        let resolved = resolve_modules(&sh, &kernel, &names(&["virtio_pci", "virtio_blk", "ext4", "xfs"])).unwrap();
+        assert_eq!(
+            resolved.files,
+            vec!["kernel/fs/ext4/ext4.ko.xz"],
+            "built-in modules need no file"
+        );
+        assert_eq!(resolved.present, names(&["virtio_pci", "virtio_blk", "ext4"]));
+        assert_eq!(resolved.missing, vec![("xfs".to_string(), "CONFIG_XFS_FS")]);
+        let dir = root.path().join("lib/modules/9.9.9-test");
+        let (plain, bytes) = module_bytes(&sh, &dir.join("kernel/fs/ext4/ext4.ko.xz")).unwrap();
+        assert!(plain.ends_with("kernel/fs/ext4/ext4.ko"), "{plain}");
+        assert_eq!(bytes, b"not an elf");
+        // Without virtio_blk the guest has no disk: an error naming the option.
+        let err = resolve_modules(&sh, &kernel, &names(&["virtio_console"]))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("CONFIG_VIRTIO_CONSOLE"), "{err}");
+    }
+
+    #[test]
+    fn kernel_and_modules_go_together_and_the_tree_must_look_installed() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = ImageRequest::parse(&args(&["--kernel", "/boot/vmlinuz-x"]))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("go together"), "{err}");
+        assert!(ImageRequest::parse(&args(&["--bogus"])).is_err());
+        let sh = Shell::new().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let req = ImageRequest {
+            kernel: Some("/etc/hostname".into()),
+            modules: Some(elsewhere.path().to_path_buf()),
+            out: None,
+        };
+        let err = find_kernel(&sh, &req).err().unwrap();
+        assert!(err.to_string().contains("lib/modules/<release>"), "{err}");
+    }
 }

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         sh.change_dir(workspace_root());
         match task.as_str() {
             "deps" => deps::ensure(&sh).map(|()| 0),
-            "images" => images::build(&sh).map(|_| 0),
+            "images" => images::build(&sh, &images::ImageRequest::parse(rest)?).map(|_| 0),
             "campaign" => campaign(&sh, rest),
             "test" => test(&sh, rest),
             "bench" => bench(&sh, rest),
@@ -59,7 +59,7 @@ fn workspace_root() -> std::path::PathBuf {
 
 fn setup(sh: &Shell) -> Result<std::path::PathBuf> {
     deps::ensure(sh)?;
-    images::build(sh)
+    images::build(sh, &images::ImageRequest::default())
 }
 
 /// Runs a command, returning its exit code instead of failing on non-zero.
