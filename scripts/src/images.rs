@@ -120,7 +120,7 @@ pub fn find_kernel(sh: &Shell, req: &ImageRequest) -> Result<Kernel> {
         .read()
         .unwrap_or_default();
     let release = depends
-        .split(|c: char| c == ',' || c == ' ' || c == '|')
+        .split([',', ' ', '|'])
         .find_map(|word| word.strip_prefix("linux-image-"))
         .filter(|r| Path::new("/lib/modules").join(r).is_dir())
         .map(String::from);
