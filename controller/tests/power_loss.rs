@@ -120,6 +120,20 @@ fn every_planted_bug_is_caught_under_power_loss() {
             assert!(t["device_bug"].is_object(), "{bug}: {t}");
         }
     }
+    // The write-ahead log's own bug: a data page on disk before its log.
+    let (code, t) = run(
+        &h,
+        "data-before-log",
+        &["--pattern=wal", "--planted-bug=data-before-log", "--state-budget=40"],
+    );
+    assert_eq!(code, Some(1), "{t}");
+    let rules: Vec<&str> = t["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["rule"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"wal-order"), "{rules:?}");
 }
 
 #[test]
