@@ -33,8 +33,9 @@ fn every_pattern_is_clean_under_both_crash_models() {
         .args([
             "--",
             "--trials=1",
-            "--records=150",
-            "--state-budget=20",
+            "--records=100",
+            "--state-budget=12",
+            "--check-workers=1",
             "--seed=4",
             "--quiet",
         ])
