@@ -89,6 +89,13 @@ const CATALOGUE: &[Entry] = &[
         not_under_kernel_crash: None,
     },
     Entry {
+        name: "data-before-log (wal)",
+        kind: "workload",
+        args: &["--pattern=wal", "--planted-bug=data-before-log"],
+        models: BOTH,
+        not_under_kernel_crash: None,
+    },
+    Entry {
         name: "drop-flush:4",
         kind: "device",
         args: &["--planted-device-bug=drop-flush:4"],
