@@ -59,7 +59,22 @@ struct MatrixArgs {
     /// One table per crash model.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "power-loss")]
     crash_models: Vec<CrashModel>,
-    /// Where the cells' campaigns and the tables go.
+    #[command(flatten)]
+    sweep: SweepArgs,
+}
+
+#[derive(Args)]
+struct IoErrorsArgs {
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ext4,xfs,btrfs,f2fs")]
+    fs: Vec<Filesystem>,
+    #[command(flatten)]
+    sweep: SweepArgs,
+}
+
+/// What every sweep takes.
+#[derive(Args)]
+struct SweepArgs {
+    /// Where the cells' campaigns and the table go.
     #[arg(long, default_value = "results")]
     results_dir: PathBuf,
     /// Name of the sweep's directory (default: timestamp).
@@ -67,19 +82,6 @@ struct MatrixArgs {
     id: Option<String>,
     /// Further `crashlab run` flags for every cell, after `--`
     /// (e.g. -- --trials=1 --state-budget=200 --records=300).
-    #[arg(last = true)]
-    run_flags: Vec<String>,
-}
-
-#[derive(Args)]
-struct IoErrorsArgs {
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "ext4,xfs,btrfs,f2fs")]
-    fs: Vec<Filesystem>,
-    #[arg(long, default_value = "results")]
-    results_dir: PathBuf,
-    #[arg(long)]
-    id: Option<String>,
-    /// Further `crashlab run` flags for every cell, after `--`.
     #[arg(last = true)]
     run_flags: Vec<String>,
 }
@@ -253,17 +255,17 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // Ctrl-C and SIGTERM only set a flag, which every loop checks.
+    if let Err(e) = controller::signals::install() {
+        eprintln!("error: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Run(args) => run(args),
         Command::ReplayState(args) => replay(args),
         Command::Conformance(args) => conformance(args),
-        Command::Matrix(args) => sweep(matrix_cells(&args), "matrix", &args.results_dir, args.id.as_deref()),
-        Command::IoErrors(args) => sweep(
-            io_error_cells(&args),
-            "io-errors",
-            &args.results_dir,
-            args.id.as_deref(),
-        ),
+        Command::Matrix(args) => sweep(matrix_cells(&args), "matrix", &args.sweep),
+        Command::IoErrors(args) => sweep(io_error_cells(&args), "io-errors", &args.sweep),
     }
 }
 
@@ -299,7 +301,7 @@ fn matrix_cells(args: &MatrixArgs) -> Cells {
                 if !opts.is_empty() {
                     flags.push(format!("--mount-opts={opts}"));
                 }
-                flags.extend(args.run_flags.iter().cloned());
+                flags.extend(args.sweep.run_flags.iter().cloned());
                 cells.push(controller::matrix::Cell {
                     row: format!("{model_name}: {}", config.replace(':', " ")),
                     column: pattern.to_string(),
@@ -327,7 +329,7 @@ fn io_error_cells(args: &IoErrorsArgs) -> Cells {
                     "--crash-model=kernel-crash".into(),
                     "--trials=1".into(),
                 ];
-                flags.extend(args.run_flags.iter().cloned());
+                flags.extend(args.sweep.run_flags.iter().cloned());
                 cells.push(controller::matrix::Cell {
                     row: format!("{} {}", fs.name(), error.to_uppercase()),
                     column: column.into(),
@@ -339,7 +341,8 @@ fn io_error_cells(args: &IoErrorsArgs) -> Cells {
     Ok(("injected write errors".into(), cells))
 }
 
-fn sweep(cells: Cells, name: &str, results_dir: &std::path::Path, id: Option<&str>) -> ExitCode {
+fn sweep(cells: Cells, name: &str, args: &SweepArgs) -> ExitCode {
+    let (results_dir, id) = (&args.results_dir, args.id.as_deref());
     let (title, cells) = match cells {
         Ok(cells) => cells,
         Err(msg) => {
@@ -347,10 +350,6 @@ fn sweep(cells: Cells, name: &str, results_dir: &std::path::Path, id: Option<&st
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = controller::signals::install() {
-        eprintln!("error: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::from(2);
-    }
     let out_dir = results_dir.join(id.map_or_else(|| format!("{}-{name}", campaign::utc_timestamp()), String::from));
     let interrupt = &controller::signals::INTERRUPTED;
     let result = controller::matrix::run_cells(&title, &cells, &out_dir, interrupt).and_then(|table| {
@@ -379,10 +378,6 @@ fn sweep(cells: Cells, name: &str, results_dir: &std::path::Path, id: Option<&st
 }
 
 fn conformance(args: ConformanceArgs) -> ExitCode {
-    if let Err(e) = controller::signals::install() {
-        eprintln!("error: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::from(2);
-    }
     let id = args
         .id
         .unwrap_or_else(|| format!("{}-conformance", campaign::utc_timestamp()));
@@ -411,10 +406,6 @@ fn conformance(args: ConformanceArgs) -> ExitCode {
 }
 
 fn replay(args: ReplayArgs) -> ExitCode {
-    if let Err(e) = controller::signals::install() {
-        eprintln!("error: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::from(2);
-    }
     let request = controller::replay::ReplayRequest {
         campaign_dir: &args.campaign,
         trial: args.trial,
@@ -496,10 +487,6 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = controller::signals::install() {
-        eprintln!("error: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::from(2);
-    }
     let campaign_id = args.campaign_id.unwrap_or_else(|| {
         format!(
             "{}-{}-{}-seed{}",

@@ -99,6 +99,35 @@ fn msync_as(
     ctx.msync_done(file, made, result)
 }
 
+/// One record the way most patterns make it: `BEGIN`, write through
+/// `mapping`, msync of its range with MS_SYNC (as the planted bug allows),
+/// `after_sync` (ipc publishes there), `ACK`.
+#[allow(clippy::too_many_arguments)]
+fn write_sync_ack(
+    ctx: &mut Ctx,
+    file: u32,
+    mapping: &mut Mapping,
+    offset: usize,
+    seq: u64,
+    slot: u64,
+    call_number: u64,
+    after_sync: impl FnOnce(),
+) -> Result<(), SyscallError> {
+    let record_size = ctx.params.record_size_bytes as usize;
+    ctx.begin(seq, slot);
+    write_record(mapping, offset, seq, slot, ctx);
+    let call = sync_call(ctx, call_number);
+    if call == SyncCall::AfterAck {
+        ctx.ack(seq, slot)?;
+    }
+    msync_as(ctx, file, mapping, offset, record_size, MsFlags::MS_SYNC, call)?;
+    after_sync();
+    if call != SyncCall::AfterAck {
+        ctx.ack(seq, slot)?;
+    }
+    Ok(())
+}
+
 /// Today's pattern: slots in order, wrapping; a batch of records, then the
 /// durability call `--mode` names, then the acks.
 fn records(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
@@ -384,25 +413,16 @@ fn ipc(ctx: &mut Ctx, path: &str, control_path: &str) -> Result<(), SyscallError
                     std::thread::yield_now();
                 }
                 let slot = seq % slots;
-                ctx.begin(seq, slot);
-                write_record(file.mapping(0), slot as usize * record_size, seq, slot, ctx);
-                let call = sync_call(ctx, seq);
-                if call == SyncCall::AfterAck {
-                    ctx.ack(seq, slot)?;
-                }
-                msync_as(
+                write_sync_ack(
                     ctx,
                     0,
                     file.mapping(0),
                     slot as usize * record_size,
-                    record_size,
-                    MsFlags::MS_SYNC,
-                    call,
+                    seq,
+                    slot,
+                    seq,
+                    || published.store(seq + 1, Ordering::Release),
                 )?;
-                published.store(seq + 1, Ordering::Release);
-                if call != SyncCall::AfterAck {
-                    ctx.ack(seq, slot)?;
-                }
             }
             nix::sys::wait::waitpid(child, None).map_err(crate::mapped_file::fail("waitpid"))?;
             Ok(())
@@ -477,17 +497,8 @@ fn wal(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
             false => [log, data],
         };
         for (seq, slot) in order {
-            ctx.begin(seq, slot);
             let offset = slot as usize * record_size;
-            write_record(file.mapping(0), offset, seq, slot, ctx);
-            let call = sync_call(ctx, seq);
-            if call == SyncCall::AfterAck {
-                ctx.ack(seq, slot)?;
-            }
-            msync_as(ctx, 0, file.mapping(0), offset, record_size, MsFlags::MS_SYNC, call)?;
-            if call != SyncCall::AfterAck {
-                ctx.ack(seq, slot)?;
-            }
+            write_sync_ack(ctx, 0, file.mapping(0), offset, seq, slot, seq, || {})?;
         }
     }
     Ok(())
@@ -515,16 +526,7 @@ fn growth(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
                 size_bytes: new_size as u64,
             });
         }
-        ctx.begin(seq, slot);
-        write_record(file.mapping(0), offset, seq, slot, ctx);
-        let call = sync_call(ctx, seq);
-        if call == SyncCall::AfterAck {
-            ctx.ack(seq, slot)?;
-        }
-        msync_as(ctx, 0, file.mapping(0), offset, record_size, MsFlags::MS_SYNC, call)?;
-        if call != SyncCall::AfterAck {
-            ctx.ack(seq, slot)?;
-        }
+        write_sync_ack(ctx, 0, file.mapping(0), offset, seq, slot, seq, || {})?;
     }
     Ok(())
 }
@@ -565,16 +567,7 @@ fn several(ctx: &mut Ctx, paths: &[String; 2]) -> Result<(), SyscallError> {
             0 => first.mapping(((k / 2) % 2) as usize),
             _ => second.mapping(0),
         };
-        ctx.begin(seq, slot);
-        write_record(mapping, offset, seq, slot, ctx);
-        let call = sync_call(ctx, k);
-        if call == SyncCall::AfterAck {
-            ctx.ack(seq, slot)?;
-        }
-        msync_as(ctx, file_index, mapping, offset, record_size, MsFlags::MS_SYNC, call)?;
-        if call != SyncCall::AfterAck {
-            ctx.ack(seq, slot)?;
-        }
+        write_sync_ack(ctx, file_index, mapping, offset, seq, slot, k, || {})?;
         k += 1;
     }
     match child {
