@@ -24,9 +24,10 @@ pub enum DeviceBug {
     /// next one.
     DropFlush { every: u32 },
     /// At each flush that follows writes, with probability 1/`every`
-    /// (seeded), the first write of the epoch it closes stays volatile until
-    /// the next flush: the device acknowledged the flush before that write
-    /// was durable.
+    /// (seeded), the first write of the epoch it closes is not durable at
+    /// that flush: the device acknowledged the flush before the write was
+    /// persisted, and persists it as if it came after the next flush (or
+    /// never, if a later write to the same sectors comes first).
     ReorderAcrossFlush { every: u32 },
 }
 
@@ -82,6 +83,10 @@ impl TryFrom<String> for DeviceBug {
 pub struct DeviceBugEffect {
     pub flushes_dropped: u64,
     pub writes_delayed: u64,
+    /// Delayed writes dropped because a later write to the same sectors
+    /// came before their new place: persisting them there would put old
+    /// data over new, which no cache does.
+    pub writes_superseded: u64,
 }
 
 /// The log as the faulty device would have made it durable. Which flushes
@@ -106,8 +111,25 @@ pub fn apply_device_bug(
     let mut order: Vec<LogEntry> = Vec::with_capacity(log.entries.len());
     // Index in `order` where the current epoch starts.
     let mut epoch_start = 0usize;
-    // A write held back until after the next flush.
-    let mut delayed: Option<LogEntry> = None;
+    // A write held back until after the next flush, and where the entries
+    // logged after it start in `order`.
+    let mut delayed: Option<(LogEntry, usize)> = None;
+    let overlaps = |a: &LogEntry, b: &LogEntry| {
+        b.changes_data() && a.sector < b.sector + b.nr_sectors && b.sector < a.sector + a.nr_sectors
+    };
+    // Puts a held write back at the end of `order`, unless a write logged
+    // after it (in `order` since then, or the one held next) covers it.
+    let release = |order: &mut Vec<LogEntry>,
+                   (held, since): (LogEntry, usize),
+                   held_next: Option<&LogEntry>,
+                   effect: &mut DeviceBugEffect| {
+        let later = order[since..].iter().chain(held_next);
+        if later.into_iter().any(|later| overlaps(&held, later)) {
+            effect.writes_superseded += 1;
+        } else {
+            order.push(held);
+        }
+    };
     for entry in &log.entries {
         if !entry.flags.is_flush() {
             order.push(*entry);
@@ -124,28 +146,32 @@ pub fn apply_device_bug(
                 continue; // the epoch stays open
             }
             DeviceBug::ReorderAcrossFlush { .. } if chosen => {
-                let first = order[epoch_start..].iter().position(&counts).map(|i| i + epoch_start);
-                let held = first.map(|i| order.remove(i));
+                let first = order[epoch_start..]
+                    .iter()
+                    .position(&counts)
+                    .map(|i| i + epoch_start)
+                    .expect("a chosen epoch has a write");
+                let held = order.remove(first);
                 order.push(*entry);
-                if let Some(previous) = delayed.replace(held.expect("a chosen epoch has a write")) {
-                    order.push(previous);
+                if let Some(previous) = delayed.replace((held, first)) {
+                    release(&mut order, previous, Some(&held), &mut effect);
                 }
                 effect.writes_delayed += 1;
             }
             _ => {
                 order.push(*entry);
                 if let Some(previous) = delayed.take() {
-                    order.push(previous);
+                    release(&mut order, previous, None, &mut effect);
                 }
             }
         }
         epoch_start = order.len();
     }
     if let Some(previous) = delayed.take() {
-        order.push(previous); // never covered by a later flush
+        release(&mut order, previous, None, &mut effect); // never covered by a later flush
     }
     debug_assert_eq!(
-        order.len() as u64 + effect.flushes_dropped,
+        order.len() as u64 + effect.flushes_dropped + effect.writes_superseded,
         log.entries.len() as u64,
         "entries are moved or dropped, never lost"
     );
@@ -218,6 +244,22 @@ mod tests {
         // (the last held) to the log's end.
         assert_eq!(shape(&bad), "F W3 F W0 F W2 F W8 W6");
         assert_eq!(effect.writes_delayed, 3);
+    }
+
+    #[test]
+    fn a_delayed_write_never_lands_over_a_newer_one() {
+        // W5(old) F W5(new) F: holding W5(old) past the second flush would
+        // leave old data over new for good. It is dropped instead.
+        let mut w = LogWriter::new(512);
+        w.write_fill(5, 1, 1).flush().write_fill(5, 1, 2).flush();
+        let log = parse_log(w.bytes(), 64 * 512).unwrap();
+        let (bad, effect) = apply_device_bug(&log, DeviceBug::ReorderAcrossFlush { every: 1 }, &(0..0), 7);
+        assert_eq!(effect.writes_superseded, 1, "{effect:?}");
+        let last_w5 = bad.entries.iter().rev().find(|e| e.sector == 5).unwrap();
+        assert_eq!(
+            last_w5.data_offset_bytes, log.entries[2].data_offset_bytes,
+            "the newer data wins"
+        );
     }
 
     #[test]

@@ -134,7 +134,9 @@ pub fn earliest_crash_position(state: &CrashState) -> u64 {
 /// completed, i.e. was logged. A marker logged at or after `position`
 /// completed after the crash, so every line that writer printed after it
 /// (its next records' `BEGIN`s among them) came after the crash too. The
-/// records begun before the cut and not acked are exactly those in flight.
+/// records begun before the cut and not acked include every one in flight
+/// (and perhaps one begun just after the crash, whose bytes cannot be in
+/// the state: allowing it loosens nothing that matters).
 /// Lines of no one writer (`MSYNC`, `GROW`, ...) stay while any writer is
 /// uncut; `DONE` goes once any is cut.
 pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64, writers: u32) -> ProtocolLog {
@@ -178,8 +180,12 @@ pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u6
 /// entry left by the kill: acks logged past that end are counted and left
 /// unjudged (states are built only from what precedes it). Returns how many
 /// there were.
-pub fn check_acks_match(serial: &ProtocolLog, acks: &[AckPosition], log_ends_early: bool) -> Result<u64> {
-    let logged: std::collections::HashSet<u64> = acks.iter().map(|a| a.seq).collect();
+pub fn check_acks_match(serial: &ProtocolLog, promises: &LoggedPromises, log_ends_early: bool) -> Result<u64> {
+    let logged: std::collections::HashSet<u64> = promises.acks.iter().map(|a| a.seq).collect();
+    let ready_said = serial.events.iter().any(|e| matches!(e, Event::Ready { .. }));
+    if ready_said && promises.ready_entry.is_none() && !log_ends_early {
+        bail!("READY reached the channel but its marker is not in the block log: the capture is incomplete");
+    }
     let mut past_end = 0;
     for e in &serial.events {
         if let Event::Ack { seq, .. } = e {
@@ -588,7 +594,7 @@ pub fn read_capture(source: &CaptureSource) -> Result<Capture> {
         device_size_bytes,
         source.seed,
     )?;
-    let acks_past_log_end = check_acks_match(&serial, &promises.acks, log_ends_early)?;
+    let acks_past_log_end = check_acks_match(&serial, &promises, log_ends_early)?;
     Ok(Capture {
         log,
         log_file,

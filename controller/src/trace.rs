@@ -58,6 +58,10 @@ pub struct TraceSummary {
     pub calls: u64,
     pub failed_calls: u64,
     pub unreturned_calls: u64,
+    /// Events the trace buffer dropped while the serial port drained
+    /// (reported at the end of a run that was not killed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped_events: Option<u64>,
     pub last_calls: Vec<String>,
 }
 
@@ -109,6 +113,7 @@ pub fn parse(text: &str) -> Vec<TracedMsync> {
 
 pub fn summarize(calls: &[TracedMsync]) -> TraceSummary {
     TraceSummary {
+        dropped_events: None,
         calls: calls.len() as u64,
         failed_calls: calls.iter().filter(|c| c.ret.is_some_and(|r| r != 0)).count() as u64,
         unreturned_calls: calls.iter().filter(|c| c.ret.is_none()).count() as u64,
@@ -123,8 +128,16 @@ pub fn summarize(calls: &[TracedMsync]) -> TraceSummary {
 /// off, or a kernel without the tracepoints).
 pub fn read_summary(path: &std::path::Path) -> Option<TraceSummary> {
     let text = std::fs::read(path).ok()?;
-    let calls = parse(&String::from_utf8_lossy(&text));
-    (!calls.is_empty()).then(|| summarize(&calls))
+    let text = String::from_utf8_lossy(&text);
+    let calls = parse(&text);
+    let dropped = text
+        .lines()
+        .find_map(|l| l.strip_prefix("crashlab-trace-overrun: "))
+        .and_then(|n| n.trim().parse().ok());
+    (!calls.is_empty()).then(|| TraceSummary {
+        dropped_events: dropped,
+        ..summarize(&calls)
+    })
 }
 
 #[cfg(test)]

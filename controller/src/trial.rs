@@ -475,7 +475,11 @@ impl CheckReport {
         let size = self.file_size_bytes.get(&index).copied();
         let rc = self.copy_rc.get(&index).copied();
         Ok(match (size, rc) {
-            (None, _) => RecoveredFile::Missing,
+            (None, None) => RecoveredFile::Missing,
+            (None, Some(rc)) => RecoveredFile::Unreadable {
+                size_bytes: None,
+                reason: format!("the guest could not stat it (status {rc})"),
+            },
             (Some(size_bytes), _) if !export.holds(size_bytes) => RecoveredFile::Unreadable {
                 size_bytes: Some(size_bytes),
                 reason: format!(

@@ -242,9 +242,11 @@ pub mod ack {
         let sector = if ack_index == READY_MARKER_INDEX {
             0
         } else {
-            ack_index + 1
+            ack_index.saturating_add(1)
         };
-        sector * ACK_SIZE_BYTES as u64
+        // Saturating: an index read back from a disk is untrusted; a
+        // saturated offset matches no real sector.
+        sector.saturating_mul(ACK_SIZE_BYTES as u64)
     }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,8 +22,13 @@ impl MsyncCall {
     pub fn covers(&self, file: u32, offset_bytes: u64, len_bytes: u64) -> bool {
         let page = record::pattern::PAGE_SIZE_BYTES;
         let start = self.offset_bytes - self.offset_bytes % page;
-        let end = (self.offset_bytes + self.len_bytes).div_ceil(page) * page;
-        self.file == file && start <= offset_bytes && offset_bytes + len_bytes <= end
+        // Saturating: the numbers come from the guest.
+        let end = self
+            .offset_bytes
+            .saturating_add(self.len_bytes)
+            .div_ceil(page)
+            .saturating_mul(page);
+        self.file == file && start <= offset_bytes && offset_bytes.saturating_add(len_bytes) <= end
     }
 
     pub fn describe(&self) -> String {

@@ -212,6 +212,32 @@ fn wal_data_pages_are_explained_by_their_log() {
 }
 
 #[test]
+fn a_log_slot_reused_by_a_later_transaction_may_hold_anything_its_rules_allow() {
+    let mut r = Run::new(Pattern::Wal, 64 << 10); // 4 log slots
+    wal_transaction(&mut r, 0, 10, true, true);
+    // Transaction 4 reuses log slot 0; its log record is in flight and the
+    // slot is found torn between records 0 and 8.
+    r.begin(8, 0);
+    let old = layout::encode_vec(&RecordHeader {
+        record_size_bytes: RS,
+        seq: 0,
+        slot: 0,
+        seed: SEED,
+    });
+    let new = layout::encode_vec(&RecordHeader {
+        record_size_bytes: RS,
+        seq: 8,
+        slot: 0,
+        seed: SEED,
+    });
+    r.files[0][..2048].copy_from_slice(&new[..2048]);
+    r.files[0][2048..4096].copy_from_slice(&old[2048..]);
+    let v = r.verify(Profile::Linux);
+    assert!(v.passed, "{:?}", v.violations);
+    assert_eq!(v.slots[0], SlotState::Torn);
+}
+
+#[test]
 fn growth_size_follows_the_profile() {
     let mut r = Run::new(Pattern::Growth, 1 << 20);
     let step = r.geometry.growth_step_bytes;

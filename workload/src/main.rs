@@ -170,14 +170,27 @@ impl Ctx {
         // The first writer holds: with several writers the others run on
         // until the kill, which comes at once.
         if self.writer == 0 && self.params.hold_after_acks == Some(self.acks) {
-            self.channel.emit(&Event::Hold { acks: self.acks });
-            // The host kills the VM now. Waiting here rather than exiting
-            // keeps every later step of the workload from happening.
-            loop {
-                nix::unistd::pause();
-            }
+            self.hold();
         }
         Ok(())
+    }
+
+    /// The crash-point hook: says `HOLD` and waits for the kill. Waiting
+    /// rather than exiting keeps every later step from happening.
+    fn hold(&mut self) -> ! {
+        self.channel.emit(&Event::Hold { acks: self.acks });
+        loop {
+            nix::unistd::pause();
+        }
+    }
+
+    /// A run that acked fewer records than the crash point's count (a
+    /// pattern that leaves records unacked) holds at its end instead of
+    /// ending cleanly: the planned crash still happens.
+    pub fn hold_if_unreached(&mut self) {
+        if self.writer == 0 && self.params.hold_after_acks.is_some_and(|n| self.acks < n) {
+            self.hold();
+        }
     }
 
     /// Reports an msync call; a failed one ends the run (`ERR`).

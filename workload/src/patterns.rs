@@ -22,6 +22,7 @@ pub fn run(ctx: &mut Ctx, dir: &str) -> Result<(), SyscallError> {
         Pattern::Growth => growth(ctx, &path(0)),
         Pattern::Several => several(ctx, &[path(0), path(1)]),
     }?;
+    ctx.hold_if_unreached();
     ctx.channel.emit(&Event::Done {
         records: ctx.params.records,
     });
@@ -97,6 +98,64 @@ fn msync_as(
     };
     let (made, result) = mapping.msync(offset, len, flags);
     ctx.msync_done(file, made, result)
+}
+
+/// The second process of a pattern (ipc's consumer, several's second
+/// writer), seen from the first: a failure of one stops the other, so
+/// nothing is acked after an `ERR`, and it is never left running.
+struct ChildGuard {
+    pid: nix::unistd::Pid,
+    reaped: bool,
+}
+
+impl ChildGuard {
+    /// Err if the child already ended badly; Ok while it runs or ended well.
+    fn check(&mut self) -> Result<(), SyscallError> {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => Ok(()),
+            Ok(WaitStatus::Exited(_, 0)) => {
+                self.reaped = true;
+                Ok(())
+            }
+            Ok(_) | Err(_) => {
+                self.reaped = true;
+                Err(SyscallError {
+                    op: "second-process-failed",
+                    errno: nix::errno::Errno::ECHILD as i32,
+                })
+            }
+        }
+    }
+
+    /// Waits for the child's end; Err unless it exited with status 0.
+    fn wait(mut self) -> Result<(), SyscallError> {
+        if self.reaped {
+            return Ok(());
+        }
+        self.reaped = true;
+        match nix::sys::wait::waitpid(self.pid, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+            _ => Err(SyscallError {
+                op: "second-process-failed",
+                errno: nix::errno::Errno::ECHILD as i32,
+            }),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+        }
+    }
+}
+
+/// In the child: whether the process that forked it is still there.
+fn parent_alive(parent: nix::unistd::Pid) -> bool {
+    nix::unistd::getppid() == parent
 }
 
 /// One record the way most patterns make it: `BEGIN`, write through
@@ -190,7 +249,8 @@ fn sync_records(
         msync_as(ctx, 0, file.mapping(0), offset, count * record_size, flags, call)?;
     }
     match (mode, call) {
-        (_, SyncCall::Skipped | SyncCall::AsyncOnly) => Ok(()),
+        // The planted bugs replace the whole durability call, fsync included.
+        (_, SyncCall::Skipped | SyncCall::AsyncOnly | SyncCall::PageBefore) => Ok(()),
         (DurabilityMode::MsAsyncFsync, _) => file.fsync(),
         (DurabilityMode::MsAsyncFdatasync, _) => file.fdatasync(),
         _ => Ok(()),
@@ -286,23 +346,44 @@ fn partial_msync(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
             false => whole - page + 1 + rng.below(page as u64 - 1) as usize,
         };
         let start = first_page * page;
-        let covered: Vec<(u64, u64)> = dirty
-            .range(start as u64 / record_size as u64..(start + whole).div_ceil(record_size) as u64)
-            .filter(|(&slot, _)| (slot as usize + 1) * record_size <= start + whole)
-            .map(|(&slot, &seq)| (seq, slot))
-            .collect();
-        let call = sync_call(ctx, call_number);
+        sync_and_ack_range(ctx, &mut file, &mut dirty, start, len, call_number)?;
         call_number += 1;
-        if call == SyncCall::AfterAck {
-            ack_all(ctx, &covered)?;
-        }
-        msync_as(ctx, 0, file.mapping(0), start, len, MsFlags::MS_SYNC, call)?;
-        if call != SyncCall::AfterAck {
-            ack_all(ctx, &covered)?;
-        }
-        for (_, slot) in covered {
-            dirty.remove(&slot);
-        }
+    }
+    // The application's checkpoint at the end: one msync over the whole
+    // mapping acks whatever is still dirty.
+    let size = file.size_bytes();
+    sync_and_ack_range(ctx, &mut file, &mut dirty, 0, size, call_number)
+}
+
+/// MS_SYNC over `[start, start + len)` (rounded out to pages by the
+/// kernel), then acks the newest record of every dirty slot wholly inside
+/// the synced pages.
+fn sync_and_ack_range(
+    ctx: &mut Ctx,
+    file: &mut DataFile,
+    dirty: &mut std::collections::BTreeMap<u64, u64>,
+    start: usize,
+    len: usize,
+    call_number: u64,
+) -> Result<(), SyscallError> {
+    let record_size = ctx.params.record_size_bytes as usize;
+    let page = page_size_bytes();
+    let synced_end = (start + len).div_ceil(page) * page;
+    let covered: Vec<(u64, u64)> = dirty
+        .range(start.div_ceil(record_size) as u64..)
+        .filter(|(&slot, _)| slot as usize * record_size >= start && (slot as usize + 1) * record_size <= synced_end)
+        .map(|(&slot, &seq)| (seq, slot))
+        .collect();
+    let call = sync_call(ctx, call_number);
+    if call == SyncCall::AfterAck {
+        ack_all(ctx, &covered)?;
+    }
+    msync_as(ctx, 0, file.mapping(0), start, len, MsFlags::MS_SYNC, call)?;
+    if call != SyncCall::AfterAck {
+        ack_all(ctx, &covered)?;
+    }
+    for (_, slot) in covered {
+        dirty.remove(&slot);
     }
     Ok(())
 }
@@ -346,7 +427,7 @@ fn invalidate(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
                 seed: params.seed,
             });
             file.pwrite(offset, &bytes)?;
-            if call != SyncCall::Skipped && call != SyncCall::AsyncOnly {
+            if call == SyncCall::AsPromised || call == SyncCall::AfterAck {
                 file.fdatasync()?;
             }
             msync_as(ctx, 0, file.mapping(0), offset, record_size, flags, call)?;
@@ -392,15 +473,21 @@ fn ipc(ctx: &mut Ctx, path: &str, control_path: &str) -> Result<(), SyscallError
     // returns in both processes, and is only accessed through these atomics.
     let (published, consumed) = unsafe { (&*counters.cast::<AtomicU64>(), &*counters.add(8).cast::<AtomicU64>()) };
     ctx.ready()?;
+    let parent = nix::unistd::getpid();
     // SAFETY: single-threaded; the child only reads its mappings and
     // writes lines, then exits.
     match unsafe { nix::unistd::fork() }.map_err(crate::mapped_file::fail("fork"))? {
         nix::unistd::ForkResult::Child => {
-            consume(ctx, file.mapping(0), published, consumed, record_size, slots);
+            consume(ctx, file.mapping(0), published, consumed, record_size, slots, parent);
             std::process::exit(0);
         }
         nix::unistd::ForkResult::Parent { child } => {
+            let mut child = ChildGuard {
+                pid: child,
+                reaped: false,
+            };
             for seq in 0..params.records {
+                child.check()?;
                 // Wait until the consumer has read what this slot holds.
                 let wait = std::time::Instant::now();
                 while seq >= consumed.load(Ordering::Acquire) + slots {
@@ -424,8 +511,7 @@ fn ipc(ctx: &mut Ctx, path: &str, control_path: &str) -> Result<(), SyscallError
                     || published.store(seq + 1, Ordering::Release),
                 )?;
             }
-            nix::sys::wait::waitpid(child, None).map_err(crate::mapped_file::fail("waitpid"))?;
-            Ok(())
+            child.wait()
         }
     }
 }
@@ -439,12 +525,13 @@ fn consume(
     consumed: &std::sync::atomic::AtomicU64,
     record_size: usize,
     slots: u64,
+    parent: nix::unistd::Pid,
 ) {
     use std::sync::atomic::Ordering;
     let records = ctx.params.records;
     let mut next = 0;
     let mut idle = std::time::Instant::now();
-    while next < records {
+    while next < records && parent_alive(parent) {
         let ready = published.load(Ordering::Acquire);
         if next >= ready {
             // The producer died (ERR) or stalled: give up rather than hang.
@@ -520,11 +607,13 @@ fn growth(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
         if offset + record_size > file.size_bytes() {
             let new_size =
                 (file.size_bytes() + geometry.growth_step_bytes as usize).min(params.file_size_bytes as usize);
-            file.grow(new_size)?;
+            // Said before it is done: a crash between the two must not show
+            // a size the protocol never announced.
             ctx.channel.emit(&Event::Grow {
                 file: 0,
                 size_bytes: new_size as u64,
             });
+            file.grow(new_size)?;
         }
         write_sync_ack(ctx, 0, file.mapping(0), offset, seq, slot, seq, || {})?;
     }
@@ -540,15 +629,19 @@ fn several(ctx: &mut Ctx, paths: &[String; 2]) -> Result<(), SyscallError> {
     let mut first = DataFile::create_durably(&paths[0], params.file_size_bytes, 2)?;
     let mut second = DataFile::create_durably(&paths[1], params.file_size_bytes, 1)?;
     ctx.ready()?;
+    let parent = nix::unistd::getpid();
     // SAFETY: single-threaded; both processes keep their own copies of the
     // mappings (MAP_SHARED: the same pages) and write disjoint slots.
-    let child = match unsafe { nix::unistd::fork() }.map_err(crate::mapped_file::fail("fork"))? {
+    let mut child = match unsafe { nix::unistd::fork() }.map_err(crate::mapped_file::fail("fork"))? {
         nix::unistd::ForkResult::Child => {
             ctx.writer = 1;
             ctx.acks = 0;
             None
         }
-        nix::unistd::ForkResult::Parent { child } => Some(child),
+        nix::unistd::ForkResult::Parent { child } => Some(ChildGuard {
+            pid: child,
+            reaped: false,
+        }),
     };
     let record_size = params.record_size_bytes as usize;
     let half = geometry.slots_per_file / 2;
@@ -558,6 +651,12 @@ fn several(ctx: &mut Ctx, paths: &[String; 2]) -> Result<(), SyscallError> {
         let seq = 2 * k + writer;
         if seq >= params.records {
             break;
+        }
+        // The other writer's failure ends this one's acks too.
+        match child.as_mut() {
+            Some(child) => child.check()?,
+            None if !parent_alive(parent) => std::process::exit(1),
+            None => {}
         }
         let file_index = (k % 2) as u32;
         let local = writer * half + (k / 2) % half;
@@ -572,10 +671,7 @@ fn several(ctx: &mut Ctx, paths: &[String; 2]) -> Result<(), SyscallError> {
     }
     match child {
         None => std::process::exit(0),
-        Some(child) => {
-            nix::sys::wait::waitpid(child, None).map_err(crate::mapped_file::fail("waitpid"))?;
-            Ok(())
-        }
+        Some(child) => child.wait(),
     }
 }
 
@@ -588,5 +684,56 @@ mod tests {
         let pending = [(6, 6), (7, 7), (8, 0), (9, 1)];
         assert_eq!(contiguous_runs(&pending), vec![(6, 2), (0, 2)]);
         assert_eq!(contiguous_runs(&[(0, 0)]), vec![(0, 1)]);
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use record::{DurabilityMode, WorkloadParams};
+
+    /// A range that starts inside a record does not ack it: only records
+    /// wholly inside the synced pages are promised.
+    #[test]
+    fn partial_msync_acks_only_records_wholly_inside_the_synced_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let channel_path = dir.path().join("channel");
+        let channel = crate::Channel(std::fs::File::create(&channel_path).unwrap());
+        let params = WorkloadParams {
+            mode: DurabilityMode::MsSync,
+            record_size_bytes: 8192,
+            file_size_bytes: 1 << 20,
+            records: 100,
+            seed: 1,
+            planted_bug: None,
+            hold_after_acks: None,
+            ack_area_offset_bytes: None,
+            pattern: record::Pattern::PartialMsync,
+            io_errors: false,
+        };
+        let mut ctx = Ctx {
+            params,
+            channel,
+            ack_log: None,
+            acks: 0,
+            writer: 0,
+        };
+        let path = dir.path().join("data");
+        let mut file = DataFile::create_durably(path.to_str().unwrap(), 1 << 20, 1).unwrap();
+        let mut dirty = std::collections::BTreeMap::new();
+        for (seq, slot) in [(0u64, 2u64), (1, 3)] {
+            write_record(file.mapping(0), slot as usize * 8192, seq, slot, &ctx);
+            dirty.insert(slot, seq);
+        }
+        // Pages 5 and 6 (bytes 20480..28672): slot 2 spans pages 4-5, slot 3
+        // pages 6-7: neither lies wholly inside.
+        sync_and_ack_range(&mut ctx, &mut file, &mut dirty, 5 * 4096, 2 * 4096, 0).unwrap();
+        let lines = std::fs::read_to_string(&channel_path).unwrap();
+        assert!(!lines.contains("ACK"), "{lines}");
+        // A length one byte into page 8 covers page 7: slot 3 (24576..32768) is acked.
+        sync_and_ack_range(&mut ctx, &mut file, &mut dirty, 6 * 4096, 2 * 4096 + 1, 1).unwrap();
+        let lines = std::fs::read_to_string(&channel_path).unwrap();
+        assert!(lines.contains("ACK 1 3\n") && !lines.contains("ACK 0 2"), "{lines}");
+        assert_eq!(dirty.len(), 1);
     }
 }
