@@ -1557,6 +1557,17 @@ mod tests {
     }
 
     #[test]
+    fn a_ready_line_without_its_marker_is_an_incomplete_capture() {
+        let mut w = LogWriter::new(512);
+        w.write_fill(40, 2, 9).flush(); // no ready marker
+        let (_, promises) = promises_of(&w);
+        let err = check_acks_match(&serial("BOOTED workload\nREADY 8\n"), &promises, false).unwrap_err();
+        assert!(err.to_string().contains("READY reached the channel"), "{err}");
+        // A log that ends early may have lost it: judged up to its end.
+        assert_eq!(check_acks_match(&serial("READY 8\n"), &promises, true).unwrap(), 0);
+    }
+
+    #[test]
     fn a_dropped_flush_is_judged_with_the_acks_it_let_through() {
         // With every flush of the log dropped (a device that ignores them),
         // the prefix before record 0 is judged at the log's end: all three
