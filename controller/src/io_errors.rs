@@ -17,7 +17,7 @@ use record::{Event, ProtocolLog};
 use serde::Serialize;
 
 use crate::config::WriteError;
-use crate::nbd::{FileView, NbdHandle, NbdLimits, NbdServer, WriteFault};
+use nbd::{FileView, NbdHandle, NbdLimits, NbdServer, WriteFault};
 
 /// Fails the first write whose data holds record `seq` of this run.
 pub struct RecordWriteFault {

@@ -13,7 +13,6 @@ pub mod conformance;
 pub mod images;
 pub mod io_errors;
 pub mod matrix;
-pub mod nbd;
 pub mod plan;
 pub mod powerloss;
 pub mod qemu;

@@ -32,7 +32,7 @@ use blocklog::{CrashState, Extent, ParsedLog};
 use record::layout::ack::{self, ACK_SIZE_BYTES};
 use record::{Event, ProtocolLog};
 
-use crate::nbd::{DiskView, NbdHandle, NbdLimits, NbdServer};
+use nbd::{DiskView, NbdHandle, NbdLimits, NbdServer};
 use crate::qemu::{Drive, VmSpec};
 use crate::trial::{CheckReport, CheckResult, ExportDisk, FsckResult, RecoveredFile, TrialContext};
 use crate::vm::{self, Limits, RunFiles, Step, VmSession};

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::{CampaignConfig, Checker};
-use crate::nbd::DiskView;
+use nbd::DiskView;
 use crate::plan::plan_trial;
 use crate::powerloss::{self, StateView};
 use crate::trial::TrialContext;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use controller::config::{Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, Filesystem};
-use controller::nbd::{DiskView, FileView};
+use nbd::{DiskView, FileView};
 use controller::powerloss::KernelChecker;
 use controller::trial::{RecoveredFile, TrialContext};
 use record::DurabilityMode;

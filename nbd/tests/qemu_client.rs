@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use controller::nbd::{FileView, NbdHandle, NbdLimits, NbdServer};
+use nbd::{FileView, NbdHandle, NbdLimits, NbdServer};
 
 const DISK_BYTES: u64 = 1 << 20;
 
