@@ -103,7 +103,10 @@ pub use device::{apply_device_bug, DeviceBug, DeviceBugEffect, DEVICE_BUG_EVERY_
 pub use error::{InvalidState, LogError};
 pub use file::{read_log_file, read_log_file_with};
 pub use format::EntryFlags;
-pub use overlay::{apply_state, overlay_extents, Extent, ExtentSource};
+pub use overlay::{
+    apply_extents, apply_state, overlay_extents, Extent, ExtentSource, PrefixIndex, CHECKPOINTS_MAX,
+    CHECKPOINT_STRIDE_MIN_ENTRIES,
+};
 pub use parse::{
     entry_data, parse_log, parse_log_from, read_entry_data, LogEntry, ParseOptions, ParsedLog, TruncatedPart,
     Truncation, DEFAULT_MAX_ENTRIES,

@@ -51,36 +51,75 @@ impl Extent {
 /// non-overlapping, with neighbours merged when both the device and source
 /// ranges are contiguous. Everything else is base image.
 ///
-/// Panics if the state does not fit the log (see [`CrashState::validate`]).
+/// Walks the whole prefix: the reference [`PrefixIndex::extents`] is
+/// checked against. Panics if the state does not fit the log (see
+/// [`CrashState::validate`]).
 pub fn overlay_extents(log: &ParsedLog, state: &CrashState) -> Vec<Extent> {
     state.validate(log).unwrap_or_else(|error| panic!("{error}"));
     let mut map = ExtentMap::default();
-    let source_of = |entry: &crate::parse::LogEntry, first_sector: u64| match entry.is_data_write() {
-        true => Some(entry.data_offset_bytes + first_sector * SECTOR_SIZE_BYTES),
-        false => None,
-    };
-    for entry in log.entries[..state.prefix_entries as usize]
-        .iter()
-        .filter(|e| e.changes_data())
-    {
-        map.insert(entry.sector, entry.sector + entry.nr_sectors, source_of(entry, 0));
-    }
-    for &index in &state.extra_writes {
-        let entry = &log.entries[index as usize];
-        let kept = state.torn.as_ref().filter(|torn| torn.entry == index);
-        let runs = match kept {
-            Some(torn) => sector_runs(&torn.sectors_kept),
-            None => std::iter::once(0..entry.nr_sectors).collect(),
-        };
-        for run in runs {
-            map.insert(
-                entry.sector + run.start,
-                entry.sector + run.end,
-                source_of(entry, run.start),
-            );
+    map.insert_entries(log, 0..state.prefix_entries);
+    map.insert_open_epoch_part(log, state);
+    map.into_extents()
+}
+
+/// Entries between two checkpoints of a [`PrefixIndex`], at least.
+pub const CHECKPOINT_STRIDE_MIN_ENTRIES: u64 = 1024;
+/// Checkpoints a [`PrefixIndex`] keeps, at most: its memory is this many
+/// extent maps, each bounded by the device's size, whatever the log's length.
+pub const CHECKPOINTS_MAX: u64 = 64;
+
+/// The extent maps of the log's prefixes at evenly spaced checkpoints, so a
+/// state's extents cost one checkpoint's copy plus the entries since it
+/// (at most a stride), not the whole prefix: the cost per state stays flat
+/// as logs grow. Built once per log, shared read-only by the check workers.
+#[derive(Debug)]
+pub struct PrefixIndex {
+    nr_entries: u64,
+    stride_entries: u64,
+    /// `checkpoints[k]`: the map of the first `k * stride_entries` entries.
+    checkpoints: Vec<ExtentMap>,
+}
+
+impl PrefixIndex {
+    pub fn new(log: &ParsedLog) -> PrefixIndex {
+        let nr_entries = log.entries.len() as u64;
+        let stride_entries = nr_entries.div_ceil(CHECKPOINTS_MAX).max(CHECKPOINT_STRIDE_MIN_ENTRIES);
+        let mut checkpoints = vec![ExtentMap::default()];
+        let mut map = ExtentMap::default();
+        let mut at = 0;
+        while at + stride_entries <= nr_entries {
+            map.insert_entries(log, at..at + stride_entries);
+            at += stride_entries;
+            checkpoints.push(map.clone());
+        }
+        assert!(checkpoints.len() as u64 <= CHECKPOINTS_MAX + 1);
+        PrefixIndex {
+            nr_entries,
+            stride_entries,
+            checkpoints,
         }
     }
-    map.into_extents()
+
+    pub fn checkpoint_count(&self) -> usize {
+        self.checkpoints.len()
+    }
+
+    /// The same extents as [`overlay_extents`], from the nearest checkpoint.
+    /// Panics if the state does not fit the log or the log is not the one
+    /// the index was built from (by length).
+    pub fn extents(&self, log: &ParsedLog, state: &CrashState) -> Vec<Extent> {
+        assert_eq!(
+            log.entries.len() as u64,
+            self.nr_entries,
+            "the index belongs to another log"
+        );
+        state.validate(log).unwrap_or_else(|error| panic!("{error}"));
+        let k = (state.prefix_entries / self.stride_entries) as usize;
+        let mut map = self.checkpoints[k].clone();
+        map.insert_entries(log, k as u64 * self.stride_entries..state.prefix_entries);
+        map.insert_open_epoch_part(log, state);
+        map.into_extents()
+    }
 }
 
 /// Writes the crash state onto `sink`, which must already hold the base
@@ -94,8 +133,18 @@ where
     L: LogSource + ?Sized,
     S: BlockSink + ?Sized,
 {
+    apply_extents(log_source, &overlay_extents(log, state), sink)
+}
+
+/// Writes `extents` (from [`overlay_extents`] or [`PrefixIndex::extents`])
+/// onto `sink`, reading their bytes from the log.
+pub fn apply_extents<L, S>(log_source: &L, extents: &[Extent], sink: &mut S) -> io::Result<()>
+where
+    L: LogSource + ?Sized,
+    S: BlockSink + ?Sized,
+{
     let mut buf = Vec::new();
-    for extent in overlay_extents(log, state) {
+    for extent in extents {
         let mut done_bytes = 0;
         while done_bytes < extent.len_bytes {
             let len = (extent.len_bytes - done_bytes).min(COPY_CHUNK_BYTES) as usize;
@@ -125,12 +174,42 @@ fn sector_runs(sectors: &[u64]) -> Vec<std::ops::Range<u64>> {
 
 /// Non-overlapping sector ranges, later inserts winning: start sector →
 /// (end sector, log offset of the start sector or `None` for zeros).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct ExtentMap {
     ranges: BTreeMap<u64, (u64, Option<u64>)>,
 }
 
 impl ExtentMap {
+    /// Applies the data-changing entries `range` in log order.
+    fn insert_entries(&mut self, log: &ParsedLog, range: std::ops::Range<u64>) {
+        for entry in log.entries[range.start as usize..range.end as usize]
+            .iter()
+            .filter(|e| e.changes_data())
+        {
+            self.insert(entry.sector, entry.sector + entry.nr_sectors, source_of(entry, 0));
+        }
+    }
+
+    /// Applies the state's writes from its open epoch (the torn one limited
+    /// to its kept sectors) in log order.
+    fn insert_open_epoch_part(&mut self, log: &ParsedLog, state: &CrashState) {
+        for &index in &state.extra_writes {
+            let entry = &log.entries[index as usize];
+            let kept = state.torn.as_ref().filter(|torn| torn.entry == index);
+            let runs = match kept {
+                Some(torn) => sector_runs(&torn.sectors_kept),
+                None => std::iter::once(0..entry.nr_sectors).collect(),
+            };
+            for run in runs {
+                self.insert(
+                    entry.sector + run.start,
+                    entry.sector + run.end,
+                    source_of(entry, run.start),
+                );
+            }
+        }
+    }
+
     fn insert(&mut self, start: u64, end: u64, log_offset_bytes: Option<u64>) {
         debug_assert!(start < end, "empty range {start}..{end}");
         self.split_at(start);
@@ -171,6 +250,15 @@ impl ExtentMap {
             }
         }
         extents
+    }
+}
+
+/// Where the bytes of `entry`'s sector `first_sector` come from: its log
+/// data, or zeros for a discard.
+fn source_of(entry: &crate::parse::LogEntry, first_sector: u64) -> Option<u64> {
+    match entry.is_data_write() {
+        true => Some(entry.data_offset_bytes + first_sector * SECTOR_SIZE_BYTES),
+        false => None,
     }
 }
 

@@ -904,3 +904,56 @@ fn plan_thins_prefixes_to_half_the_budget_and_fills_with_random_states() {
     let keys: std::collections::HashSet<StateKey> = states.iter().map(|s| state_key(&log, s, &NONE)).collect();
     assert_eq!(keys.len(), 6, "no two states with the same contents");
 }
+
+/// Thousands of overlapping writes and discards with flushes between them,
+/// seeded: long enough for a [`PrefixIndex`] to hold several checkpoints.
+fn long_log(seed: u64, entries: u64) -> Vec<u8> {
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    let mut log = LogWriter::new(512);
+    let mut written = 0;
+    while written < entries {
+        match rng.below(10) {
+            0 | 1 => log.flush(),
+            2 => log.discard(rng.below(60), 1 + rng.below(4)),
+            _ => log.write_fill(rng.below(56), 1 + rng.below(8), 1 + rng.below(255) as u8),
+        };
+        written += 1;
+    }
+    log.into_bytes()
+}
+
+#[test]
+fn prefix_index_builds_the_same_states_as_a_full_replay() {
+    for seed in 0..4 {
+        let bytes = long_log(seed, 3 * CHECKPOINT_STRIDE_MIN_ENTRIES + 517);
+        let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+        let index = PrefixIndex::new(&log);
+        let mut states = plan_states(&log, &opts(seed, 400, true));
+        // Every checkpoint boundary and its neighbours too.
+        for k in 0..=3 {
+            let at = k * CHECKPOINT_STRIDE_MIN_ENTRIES;
+            states.extend([at.saturating_sub(1), at, at + 1].map(CrashState::prefix));
+        }
+        states.push(CrashState::prefix(log.entries.len() as u64));
+        assert!(states
+            .iter()
+            .any(|s| s.prefix_entries > 2 * CHECKPOINT_STRIDE_MIN_ENTRIES));
+        for state in &states {
+            let extents = index.extents(&log, state);
+            assert_eq!(extents, overlay_extents(&log, state), "{state:?}");
+            let mut image = vec![0u8; DEVICE_SIZE_BYTES as usize];
+            apply_extents(&bytes[..], &extents, &mut image).unwrap();
+            assert_eq!(image, reference_image(&bytes, &log, state), "{state:?}");
+        }
+    }
+}
+
+#[test]
+fn prefix_index_memory_is_bounded_whatever_the_log_length() {
+    let bytes = long_log(9, 200 * CHECKPOINT_STRIDE_MIN_ENTRIES);
+    let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+    let index = PrefixIndex::new(&log);
+    assert!(index.checkpoint_count() as u64 <= CHECKPOINTS_MAX + 1);
+    let last = CrashState::prefix(log.entries.len() as u64);
+    assert_eq!(index.extents(&log, &last), overlay_extents(&log, &last));
+}

@@ -15,11 +15,11 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::{CampaignConfig, Checker};
-use nbd::DiskView;
 use crate::plan::plan_trial;
-use crate::powerloss::{self, StateView};
+use crate::powerloss;
 use crate::trial::TrialContext;
 use crate::{accel, images};
+use nbd::DiskView;
 
 pub struct ReplayRequest<'a> {
     pub campaign_dir: &'a Path,
@@ -111,6 +111,13 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         .context("writing the state image")?;
     drop(sink);
 
+    let builder = powerloss::StateBuilder::new(
+        &capture.log,
+        Arc::new(std::fs::File::open(&base)?),
+        capture.log_file.clone(),
+        capture.device_size_bytes,
+    );
+    let view = builder.view(state);
     let mut results = Vec::new();
     if req.checker != Checker::Host {
         let images = images::locate(&config.images_dir)?;
@@ -124,30 +131,17 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
             interrupt: req.interrupt,
             rerun_command: "",
         };
-        let view: Arc<dyn DiskView> = Arc::new(StateView::new(
-            Arc::new(std::fs::File::open(&base)?),
-            capture.log_file.clone(),
-            capture.device_size_bytes,
-            blocklog::overlay_extents(&capture.log, state),
-        ));
+        let shown: Arc<dyn DiskView> = Arc::new(view.clone());
         let mut checker =
-            powerloss::KernelChecker::start(&ctx, work.path(), "replay", view.clone(), config.fsck_states)?;
-        let check = checker.check(view, req.interrupt);
+            powerloss::KernelChecker::start(&ctx, work.path(), "replay", shown.clone(), config.fsck_states)?;
+        let check = checker.check(shown, req.interrupt);
         checker.stop()?;
         results.push(("kernel", check?));
     }
     if req.checker != Checker::Kernel {
         let scratch = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
-        let check = powerloss::host_check_ext4(
-            &base,
-            &capture.log_file,
-            &capture.log,
-            state,
-            scratch.path(),
-            config.fsck_states,
-            config.geometry().files,
-        )?;
-        results.push(("host", check));
+        let mut host = powerloss::HostChecker::new(&base, scratch.path(), config.fsck_states, config.geometry().files)?;
+        results.push(("host", host.check(&capture.log_file, view.extents())?));
     }
     let judged = powerloss::judge_state(&config, &params, &capture, state, &powerloss::StateChecks::new(results));
     let position = judged.position;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use controller::config::{Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, Filesystem};
-use nbd::{DiskView, FileView};
 use controller::powerloss::KernelChecker;
 use controller::trial::{RecoveredFile, TrialContext};
+use nbd::{DiskView, FileView};
 use record::DurabilityMode;
 use util::vm_harness;
 

@@ -1,0 +1,125 @@
+//! Stage 3: a crash state's contents as a read-only disk, built from the
+//! base image and the log without copying either.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use blocklog::{CrashState, Extent, ParsedLog, PrefixIndex};
+use nbd::DiskView;
+
+/// Builds any state of one capture; shared read-only by the check workers.
+/// A state costs one checkpoint's extent map plus the entries since it
+/// ([`PrefixIndex`]), so the cost per state stays flat as the log grows.
+pub struct StateBuilder<'a> {
+    log: &'a ParsedLog,
+    index: PrefixIndex,
+    base: Arc<File>,
+    log_file: Arc<File>,
+    device_size_bytes: u64,
+}
+
+impl<'a> StateBuilder<'a> {
+    pub fn new(log: &'a ParsedLog, base: Arc<File>, log_file: Arc<File>, device_size_bytes: u64) -> StateBuilder<'a> {
+        StateBuilder {
+            log,
+            index: PrefixIndex::new(log),
+            base,
+            log_file,
+            device_size_bytes,
+        }
+    }
+
+    pub fn log(&self) -> &'a ParsedLog {
+        self.log
+    }
+
+    /// The ranges `state` changes relative to the base image.
+    pub fn extents(&self, state: &CrashState) -> Vec<Extent> {
+        self.index.extents(self.log, state)
+    }
+
+    pub fn view(&self, state: &CrashState) -> StateView {
+        self.view_of(self.extents(state))
+    }
+
+    /// The base image alone: what a checker shows before its first state.
+    pub fn empty_view(&self) -> StateView {
+        self.view_of(Vec::new())
+    }
+
+    fn view_of(&self, extents: Vec<Extent>) -> StateView {
+        StateView::new(
+            self.base.clone(),
+            self.log_file.clone(),
+            self.device_size_bytes,
+            extents,
+        )
+    }
+
+    pub fn base(&self) -> &Arc<File> {
+        &self.base
+    }
+
+    pub fn log_file(&self) -> &Arc<File> {
+        &self.log_file
+    }
+}
+
+/// A crash state as a read-only disk: the pristine base image with the
+/// state's winning log extents (or zeros, for discards) on top. Nothing is
+/// copied: reads go to the base or the log file.
+#[derive(Clone)]
+pub struct StateView {
+    base: Arc<File>,
+    log: Arc<File>,
+    size_bytes: u64,
+    /// Sorted by device offset, non-overlapping.
+    extents: Vec<Extent>,
+}
+
+impl StateView {
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+
+    pub fn new(base: Arc<File>, log: Arc<File>, size_bytes: u64, mut extents: Vec<Extent>) -> StateView {
+        extents.sort_by_key(|e| e.device_offset_bytes);
+        debug_assert!(extents
+            .windows(2)
+            .all(|w| w[0].device_offset_bytes + w[0].len_bytes <= w[1].device_offset_bytes));
+        StateView {
+            base,
+            log,
+            size_bytes,
+            extents,
+        }
+    }
+}
+
+impl DiskView for StateView {
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.base.read_exact_at(buf, offset_bytes)?;
+        let end = offset_bytes + buf.len() as u64;
+        // First extent that ends after the read starts.
+        let first = self
+            .extents
+            .partition_point(|e| e.device_offset_bytes + e.len_bytes <= offset_bytes);
+        for e in self.extents[first..].iter().take_while(|e| e.device_offset_bytes < end) {
+            let from = e.device_offset_bytes.max(offset_bytes);
+            let to = (e.device_offset_bytes + e.len_bytes).min(end);
+            let dst = &mut buf[(from - offset_bytes) as usize..(to - offset_bytes) as usize];
+            match e.log_offset_bytes() {
+                Some(log_offset) => self
+                    .log
+                    .read_exact_at(dst, log_offset + (from - e.device_offset_bytes))?,
+                None => dst.fill(0), // a discarded range
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! Stage 5: a checked state against the promises the application had been
+//! given at the state's crash position.
+
+use std::time::Instant;
+
+use blocklog::CrashState;
+use record::{Event, ProtocolLog};
+
+use super::capture::{Capture, LoggedPromises};
+use super::check::StateChecks;
+use super::ms_since;
+
+/// The earliest log position that leaves a state's contents: just past
+/// the last entry it includes. Judging there instead of at
+/// `blocklog::crash_position` (the latest) gives fewer acks; kept only to
+/// report how much the latest point adds (`states_failed_at_earliest_point`).
+pub fn earliest_crash_position(state: &CrashState) -> u64 {
+    let last_extra = state.extra_writes.iter().max().map(|&i| i + 1).unwrap_or(0);
+    let torn = state.torn.as_ref().map(|t| t.entry + 1).unwrap_or(0);
+    state.prefix_entries.max(last_extra).max(torn)
+}
+
+/// The protocol as the application knew it at a crash at log `position`:
+/// nothing after a `READY` whose ready marker is not logged before
+/// `position`, and for each writer process, nothing after its first `ACK`
+/// whose ack sector is not logged before `position`.
+///
+/// Why a cut and not a filter: each writer is one sequential program, and
+/// each of those lines is printed only after its marker's O_DIRECT write
+/// completed, i.e. was logged. A marker logged at or after `position`
+/// completed after the crash, so every line that writer printed after it
+/// (its next records' `BEGIN`s among them) came after the crash too. The
+/// records begun before the cut and not acked include every one in flight
+/// (and perhaps one begun just after the crash, whose bytes cannot be in
+/// the state: allowing it loosens nothing that matters).
+/// Lines of no one writer (`MSYNC`, `GROW`, ...) stay while any writer is
+/// uncut; `DONE` goes once any is cut.
+pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64, writers: u32) -> ProtocolLog {
+    let ready_given = promises.ready_entry.is_some_and(|r| r < position);
+    let given: std::collections::HashSet<u64> = promises
+        .acks
+        .iter()
+        .filter(|a| a.entry_index < position)
+        .map(|a| a.seq)
+        .collect();
+    let writer_of = |seq: u64| (seq % u64::from(writers.max(1))) as usize;
+    let mut cut = vec![false; writers.max(1) as usize];
+    let mut events = Vec::new();
+    for event in &serial.events {
+        let keep = match event {
+            Event::Ready { .. } if !ready_given => break,
+            Event::Begin { seq, .. } => !cut[writer_of(*seq)],
+            Event::Ack { seq, .. } => {
+                let w = writer_of(*seq);
+                if !cut[w] && !given.contains(seq) {
+                    cut[w] = true;
+                }
+                !cut[w]
+            }
+            Event::Done { .. } => !cut.iter().any(|&c| c),
+            _ => !cut.iter().all(|&c| c),
+        };
+        if keep {
+            events.push(event.clone());
+        }
+    }
+    ProtocolLog {
+        events,
+        truncated_tail: None,
+    }
+}
+
+/// How the kernel and host paths' verdicts on one state differed.
+pub enum Disagreement {
+    /// One passed, the other failed.
+    Verdict(String),
+    /// Both failed, with different details.
+    Details(String),
+}
+
+impl Disagreement {
+    pub fn text(&self) -> &str {
+        match self {
+            Disagreement::Verdict(text) | Disagreement::Details(text) => text,
+        }
+    }
+}
+
+/// One state's verdicts, judged at its latest crash position (and, for
+/// comparison, at its earliest).
+pub struct JudgedState {
+    pub position: u64,
+    pub verdicts: Vec<(&'static str, verifier::Verdict)>,
+    /// The first path's verdict had the state been judged at its earliest
+    /// position (fewer acks).
+    pub passed_at_earliest: bool,
+    pub disagreement: Option<Disagreement>,
+    pub verify_ms: u64,
+}
+
+/// Judges one checked state against the promises the application had been
+/// given at its crash position.
+pub fn judge_state(
+    config: &crate::config::CampaignConfig,
+    params: &record::WorkloadParams,
+    capture: &Capture,
+    state: &CrashState,
+    checks: &StateChecks,
+) -> JudgedState {
+    let t = Instant::now();
+    let position = blocklog::crash_position(&capture.log, state);
+    let writers = config.geometry().writers;
+    let protocol = protocol_at(&capture.serial, &capture.promises, position, writers);
+    let verdicts: Vec<(&'static str, verifier::Verdict)> = checks
+        .results
+        .iter()
+        .map(|(name, check)| (*name, crate::trial::judge(config, params, &protocol, check)))
+        .collect();
+    let earliest = protocol_at(
+        &capture.serial,
+        &capture.promises,
+        earliest_crash_position(state),
+        writers,
+    );
+    let passed_at_earliest = crate::trial::judge(config, params, &earliest, &checks.results[0].1).passed;
+    let summary = |v: &verifier::Verdict| (v.passed, v.violation_count, v.counts.lost, v.counts.torn);
+    let disagreement = (verdicts.len() == 2 && summary(&verdicts[0].1) != summary(&verdicts[1].1)).then(|| {
+        let text = verdicts
+            .iter()
+            .map(|(name, v)| {
+                let (passed, violations, lost, torn) = summary(v);
+                let first = v.violations.first().map(|f| f.reason.as_str()).unwrap_or("-");
+                format!("{name}: passed={passed} violations={violations} lost={lost} torn={torn} first={first}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        match verdicts[0].1.passed != verdicts[1].1.passed {
+            true => Disagreement::Verdict(text),
+            false => Disagreement::Details(text),
+        }
+    });
+    JudgedState {
+        position,
+        verdicts,
+        passed_at_earliest,
+        disagreement,
+        verify_ms: ms_since(t),
+    }
+}
