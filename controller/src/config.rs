@@ -98,6 +98,21 @@ pub enum Checker {
     Both,
 }
 
+/// How a checker VM hands the recovered data files to the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileRead {
+    /// The guest reports each file's extents (FIEMAP) and the host reads
+    /// them from the recovered disk; a file that cannot be mapped is copied,
+    /// and a seeded sample of states is read both ways and compared.
+    #[default]
+    Extents,
+    /// The guest copies each file out through a second disk.
+    Copy,
+    /// Both, compared on every state (slow; for testing the extents path).
+    Both,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CampaignConfig {
     pub fs: Filesystem,
@@ -131,6 +146,9 @@ pub struct CampaignConfig {
     /// Power loss: crash states to verify over the whole campaign.
     pub state_budget: u64,
     pub checker: Checker,
+    /// Power loss, kernel checker: how the recovered files reach the host.
+    #[serde(default)]
+    pub read_files: FileRead,
     /// Power loss: also tear one write per state at 512-byte granularity.
     pub torn_writes: bool,
     /// Power loss: run fsck after every state's recovery (slower).
@@ -320,6 +338,9 @@ impl CampaignConfig {
         if self.crash_model == CrashModel::PowerLoss {
             args.push(format!("--state-budget={}", self.state_budget));
             args.push(format!("--checker={}", kebab(&self.checker)));
+            if self.read_files != FileRead::Extents {
+                args.push(format!("--read-files={}", kebab(&self.read_files)));
+            }
             if self.torn_writes {
                 args.push("--torn-writes".into());
             }
@@ -394,6 +415,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
         keep_images: false,
         state_budget: 1000,
         checker: Checker::Kernel,
+        read_files: FileRead::Extents,
         torn_writes: false,
         fsck_states: false,
         check_workers: 2,

@@ -214,6 +214,11 @@ struct RunArgs {
     /// Power loss: who recovers each state (kernel: a checker VM; host: ext4 via e2fsck/debugfs; both: compare).
     #[arg(long, value_enum, default_value = "kernel")]
     checker: Checker,
+    /// Power loss, kernel checker: how the recovered files reach the host
+    /// (extents: the guest maps them and the host reads the recovered disk,
+    /// cross-checked against a copy on a sample of states; copy; both: every state).
+    #[arg(long, value_enum, default_value = "extents")]
+    read_files: config::FileRead,
     /// Power loss: also tear one write per state at 512-byte granularity.
     #[arg(long)]
     torn_writes: bool,
@@ -464,6 +469,7 @@ fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
         keep_images: args.keep_images,
         state_budget: args.state_budget,
         checker: args.checker,
+        read_files: args.read_files,
         torn_writes: args.torn_writes,
         fsck_states: args.fsck_states,
         trace_msync: !args.no_msync_trace,

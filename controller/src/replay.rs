@@ -134,7 +134,12 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         let shown: Arc<dyn DiskView> = Arc::new(view.clone());
         let mut checker =
             powerloss::KernelChecker::start(&ctx, work.path(), "replay", shown.clone(), config.fsck_states)?;
-        let check = checker.check(shown, req.interrupt);
+        // One state: read it both ways, compared, unless told to copy.
+        let read = match config.read_files {
+            crate::config::FileRead::Copy => crate::config::FileRead::Copy,
+            _ => crate::config::FileRead::Both,
+        };
+        let check = checker.check(shown, read, req.interrupt);
         checker.stop()?;
         results.push(("kernel", check?));
     }

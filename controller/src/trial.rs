@@ -296,6 +296,66 @@ pub struct CheckResult {
     /// Each data file of the run, in order.
     pub files: Vec<RecoveredFile>,
     pub fsck: Option<FsckResult>,
+    /// How the checker VM's files reached the host.
+    pub reads: FileReads,
+}
+
+/// How a check's data files reached the host, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FileReads {
+    /// Read by the host from the recovered disk, at the extents the guest
+    /// reported.
+    pub by_extents: u64,
+    /// Copied out by the guest through the export disk.
+    pub copied: u64,
+    /// Read both ways and found equal.
+    pub cross_checked: u64,
+}
+
+impl FileReads {
+    pub fn add(&mut self, other: &FileReads) {
+        self.by_extents += other.by_extents;
+        self.copied += other.copied;
+        self.cross_checked += other.cross_checked;
+    }
+}
+
+/// Reads the recovered disk at a byte offset (the checker's NBD export, with
+/// the guest's recovery writes on top).
+pub type DiskReader<'a> = &'a dyn Fn(u64, &mut [u8]) -> std::io::Result<()>;
+
+/// One extent of a recovered file, as the guest reported it (`EXTENT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileExtent {
+    logical_bytes: u64,
+    physical_bytes: u64,
+    len_bytes: u64,
+    unwritten: bool,
+}
+
+/// A file's bytes from its extents: holes and unwritten extents read as
+/// zeros, bytes past `size_bytes` are not part of it. `Err` says why the
+/// map cannot be read (overlapping extents, a range past the disk's end):
+/// the file is then unreadable, as a failed copy would make it.
+fn read_by_extents(size_bytes: u64, extents: &[FileExtent], disk: DiskReader) -> Result<Vec<u8>, String> {
+    let mut sorted = extents.to_vec();
+    sorted.sort_by_key(|e| e.logical_bytes);
+    for pair in sorted.windows(2) {
+        if pair[0].logical_bytes + pair[0].len_bytes > pair[1].logical_bytes {
+            return Err(format!(
+                "the guest reported overlapping extents {:?} and {:?}",
+                pair[0], pair[1]
+            ));
+        }
+    }
+    let mut bytes = vec![0u8; size_bytes as usize];
+    for e in sorted.iter().filter(|e| !e.unwritten && e.logical_bytes < size_bytes) {
+        let end = (e.logical_bytes + e.len_bytes).min(size_bytes);
+        let dst = &mut bytes[e.logical_bytes as usize..end as usize];
+        disk(e.physical_bytes, dst)
+            .map_err(|err| format!("reading extent {e:?} from the recovered disk failed: {err}"))?;
+    }
+    Ok(bytes)
 }
 
 impl CheckResult {
@@ -305,6 +365,7 @@ impl CheckResult {
             mount_rc: 0,
             files: (0..files).map(|_| RecoveredFile::Missing).collect(),
             fsck: None,
+            reads: FileReads::default(),
         }
     }
 }
@@ -404,6 +465,9 @@ pub(crate) struct CheckReport {
     mount_rc: Option<i32>,
     file_size_bytes: std::collections::BTreeMap<u32, u64>,
     copy_rc: std::collections::BTreeMap<u32, i32>,
+    extents: std::collections::BTreeMap<u32, Vec<FileExtent>>,
+    /// `MAPPED i count`: file i's extents are complete.
+    mapped: std::collections::BTreeMap<u32, u64>,
     umount_rc: Option<i32>,
     fsck: Option<FsckResult>,
     /// The nonce `CHECKED` echoed.
@@ -419,6 +483,21 @@ impl CheckReport {
             }
             Event::Copy { file, rc } => {
                 self.copy_rc.insert(*file, *rc);
+            }
+            Event::Extent {
+                file,
+                logical_bytes,
+                physical_bytes,
+                len_bytes,
+                unwritten,
+            } => self.extents.entry(*file).or_default().push(FileExtent {
+                logical_bytes: *logical_bytes,
+                physical_bytes: *physical_bytes,
+                len_bytes: *len_bytes,
+                unwritten: *unwritten,
+            }),
+            Event::Mapped { file, extents } => {
+                self.mapped.insert(*file, *extents);
             }
             Event::Umount { rc } => self.umount_rc = Some(*rc),
             Event::Fsck { tool, rc } if tool != "none" => {
@@ -439,9 +518,12 @@ impl CheckReport {
     }
 
     /// The result of check `nonce`, with the files' bytes read from
-    /// `export`; `None` when the report is incomplete (no `MOUNT`, or no
-    /// `CHECKED`). An answer for another nonce is an error.
-    pub fn finish(self, export: &ExportDisk, nonce: u64) -> Result<Option<CheckResult>> {
+    /// `export` or, for a file the guest mapped, from `disk` (the recovered
+    /// disk) at its extents; both, and compared, when the guest did both.
+    /// `None` when the report is incomplete (no `MOUNT`, or no `CHECKED`).
+    /// An answer for another nonce, or a copy that differs from the mapped
+    /// bytes, is an error.
+    pub fn finish(self, export: &ExportDisk, nonce: u64, disk: Option<DiskReader>) -> Result<Option<CheckResult>> {
         let (Some(mount_rc), Some(checked)) = (self.mount_rc, self.checked) else {
             return Ok(None);
         };
@@ -460,20 +542,72 @@ impl CheckReport {
                 )
             }));
         }
+        let mut reads = FileReads::default();
         let files = (0..export.files)
-            .map(|index| self.file(export, nonce, index))
+            .map(|index| self.file(export, nonce, index, disk, &mut reads))
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(CheckResult {
             recovery_failure: None,
             mount_rc,
             files,
             fsck,
+            reads,
         }))
     }
 
-    fn file(&self, export: &ExportDisk, nonce: u64, index: u32) -> Result<RecoveredFile> {
+    /// File `index`'s extents, when the guest mapped it completely.
+    fn mapped_extents(&self, index: u32) -> Result<Option<&[FileExtent]>> {
+        let Some(&count) = self.mapped.get(&index) else {
+            return Ok(None);
+        };
+        let extents = self.extents.get(&index).map(Vec::as_slice).unwrap_or(&[]);
+        anyhow::ensure!(
+            extents.len() as u64 == count,
+            "the guest reported {} extents for data file {index} but said MAPPED {count}: its reports are out of step",
+            extents.len()
+        );
+        Ok(Some(extents))
+    }
+
+    fn file(
+        &self,
+        export: &ExportDisk,
+        nonce: u64,
+        index: u32,
+        disk: Option<DiskReader>,
+        reads: &mut FileReads,
+    ) -> Result<RecoveredFile> {
         let size = self.file_size_bytes.get(&index).copied();
         let rc = self.copy_rc.get(&index).copied();
+        if let (Some(size_bytes), Some(extents), Some(disk)) = (size, self.mapped_extents(index)?, disk) {
+            if export.holds(size_bytes) {
+                let bytes = match read_by_extents(size_bytes, extents, disk) {
+                    Ok(bytes) => bytes,
+                    Err(reason) => {
+                        return Ok(RecoveredFile::Unreadable {
+                            size_bytes: Some(size_bytes),
+                            reason,
+                        })
+                    }
+                };
+                reads.by_extents += 1;
+                if rc == Some(0) {
+                    let copy = export.read_file(nonce, index, size_bytes)?;
+                    if let Some(at) = copy.iter().zip(&bytes).position(|(a, b)| a != b) {
+                        bail!(
+                            "data file {index}: the bytes read at the extents the guest reported differ from the \
+                             guest's own copy (first at byte {at} of {size_bytes}): the extents path cannot be \
+                             trusted here; rerun with --read-files=copy and report this"
+                        );
+                    }
+                    reads.cross_checked += 1;
+                }
+                return Ok(RecoveredFile::Read(bytes));
+            }
+        }
+        if rc == Some(0) {
+            reads.copied += 1;
+        }
         Ok(match (size, rc) {
             (None, None) => RecoveredFile::Missing,
             (None, Some(rc)) => RecoveredFile::Unreadable {
@@ -532,7 +666,7 @@ fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> R
     })?;
     vm::bail_if_interrupted(run.outcome)?;
     let outcome = run.outcome;
-    match report.finish(&export, NONCE)? {
+    match report.finish(&export, NONCE, None)? {
         Some(result) => Ok(result),
         None if booted => Ok(CheckResult::recovery_failed(
             format!(
@@ -614,7 +748,7 @@ mod tests {
     fn a_complete_copy_with_this_checks_tag_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 0 4096\n", &[0xab; 4096]);
-        let result = report(COMPLETE).finish(&export, 7).unwrap().unwrap();
+        let result = report(COMPLETE).finish(&export, 7, None).unwrap().unwrap();
         assert!(matches!(&result.files[0], RecoveredFile::Read(bytes) if bytes == &vec![0xab; 4096]));
         assert_eq!(result.fsck.unwrap().rc, 0);
         assert!(result.recovery_failure.is_none());
@@ -626,10 +760,10 @@ mod tests {
         // The export still holds check 6's copy: the guest claims a copy
         // for check 7 that is not there.
         let export = export_with(dir.path(), "CRASHLAB-EXPORT 6 0 4096\n", &[0xab; 4096]);
-        let err = report(COMPLETE).finish(&export, 7).err().unwrap();
+        let err = report(COMPLETE).finish(&export, 7, None).err().unwrap();
         assert!(err.to_string().contains("does not carry this check's tag"), "{err}");
         // An answer for another check is out of step.
-        let err = report(COMPLETE).finish(&export, 8).err().unwrap();
+        let err = report(COMPLETE).finish(&export, 8, None).err().unwrap();
         assert!(err.to_string().contains("answered check 7"), "{err}");
     }
 
@@ -638,7 +772,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let export = export_with(dir.path(), "CRASHLAB-EXPORT 6 0 4096\n", &[0xab; 4096]);
         let lines = ["MOUNT 0", "FILE 0 4096", "COPY 0 1", "UMOUNT 0", "CHECKED 7"];
-        let result = report(&lines).finish(&export, 7).unwrap().unwrap();
+        let result = report(&lines).finish(&export, 7, None).unwrap().unwrap();
         match result.files.into_iter().next().unwrap() {
             RecoveredFile::Unreadable { size_bytes, reason } => {
                 assert_eq!(size_bytes, Some(4096));
@@ -661,7 +795,7 @@ mod tests {
             "CHECKED 1".into(),
         ];
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let result = report(&lines).finish(&export, 1).unwrap().unwrap();
+        let result = report(&lines).finish(&export, 1, None).unwrap().unwrap();
         assert!(matches!(result.files[0], RecoveredFile::Unreadable { size_bytes: Some(n), .. } if n == huge));
     }
 
@@ -676,9 +810,125 @@ mod tests {
         file.write_all_at(&[0x5a; 512], EXPORT_DATA_OFFSET_BYTES + export.stride_bytes)
             .unwrap();
         let lines = ["MOUNT 0", "NOFILE 0", "FILE 1 512", "COPY 1 0", "UMOUNT 0", "CHECKED 3"];
-        let result = report(&lines).finish(&export, 3).unwrap().unwrap();
+        let result = report(&lines).finish(&export, 3, None).unwrap().unwrap();
         assert!(matches!(result.files[0], RecoveredFile::Missing));
         assert!(matches!(&result.files[1], RecoveredFile::Read(bytes) if bytes == &vec![0x5a; 512]));
+    }
+
+    /// A recovered disk of 64 KiB whose byte at offset `o` is `o % 251`.
+    fn disk(offset_bytes: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if offset_bytes + buf.len() as u64 > 65536 {
+            return Err(std::io::Error::other("past the end"));
+        }
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = ((offset_bytes + i as u64) % 251) as u8;
+        }
+        Ok(())
+    }
+
+    fn disk_bytes(offset_bytes: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        disk(offset_bytes, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_mapped_file_is_read_at_its_extents_with_holes_and_unwritten_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = export_with(dir.path(), "", &[]);
+        // 0..4096 data at 8192; 4096..8192 a hole; 8192..12288 unwritten;
+        // 12288.. data at 32768, cut at the file's size (14000).
+        let lines = [
+            "MOUNT 0",
+            "FILE 0 14000",
+            "EXTENT 0 12288 32768 4096 data",
+            "EXTENT 0 0 8192 4096 data",
+            "EXTENT 0 8192 16384 4096 unwritten",
+            "MAPPED 0 3",
+            "UMOUNT 0",
+            "CHECKED 7",
+        ];
+        let result = report(&lines).finish(&export, 7, Some(&disk)).unwrap().unwrap();
+        let mut expected = vec![0u8; 14000];
+        expected[..4096].copy_from_slice(&disk_bytes(8192, 4096));
+        expected[12288..].copy_from_slice(&disk_bytes(32768, 14000 - 12288));
+        assert!(matches!(&result.files[0], RecoveredFile::Read(bytes) if bytes == &expected));
+        assert_eq!(
+            result.reads,
+            FileReads {
+                by_extents: 1,
+                copied: 0,
+                cross_checked: 0
+            }
+        );
+        // Without a disk to read (the one-shot check boot) the map is not
+        // used: no copy means no bytes.
+        let result = report(&lines).finish(&export, 7, None).unwrap().unwrap();
+        assert!(matches!(result.files[0], RecoveredFile::Unreadable { .. }));
+    }
+
+    #[test]
+    fn extents_and_copy_are_compared_and_a_difference_stops_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            "MOUNT 0",
+            "FILE 0 4096",
+            "EXTENT 0 0 4096 4096 data",
+            "MAPPED 0 1",
+            "COPY 0 0",
+            "UMOUNT 0",
+            "CHECKED 7",
+        ];
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 0 4096\n", &disk_bytes(4096, 4096));
+        let result = report(&lines).finish(&export, 7, Some(&disk)).unwrap().unwrap();
+        assert!(matches!(&result.files[0], RecoveredFile::Read(bytes) if bytes == &disk_bytes(4096, 4096)));
+        assert_eq!(result.reads.cross_checked, 1);
+        let mut other = disk_bytes(4096, 4096);
+        other[100] ^= 1;
+        let export = export_with(dir.path(), "CRASHLAB-EXPORT 7 0 4096\n", &other);
+        let err = report(&lines).finish(&export, 7, Some(&disk)).err().unwrap();
+        assert!(err.to_string().contains("first at byte 100"), "{err}");
+        assert!(err.to_string().contains("--read-files=copy"), "{err}");
+    }
+
+    #[test]
+    fn a_map_that_cannot_be_read_is_an_unreadable_file_or_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = export_with(dir.path(), "", &[]);
+        let past_end = [
+            "MOUNT 0",
+            "FILE 0 4096",
+            "EXTENT 0 0 65536 4096 data",
+            "MAPPED 0 1",
+            "UMOUNT 0",
+            "CHECKED 7",
+        ];
+        let result = report(&past_end).finish(&export, 7, Some(&disk)).unwrap().unwrap();
+        assert!(
+            matches!(&result.files[0], RecoveredFile::Unreadable { reason, .. } if reason.contains("past the end"))
+        );
+        let overlapping = [
+            "MOUNT 0",
+            "FILE 0 8192",
+            "EXTENT 0 0 0 8192 data",
+            "EXTENT 0 4096 8192 4096 data",
+            "MAPPED 0 2",
+            "UMOUNT 0",
+            "CHECKED 7",
+        ];
+        let result = report(&overlapping).finish(&export, 7, Some(&disk)).unwrap().unwrap();
+        assert!(matches!(&result.files[0], RecoveredFile::Unreadable { reason, .. } if reason.contains("overlapping")));
+        // A count that does not match the lines: the reports are out of step.
+        let short = [
+            "MOUNT 0",
+            "FILE 0 4096",
+            "EXTENT 0 0 0 4096 data",
+            "MAPPED 0 2",
+            "UMOUNT 0",
+            "CHECKED 7",
+        ];
+        let err = report(&short).finish(&export, 7, Some(&disk)).err().unwrap();
+        assert!(err.to_string().contains("out of step"), "{err}");
     }
 
     #[test]
@@ -688,7 +938,7 @@ mod tests {
         let lines = ["MOUNT 0", "FILE 0 4096", "COPY 0 0", "UMOUNT 16", "CHECKED 7"];
         let report = report(&lines);
         assert!(report.left_mounted());
-        let result = report.finish(&export, 7).unwrap().unwrap();
+        let result = report.finish(&export, 7, None).unwrap().unwrap();
         assert!(result.recovery_failure.unwrap().contains("umount exit status 16"));
         // A mount that failed leaves nothing mounted.
         assert!(!super::tests::report(&["MOUNT 32", "CHECKED 7"]).left_mounted());

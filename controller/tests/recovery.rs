@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use controller::config::{Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, Filesystem};
+use controller::config::{Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, FileRead, Filesystem};
 use controller::powerloss::KernelChecker;
 use controller::trial::{RecoveredFile, TrialContext};
 use nbd::{DiskView, FileView};
@@ -66,6 +66,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         keep_images: false,
         state_budget: 1,
         checker: Checker::Kernel,
+        read_files: FileRead::Extents,
         torn_writes: false,
         fsck_states: false,
         check_workers: 1,
@@ -101,7 +102,9 @@ fn a_recovery_that_hangs_is_that_states_finding_and_the_checker_is_replaced() {
         inner: FileView::open(&base).unwrap(),
         held: held.clone(),
     });
-    let result = checker.check(stalled, &AtomicBool::new(false)).unwrap();
+    let result = checker
+        .check(stalled, FileRead::Extents, &AtomicBool::new(false))
+        .unwrap();
     let reason = result
         .recovery_failure
         .clone()
@@ -124,7 +127,7 @@ fn a_recovery_that_hangs_is_that_states_finding_and_the_checker_is_replaced() {
     // A fresh checker recovers the same disk, served normally: the fresh
     // filesystem mounts and has no data file yet.
     let mut fresh = KernelChecker::start(&ctx, dir, "checker-restart1", plain(), false).unwrap();
-    let result = fresh.check(plain(), &AtomicBool::new(false)).unwrap();
+    let result = fresh.check(plain(), FileRead::Both, &AtomicBool::new(false)).unwrap();
     assert!(result.recovery_failure.is_none());
     assert_eq!(result.mount_rc, 0);
     assert!(matches!(result.files[..], [RecoveredFile::Missing]));

@@ -213,6 +213,13 @@ impl NbdHandle {
         let mut state = self.shared.lock_state();
         state.view = view;
         state.overlay.clear();
+        state.reads.clear();
+    }
+
+    /// The READ requests (offset, length in bytes) served since the view was
+    /// set, in arrival order (at most [`READ_LOG_MAX`]); clears the log.
+    pub fn take_reads(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.shared.lock_state().reads)
     }
 
     /// Installs a planted write fault (see [`WriteFault`]).
@@ -228,6 +235,27 @@ impl NbdHandle {
             file.write_all_at(&data[..], sector * SECTOR_BYTES)?;
         }
         Ok(state.overlay.bytes())
+    }
+
+    /// Reads the export as the client sees it now: the view with the
+    /// guest's writes on top (after a recovery, the recovered disk). For a
+    /// host reading what the guest left, while the guest is idle.
+    pub fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> io::Result<()> {
+        let state = self.shared.lock_state();
+        let in_range = offset_bytes
+            .checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= state.view.size_bytes());
+        if !in_range {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "read of {} bytes at {offset_bytes} is past the export's end ({} bytes)",
+                    buf.len(),
+                    state.view.size_bytes()
+                ),
+            ));
+        }
+        state.overlay.read(&*state.view, offset_bytes, buf)
     }
 
     /// Bytes currently held in the overlay (for memory accounting / tests).
@@ -362,7 +390,13 @@ fn bind(socket_path: &Path) -> anyhow::Result<UnixListener> {
 struct ViewState {
     view: Arc<dyn DiskView>,
     overlay: Overlay,
+    /// READ requests (offset, length) since the view was set, at most
+    /// [`READ_LOG_MAX`]: what the client needed, for it to prefetch next time.
+    reads: Vec<(u64, u64)>,
 }
+
+/// READ requests remembered per view (see [`NbdHandle::take_reads`]).
+pub const READ_LOG_MAX: usize = 1 << 16;
 
 struct Shared {
     export_name: String,
@@ -392,6 +426,7 @@ impl Shared {
             state: Mutex::new(ViewState {
                 view,
                 overlay: Overlay::default(),
+                reads: Vec::new(),
             }),
             stats: Mutex::new(NbdStats::default()),
             fault: Mutex::new(None),
@@ -827,8 +862,11 @@ fn do_read(shared: &Shared, request: &Request) -> Outcome {
     if request.len_bytes > shared.limits.request_max_bytes {
         return Err(EINVAL);
     }
-    let state = shared.lock_state();
+    let mut state = shared.lock_state();
     check_range(&state, request)?;
+    if state.reads.len() < READ_LOG_MAX {
+        state.reads.push((request.offset_bytes, u64::from(request.len_bytes)));
+    }
     let mut data = vec![0u8; request.len_bytes as usize];
     state
         .overlay
@@ -850,7 +888,7 @@ fn do_write(shared: &Shared, request: &Request, data: Option<&[u8]>) -> Outcome 
             return Err(errno);
         }
     }
-    let ViewState { view, overlay } = &mut *state;
+    let ViewState { view, overlay, .. } = &mut *state;
     let source = match data {
         Some(bytes) => Source::Data(bytes),
         None => Source::Zeroes(u64::from(request.len_bytes)),
@@ -1233,6 +1271,8 @@ mod tests {
         do_write(&handle.shared, &request(CMD_WRITE, 0, 10), Some(&[7; 10])).unwrap();
         assert_eq!(handle.overlay_bytes(), 512);
         assert_eq!(do_read(&handle.shared, &request(CMD_READ, 0, 10)).unwrap(), vec![7; 10]);
+        assert_eq!(handle.take_reads(), vec![(0, 10)]);
+        assert!(handle.take_reads().is_empty());
         handle.set_view(Arc::new(PatternView {
             size_bytes: 4096,
             fail: false,
@@ -1242,6 +1282,19 @@ mod tests {
             do_read(&handle.shared, &request(CMD_READ, 0, 10)).unwrap(),
             expected_base(0, 10)
         );
+    }
+
+    #[test]
+    fn host_reads_see_the_guest_writes() {
+        let handle = handle_with(4096, NbdLimits::default());
+        do_write(&handle.shared, &request(CMD_WRITE, 1000, 100), Some(&[7; 100])).unwrap();
+        let mut buf = vec![0u8; 300];
+        handle.read_at(900, &mut buf).unwrap();
+        let mut expected = expected_base(900, 300);
+        expected[100..200].fill(7);
+        assert_eq!(buf, expected);
+        assert!(handle.read_at(4000, &mut buf).is_err());
+        assert!(handle.read_at(u64::MAX, &mut buf).is_err());
     }
 
     #[test]

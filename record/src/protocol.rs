@@ -23,13 +23,20 @@
 //! | `READBACK seq what`   | workload | io errors: the failed record read back through the mapping (new, old, zeros, other) |
 //! | `MOUNT rc`            | init     | check: mount's exit status                    |
 //! | `FILE i size` / `NOFILE i` | init | check: data file i's size / it is absent   |
+//! | `EXTENT i logical physical len kind` | checker | file i's bytes `[logical, +len)` are at device byte `physical` (`kind`: `data`, or `unwritten`: reads as zeros) |
+//! | `MAPPED i count`      | checker  | file i's extents are complete: `count` lines  |
+//! | `UNMAPPED i reason`   | checker  | file i cannot be read by extents; it is copied |
 //! | `COPY i rc`           | init     | check: exit status of copying file i out      |
 //! | `UMOUNT rc`           | init     | check: umount's exit status                   |
 //! | `FSCK tool rc`        | init     | check: read-only fsck's exit status           |
 //! | `CHECKED nonce`       | init     | check finished; `nonce` is the host's, echoed |
 //!
-//! The host asks a long-lived checker for a check with `CHECK nonce` (and a
-//! one-shot check boot reads the nonce from `crashlab.nonce=`). Data file
+//! The host asks a long-lived checker for a check with `CHECK nonce read`
+//! (`read`: `copy`, `extents` or `both`; a one-shot check boot reads the
+//! nonce from `crashlab.nonce=` and copies). With `extents` the guest reports
+//! each file's extents (FIEMAP) while mounted, then unmounts; the host reads
+//! those ranges from the recovered disk (the NBD overlay), so the bytes
+//! judged are still those the guest's recovery left. Data file
 //! `i` is copied to [`EXPORT_DATA_OFFSET_BYTES`] + `i` × the export stride
 //! on the export disk; after a complete copy the guest writes
 //! `CRASHLAB-EXPORT nonce i size` into sector `i` ([`EXPORT_TAG_PREFIX`]),
@@ -118,6 +125,22 @@ pub enum Event {
     NoFile {
         file: u32,
     },
+    Extent {
+        file: u32,
+        logical_bytes: u64,
+        physical_bytes: u64,
+        len_bytes: u64,
+        /// Unwritten (preallocated): reads as zeros whatever the disk holds.
+        unwritten: bool,
+    },
+    Mapped {
+        file: u32,
+        extents: u64,
+    },
+    Unmapped {
+        file: u32,
+        reason: String,
+    },
     Copy {
         file: u32,
         rc: i32,
@@ -170,6 +193,18 @@ impl fmt::Display for Event {
             Self::Mount { rc } => write!(f, "MOUNT {rc}"),
             Self::File { file, size_bytes } => write!(f, "FILE {file} {size_bytes}"),
             Self::NoFile { file } => write!(f, "NOFILE {file}"),
+            Self::Extent {
+                file,
+                logical_bytes,
+                physical_bytes,
+                len_bytes,
+                unwritten,
+            } => {
+                let kind = if *unwritten { "unwritten" } else { "data" };
+                write!(f, "EXTENT {file} {logical_bytes} {physical_bytes} {len_bytes} {kind}")
+            }
+            Self::Mapped { file, extents } => write!(f, "MAPPED {file} {extents}"),
+            Self::Unmapped { file, reason } => write!(f, "UNMAPPED {file} {reason}"),
             Self::Copy { file, rc } => write!(f, "COPY {file} {rc}"),
             Self::Umount { rc } => write!(f, "UMOUNT {rc}"),
             Self::Fsck { tool, rc } => write!(f, "FSCK {tool} {rc}"),
@@ -270,6 +305,25 @@ impl Event {
                 size_bytes: num(field()?)?,
             },
             "NOFILE" => Event::NoFile { file: small(field()?)? },
+            "EXTENT" => Event::Extent {
+                file: small(field()?)?,
+                logical_bytes: num(field()?)?,
+                physical_bytes: num(field()?)?,
+                len_bytes: num(field()?)?,
+                unwritten: match field()? {
+                    "data" => false,
+                    "unwritten" => true,
+                    _ => return Err("extent kind is neither data nor unwritten"),
+                },
+            },
+            "MAPPED" => Event::Mapped {
+                file: small(field()?)?,
+                extents: num(field()?)?,
+            },
+            "UNMAPPED" => Event::Unmapped {
+                file: small(field()?)?,
+                reason: field()?.to_string(),
+            },
             "COPY" => Event::Copy {
                 file: small(field()?)?,
                 rc: int(field()?)?,
@@ -383,6 +437,18 @@ mod tests {
                 size_bytes: 4096,
             },
             Event::NoFile { file: 1 },
+            Event::Extent {
+                file: 0,
+                logical_bytes: 4096,
+                physical_bytes: 1 << 30,
+                len_bytes: 8192,
+                unwritten: true,
+            },
+            Event::Mapped { file: 1, extents: 3 },
+            Event::Unmapped {
+                file: 0,
+                reason: "inline-data".into(),
+            },
             Event::Copy { file: 0, rc: 1 },
             Event::Umount { rc: 0 },
             Event::Fsck {

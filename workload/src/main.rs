@@ -2,7 +2,10 @@
 //!
 //! Usage: `crashlab-workload DATA_DIR CHANNEL_PATH [CMDLINE_PATH]`, or
 //! `crashlab-workload conformance DATA_DIR CHANNEL_PATH` for the msync
-//! conformance suite (`conformance.rs`).
+//! conformance suite (`conformance.rs`), or `crashlab-workload extents I
+//! PATH CHANNEL_PATH` for the checker's map of a recovered file
+//! (`extents.rs`), or `crashlab-workload prefetch DEVICE RUNS` to warm the
+//! checker's page cache before a mount (`prefetch.rs`).
 //!
 //! Reads its parameters from the kernel command line (`/proc/cmdline` unless
 //! a path is given), creates and durably sizes its data files in `DATA_DIR`
@@ -21,8 +24,10 @@
 
 mod ack_log;
 mod conformance;
+mod extents;
 mod mapped_file;
 mod patterns;
+mod prefetch;
 mod rng;
 
 use std::fs::File;
@@ -37,6 +42,11 @@ use mapped_file::{MsyncCall, SyscallError};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("extents") => return ExitCode::from(extents::run(&args[2..])),
+        Some("prefetch") => return ExitCode::from(prefetch::run(&args[2..])),
+        _ => {}
+    }
     if args.get(1).map(String::as_str) == Some("conformance") && args.len() == 4 {
         let mut channel = match File::options().write(true).open(&args[3]) {
             Ok(f) => Channel(f),

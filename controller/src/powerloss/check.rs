@@ -22,7 +22,7 @@ use super::build::StateBuilder;
 use super::host_check::HostChecker;
 use super::kernel_check::{KernelChecker, CHECKER_RESTARTS_MAX};
 use super::ms_since;
-use crate::config::Checker;
+use crate::config::{Checker, FileRead};
 use crate::trial::{CheckResult, TrialContext};
 use crate::vm;
 
@@ -34,6 +34,35 @@ pub struct CheckEnv<'a> {
     pub ctx: &'a TrialContext<'a>,
     /// Where checker VMs keep their logs.
     pub dir: &'a Path,
+    /// Seeds which states are read both ways (`FileRead::Extents`).
+    pub sample_seed: u64,
+}
+
+/// With `--read-files=extents`, one state in this many (seeded), and each
+/// checker VM's first, is also copied out and compared with the bytes read
+/// at its extents.
+pub const CROSS_CHECK_EVERY: u64 = 16;
+
+/// How the checker VM hands over the files of state `index`.
+fn file_read_for(env: &CheckEnv, index: usize, checker_first_state: bool) -> FileRead {
+    match env.ctx.config.read_files {
+        FileRead::Copy => FileRead::Copy,
+        FileRead::Both => FileRead::Both,
+        FileRead::Extents => {
+            let sampled = splitmix64(env.sample_seed ^ index as u64).is_multiple_of(CROSS_CHECK_EVERY);
+            match checker_first_state || sampled {
+                true => FileRead::Both,
+                false => FileRead::Extents,
+            }
+        }
+    }
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl CheckEnv<'_> {
@@ -147,7 +176,7 @@ pub fn check_in_order(
                 if i >= states.len() || abort.load(Ordering::SeqCst) {
                     break;
                 }
-                let result = worker.check(env, &states[i], abort);
+                let result = worker.check(env, i, &states[i], abort);
                 let failed = result.is_err();
                 if tx.send((i, result)).is_err() || failed {
                     break;
@@ -194,7 +223,7 @@ pub fn check_in_order(
 }
 
 impl CheckWorker {
-    fn check(&mut self, env: &CheckEnv, state: &CrashState, abort: &AtomicBool) -> Result<StateChecks> {
+    fn check(&mut self, env: &CheckEnv, index: usize, state: &CrashState, abort: &AtomicBool) -> Result<StateChecks> {
         let mut checks = StateChecks::new(Vec::new());
         if self.kernel.as_ref().is_some_and(|k| !k.is_usable()) {
             checks.checker_restarts = self.restart_kernel(env)?;
@@ -204,9 +233,10 @@ impl CheckWorker {
         checks.build_ms = ms_since(t);
         if let Some(checker) = self.kernel.as_mut() {
             let t = Instant::now();
+            let read = file_read_for(env, index, checker.checks_done() == 0);
             checks
                 .results
-                .push(("kernel", checker.check(Arc::new(view.clone()), abort)?));
+                .push(("kernel", checker.check(Arc::new(view.clone()), read, abort)?));
             checks.kernel_ms = ms_since(t);
             checks.overlay_bytes = checker.nbd().overlay_bytes();
         }

@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use blocklog::Extent;
 
-use crate::trial::{CheckResult, FsckResult, RecoveredFile};
+use crate::trial::{CheckResult, FileReads, FsckResult, RecoveredFile};
 
 /// Where scratch images go when RAM has room: this many times the disk
 /// size must be free there.
@@ -89,6 +89,7 @@ impl HostChecker {
                 mount_rc: replay_rc,
                 files: (0..self.data_files).map(|_| RecoveredFile::Missing).collect(),
                 fsck: None,
+                reads: FileReads::default(),
             });
         }
         // Like the kernel path: the read-only fsck only when asked for.
@@ -112,6 +113,7 @@ impl HostChecker {
                 tool: "e2fsck".into(),
                 rc: f.status.code().unwrap_or(-1),
             }),
+            reads: FileReads::default(),
         })
     }
 

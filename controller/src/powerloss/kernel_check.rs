@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use nbd::{DiskView, NbdHandle, NbdLimits, NbdServer};
 use record::Event;
 
+use crate::config::FileRead;
 use crate::qemu::{Drive, VmSpec};
 use crate::trial::{CheckReport, CheckResult, ExportDisk, TrialContext};
 use crate::vm::{self, Limits, RunFiles, Step, VmSession};
@@ -29,9 +30,21 @@ pub struct KernelChecker {
     state_timeout_ms: u64,
     /// Nonce of the last check asked for; the guest echoes it.
     nonce: u64,
+    /// What the next check prefetches: the runs the last one read.
+    prefetch: Vec<(u64, u64)>,
+    /// The filesystem's block size, where a prefetch helps (ext4).
+    prefetch_block_bytes: Option<u32>,
     usable: bool,
     _socket_dir: tempfile::TempDir,
 }
+
+/// Prefetch runs a check asks for at most (one serial line carries them).
+pub const PREFETCH_RUNS_MAX: usize = 32;
+/// Gaps up to this size between two ranges the last recovery read are read
+/// too: under TCG a request costs more than 256 KiB of bytes.
+pub const PREFETCH_GAP_MAX_BYTES: u64 = 256 << 10;
+/// Bytes a check asks the guest to prefetch at most.
+pub const PREFETCH_BYTES_MAX: u64 = 32 << 20;
 
 pub const STATE_TIMEOUT_MS: u64 = 60_000;
 /// Guest writes held per state (journal recovery, superblock updates).
@@ -131,9 +144,19 @@ impl KernelChecker {
             files,
             state_timeout_ms: STATE_TIMEOUT_MS.min(config.stall_timeout_ms.max(1)),
             nonce: 0,
+            prefetch: Vec::new(),
+            prefetch_block_bytes: match config.fs {
+                crate::config::Filesystem::Ext4 => ext4_block_bytes(ctx.base_disk),
+                _ => None,
+            },
             usable: true,
             _socket_dir: socket_dir,
         })
+    }
+
+    /// States this checker was asked to check so far.
+    pub fn checks_done(&self) -> u64 {
+        self.nonce
     }
 
     pub fn nbd(&self) -> &NbdHandle {
@@ -150,13 +173,25 @@ impl KernelChecker {
     /// dies or falls silent while recovering the state gives that state's
     /// result (a recovery failure) and retires this checker. `stop`
     /// (Ctrl-C, or another worker's failure) ends the wait.
-    pub fn check(&mut self, view: Arc<dyn DiskView>, stop: &AtomicBool) -> Result<CheckResult> {
+    pub fn check(&mut self, view: Arc<dyn DiskView>, read: FileRead, stop: &AtomicBool) -> Result<CheckResult> {
         assert!(self.usable, "a retired checker is not asked again");
         self.handle.set_view(view);
         self.nonce += 1;
         let nonce = self.nonce;
         let session = self.session.as_mut().expect("checker is running");
-        session.send_line(&format!("CHECK {nonce}"))?;
+        let how = match read {
+            FileRead::Extents => "extents",
+            FileRead::Copy => "copy",
+            FileRead::Both => "both",
+        };
+        let prefetch = match (self.prefetch_block_bytes, self.prefetch.is_empty()) {
+            (Some(block_bytes), false) => {
+                let runs: Vec<String> = self.prefetch.iter().map(|(o, l)| format!("{o}+{l}")).collect();
+                format!(" {block_bytes} {}", runs.join(","))
+            }
+            _ => String::new(),
+        };
+        session.send_line(&format!("CHECK {nonce} {how}{prefetch}"))?;
         let start = Instant::now();
         let mut report = CheckReport::default();
         while report.checked.is_none() {
@@ -194,8 +229,15 @@ impl KernelChecker {
         if report.left_mounted() {
             self.usable = false;
         }
+        if self.prefetch_block_bytes.is_some() {
+            self.prefetch = prefetch_runs(&self.handle.take_reads());
+        }
+        // The guest is idle now (it said CHECKED): the export holds exactly
+        // what its recovery left.
+        let handle = &self.handle;
+        let disk = |offset_bytes: u64, buf: &mut [u8]| handle.read_at(offset_bytes, buf);
         report
-            .finish(&self.export, nonce)?
+            .finish(&self.export, nonce, Some(&disk))?
             .context("the checker reported CHECKED without MOUNT")
     }
 
@@ -219,5 +261,88 @@ impl Drop for KernelChecker {
         if let Some(session) = self.session.take() {
             let _ = session.finish();
         }
+    }
+}
+
+/// The block size of the ext4 filesystem in `image` (its superblock), if it
+/// is one.
+fn ext4_block_bytes(image: &Path) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut sb = [0u8; 1024];
+    std::fs::File::open(image).ok()?.read_exact_at(&mut sb, 1024).ok()?;
+    let magic = u16::from_le_bytes([sb[0x38], sb[0x39]]);
+    let log = u32::from_le_bytes(sb[0x18..0x1c].try_into().ok()?);
+    (magic == 0xef53 && log <= 6).then(|| 1024 << log)
+}
+
+/// The ranges to prefetch, from the ranges a recovery read: sorted, merged
+/// across gaps up to [`PREFETCH_GAP_MAX_BYTES`], then across the smallest
+/// gaps until at most [`PREFETCH_RUNS_MAX`] runs are left, cut at
+/// [`PREFETCH_BYTES_MAX`] bytes in all (the lowest offsets kept: superblocks
+/// and group descriptors sit there).
+pub fn prefetch_runs(reads: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut sorted: Vec<(u64, u64)> = reads.iter().copied().filter(|&(_, len)| len > 0).collect();
+    sorted.sort_unstable();
+    // (start, end) runs.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (offset, len) in sorted {
+        match runs.last_mut() {
+            Some(last) if offset <= last.1 + PREFETCH_GAP_MAX_BYTES => last.1 = last.1.max(offset + len),
+            _ => runs.push((offset, offset + len)),
+        }
+    }
+    while runs.len() > PREFETCH_RUNS_MAX {
+        let i = (0..runs.len() - 1)
+            .min_by_key(|&i| runs[i + 1].0 - runs[i].1)
+            .expect("more than one run");
+        runs[i].1 = runs[i + 1].1;
+        runs.remove(i + 1);
+    }
+    let mut budget = PREFETCH_BYTES_MAX;
+    let mut out = Vec::with_capacity(runs.len());
+    for (start, end) in runs {
+        let len = (end - start).min(budget);
+        if len == 0 {
+            break;
+        }
+        out.push((start, len));
+        budget -= len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_runs_merge_near_reads_and_stay_bounded() {
+        let reads = [
+            (8192, 1024),
+            (0, 1024),
+            (4096, 1024),
+            (10 << 20, 4096),
+            (10 << 20, 1024),
+        ];
+        assert_eq!(prefetch_runs(&reads), vec![(0, 9216), (10 << 20, 4096)]);
+        assert!(prefetch_runs(&[]).is_empty());
+        // Far apart reads: merged across the smallest gaps down to the cap.
+        let scattered: Vec<(u64, u64)> = (0..100u64).map(|i| (i * (300 << 10), 512)).collect();
+        let runs = prefetch_runs(&scattered);
+        assert_eq!(runs.len(), PREFETCH_RUNS_MAX);
+        assert_eq!(runs[0].0, 0, "the lowest offsets are kept");
+        let total: u64 = runs.iter().map(|r| r.1).sum();
+        assert!(total <= PREFETCH_BYTES_MAX);
+        for &(offset, len) in &scattered {
+            assert!(
+                runs.iter().any(|&(s, l)| s <= offset && offset + len <= s + l),
+                "{offset}"
+            );
+        }
+        // The byte cap keeps the lowest offsets.
+        let wide = [(0, 512), (PREFETCH_BYTES_MAX, 512), (2 * PREFETCH_BYTES_MAX, 1 << 20)];
+        let runs = prefetch_runs(&wide);
+        assert_eq!(runs[0], (0, 512));
+        assert!(runs.iter().map(|r| r.1).sum::<u64>() <= PREFETCH_BYTES_MAX);
     }
 }

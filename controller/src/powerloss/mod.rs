@@ -118,6 +118,7 @@ pub fn check_capture(
         fsck: config.fsck_states,
         ctx,
         dir,
+        sample_seed: plan.workload_seed,
     };
     let workers_n = (config.check_workers as usize).clamp(1, states.len().max(1));
     let t = Instant::now();

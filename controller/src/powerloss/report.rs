@@ -11,6 +11,7 @@ use super::capture::{Capture, CapturedRun};
 use super::check::StateChecks;
 use super::judge::{Disagreement, JudgedState};
 use super::{ms_since, PowerLossContext};
+use crate::trial::FileReads;
 
 /// One power-loss trial: what it captured, the states it checked, and
 /// their verdicts.
@@ -49,6 +50,9 @@ pub struct PowerLossRecord {
     /// Checker VMs booted again after one died, hung or could not unmount
     /// while recovering a state (that state's verdict says so).
     pub checker_restarts: u64,
+    /// Kernel checker: how the recovered files reached the host (summed over
+    /// states and files).
+    pub file_reads: FileReads,
     pub passed: bool,
     /// Per-state counts summed over the trial's states: a record judged in
     /// 100 states counts 100 times (see results/README.md).
@@ -221,6 +225,7 @@ impl PowerLossRecord {
             checker_disagreements: 0,
             checker_detail_differences: 0,
             checker_restarts: 0,
+            file_reads: FileReads::default(),
             passed: true,
             state_counts: verifier::Counts::default(),
             violation_count: 0,
@@ -259,6 +264,9 @@ impl PowerLossRecord {
         timing.kernel_check += checks.kernel_ms;
         timing.host_check += checks.host_ms;
         self.checker_restarts += checks.checker_restarts;
+        for (_, result) in &checks.results {
+            self.file_reads.add(&result.reads);
+        }
         self.overlay_peak_bytes = self.overlay_peak_bytes.max(checks.overlay_bytes);
         if let Some(difference) = &judged.disagreement {
             // Pass/fail must agree. On a filesystem the crash left broken,
