@@ -29,6 +29,10 @@ enum Command {
     /// Rebuild one power-loss crash state exactly from a campaign's kept
     /// evidence, write it as a disk image and judge it again.
     ReplayState(ReplayArgs),
+    /// Plan, build, check and judge a power-loss trial's states again from
+    /// its kept capture (no workload boot), with another checker, budget or
+    /// number of workers.
+    Recheck(RecheckArgs),
     /// msync's interface on the running kernel (no crash): each call of
     /// the seeds, its result beside what POSIX requires and Linux documents.
     Conformance(ConformanceArgs),
@@ -121,6 +125,34 @@ struct ReplayArgs {
     /// Who recovers the state: kernel (a checker VM), host (ext4), or both.
     #[arg(long, value_enum, default_value = "kernel")]
     checker: Checker,
+    /// Overrides the campaign's guest images directory.
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RecheckArgs {
+    /// The campaign directory (results/<campaign-id>), run with
+    /// --keep-images or with a failed state in this trial.
+    #[arg(long)]
+    campaign: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    trial: u64,
+    /// States to check in this trial (default: the campaign's).
+    #[arg(long)]
+    state_budget: Option<u64>,
+    #[arg(long, value_enum)]
+    checker: Option<Checker>,
+    #[arg(long)]
+    check_workers: Option<u32>,
+    #[arg(long, value_enum)]
+    read_files: Option<config::FileRead>,
+    /// Write one line per state here (as states.jsonl).
+    #[arg(long)]
+    states_out: Option<PathBuf>,
+    /// Print the trial's whole record as JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
     /// Overrides the campaign's guest images directory.
     #[arg(long)]
     images_dir: Option<PathBuf>,
@@ -268,6 +300,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::ReplayState(args) => replay(args),
+        Command::Recheck(args) => recheck(args),
         Command::Conformance(args) => conformance(args),
         Command::Matrix(args) => sweep(matrix_cells(&args), "matrix", &args.sweep),
         Command::IoErrors(args) => sweep(io_error_cells(&args), "io-errors", &args.sweep),
@@ -426,6 +459,75 @@ fn replay(args: ReplayArgs) -> ExitCode {
             let failed = outcome.verdicts.iter().any(|(_, v)| !v.passed);
             ExitCode::from(u8::from(failed))
         }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn recheck(args: RecheckArgs) -> ExitCode {
+    let request = controller::recheck::RecheckRequest {
+        campaign_dir: &args.campaign,
+        trial: args.trial,
+        state_budget: args.state_budget,
+        checker: args.checker,
+        check_workers: args.check_workers,
+        read_files: args.read_files,
+        images_dir: args.images_dir,
+        interrupt: &controller::signals::INTERRUPTED,
+    };
+    let mut states_out = match args.states_out.as_deref().map(std::fs::File::create).transpose() {
+        Ok(file) => file.map(std::io::BufWriter::new),
+        Err(e) => {
+            eprintln!(
+                "error: cannot create {}: {e}",
+                args.states_out.unwrap_or_default().display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = controller::recheck::recheck(&request, |line| {
+        if let Some(out) = states_out.as_mut() {
+            use std::io::Write;
+            writeln!(out, "{}", serde_json::to_string(line)?)?;
+        }
+        Ok(())
+    })
+    .and_then(|record| {
+        if let Some(mut out) = states_out.take() {
+            use std::io::Write;
+            out.flush()?;
+        }
+        Ok(record)
+    });
+    match outcome {
+        Ok(record) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&record).unwrap_or_default());
+            } else {
+                let t = &record.timing_ms;
+                let per_state_ms = (t.parse + t.plan + t.check_wall) as f64 / record.states_checked.max(1) as f64;
+                println!(
+                    "trial {}: {} states checked, {} failed, {} violations; {per_state_ms:.1} ms per state \
+                     (parse {} + plan {} + check {} ms, {} workers, checker boot {} ms)",
+                    record.run.trial,
+                    record.states_checked,
+                    record.states_failed,
+                    record.violation_count,
+                    t.parse,
+                    t.plan,
+                    t.check_wall,
+                    record.check_workers,
+                    t.checker_boot
+                );
+                for v in record.violations.iter().take(5) {
+                    println!("  state {}: {}", v.state, v.finding.reason);
+                }
+            }
+            ExitCode::from(u8::from(!record.passed))
+        }
+        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

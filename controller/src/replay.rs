@@ -14,8 +14,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::config::{CampaignConfig, Checker};
-use crate::plan::plan_trial;
+use crate::config::Checker;
+use crate::kept::KeptTrial;
 use crate::powerloss;
 use crate::trial::TrialContext;
 use crate::{accel, images};
@@ -45,53 +45,16 @@ pub struct ReplayOutcome {
 }
 
 pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
-    let meta_path = req.campaign_dir.join("campaign.json");
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path)
-            .with_context(|| format!("cannot read {}: is this a campaign directory?", meta_path.display()))?,
-    )
-    .with_context(|| format!("{} is corrupt", meta_path.display()))?;
-    let mut config: CampaignConfig = serde_json::from_value(meta["config"].clone())
-        .with_context(|| format!("{} has no usable config", meta_path.display()))?;
-    anyhow::ensure!(
-        config.crash_model == crate::config::CrashModel::PowerLoss,
-        "campaign {} is not a power-loss campaign: rerun a kernel-crash trial with its `rerun` command",
-        req.campaign_dir.display()
-    );
-    anyhow::ensure!(
-        req.trial < config.trials,
-        "trial {} is outside the campaign's {} trials",
-        req.trial,
-        config.trials
-    );
-    if let Some(dir) = &req.images_dir {
-        config.images_dir = dir.clone();
-    }
-    let trial_dir = req.campaign_dir.join("trials").join(req.trial.to_string());
-    let (log_path, base) = (trial_dir.join("blocklog.bin"), trial_dir.join("base-disk.img"));
-    anyhow::ensure!(
-        log_path.is_file() && base.is_file(),
-        "{} lacks blocklog.bin and base-disk.img: they are kept when a state fails, or with --keep-images",
-        trial_dir.display()
-    );
-
-    let plan = plan_trial(&config, req.trial);
-    let ack_area_offset_bytes = config.ack_area_offset_bytes();
-    let params = config.workload_params(
-        plan.workload_seed,
-        crate::trial::hold_for(&plan),
-        Some(ack_area_offset_bytes),
-    );
-    let capture = powerloss::read_capture(&powerloss::CaptureSource {
-        log_path: &log_path,
-        protocol_path: &trial_dir.join("workload.protocol.log"),
-        base_disk: &base,
-        ack_area_offset_bytes,
-        seed: params.seed,
-        device_bug: config.device_bug,
-    })?;
-    let options = powerloss::plan_options(&config, plan.workload_seed, &capture, ack_area_offset_bytes);
-    let states = blocklog::plan_states(&capture.log, &options);
+    let kept = KeptTrial::load(req.campaign_dir, req.trial, req.images_dir.as_deref())?;
+    let KeptTrial {
+        config,
+        trial_dir,
+        base,
+        params,
+        capture,
+        ..
+    } = &kept;
+    let states = kept.states();
     let state = states.get(req.state as usize).with_context(|| {
         format!(
             "state {} does not exist: trial {} has {} states",
@@ -105,7 +68,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         .out
         .clone()
         .unwrap_or_else(|| trial_dir.join(format!("state-{}.img", req.state)));
-    images::copy_sparse(&base, &image)?;
+    images::copy_sparse(base, &image)?;
     let mut sink = std::fs::OpenOptions::new().write(true).open(&image)?;
     blocklog::apply_state(capture.log_file.as_ref(), &capture.log, state, &mut sink)
         .context("writing the state image")?;
@@ -113,7 +76,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
 
     let builder = powerloss::StateBuilder::new(
         &capture.log,
-        Arc::new(std::fs::File::open(&base)?),
+        Arc::new(std::fs::File::open(base)?),
         capture.log_file.clone(),
         capture.device_size_bytes,
     );
@@ -124,10 +87,10 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         let work = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
         let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
         let ctx = TrialContext {
-            config: &config,
+            config,
             images: &images,
             accel,
-            base_disk: &base,
+            base_disk: base,
             interrupt: req.interrupt,
             rerun_command: "",
         };
@@ -145,10 +108,10 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
     }
     if req.checker != Checker::Kernel {
         let scratch = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
-        let mut host = powerloss::HostChecker::new(&base, scratch.path(), config.fsck_states, config.geometry().files)?;
+        let mut host = powerloss::HostChecker::new(base, scratch.path(), config.fsck_states, config.geometry().files)?;
         results.push(("host", host.check(&capture.log_file, view.extents())?));
     }
-    let judged = powerloss::judge_state(&config, &params, &capture, state, &powerloss::StateChecks::new(results));
+    let judged = powerloss::judge_state(config, params, capture, state, &powerloss::StateChecks::new(results));
     let position = judged.position;
     let verdicts = judged.verdicts;
     Ok(ReplayOutcome {

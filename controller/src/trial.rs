@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use record::protocol::{EXPORT_DATA_OFFSET_BYTES, EXPORT_TAG_PREFIX};
 use record::{Event, ProtocolLog};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::CampaignConfig;
 use crate::images::{self, GuestImages};
@@ -34,7 +34,7 @@ pub struct TrialContext<'a> {
 }
 
 /// How the workload boot ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunEnd {
     /// Killed at the crash point.
@@ -48,7 +48,7 @@ pub enum RunEnd {
 
 /// How fast the workload acked, as the host saw it: acks between READY and
 /// the last ACK line (the log's cost shows up here).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct WorkloadRate {
     pub acks: u64,
     pub ready_to_last_ack_ms: u64,
@@ -62,7 +62,7 @@ pub struct FsckResult {
 
 /// The workload boot of a trial, under either crash model: the head of both
 /// kinds of trial record (flattened into their JSON).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkloadRun {
     pub trial: u64,
     pub workload_seed: u64,

@@ -41,14 +41,15 @@ use anyhow::{Context, Result};
 
 pub use build::{StateBuilder, StateView};
 pub use capture::{
-    ack_area_sectors, acks_in_log, check_acks_match, read_capture, AckPosition, Capture, CaptureSource, LoggedPromises,
+    ack_area_sectors, acks_in_log, check_acks_match, read_capture, AckPosition, Capture, CaptureSource, CapturedRun,
+    LoggedPromises,
 };
 pub use check::StateChecks;
 pub use host_check::HostChecker;
 pub use judge::{earliest_crash_position, judge_state, protocol_at, JudgedState};
 pub use kernel_check::{KernelChecker, CHECKER_RESTARTS_MAX, OVERLAY_MAX_BYTES, STATE_TIMEOUT_MS};
 pub use plan::plan_options;
-pub use report::{add_counts, PowerLossRecord, StateLine, Timing};
+pub use report::{add_counts, LogFacts, PowerLossRecord, RunRecords, StateLine, Timing};
 
 use crate::trial::TrialContext;
 

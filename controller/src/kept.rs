@@ -1,0 +1,93 @@
+//! A power-loss trial's kept evidence, loaded: the campaign's config, the
+//! trial's plan, its block-write log, base image and serial protocol.
+//! `replay-state` rebuilds one state from it, `recheck` all of them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::config::CampaignConfig;
+use crate::plan::{plan_trial, TrialPlan};
+use crate::powerloss::{self, Capture};
+
+pub struct KeptTrial {
+    pub config: CampaignConfig,
+    pub plan: TrialPlan,
+    pub trial_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub base: PathBuf,
+    pub ack_area_offset_bytes: u64,
+    pub params: record::WorkloadParams,
+    pub capture: Capture,
+}
+
+impl KeptTrial {
+    /// Loads trial `trial` of the campaign in `campaign_dir`; `images_dir`
+    /// overrides the campaign's guest images.
+    pub fn load(campaign_dir: &Path, trial: u64, images_dir: Option<&Path>) -> Result<KeptTrial> {
+        let meta_path = campaign_dir.join("campaign.json");
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&meta_path)
+                .with_context(|| format!("cannot read {}: is this a campaign directory?", meta_path.display()))?,
+        )
+        .with_context(|| format!("{} is corrupt", meta_path.display()))?;
+        let mut config: CampaignConfig = serde_json::from_value(meta["config"].clone())
+            .with_context(|| format!("{} has no usable config", meta_path.display()))?;
+        anyhow::ensure!(
+            config.crash_model == crate::config::CrashModel::PowerLoss,
+            "campaign {} is not a power-loss campaign: rerun a kernel-crash trial with its `rerun` command",
+            campaign_dir.display()
+        );
+        anyhow::ensure!(
+            trial < config.trials,
+            "trial {trial} is outside the campaign's {} trials",
+            config.trials
+        );
+        if let Some(dir) = images_dir {
+            config.images_dir = dir.to_path_buf();
+        }
+        let trial_dir = campaign_dir.join("trials").join(trial.to_string());
+        let (log_path, base) = (trial_dir.join("blocklog.bin"), trial_dir.join("base-disk.img"));
+        anyhow::ensure!(
+            log_path.is_file() && base.is_file(),
+            "{} lacks blocklog.bin and base-disk.img: they are kept when a state fails, or with --keep-images",
+            trial_dir.display()
+        );
+        let plan = plan_trial(&config, trial);
+        let ack_area_offset_bytes = config.ack_area_offset_bytes();
+        let params = config.workload_params(
+            plan.workload_seed,
+            crate::trial::hold_for(&plan),
+            Some(ack_area_offset_bytes),
+        );
+        let capture = powerloss::read_capture(&powerloss::CaptureSource {
+            log_path: &log_path,
+            protocol_path: &trial_dir.join("workload.protocol.log"),
+            base_disk: &base,
+            ack_area_offset_bytes,
+            seed: params.seed,
+            device_bug: config.device_bug,
+        })?;
+        Ok(KeptTrial {
+            config,
+            plan,
+            trial_dir,
+            log_path,
+            base,
+            ack_area_offset_bytes,
+            params,
+            capture,
+        })
+    }
+
+    /// The trial's states, planned as the campaign planned them.
+    pub fn states(&self) -> Vec<blocklog::CrashState> {
+        let options = powerloss::plan_options(
+            &self.config,
+            self.plan.workload_seed,
+            &self.capture,
+            self.ack_area_offset_bytes,
+        );
+        blocklog::plan_states(&self.capture.log, &options)
+    }
+}

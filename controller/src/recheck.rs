@@ -1,0 +1,115 @@
+//! `crashlab recheck`: stages 2 to 6 of the power-loss model (plan, build,
+//! check, judge, report) again on a trial's kept capture, with another
+//! checker, state budget or number of workers. No workload boot: the same
+//! log, so two rechecks compare pipelines side by side (what `cargo xtask
+//! bench` does), and a campaign's capture can be judged again after a
+//! crashlab or kernel change.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::config::{Checker, FileRead};
+use crate::images::GuestImages;
+use crate::kept::KeptTrial;
+use crate::powerloss::{self, CapturedRun, LogFacts, PowerLossContext, PowerLossRecord, RunRecords, StateLine, Timing};
+use crate::qemu::AccelUsed;
+use crate::trial::{TrialContext, WorkloadRun};
+use crate::vm::RunFiles;
+use crate::{accel, images};
+
+pub struct RecheckRequest<'a> {
+    pub campaign_dir: &'a Path,
+    pub trial: u64,
+    /// States of this trial (default: as many as the campaign planned).
+    pub state_budget: Option<u64>,
+    pub checker: Option<Checker>,
+    pub check_workers: Option<u32>,
+    pub read_files: Option<FileRead>,
+    /// Overrides the campaign's guest images directory.
+    pub images_dir: Option<PathBuf>,
+    pub interrupt: &'a AtomicBool,
+}
+
+pub fn recheck(req: &RecheckRequest, on_state: impl FnMut(&StateLine) -> Result<()>) -> Result<PowerLossRecord> {
+    let t = Instant::now();
+    let kept = KeptTrial::load(req.campaign_dir, req.trial, req.images_dir.as_deref())?;
+    let parse_ms = t.elapsed().as_millis() as u64;
+    let mut config = kept.config.clone();
+    if let Some(budget) = req.state_budget {
+        config.state_budget = budget.saturating_mul(config.trials);
+    }
+    config.checker = req.checker.unwrap_or(config.checker);
+    config.check_workers = req.check_workers.unwrap_or(config.check_workers);
+    config.read_files = req.read_files.unwrap_or(config.read_files);
+    config.validate().map_err(anyhow::Error::msg)?;
+    let run = kept_run(req.campaign_dir, req.trial)?;
+
+    let work = tempfile::Builder::new().prefix("crashlab-recheck-").tempdir()?;
+    // The host path starts no VM: no guest images needed.
+    let (images, accel) = match config.checker {
+        Checker::Host => (
+            GuestImages {
+                kernel: PathBuf::new(),
+                initramfs: PathBuf::new(),
+                kernel_release: String::new(),
+                modules_missing: Vec::new(),
+            },
+            AccelUsed::Tcg,
+        ),
+        _ => {
+            let images = images::locate(&config.images_dir)?;
+            let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
+            (images, accel)
+        }
+    };
+    let ctx = TrialContext {
+        config: &config,
+        images: &images,
+        accel,
+        base_disk: &kept.base,
+        interrupt: req.interrupt,
+        rerun_command: "crashlab recheck",
+    };
+    let pctx = PowerLossContext {
+        trial: &ctx,
+        base_disk: &kept.base,
+        ack_area_offset_bytes: kept.ack_area_offset_bytes,
+    };
+    let log_bytes = std::fs::metadata(&kept.log_path)?.len();
+    let captured = CapturedRun {
+        run,
+        params: kept.params.clone(),
+        log_facts: LogFacts::of(&kept.capture, log_bytes),
+        records: RunRecords::of(&kept.capture.serial),
+        capture: kept.capture,
+        files: RunFiles::in_dir(&kept.trial_dir, "workload"),
+        disk: PathBuf::new(),
+        log_path: kept.log_path.clone(),
+        timing: Timing {
+            parse: parse_ms,
+            ..Timing::default()
+        },
+    };
+    powerloss::check_capture(&pctx, &kept.plan, &captured, work.path(), t, on_state)
+}
+
+/// How the trial's workload run went, from the campaign's `trials.jsonl`.
+fn kept_run(campaign_dir: &Path, trial: u64) -> Result<WorkloadRun> {
+    let path = campaign_dir.join("trials.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    for line in text.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{} has a corrupt line", path.display()))?;
+        if value["trial"].as_u64() == Some(trial) {
+            return serde_json::from_value(value)
+                .with_context(|| format!("{}: trial {trial} is unreadable", path.display()));
+        }
+    }
+    anyhow::bail!(
+        "{} has no line for trial {trial}: did the campaign finish it?",
+        path.display()
+    )
+}
