@@ -374,7 +374,7 @@ impl Progress {
 }
 
 /// ru_maxrss: for RUSAGE_CHILDREN, that of the largest child waited for.
-fn peak_rss_kib(who: nix::sys::resource::UsageWho) -> u64 {
+pub fn peak_rss_kib(who: nix::sys::resource::UsageWho) -> u64 {
     nix::sys::resource::getrusage(who)
         .map(|u| u.max_rss() as u64)
         .unwrap_or(0)

@@ -33,6 +33,14 @@ enum Command {
     /// its kept capture (no workload boot), with another checker, budget or
     /// number of workers.
     Recheck(RecheckArgs),
+    /// For comparison (`cargo xtask bench`): check a kept ext4 trial's log
+    /// the way a shell loop around xfstests' replay-log would (replay to a
+    /// flush, cp --sparse, e2fsck -fy, debugfs dump), and print the time.
+    ReplayLoop(ReplayLoopArgs),
+    /// What the power-loss capture costs the workload: the same run on a
+    /// plain disk, with the ack area, and logged, side by side in rounds;
+    /// prints the rates and the median slowdowns as JSON.
+    WorkloadRate(WorkloadRateArgs),
     /// msync's interface on the running kernel (no crash): each call of
     /// the seeds, its result beside what POSIX requires and Linux documents.
     Conformance(ConformanceArgs),
@@ -128,6 +136,26 @@ struct ReplayArgs {
     /// Overrides the campaign's guest images directory.
     #[arg(long)]
     images_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct WorkloadRateArgs {
+    /// Rounds of the three runs.
+    #[arg(long, default_value_t = 5)]
+    pairs: u32,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct ReplayLoopArgs {
+    #[arg(long)]
+    campaign: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    trial: u64,
+    /// Flushes to replay to, evenly spaced over the log.
+    #[arg(long, default_value_t = 200)]
+    states: u64,
 }
 
 #[derive(Args)]
@@ -301,6 +329,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::ReplayState(args) => replay(args),
         Command::Recheck(args) => recheck(args),
+        Command::ReplayLoop(args) => replay_loop(args),
+        Command::WorkloadRate(args) => workload_rate(args),
         Command::Conformance(args) => conformance(args),
         Command::Matrix(args) => sweep(matrix_cells(&args), "matrix", &args.sweep),
         Command::IoErrors(args) => sweep(io_error_cells(&args), "io-errors", &args.sweep),
@@ -466,6 +496,52 @@ fn replay(args: ReplayArgs) -> ExitCode {
     }
 }
 
+fn workload_rate(args: WorkloadRateArgs) -> ExitCode {
+    let config = match config_from(&args.run) {
+        Ok(config) => config,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let id = args
+        .run
+        .campaign_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-workload-rate", campaign::utc_timestamp()).replace(':', ""));
+    let dir = args.run.results_dir.join(id);
+    match controller::rate::measure(&config, args.pairs, &dir, &controller::signals::INTERRUPTED) {
+        Ok(report) => {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn replay_loop(args: ReplayLoopArgs) -> ExitCode {
+    let outcome = controller::kept::KeptTrial::load(&args.campaign, args.trial, None).and_then(|kept| {
+        let work = tempfile::Builder::new()
+            .prefix("crashlab-replay-loop-")
+            .tempdir_in(&kept.trial_dir)?;
+        controller::replay_loop::replay_loop(&kept, args.states, work.path())
+    });
+    match outcome {
+        Ok(outcome) => {
+            println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn recheck(args: RecheckArgs) -> ExitCode {
     let request = controller::recheck::RecheckRequest {
         campaign_dir: &args.campaign,
@@ -503,14 +579,16 @@ fn recheck(args: RecheckArgs) -> ExitCode {
     });
     match outcome {
         Ok(record) => {
+            let peak_rss_kib = controller::campaign::peak_rss_kib(nix::sys::resource::UsageWho::RUSAGE_SELF);
             if args.json {
-                println!("{}", serde_json::to_string(&record).unwrap_or_default());
+                let out = serde_json::json!({ "record": record, "peak_rss_kib": peak_rss_kib });
+                println!("{out}");
             } else {
                 let t = &record.timing_ms;
                 let per_state_ms = (t.parse + t.plan + t.check_wall) as f64 / record.states_checked.max(1) as f64;
                 println!(
                     "trial {}: {} states checked, {} failed, {} violations; {per_state_ms:.1} ms per state \
-                     (parse {} + plan {} + check {} ms, {} workers, checker boot {} ms)",
+                     (parse {} + plan {} + check {} ms, {} workers, checker boot {} ms); peak RSS {} MiB",
                     record.run.trial,
                     record.states_checked,
                     record.states_failed,
@@ -519,7 +597,8 @@ fn recheck(args: RecheckArgs) -> ExitCode {
                     t.plan,
                     t.check_wall,
                     record.check_workers,
-                    t.checker_boot
+                    t.checker_boot,
+                    peak_rss_kib / 1024
                 );
                 for v in record.violations.iter().take(5) {
                     println!("  state {}: {}", v.state, v.finding.reason);

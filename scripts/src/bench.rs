@@ -1,0 +1,290 @@
+//! `cargo xtask bench`: the figures of ARCHITECTURE.md's "Speed" section,
+//! all from one run, pipelines compared side by side on the same logs.
+//!
+//! 1. Reboot per crash (kernel-crash model, 3 trials): the baseline.
+//! 2. One power-loss campaign (1,000 records, 1,000 states, kernel checker,
+//!    2 workers), its capture kept: kernel-verified states per minute.
+//! 3. On that log, alternately, `rounds` times: the xfstests-style replay
+//!    loop (`crashlab replay-loop`) and crashlab's host checker (`crashlab
+//!    recheck --checker host --check-workers 1`), same number of states;
+//!    the ratio of the medians.
+//! 4. Flat cost: logs of 1,000, 4,000 and 16,000 records, each rechecked
+//!    (host checker, one worker): ms per state and peak RSS.
+//! 5. The capture's cost to the workload (`crashlab workload-rate`).
+//!
+//! Absolute times on a shared machine are noise; read the ratios. Run it on
+//! an otherwise idle machine.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use xshell::{cmd, Shell};
+
+use crate::{setup, status};
+
+const WORKLOAD: &[&str] = &["--seed=7", "--fs=ext4", "--mode=ms-sync"];
+/// States per side in the host comparison, and rounds of it.
+const HOST_STATES: u64 = 200;
+const HOST_ROUNDS: usize = 3;
+/// Record counts of the flat-cost logs, and states rechecked on each.
+const FLAT_RECORDS: [u64; 3] = [1000, 4000, 16000];
+const FLAT_STATES: u64 = 400;
+const RATE_PAIRS: u32 = 5;
+
+/// The targets (#10), printed beside the figures.
+const TARGET_HOST_RATIO: f64 = 2.0;
+const TARGET_KERNEL_PER_MIN: f64 = 1000.0;
+const TARGET_FLAT_RATIO: f64 = 1.2;
+const TARGET_LOG_SLOWDOWN: f64 = 1.3;
+
+pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
+    let images = setup(sh)?.display().to_string();
+    cmd!(
+        sh,
+        "cargo build --quiet --release -p crashlab-controller --bin crashlab"
+    )
+    .run()?;
+    let tag = format!("bench-{}", std::process::id());
+    let crashlab = "target/release/crashlab";
+    let campaign = |id: &str, args: &[&str]| -> Result<Value> {
+        eprintln!("xtask bench: crashlab run {}", args.join(" "));
+        let code = status(cmd!(
+            sh,
+            "{crashlab} run --images-dir {images} --quiet --campaign-id {id} --results-dir results {WORKLOAD...} {args...} {extra...}"
+        ))?;
+        anyhow::ensure!(code <= 1, "crashlab exited {code}; see results/{id}");
+        json(&sh.read_file(format!("results/{id}/summary.json"))?)
+    };
+    let trial_record = |id: &str| -> Result<Value> {
+        let text = sh.read_file(format!("results/{id}/trials.jsonl"))?;
+        json(text.lines().next().context("no trial line")?)
+    };
+    let recheck = |id: &str, args: &[&str]| -> Result<Value> {
+        let out = cmd!(sh, "{crashlab} recheck --campaign results/{id} --json {args...}")
+            .read()
+            .with_context(|| format!("crashlab recheck on results/{id}"))?;
+        json(&out)
+    };
+
+    // 1. Reboot per crash.
+    let reboot_id = format!("{tag}-reboot");
+    let reboot = campaign(
+        &reboot_id,
+        &["--crash-model=kernel-crash", "--trials=3", "--records=1000"],
+    )?;
+
+    // 2. Kernel checker, whole campaign.
+    let kernel_id = format!("{tag}-kernel");
+    let kernel = campaign(
+        &kernel_id,
+        &[
+            "--crash-model=power-loss",
+            "--trials=1",
+            "--records=1000",
+            "--state-budget=1000",
+            "--checker=kernel",
+            "--check-workers=2",
+            "--keep-images",
+        ],
+    )?;
+    let kernel_trial = trial_record(&kernel_id)?;
+
+    // 3. Host checker vs the replay loop, alternating on the same log.
+    let host_states = HOST_STATES.to_string();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..HOST_ROUNDS {
+        eprintln!(
+            "xtask bench: host checker vs replay loop, round {}/{HOST_ROUNDS}",
+            round + 1
+        );
+        let loop_out = json(
+            &cmd!(
+                sh,
+                "{crashlab} replay-loop --campaign results/{kernel_id} --states {host_states}"
+            )
+            .read()?,
+        )?;
+        theirs.push(field(&loop_out, &["ms_per_state"]));
+        let host = recheck(
+            &kernel_id,
+            &[
+                "--checker=host",
+                "--check-workers=1",
+                &format!("--state-budget={HOST_STATES}"),
+            ],
+        )?;
+        ours.push(ms_per_state(&host["record"]));
+    }
+    let host_all = recheck(
+        &kernel_id,
+        &["--checker=host", "--check-workers=2", "--state-budget=1000"],
+    )?;
+
+    // 4. Flat cost.
+    let mut flat = Vec::new();
+    for records in FLAT_RECORDS {
+        let id = match records {
+            1000 => kernel_id.clone(),
+            _ => {
+                let id = format!("{tag}-log{records}");
+                campaign(
+                    &id,
+                    &[
+                        "--crash-model=power-loss",
+                        "--trials=1",
+                        &format!("--records={records}"),
+                        "--crash-points=end",
+                        "--state-budget=1",
+                        "--checker=host",
+                        "--keep-images",
+                    ],
+                )?;
+                id
+            }
+        };
+        eprintln!("xtask bench: flat cost, {records} records");
+        let out = recheck(
+            &id,
+            &[
+                "--checker=host",
+                "--check-workers=1",
+                &format!("--state-budget={FLAT_STATES}"),
+            ],
+        )?;
+        let record = &out["record"];
+        let per_state = field(record, &["timing_ms", "check_wall"]) / field(record, &["states_checked"]).max(1.0);
+        flat.push((
+            records,
+            per_state,
+            field(&out, &["peak_rss_kib"]),
+            field(record, &["log", "entries"]),
+        ));
+    }
+
+    // 5. The capture's cost to the workload.
+    eprintln!("xtask bench: workload rate, {RATE_PAIRS} rounds of plain / ack area / logged");
+    let rate_id = format!("{tag}-rate");
+    let pairs = RATE_PAIRS.to_string();
+    let rate = json(
+        &cmd!(
+            sh,
+            "{crashlab} workload-rate --images-dir {images} --results-dir results --campaign-id {rate_id} --pairs {pairs} --records=1000 --crash-model=power-loss {WORKLOAD...}"
+        )
+        .read()?,
+    )?;
+
+    // The figures.
+    let per_min = |s: &Value| field(s, &["states_per_minute"]);
+    let kernel_stage_per_min = field(&kernel_trial, &["states_checked"]) * 60_000.0
+        / field(&kernel_trial, &["timing_ms", "check_wall"]).max(1.0);
+    let host_stage_per_min = field(&host_all["record"], &["states_checked"]) * 60_000.0
+        / field(&host_all["record"], &["timing_ms", "check_wall"]).max(1.0);
+    let (ours_ms, theirs_ms) = (median(&ours), median(&theirs));
+    let flat_ratio = {
+        let costs: Vec<f64> = flat.iter().map(|f| f.1).collect();
+        costs.iter().cloned().fold(0.0, f64::max) / costs.iter().cloned().fold(f64::MAX, f64::min).max(1e-9)
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+
+    println!(
+        "crashlab benchmark ({}; ext4 data=ordered, 64 MiB disk)",
+        WORKLOAD.join(" ")
+    );
+    println!();
+    println!(
+        "reboot per crash: {:.2} s per trial, {:.1} states/minute",
+        field(&reboot, &["seconds_per_trial"]),
+        per_min(&reboot)
+    );
+    println!(
+        "kernel checker, whole campaign (capture + boot + 1,000 states, 2 workers): {:.0} states/minute ({:.0}x reboot per crash)",
+        per_min(&kernel),
+        per_min(&kernel) / per_min(&reboot).max(1e-9)
+    );
+    println!(
+        "kernel checker, check stage: {kernel_stage_per_min:.0} states/minute  [target >= {TARGET_KERNEL_PER_MIN:.0}: {}]",
+        verdict(kernel_stage_per_min >= TARGET_KERNEL_PER_MIN)
+    );
+    println!("host checker, check stage (1,000 states, 2 workers): {host_stage_per_min:.0} states/minute");
+    println!();
+    println!("host checker vs the xfstests replay-log loop, {HOST_STATES} states each, one worker, {HOST_ROUNDS} rounds alternating:");
+    println!(
+        "  replay loop (replay to flush + cp --sparse + e2fsck -fy + debugfs dump): {}",
+        list(&theirs)
+    );
+    println!(
+        "  crashlab recheck --checker host (plan + build + host check + verify):   {}",
+        list(&ours)
+    );
+    println!(
+        "  median {theirs_ms:.1} vs {ours_ms:.1} ms per state: crashlab {:.2}x faster  [target >= {TARGET_HOST_RATIO}x: {}]",
+        theirs_ms / ours_ms.max(1e-9),
+        verdict(theirs_ms / ours_ms.max(1e-9) >= TARGET_HOST_RATIO)
+    );
+    println!();
+    println!("flat cost (host checker, one worker, {FLAT_STATES} states, ms per state of the check stage):");
+    for (records, per_state, rss_kib, entries) in &flat {
+        println!(
+            "  {records:>6} records ({:>6} log entries): {per_state:>6.1} ms per state, peak RSS {:.0} MiB",
+            *entries as u64,
+            rss_kib / 1024.0
+        );
+    }
+    println!(
+        "  largest / smallest: {flat_ratio:.2}x  [target <= {TARGET_FLAT_RATIO}x: {}]",
+        verdict(flat_ratio <= TARGET_FLAT_RATIO)
+    );
+    println!();
+    println!("the capture's cost to the workload (acks per second, {RATE_PAIRS} rounds side by side):");
+    println!("  plain disk:            {}", list(&floats(&rate["plain"])));
+    println!("  with the ack area:     {}", list(&floats(&rate["ack_area"])));
+    println!("  ack area + block log:  {}", list(&floats(&rate["logged"])));
+    let log_slowdown = field(&rate, &["log_slowdown"]);
+    println!(
+        "  median slowdowns: ack area {:.2}x, block log {log_slowdown:.2}x  [target <= {TARGET_LOG_SLOWDOWN}x: {}], both {:.2}x",
+        field(&rate, &["ack_area_slowdown"]),
+        verdict(log_slowdown <= TARGET_LOG_SLOWDOWN),
+        field(&rate, &["capture_slowdown"])
+    );
+    println!();
+    println!(
+        "peak RSS of the controller: {} MiB (kernel campaign), largest QEMU {} MiB",
+        field(&kernel, &["peak_rss_kib"]) as u64 / 1024,
+        field(&kernel, &["peak_rss_largest_child_kib"]) as u64 / 1024
+    );
+    println!("results: results/{tag}-*");
+    Ok(0)
+}
+
+fn json(text: &str) -> Result<Value> {
+    serde_json::from_str(text.trim()).with_context(|| format!("not JSON: {:.200}", text.trim()))
+}
+
+fn field(v: &Value, path: &[&str]) -> f64 {
+    path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(0.0)
+}
+
+/// What a user waits for per state in a recheck: parse + plan + checks.
+fn ms_per_state(record: &Value) -> f64 {
+    let t = |k: &str| field(record, &["timing_ms", k]);
+    (t("parse") + t("plan") + t("check_wall")) / field(record, &["states_checked"]).max(1.0)
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+fn list(values: &[f64]) -> String {
+    values.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
