@@ -156,6 +156,9 @@ fn correct_configurations_have_no_violation() {
                 &format!("--mount-opts={opts}"),
                 &format!("--disk-size={disk}"),
                 "--state-budget=40",
+                // Every state's files read at their extents and copied,
+                // compared (a difference fails the run).
+                "--read-files=both",
             ],
         );
         assert_eq!(code, Some(0), "{fs}: {t}");
@@ -164,6 +167,20 @@ fn correct_configurations_have_no_violation() {
         assert!(t["log"]["acks"].as_u64().unwrap() >= 100, "{fs}: {t}");
         assert!(t["log"]["flushes"].as_u64().unwrap() > 0, "{fs}: {t}");
         assert_eq!(t["run_end"], "workload-done");
+        let reads = &t["file_reads"];
+        match fs {
+            // Device offsets in FIEMAP: mapped, and equal to the copy.
+            "ext4" | "xfs" => {
+                assert!(u(reads, "by_extents") >= 30, "{fs}: {reads}");
+                assert_eq!(u(reads, "cross_checked"), u(reads, "by_extents"), "{fs}: {reads}");
+                assert_eq!(u(reads, "copied"), 0, "{fs}: {reads}");
+            }
+            // btrfs's FIEMAP gives its own logical addresses: copied.
+            _ => {
+                assert_eq!(u(reads, "by_extents"), 0, "{fs}: {reads}");
+                assert!(u(reads, "copied") >= 30, "{fs}: {reads}");
+            }
+        }
     }
 }
 
@@ -183,6 +200,21 @@ fn host_path_agrees_with_the_kernel_path() {
         assert_eq!(u(&t, "checker_disagreements"), 0, "{opts}: {t}");
         assert_eq!(u(&t, "states_checked"), 30);
         assert_eq!(u(&t, "states_failed") > 0, expect_failures, "{opts}: {t}");
+        if expect_failures {
+            // The failing trial's capture is kept: checked again without a
+            // workload boot, by the host path alone, the same states fail
+            // (details may differ on wreckage, pass/fail may not).
+            let out = util::crashlab()
+                .args(["recheck", "--json", "--checker=host", "--campaign"])
+                .arg(h.results.path().join(&id))
+                .output()
+                .expect("crashlab runs");
+            assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+            let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let again = &again["record"];
+            assert_eq!(u(again, "states_checked"), 30, "{again}");
+            assert_eq!(u(again, "states_failed"), u(&t, "states_failed"), "{again}");
+        }
         if !expect_failures {
             // On consistent filesystems the two readings match in every detail.
             assert_eq!(u(&t, "checker_detail_differences"), 0, "{opts}: {t}");
