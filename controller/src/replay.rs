@@ -82,6 +82,11 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
     );
     let view = builder.view(state);
     let mut results = Vec::new();
+    // One state: read it both ways, compared, unless told to copy.
+    let read = match config.read_files {
+        crate::config::FileRead::Copy => crate::config::FileRead::Copy,
+        _ => crate::config::FileRead::Both,
+    };
     if req.checker != Checker::Host {
         let images = images::locate(&config.images_dir)?;
         let work = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
@@ -97,11 +102,6 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         let shown: Arc<dyn DiskView> = Arc::new(view.clone());
         let mut checker =
             powerloss::KernelChecker::start(&ctx, work.path(), "replay", shown.clone(), config.fsck_states)?;
-        // One state: read it both ways, compared, unless told to copy.
-        let read = match config.read_files {
-            crate::config::FileRead::Copy => crate::config::FileRead::Copy,
-            _ => crate::config::FileRead::Both,
-        };
         let check = checker.check(shown, read, req.interrupt);
         checker.stop()?;
         results.push(("kernel", check?));
@@ -109,7 +109,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
     if req.checker != Checker::Kernel {
         let scratch = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
         let mut host = powerloss::HostChecker::new(base, scratch.path(), config.fsck_states, config.geometry().files)?;
-        results.push(("host", host.check(&capture.log_file, view.extents())?));
+        results.push(("host", host.check(&view, read)?));
     }
     let judged = powerloss::judge_state(config, params, capture, state, &powerloss::StateChecks::new(results));
     let position = judged.position;

@@ -310,6 +310,10 @@ pub struct FileReads {
     pub copied: u64,
     /// Read both ways and found equal.
     pub cross_checked: u64,
+    /// Host path: read by crashlab's ext4 reader after its in-memory replay.
+    pub by_ext4_reader: u64,
+    /// Host path: recovered by e2fsck, read by debugfs.
+    pub by_e2fsprogs: u64,
 }
 
 impl FileReads {
@@ -317,6 +321,8 @@ impl FileReads {
         self.by_extents += other.by_extents;
         self.copied += other.copied;
         self.cross_checked += other.cross_checked;
+        self.by_ext4_reader += other.by_ext4_reader;
+        self.by_e2fsprogs += other.by_e2fsprogs;
     }
 }
 
@@ -857,8 +863,7 @@ mod tests {
             result.reads,
             FileReads {
                 by_extents: 1,
-                copied: 0,
-                cross_checked: 0
+                ..FileReads::default()
             }
         );
         // Without a disk to read (the one-shot check boot) the map is not

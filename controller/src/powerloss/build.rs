@@ -83,6 +83,11 @@ impl StateView {
         &self.extents
     }
 
+    /// Where the extents' bytes are.
+    pub fn log_file(&self) -> &File {
+        &self.log
+    }
+
     pub fn new(base: Arc<File>, log: Arc<File>, size_bytes: u64, mut extents: Vec<Extent>) -> StateView {
         extents.sort_by_key(|e| e.device_offset_bytes);
         debug_assert!(extents

@@ -168,7 +168,9 @@ pub fn check_in_order(
 ) -> Result<()> {
     let next_state = AtomicUsize::new(0);
     let outcome = std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = mpsc::channel::<(usize, Result<StateChecks>)>();
+        // Bounded: a worker that runs ahead of the judging waits here, so
+        // memory holds a few states' files, not the backlog of the trial.
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<StateChecks>)>(workers.len());
         for worker in workers.iter_mut() {
             let (tx, next_state) = (tx.clone(), &next_state);
             scope.spawn(move || loop {
@@ -184,8 +186,8 @@ pub fn check_in_order(
             });
         }
         drop(tx);
-        // Results arrive in any order; at most one per worker runs ahead of
-        // the next one due, so this map stays as small as the worker count.
+        // Results arrive in any order; the bounded channel keeps this map
+        // about as small as the worker count.
         let mut pending = BTreeMap::new();
         let mut next_out = 0usize;
         let outcome = loop {
@@ -242,9 +244,8 @@ impl CheckWorker {
         }
         if let Some(host) = self.host.as_mut() {
             let t = Instant::now();
-            checks
-                .results
-                .push(("host", host.check(env.builder.log_file(), view.extents())?));
+            let read = file_read_for(env, index, host.checks_done() == 0);
+            checks.results.push(("host", host.check(&view, read)?));
             checks.host_ms = ms_since(t);
         }
         Ok(checks)

@@ -1,10 +1,17 @@
-//! Stage 4, host path (ext4 only, no VM, no root): e2fsck replays the
-//! journal as the kernel's mount would, debugfs reads each data file out.
+//! Stage 4, host path (ext4 only, no VM, no root): the journal replayed as
+//! the kernel's mount would, then each data file read out.
 //!
-//! Per state, one scratch image is reset to the base and the state's extents
-//! written on top; nothing else is copied. The scratch lives in RAM
-//! (`/dev/shm`) when it has room: e2fsck's writes and syncs then cost no disk
-//! I/O. The file's bytes come through a pipe (`debugfs cat`), not a file.
+//! Two ways, one answer. The fast one, crashlab's `ext4` crate, replays the
+//! journal in memory over the state view and reads the files at their
+//! extents: no copy, no process. It declines anything outside the plain
+//! case (a torn journal or metadata block, orphans, unusual features); those
+//! states, and a seeded sample of the rest (`--read-files`), go through
+//! e2fsprogs: the state written onto a scratch image reset to the base,
+//! `e2fsck -E journal_only`, `debugfs cat`. On a sampled state both run and
+//! must agree byte for byte.
+//!
+//! The scratch lives in RAM (`/dev/shm`) when it has room: e2fsck's writes
+//! and syncs then cost no disk I/O.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -12,9 +19,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use blocklog::Extent;
+use nbd::DiskView;
 
+use super::build::StateView;
+use crate::config::FileRead;
 use crate::trial::{CheckResult, FileReads, FsckResult, RecoveredFile};
 
 /// Where scratch images go when RAM has room: this many times the disk
@@ -36,6 +46,7 @@ pub struct HostChecker {
     size_bytes: u64,
     fsck: bool,
     data_files: u32,
+    checks_done: u64,
 }
 
 impl HostChecker {
@@ -68,12 +79,73 @@ impl HostChecker {
             size_bytes,
             fsck,
             data_files,
+            checks_done: 0,
         })
     }
 
-    /// Recovers the state (base + `extents`, bytes from `log_file`) and reads
-    /// its data files.
-    pub fn check(&mut self, log_file: &File, extents: &[Extent]) -> Result<CheckResult> {
+    /// Recovers `view`'s state and reads its data files. `read` says who
+    /// reads: the in-memory reader (`Extents`, falling back to the tools
+    /// where it declines), e2fsprogs on the scratch image (`Copy`), or both,
+    /// compared (`Both`; a difference is an error, never resolved).
+    pub fn check(&mut self, view: &StateView, read: FileRead) -> Result<CheckResult> {
+        self.checks_done += 1;
+        let names = &record::pattern::DATA_FILE_NAMES[..self.data_files as usize];
+        // The read-only fsck needs a real image: the tools path then.
+        let native = match (read, self.fsck) {
+            (FileRead::Copy, _) | (_, true) => None,
+            _ => match ext4::recover_and_read(&ViewReader(view), view.size_bytes(), names)
+                .context("reading the state image")?
+            {
+                ext4::Outcome::Read(files) => Some(files),
+                ext4::Outcome::Declined(_) => None,
+            },
+        };
+        let Some(files) = native else {
+            let mut result = self.check_with_tools(view.log_file(), view.extents())?;
+            result.reads.by_e2fsprogs = 1;
+            return Ok(result);
+        };
+        let files: Vec<RecoveredFile> = files
+            .into_iter()
+            .map(|f| match f {
+                ext4::File::Missing => RecoveredFile::Missing,
+                ext4::File::Bytes(bytes) => RecoveredFile::Read(bytes),
+            })
+            .collect();
+        let mut reads = FileReads {
+            by_ext4_reader: 1,
+            ..FileReads::default()
+        };
+        if read == FileRead::Both {
+            let tools = self.check_with_tools(view.log_file(), view.extents())?;
+            if let Some(i) = (0..files.len()).find(|&i| !same_file(&files[i], &tools.files[i])) {
+                bail!(
+                    "host checker: crashlab's ext4 reader and e2fsprogs read {} differently ({} vs {}) after \
+                     replaying the same journal: a crashlab bug, please report it with this trial's evidence; \
+                     --read-files=copy uses e2fsprogs only",
+                    names[i],
+                    describe(&files[i]),
+                    describe(&tools.files[i])
+                );
+            }
+            reads.cross_checked = 1;
+        }
+        Ok(CheckResult {
+            recovery_failure: None,
+            mount_rc: 0,
+            files,
+            fsck: None,
+            reads,
+        })
+    }
+
+    pub fn checks_done(&self) -> u64 {
+        self.checks_done
+    }
+
+    /// The e2fsprogs path: the state written onto the scratch image,
+    /// e2fsck replays the journal, debugfs reads each file.
+    fn check_with_tools(&mut self, log_file: &File, extents: &[Extent]) -> Result<CheckResult> {
         self.reset()?;
         blocklog::apply_extents(log_file, extents, &mut self.image).context("building the state image")?;
         let replay = Command::new("e2fsck")
@@ -195,4 +267,31 @@ fn debugfs_cat(image: &Path, name: &str) -> Result<RecoveredFile> {
             reason: format!("debugfs could not read it: {}", errors.join("; ")),
         },
     })
+}
+
+/// A state view as the ext4 reader reads it.
+struct ViewReader<'a>(&'a StateView);
+
+impl ext4::ReadAt for ViewReader<'_> {
+    fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        DiskView::read_at(self.0, offset_bytes, buf)
+    }
+}
+
+/// Two readings of a file agree: both missing, or the same bytes. A file
+/// e2fsprogs could not read never equals one the reader read.
+fn same_file(a: &RecoveredFile, b: &RecoveredFile) -> bool {
+    match (a, b) {
+        (RecoveredFile::Missing, RecoveredFile::Missing) => true,
+        (RecoveredFile::Read(x), RecoveredFile::Read(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn describe(f: &RecoveredFile) -> String {
+    match f {
+        RecoveredFile::Missing => "missing".into(),
+        RecoveredFile::Read(bytes) => format!("{} bytes, crc32c {:08x}", bytes.len(), crc32c::crc32c(bytes)),
+        RecoveredFile::Unreadable { reason, .. } => format!("unreadable: {reason}"),
+    }
 }
