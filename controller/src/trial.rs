@@ -147,7 +147,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
     let check_ms = check_start.elapsed().as_millis() as u64;
 
     let verify_start = Instant::now();
-    let mut verdict = judge(config, &params, &protocol, &check);
+    let mut verdict = judge(config, &params, &protocol, None, &check);
     let io_finding = io_error.as_ref().and_then(crate::io_errors::error_reported);
     for finding in verifier::live_findings(&protocol).into_iter().chain(io_finding) {
         verdict.add_violation(finding);
@@ -691,11 +691,13 @@ pub fn judge(
     config: &CampaignConfig,
     params: &record::WorkloadParams,
     protocol: &ProtocolLog,
+    kept_events: Option<&[bool]>,
     check: &CheckResult,
 ) -> verifier::Verdict {
     let evidence = verifier::Evidence {
         params,
         protocol,
+        kept_events,
         recovered: verifier::Recovered {
             recovery_failure: check.recovery_failure.clone(),
             mount_rc: check.mount_rc,

@@ -204,22 +204,41 @@ fn host_path_agrees_with_the_kernel_path() {
             // The failing trial's capture is kept: checked again without a
             // workload boot, by the host path alone, the same states fail
             // (details may differ on wreckage, pass/fail may not).
-            let out = util::crashlab()
-                .args(["recheck", "--json", "--checker=host", "--campaign"])
-                .arg(h.results.path().join(&id))
-                .output()
-                .expect("crashlab runs");
-            assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-            let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let again = &again["record"];
-            assert_eq!(u(again, "states_checked"), 30, "{again}");
-            assert_eq!(u(again, "states_failed"), u(&t, "states_failed"), "{again}");
+            // Every state read by crashlab's ext4 reader is also read by
+            // e2fsprogs, and must be equal (or the recheck stops, exit 2).
+            let again = host_recheck_read_both_ways(&h.results.path().join(&id));
+            assert_eq!(again["passed"], false, "{again}");
+            assert_eq!(u(&again, "states_checked"), 30, "{again}");
+            assert_eq!(u(&again, "states_failed"), u(&t, "states_failed"), "{again}");
         }
         if !expect_failures {
             // On consistent filesystems the two readings match in every detail.
             assert_eq!(u(&t, "checker_detail_differences"), 0, "{opts}: {t}");
         }
     }
+}
+
+/// `crashlab recheck --checker host --read-files both` on a kept capture:
+/// every state the ext4 reader reads is read by e2fsprogs too, compared.
+fn host_recheck_read_both_ways(campaign: &std::path::Path) -> serde_json::Value {
+    let out = util::crashlab()
+        .args(["recheck", "--json", "--checker=host", "--read-files=both", "--campaign"])
+        .arg(campaign)
+        .output()
+        .expect("crashlab runs");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let record = again["record"].clone();
+    let reads = &record["file_reads"];
+    let (native, tools) = (u(reads, "by_ext4_reader"), u(reads, "by_e2fsprogs"));
+    assert_eq!(native + tools, u(&record, "states_checked"), "{record}");
+    assert_eq!(u(reads, "cross_checked"), native, "{record}");
+    assert!(native > 0, "the reader declined every state: {record}");
+    record
 }
 
 #[test]
@@ -239,6 +258,7 @@ fn torn_writes_may_break_the_filesystem_but_never_the_data_rules() {
         "--file-size=256K",
         "--records=400",
         "--state-budget=60",
+        "--keep-images",
     ];
     h.run("torn", &args);
     let t = h.trials("torn").remove(0);
@@ -269,4 +289,9 @@ fn torn_writes_may_break_the_filesystem_but_never_the_data_rules() {
         let rule = s["first_violation"]["rule"].as_str().unwrap();
         assert!(["mountable", "fsck-clean"].contains(&rule), "{s}");
     }
+    // Torn journal and metadata blocks on the host path: the ext4 reader
+    // declines what it cannot vouch for, e2fsprogs reads those, and the
+    // two agree wherever both read.
+    let again = host_recheck_read_both_ways(&h.results.path().join("torn"));
+    assert_eq!(u(&again, "states_checked"), 60, "{again}");
 }

@@ -147,6 +147,16 @@ fn recover_and_read_inner(disk: &dyn ReadAt, disk_size_bytes: u64, names: &[&str
         .collect()
 }
 
+/// The filesystem's size as its superblock gives it (blocks times block
+/// size), if `disk` holds an ext4 filesystem this crate reads: the part of
+/// the disk the filesystem's tools look at.
+pub fn filesystem_size_bytes(disk: &dyn ReadAt, disk_size_bytes: u64) -> Option<u64> {
+    let mut raw = vec![0u8; SUPERBLOCK_SIZE_BYTES];
+    disk.read_at(SUPERBLOCK_OFFSET_BYTES, &mut raw).ok()?;
+    let sb = Superblock::parse(&raw, disk_size_bytes).ok()?;
+    Some(sb.blocks_count * sb.block_size)
+}
+
 /// A home block replayed from the journal: where its last copy is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct JournalCopy {

@@ -85,7 +85,7 @@ pub enum Event {
         file: u32,
         offset_bytes: u64,
         len_bytes: u64,
-        flags: String,
+        flags: std::sync::Arc<str>,
         errno: i32,
     },
     Incoherent {
@@ -271,7 +271,7 @@ impl Event {
                 file: small(field()?)?,
                 offset_bytes: num(field()?)?,
                 len_bytes: num(field()?)?,
-                flags: field()?.to_string(),
+                flags: field()?.into(),
                 errno: int(field()?)?,
             },
             "INCOHERENT" => Event::Incoherent {

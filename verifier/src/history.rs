@@ -1,7 +1,5 @@
 //! What the workload said it did, rebuilt from its protocol log.
 
-use std::collections::{HashMap, HashSet};
-
 use record::{Event, Geometry, ProtocolLog};
 
 /// An msync call the workload reported (`MSYNC`), with its place among the
@@ -12,7 +10,7 @@ pub struct MsyncCall {
     pub file: u32,
     pub offset_bytes: u64,
     pub len_bytes: u64,
-    pub flags: String,
+    pub flags: std::sync::Arc<str>,
     pub errno: i32,
 }
 
@@ -54,11 +52,13 @@ pub struct History {
     pub ready: bool,
     pub begun: u64,
     pub ack_count: u64,
-    versions: HashMap<u64, Vec<u64>>,
-    slot_of: HashMap<u64, u64>,
-    acked: HashSet<u64>,
+    // Indexed by slot, or by seq (both bounded and checked in `rebuild`):
+    // vectors, not maps, since a verdict rebuilds the history per state.
+    versions: Vec<Vec<u64>>,
+    slot_of: Vec<Option<u64>>,
+    acked: Vec<bool>,
     /// Index of each record's `ACK` among the protocol's events.
-    ack_event: HashMap<u64, usize>,
+    ack_event: Vec<Option<usize>>,
     /// Growth: (file, size) set with `GROW`, in order.
     pub grown: Vec<(u32, u64)>,
     pub msyncs: Vec<MsyncCall>,
@@ -68,32 +68,36 @@ pub struct History {
 
 impl History {
     pub fn is_acked(&self, seq: u64) -> bool {
-        self.acked.contains(&seq)
+        self.acked.get(seq as usize).copied().unwrap_or(false)
     }
 
     /// Records begun in `slot`, oldest first.
     pub fn versions_in(&self, slot: u64) -> &[u64] {
-        self.versions.get(&slot).map_or(&[], Vec::as_slice)
+        self.versions.get(slot as usize).map_or(&[], Vec::as_slice)
     }
 
     pub fn slot_of(&self, seq: u64) -> Option<u64> {
-        self.slot_of.get(&seq).copied()
+        self.slot_of.get(seq as usize).copied().flatten()
     }
 
-    /// Acked records, in no particular order.
+    /// Acked records, in seq order.
     pub fn acked_records(&self) -> impl Iterator<Item = u64> + '_ {
-        self.acked.iter().copied()
+        self.acked
+            .iter()
+            .enumerate()
+            .filter(|(_, &a)| a)
+            .map(|(seq, _)| seq as u64)
     }
 
     /// Index of `seq`'s ACK among the protocol's events.
     pub fn ack_event_of(&self, seq: u64) -> Option<usize> {
-        self.ack_event.get(&seq).copied()
+        self.ack_event.get(seq as usize).copied().flatten()
     }
 
     /// The last msync before `seq`'s ACK whose range covers the record: the
     /// call that made the promise.
     pub fn covering_msync(&self, seq: u64, file: u32, offset_bytes: u64, len_bytes: u64) -> Option<&MsyncCall> {
-        let ack_at = *self.ack_event.get(&seq)?;
+        let ack_at = self.ack_event_of(seq)?;
         self.msyncs
             .iter()
             .rev()
@@ -107,11 +111,31 @@ impl History {
 /// a slot outside the geometry or not the one begun): such a log means the
 /// workload or the channel is broken, and no verdict on the disk could be
 /// trusted.
-pub fn rebuild(log: &ProtocolLog, geometry: &Geometry, records_max: u64) -> Result<History, String> {
+/// `kept`: the mask of events to use (see `Evidence::kept_events`); event
+/// indexes stay those of `log`, which only ever order events.
+pub fn rebuild(
+    log: &ProtocolLog,
+    kept: Option<&[bool]>,
+    geometry: &Geometry,
+    records_max: u64,
+) -> Result<History, String> {
+    if let Some(kept) = kept {
+        assert_eq!(kept.len(), log.events.len(), "one mask bit per event");
+    }
     let total_slots = geometry.total_slots();
     assert!(total_slots > 0);
-    let mut h = History::default();
-    for (index, event) in log.events.iter().enumerate() {
+    // The per-seq vectors grow with the highest seq begun (checked against
+    // `records_max` first), so a short protocol costs little.
+    let mut h = History {
+        versions: vec![Vec::new(); total_slots as usize],
+        ..History::default()
+    };
+    let events = log
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| kept.is_none_or(|k| k[*i]));
+    for (index, event) in events {
         match event {
             Event::Ready { slots } => {
                 if *slots != total_slots {
@@ -131,24 +155,32 @@ pub fn rebuild(log: &ProtocolLog, geometry: &Geometry, records_max: u64) -> Resu
                 if *slot >= total_slots {
                     return Err(format!("BEGIN {seq} names slot {slot}, past the {total_slots} slots"));
                 }
-                if h.slot_of.insert(*seq, *slot).is_some() {
+                let seq_index = *seq as usize;
+                if seq_index >= h.slot_of.len() {
+                    let len = (seq_index + 1).max(h.slot_of.len() * 2).min(records_max as usize);
+                    h.slot_of.resize(len, None);
+                    h.acked.resize(len, false);
+                    h.ack_event.resize(len, None);
+                }
+                if h.slot_of[seq_index].replace(*slot).is_some() {
                     return Err(format!("BEGIN {seq} twice"));
                 }
-                h.versions.entry(*slot).or_default().push(*seq);
+                h.versions[*slot as usize].push(*seq);
                 h.begun += 1;
             }
             Event::Ack { seq, slot } => {
-                match h.slot_of.get(seq) {
+                match h.slot_of(*seq) {
                     None => return Err(format!("ACK {seq} for a record never begun")),
-                    Some(begun_slot) if begun_slot != slot => {
+                    Some(begun_slot) if begun_slot != *slot => {
                         return Err(format!("ACK {seq} names slot {slot}, it was begun in {begun_slot}"))
                     }
                     Some(_) => {}
                 }
-                if !h.acked.insert(*seq) {
+                // Begun, so `seq` is in range.
+                if std::mem::replace(&mut h.acked[*seq as usize], true) {
                     return Err(format!("ACK {seq} twice"));
                 }
-                h.ack_event.insert(*seq, index);
+                h.ack_event[*seq as usize] = Some(index);
                 h.ack_count += 1;
             }
             Event::Grow { file, size_bytes } => {

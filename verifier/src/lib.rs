@@ -84,6 +84,10 @@ pub struct Recovered<'a> {
 pub struct Evidence<'a> {
     pub params: &'a WorkloadParams,
     pub protocol: &'a ProtocolLog,
+    /// The events of `protocol` the application had seen at the crash,
+    /// when that is not all of them: `kept_events[i]` for event `i`. A mask,
+    /// not a copy of the events, since it is computed for every crash state.
+    pub kept_events: Option<&'a [bool]>,
     pub recovered: Recovered<'a>,
 }
 
@@ -281,7 +285,7 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     let geometry = params.geometry();
     let total_slots = geometry.total_slots() as usize;
     let mut verdict = Verdict::new();
-    let history = match history::rebuild(evidence.protocol, &geometry, params.records) {
+    let history = match history::rebuild(evidence.protocol, evidence.kept_events, &geometry, params.records) {
         Ok(h) => h,
         Err(reason) => {
             verdict.violation(finding(Rule::ProtocolConsistent, reason));

@@ -85,6 +85,7 @@ impl Run {
         let evidence = Evidence {
             params: &self.params,
             protocol: &self.log,
+            kept_events: None,
             recovered: Recovered {
                 recovery_failure: None,
                 mount_rc: 0,
@@ -289,6 +290,7 @@ fn several_files_are_judged_each_with_their_own_slots() {
     let evidence = Evidence {
         params: &r.params,
         protocol: &r.log,
+        kept_events: None,
         recovered: Recovered {
             recovery_failure: None,
             mount_rc: 0,

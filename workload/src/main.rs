@@ -214,7 +214,7 @@ impl Ctx {
             file,
             offset_bytes: call.offset_bytes as u64,
             len_bytes: call.len_bytes as u64,
-            flags: call.flag_names(),
+            flags: call.flag_names().into(),
             errno: result.as_ref().err().map_or(0, |e| e.errno),
         });
         result

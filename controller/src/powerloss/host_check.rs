@@ -43,6 +43,7 @@ pub struct HostChecker {
     /// The base's data ranges (`SEEK_DATA`/`SEEK_HOLE`), byte offsets: what a
     /// reset rewrites after punching the whole scratch.
     base_data: Vec<(u64, u64)>,
+    /// The scratch image's size: the filesystem's part of the disk.
     size_bytes: u64,
     fsck: bool,
     data_files: u32,
@@ -53,7 +54,12 @@ impl HostChecker {
     /// `fallback_dir` holds the scratch when `/dev/shm` has no room.
     pub fn new(base_disk: &Path, fallback_dir: &Path, fsck: bool, data_files: u32) -> Result<HostChecker> {
         let base = File::open(base_disk).with_context(|| format!("cannot open {}", base_disk.display()))?;
-        let size_bytes = base.metadata()?.len();
+        let disk_bytes = base.metadata()?.len();
+        // The tools path writes only the filesystem's part of the disk:
+        // the ack area past it (half a KiB per record) is no one's input.
+        let size_bytes = ext4::filesystem_size_bytes(&FileReader(&base), disk_bytes)
+            .unwrap_or(disk_bytes)
+            .min(disk_bytes);
         let parent = match shm_free_bytes() {
             Some(free) if free >= size_bytes.saturating_mul(SHM_FREE_FACTOR) => PathBuf::from(SHM_DIR),
             _ => fallback_dir.to_path_buf(),
@@ -69,7 +75,11 @@ impl HostChecker {
             .create_new(true)
             .open(&image_path)?;
         image.set_len(size_bytes)?;
-        let base_data = data_ranges(&base, size_bytes)?;
+        let base_data = data_ranges(&base, disk_bytes)?
+            .into_iter()
+            .filter(|&(start, _)| start < size_bytes)
+            .map(|(start, end)| (start, end.min(size_bytes)))
+            .collect();
         Ok(HostChecker {
             _scratch_dir: scratch_dir,
             image_path,
@@ -147,7 +157,15 @@ impl HostChecker {
     /// e2fsck replays the journal, debugfs reads each file.
     fn check_with_tools(&mut self, log_file: &File, extents: &[Extent]) -> Result<CheckResult> {
         self.reset()?;
-        blocklog::apply_extents(log_file, extents, &mut self.image).context("building the state image")?;
+        let in_filesystem: Vec<Extent> = extents
+            .iter()
+            .filter(|e| e.device_offset_bytes < self.size_bytes)
+            .map(|e| Extent {
+                len_bytes: e.len_bytes.min(self.size_bytes - e.device_offset_bytes),
+                ..*e
+            })
+            .collect();
+        blocklog::apply_extents(log_file, &in_filesystem, &mut self.image).context("building the state image")?;
         let replay = Command::new("e2fsck")
             .args(["-y", "-E", "journal_only"])
             .arg(&self.image_path)
@@ -267,6 +285,15 @@ fn debugfs_cat(image: &Path, name: &str) -> Result<RecoveredFile> {
             reason: format!("debugfs could not read it: {}", errors.join("; ")),
         },
     })
+}
+
+/// A plain file as the ext4 reader reads it.
+struct FileReader<'a>(&'a File);
+
+impl ext4::ReadAt for FileReader<'_> {
+    fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset_bytes)
+    }
 }
 
 /// A state view as the ext4 reader reads it.

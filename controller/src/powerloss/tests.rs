@@ -345,6 +345,7 @@ fn judge_all(w: &LogWriter, serial_text: &str, device_bug: Option<&str>) -> (usi
             let evidence = verifier::Evidence {
                 params: &params,
                 protocol: &protocol,
+                kept_events: None,
                 recovered: verifier::Recovered {
                     recovery_failure: None,
                     mount_rc: 0,
