@@ -6,7 +6,12 @@
 //! states were judged at their earliest crash point.
 //!
 //! Flags: `--seeds N` (default 20), `--first-seed S` (default 1),
-//! `--only SUBSTRING` (entries whose name contains it). Results also go
+//! `--only SUBSTRING` (entries whose name contains it), `--recheck-paths`
+//! (each failing power-loss capture is checked again by every path at
+//! once, `crashlab recheck --checker both --read-files both`: the kernel
+//! checker's files read at their extents and copied, the host checker's
+//! by crashlab-ext4 and by e2fsprogs, each pair compared; the failing
+//! states must be the same as the run's). Results also go
 //! to `results/sensitivity-<pid>/table.{txt,json}`, each run's campaign
 //! beside them.
 
@@ -125,12 +130,22 @@ struct RunFigures {
     states_failed_earliest: Option<u64>,
     first_failure_s: Option<f64>,
     elapsed_s: f64,
+    recheck: Option<RecheckFigures>,
+}
+
+/// A failing power-loss capture checked again by every path.
+struct RecheckFigures {
+    /// The recheck failed the same number of states as the run.
+    same_failures: bool,
+    /// States on which the kernel and host checkers' pass/fail differed.
+    disagreements: u64,
 }
 
 pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
     let mut seeds = 20u64;
     let mut first_seed = 1u64;
     let mut only: Option<String> = None;
+    let mut recheck_paths = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
@@ -138,7 +153,8 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
             "--seeds" => seeds = value("--seeds")?.parse().context("--seeds takes a number")?,
             "--first-seed" => first_seed = value("--first-seed")?.parse().context("--first-seed takes a number")?,
             "--only" => only = Some(value("--only")?.clone()),
-            other => bail!("unknown flag {other:?}: use --seeds N, --first-seed S, --only SUBSTRING"),
+            "--recheck-paths" => recheck_paths = true,
+            other => bail!("unknown flag {other:?}: use --seeds N, --first-seed S, --only SUBSTRING, --recheck-paths"),
         }
     }
     if seeds == 0 || seeds > 1000 {
@@ -185,7 +201,14 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
                         model.name()
                     );
                 }
-                figures.push(read_figures(sh, &format!("{out_dir}/{id}"))?);
+                let campaign_dir = format!("{out_dir}/{id}");
+                let mut run = read_figures(sh, &campaign_dir)?;
+                // A failing trial keeps its capture.
+                let kept = Path::new(&campaign_dir).join("trials/0/blocklog.bin").exists();
+                if recheck_paths && model == Model::PowerLoss && run.states_failed > 0 && kept {
+                    run.recheck = Some(recheck_every_path(sh, &campaign_dir, run.states_failed)?);
+                }
+                figures.push(run);
             }
             let (row, json) = summarize(entry, model, &figures);
             eprintln!("{row}");
@@ -243,6 +266,31 @@ fn read_figures(sh: &Shell, campaign_dir: &str) -> Result<RunFigures> {
         states_failed_earliest: earliest,
         first_failure_s: summary["first_failure_after_s"].as_f64(),
         elapsed_s: summary["elapsed_s"].as_f64().unwrap_or(0.0),
+        recheck: None,
+    })
+}
+
+/// `crashlab recheck --checker both --read-files both` on a kept capture.
+/// A difference between two reads of one file stops the recheck (exit 2).
+fn recheck_every_path(sh: &Shell, campaign_dir: &str, states_failed: u64) -> Result<RecheckFigures> {
+    eprintln!("xtask sensitivity: rechecking {campaign_dir} by every path ...");
+    let out = std::process::Command::from(cmd!(
+        sh,
+        "target/release/crashlab recheck --campaign {campaign_dir} --json --checker both --read-files both"
+    ))
+    .output()?;
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        bail!(
+            "crashlab recheck on {campaign_dir} exited {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).context("recheck --json output")?;
+    let record = &again["record"];
+    Ok(RecheckFigures {
+        same_failures: record["states_failed"].as_u64() == Some(states_failed),
+        disagreements: record["checker_disagreements"].as_u64().unwrap_or(u64::MAX),
     })
 }
 
@@ -263,8 +311,15 @@ fn summarize(entry: &Entry, model: Model, runs: &[RunFigures]) -> (String, serde
         "none" => format!("{caught}/{} FP", runs.len()),
         _ => format!("{caught}/{}", runs.len()),
     };
+    let rechecks: Vec<&RecheckFigures> = runs.iter().filter_map(|r| r.recheck.as_ref()).collect();
+    let same = rechecks.iter().filter(|r| r.same_failures).count();
+    let disagreements: u64 = rechecks.iter().map(|r| r.disagreements).sum();
+    let recheck_text = match rechecks.len() {
+        0 => String::new(),
+        n => format!("  every path: {same}/{n} same failures, {disagreements} disagreements"),
+    };
     let row = format!(
-        "{:<26} {:<13} {:>9} {:>22} {:>21} {:>26}",
+        "{:<26} {:<13} {:>9} {:>22} {:>21} {:>26}{recheck_text}",
         entry.name,
         model.name(),
         caught_text,
@@ -284,6 +339,9 @@ fn summarize(entry: &Entry, model: Model, runs: &[RunFigures]) -> (String, serde
         "first_failure_s_median": firsts.get(firsts.len() / 2),
         "first_failure_s_max": firsts.last(),
         "campaign_s_total": runs.iter().map(|r| r.elapsed_s).sum::<f64>(),
+        "rechecked_every_path": rechecks.len(),
+        "rechecked_same_failures": same,
+        "rechecked_checker_disagreements": disagreements,
     });
     (row, json)
 }
