@@ -48,6 +48,9 @@ pub enum Outcome {
 pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 30;
 /// The kernel's own limit on extent tree depth.
 const EXTENT_DEPTH_MAX: u16 = 5;
+/// Extent tree blocks read for one inode: a tree whose index blocks point
+/// at each other many times over is declined, not walked.
+const EXTENT_NODES_MAX: u32 = 1 << 16;
 /// A root directory larger than this is declined.
 const DIR_SIZE_MAX_BYTES: u64 = 16 << 20;
 
@@ -424,7 +427,8 @@ impl<'a> Fs<'a> {
     /// unwritten).
     pub(crate) fn extents(&self, inode: &Inode) -> Res<Vec<(u64, u64, u64, bool)>> {
         let mut out = Vec::new();
-        self.walk_extent_node(inode, &inode.block_area, None, &mut out)?;
+        let mut nodes_read = 0;
+        self.walk_extent_node(inode, &inode.block_area, None, &mut nodes_read, &mut out)?;
         Ok(out)
     }
 
@@ -433,6 +437,7 @@ impl<'a> Fs<'a> {
         inode: &Inode,
         node: &[u8],
         expected_depth: Option<u16>,
+        nodes_read: &mut u32,
         out: &mut Vec<(u64, u64, u64, bool)>,
     ) -> Res<()> {
         let n = inode.number;
@@ -460,6 +465,10 @@ impl<'a> Fs<'a> {
                 out.push((le32(e, 0) as u64, physical, len as u64, unwritten));
             } else {
                 let child = le32(e, 4) as u64 | (le16(e, 8) as u64) << 32;
+                *nodes_read += 1;
+                if *nodes_read > EXTENT_NODES_MAX {
+                    decline!("inode {n}: more than {EXTENT_NODES_MAX} extent tree blocks");
+                }
                 let mut block = vec![0u8; self.sb.block_size as usize];
                 self.read_block(child, &mut block)?;
                 if let Some(seed) = inode.csum_seed {
@@ -468,7 +477,7 @@ impl<'a> Fs<'a> {
                         decline!("inode {n}: extent block {child} checksum does not match");
                     }
                 }
-                self.walk_extent_node(inode, &block, Some(depth - 1), out)?;
+                self.walk_extent_node(inode, &block, Some(depth - 1), nodes_read, out)?;
             }
         }
         Ok(())

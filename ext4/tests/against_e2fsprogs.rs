@@ -197,3 +197,26 @@ fn a_torn_journal_block_is_declined_not_guessed() {
         other => panic!("a torn journal copy was read: {other:?}"),
     }
 }
+
+#[test]
+fn a_fragmented_file_is_read_through_its_extent_tree() {
+    let fx = Fixture::new();
+    // Punching every other block leaves ~150 extents: more than the inode's
+    // four, so the tree grows an index level with checksummed leaf blocks.
+    let blocks = FILE_BYTES / 1024;
+    let punches: String = (0..blocks)
+        .step_by(2)
+        .map(|b| format!("punch {NAME} {b} {b}\n"))
+        .collect();
+    fx.debugfs(&punches);
+    let out = run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {NAME}"))
+        .arg(&fx.image));
+    let stat = String::from_utf8_lossy(&out);
+    assert!(stat.contains("(ETB0)"), "no extent tree block: {stat}");
+    let read = fx.assert_equals_tools();
+    let original = pattern(FILE_BYTES, 0);
+    assert!(read[..1024].iter().all(|&b| b == 0), "a punched block reads as zeros");
+    assert_eq!(&read[1024..2048], &original[1024..2048]);
+}
