@@ -56,7 +56,7 @@ pub struct FaultyDisk {
 
 impl FaultyDisk {
     pub fn serve(image: &Path, error: WriteError, seq: u64, seed: u64) -> Result<FaultyDisk> {
-        let socket_dir = tempfile::Builder::new().prefix("crashlab-nbd-").tempdir()?;
+        let socket_dir = crate::lifetime::temp_dir("crashlab-nbd-", None)?;
         let socket = socket_dir.path().join("nbd");
         let view = Arc::new(FileView::open(image)?);
         let limits = NbdLimits {

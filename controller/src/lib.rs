@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod images;
 pub mod io_errors;
 pub mod kept;
+pub mod lifetime;
 pub mod matrix;
 pub mod plan;
 pub mod powerloss;

@@ -320,6 +320,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // What a SIGKILLed earlier run left behind (its guests died with it).
+    for dir in controller::lifetime::clean_stale() {
+        eprintln!("crashlab: removed {}, left by a run that was killed", dir.display());
+    }
     // Ctrl-C and SIGTERM only set a flag, which every loop checks.
     if let Err(e) = controller::signals::install() {
         eprintln!("error: cannot install the Ctrl-C handler: {e}");

@@ -157,15 +157,17 @@ pub struct QemuProcess {
 impl QemuProcess {
     pub fn spawn(spec: &VmSpec, stderr_log: &Path) -> Result<QemuProcess> {
         let stderr = File::create(stderr_log).with_context(|| format!("cannot create {}", stderr_log.display()))?;
-        let child = Command::new(QEMU_BINARY)
+        let mut command = Command::new(QEMU_BINARY);
+        command
             .args(qemu_args(spec))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             // Its own process group: the terminal's Ctrl-C reaches only the
             // controller, which then kills QEMU itself and keeps the results.
-            .process_group(0)
-            .spawn()
+            .process_group(0);
+        // And it dies with the controller, even a SIGKILLed one.
+        let child = crate::lifetime::spawn_tied(command)
             .with_context(|| format!("cannot start {QEMU_BINARY}: install it with `cargo xtask deps`"))?;
         Ok(QemuProcess { child, reaped: false })
     }

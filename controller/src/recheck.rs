@@ -47,7 +47,7 @@ pub fn recheck(req: &RecheckRequest, on_state: impl FnMut(&StateLine) -> Result<
     config.validate().map_err(anyhow::Error::msg)?;
     let run = kept_run(req.campaign_dir, req.trial)?;
 
-    let work = tempfile::Builder::new().prefix("crashlab-recheck-").tempdir()?;
+    let work = crate::lifetime::temp_dir("crashlab-recheck-", None)?;
     // The host path starts no VM: no guest images needed.
     let (images, accel) = match config.checker {
         Checker::Host => (

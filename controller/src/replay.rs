@@ -89,7 +89,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
     };
     if req.checker != Checker::Host {
         let images = images::locate(&config.images_dir)?;
-        let work = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
+        let work = crate::lifetime::temp_dir("crashlab-replay-", None)?;
         let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
         let ctx = TrialContext {
             config,
@@ -107,7 +107,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         results.push(("kernel", check?));
     }
     if req.checker != Checker::Kernel {
-        let scratch = tempfile::Builder::new().prefix("crashlab-replay-").tempdir()?;
+        let scratch = crate::lifetime::temp_dir("crashlab-replay-", None)?;
         let mut host = powerloss::HostChecker::new(base, scratch.path(), config.fsck_states, config.geometry().files)?;
         results.push(("host", host.check(&view, read)?));
     }

@@ -121,7 +121,7 @@ impl VmSession {
         interrupt: &AtomicBool,
     ) -> Result<std::result::Result<VmSession, VmOutcome>> {
         // Unix socket paths are limited to 108 bytes; keep them short and private.
-        let socket_dir = tempfile::Builder::new().prefix("crashlab-").tempdir()?;
+        let socket_dir = crate::lifetime::temp_dir("crashlab-vm-", None)?;
         spec.channel_socket = socket_dir.path().join("ch");
         let listener = UnixListener::bind(&spec.channel_socket).context("cannot bind the guest channel socket")?;
         listener.set_nonblocking(true)?;

@@ -303,3 +303,99 @@ fn injected_write_errors_reach_the_application_and_later_syncs_keep_their_promis
     }
     assert!(stdout.contains("ext4 ENOSPC"), "{stdout}");
 }
+
+/// The processes whose parent is `pid`, with their command names.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            children.push((child, stat[open + 1..close].to_string()));
+        }
+    }
+    children
+}
+
+/// Running, not a zombie waiting for its new parent to reap it.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].split_whitespace().next() != Some("Z")))
+        .unwrap_or(false)
+}
+
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn a_sigkilled_controller_leaves_no_guest_running_and_the_next_run_cleans_up() {
+    let h = vm_harness("killed");
+    let mut controller = util::crashlab()
+        .args([
+            "run",
+            "--quiet",
+            "--campaign-id",
+            "killed",
+            "--trials=5",
+            "--records=2000",
+        ])
+        .arg("--images-dir")
+        .arg(&h.images_dir)
+        .arg("--results-dir")
+        .arg(h.results.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("crashlab starts");
+    let pid = controller.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let qemu = loop {
+        if let Some((qemu, _)) = children_of(pid).into_iter().find(|(_, name)| name.starts_with("qemu")) {
+            break qemu;
+        }
+        assert!(std::time::Instant::now() < deadline, "no QEMU started within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // The controller's temporary directories, by their owner file.
+    let owned: Vec<std::path::PathBuf> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read_to_string(p.join("owner"))
+                .is_ok_and(|o| o.split_whitespace().next() == Some(&pid.to_string()))
+        })
+        .collect();
+    assert!(!owned.is_empty(), "the running controller owns no temporary directory");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    controller.kill().unwrap(); // SIGKILL: no destructor runs
+    controller.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while running(qemu) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU {qemu} still runs 10 s after its controller was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The next invocation, whatever it is, removes what the killed one left.
+    let out = util::crashlab()
+        .args(["recheck", "--campaign"])
+        .arg(h.results.path().join("no-such-campaign"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    for dir in &owned {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left by a run that was killed"));
+}

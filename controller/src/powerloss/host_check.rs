@@ -64,9 +64,7 @@ impl HostChecker {
             Some(free) if free >= size_bytes.saturating_mul(SHM_FREE_FACTOR) => PathBuf::from(SHM_DIR),
             _ => fallback_dir.to_path_buf(),
         };
-        let scratch_dir = tempfile::Builder::new()
-            .prefix("crashlab-host-")
-            .tempdir_in(&parent)
+        let scratch_dir = crate::lifetime::temp_dir("crashlab-host-", Some(&parent))
             .with_context(|| format!("cannot create a scratch directory in {}", parent.display()))?;
         let image_path = scratch_dir.path().join("state.img");
         let image = std::fs::OpenOptions::new()

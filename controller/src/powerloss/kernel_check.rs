@@ -62,7 +62,7 @@ impl KernelChecker {
         fsck: bool,
     ) -> Result<KernelChecker> {
         let config = ctx.config;
-        let socket_dir = tempfile::Builder::new().prefix("crashlab-nbd-").tempdir()?;
+        let socket_dir = crate::lifetime::temp_dir("crashlab-nbd-", None)?;
         let socket = socket_dir.path().join("nbd");
         let limits = NbdLimits {
             overlay_max_bytes: OVERLAY_MAX_BYTES,
