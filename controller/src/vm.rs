@@ -12,7 +12,7 @@
 //!    which.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,8 +82,16 @@ enum Incoming {
     Line(String),
     /// Bytes after the last newline when the stream ended.
     Tail(String),
+    /// A line longer than `LINE_MAX_BYTES`: its start. Nothing more is read.
+    Overlong(String),
     Closed,
 }
+
+/// The longest line the guest may send (protocol lines are under 200
+/// bytes): a guest that never sends a newline cannot grow a buffer.
+const LINE_MAX_BYTES: u64 = 64 << 10;
+/// How much of an overlong line the error and the protocol log keep.
+const OVERLONG_EXCERPT_BYTES: usize = 200;
 
 /// How often the loop wakes without a line: bounds the latency of
 /// time-based crash points and of Ctrl-C.
@@ -172,6 +180,12 @@ impl VmSession {
                 self.protocol_log.write_all(tail.as_bytes())?;
                 Ok(Step::Tick)
             }
+            Incoming::Overlong(start) => {
+                writeln!(self.protocol_log, "{start}...")?;
+                anyhow::bail!(
+                    "the guest sent a line longer than {LINE_MAX_BYTES} bytes (a broken workload or guest): {start:?}..."
+                )
+            }
             Incoming::Closed => {
                 // The guest side closed: QEMU is exiting. Wait for it, bounded.
                 let code = wait_exit(&mut self.qemu, Duration::from_millis(self.stall_timeout_ms))?;
@@ -198,6 +212,7 @@ impl VmSession {
             match incoming {
                 Incoming::Line(line) => writeln!(self.protocol_log, "{line}")?,
                 Incoming::Tail(tail) => self.protocol_log.write_all(tail.as_bytes())?,
+                Incoming::Overlong(start) => writeln!(self.protocol_log, "{start}...")?,
                 Incoming::Closed => {}
             }
         }
@@ -302,8 +317,13 @@ fn read_lines(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
+        match reader.by_ref().take(LINE_MAX_BYTES).read_until(b'\n', &mut buf) {
             Ok(0) | Err(_) => break,
+            Ok(n) if n as u64 == LINE_MAX_BYTES && buf.last() != Some(&b'\n') => {
+                let start = String::from_utf8_lossy(&buf[..OVERLONG_EXCERPT_BYTES]).into_owned();
+                let _ = tx.send(Incoming::Overlong(start));
+                return;
+            }
             Ok(_) => {
                 let text = String::from_utf8_lossy(&buf).into_owned();
                 let msg = match text.strip_suffix('\n') {
@@ -378,3 +398,41 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(bytes: &[u8]) -> Vec<Incoming> {
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || read_lines(host, tx));
+        // The reader may stop early (an overlong line): a write error then.
+        let _ = guest.write_all(bytes);
+        drop(guest);
+        reader.join().unwrap();
+        rx.try_iter().collect()
+    }
+
+    #[test]
+    fn lines_a_tail_and_the_end() {
+        let got = received(b"READY 4\r\nACK 0 0\npartial");
+        assert!(matches!(&got[0], Incoming::Line(l) if l == "READY 4"));
+        assert!(matches!(&got[1], Incoming::Line(l) if l == "ACK 0 0"));
+        assert!(matches!(&got[2], Incoming::Tail(t) if t == "partial"));
+        assert!(matches!(got[3], Incoming::Closed));
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_at_the_bound_and_reading_stops() {
+        let mut bytes = b"READY 4\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', LINE_MAX_BYTES as usize * 3));
+        let got = received(&bytes);
+        assert_eq!(got.len(), 2, "a line, then the overlong one, then nothing");
+        assert!(matches!(&got[1], Incoming::Overlong(s) if s.len() == OVERLONG_EXCERPT_BYTES));
+        // Exactly at the bound with its newline is still a line.
+        let mut bytes = vec![b'y'; LINE_MAX_BYTES as usize - 1];
+        bytes.push(b'\n');
+        assert!(matches!(&received(&bytes)[0], Incoming::Line(l) if l.len() == LINE_MAX_BYTES as usize - 1));
+    }
+}
