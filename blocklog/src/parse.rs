@@ -365,7 +365,7 @@ fn step<L: LogSource + ?Sized>(
         sector_size_bytes,
         &present_bytes[ENTRY_HEADER_SIZE_BYTES..],
     )?;
-    let needed_bytes = sector_size_bytes + entry.data_len_bytes;
+    let needed_bytes = sector_size_bytes.saturating_add(entry.data_len_bytes);
     if remaining_bytes < needed_bytes {
         let part = if (present as u64) < sector_size_bytes {
             TruncatedPart::Header

@@ -194,6 +194,12 @@ pub const STATE_BUDGET_MAX: u64 = 10_000_000;
 
 /// Upper bound on trials in one campaign: results stay a size one can open.
 pub const TRIALS_MAX: u64 = 1_000_000;
+/// The largest disk a campaign makes (sparse, but the power-loss model's
+/// base image and the checker's view are this size).
+pub const DISK_SIZE_MAX_BYTES: u64 = 1 << 40;
+/// Block-write log entries per record, an upper bound: ext4 gives 3 to 5
+/// (a data write, journal blocks, a flush, the ack sector).
+const LOG_ENTRIES_PER_RECORD_MAX: u64 = 8;
 
 impl CampaignConfig {
     /// The workload parameters of one trial (each trial has its own seed so
@@ -232,6 +238,13 @@ impl CampaignConfig {
         if self.trials == 0 || self.trials > TRIALS_MAX {
             return Err(format!("--trials must be between 1 and {TRIALS_MAX}"));
         }
+        if self.disk_size_bytes > DISK_SIZE_MAX_BYTES {
+            return Err(format!(
+                "--disk-size {} is above the limit of {} GiB",
+                self.disk_size_bytes,
+                DISK_SIZE_MAX_BYTES >> 30
+            ));
+        }
         let min_disk = self.fs.min_disk_size_bytes();
         if self.disk_size_bytes < min_disk {
             return Err(format!(
@@ -264,6 +277,16 @@ impl CampaignConfig {
         if self.crash_model == CrashModel::PowerLoss {
             if self.state_budget == 0 || self.state_budget > STATE_BUDGET_MAX {
                 return Err(format!("--state-budget must be between 1 and {STATE_BUDGET_MAX}"));
+            }
+            let records_max = blocklog::DEFAULT_MAX_ENTRIES / LOG_ENTRIES_PER_RECORD_MAX;
+            if self.records_per_trial > records_max {
+                return Err(format!(
+                    "--records {} is too many for --crash-model power-loss: its block-write log holds at \
+                     most {} entries, about {LOG_ENTRIES_PER_RECORD_MAX} per record at worst; use at most \
+                     {records_max} records per trial (or --crash-model kernel-crash)",
+                    self.records_per_trial,
+                    blocklog::DEFAULT_MAX_ENTRIES
+                ));
             }
             if !(1..=CHECK_WORKERS_MAX).contains(&self.check_workers) {
                 return Err(format!("--check-workers must be between 1 and {CHECK_WORKERS_MAX}"));

@@ -27,6 +27,19 @@ fn file_larger_than_the_disk() {
 }
 
 #[test]
+fn more_records_than_a_power_loss_log_can_hold() {
+    run_expecting_usage_error(
+        &["run", "--crash-model=power-loss", "--records=1000000"],
+        "use at most 524288 records",
+    );
+}
+
+#[test]
+fn a_disk_beyond_the_limit() {
+    run_expecting_usage_error(&["run", "--disk-size=18446744073709551615"], "above the limit");
+}
+
+#[test]
 fn missing_kernel_names_the_build_command() {
     let results = tempfile::tempdir().unwrap();
     let results = results.path().to_str().unwrap();
