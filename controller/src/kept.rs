@@ -33,6 +33,14 @@ impl KeptTrial {
         .with_context(|| format!("{} is corrupt", meta_path.display()))?;
         let mut config: CampaignConfig = serde_json::from_value(meta["config"].clone())
             .with_context(|| format!("{} has no usable config", meta_path.display()))?;
+        // Read back, it gets the CLI's checks: a hand-edited or corrupt file
+        // must not reach code that trusts a validated configuration.
+        config.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "{} holds a configuration crashlab would refuse ({e}): was it edited? Rerun the campaign",
+                meta_path.display()
+            )
+        })?;
         anyhow::ensure!(
             config.crash_model == crate::config::CrashModel::PowerLoss,
             "campaign {} is not a power-loss campaign: rerun a kernel-crash trial with its `rerun` command",
@@ -89,5 +97,47 @@ impl KeptTrial {
             self.ack_area_offset_bytes,
         );
         blocklog::plan_states(&self.capture.log, &options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(config: &CampaignConfig) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = serde_json::json!({ "config": config });
+        std::fs::write(dir.path().join("campaign.json"), meta.to_string()).unwrap();
+        match KeptTrial::load(dir.path(), 0, None) {
+            Ok(_) => panic!("a campaign without its evidence loaded"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn an_edited_configuration_is_refused_before_use() {
+        let valid = CampaignConfig {
+            crash_model: crate::config::CrashModel::PowerLoss,
+            ..crate::config::sample_config()
+        };
+        // Valid: it gets as far as the missing evidence.
+        assert!(load_with(&valid).contains("lacks blocklog.bin"));
+        for broken in [
+            CampaignConfig {
+                state_budget: 0,
+                ..valid.clone()
+            },
+            CampaignConfig {
+                record_size_bytes: 0,
+                ..valid.clone()
+            },
+            CampaignConfig {
+                disk_size_bytes: u64::MAX,
+                ..valid.clone()
+            },
+        ] {
+            let err = load_with(&broken);
+            assert!(err.contains("was it edited"), "{err}");
+        }
     }
 }
