@@ -51,6 +51,9 @@ const EXTENT_DEPTH_MAX: u16 = 5;
 /// Extent tree blocks read for one inode: a tree whose index blocks point
 /// at each other many times over is declined, not walked.
 const EXTENT_NODES_MAX: u32 = 1 << 16;
+/// A group descriptor table larger than this is declined (1 TiB of 4 KiB
+/// blocks needs 512 KiB).
+const GDT_SIZE_MAX_BYTES: u64 = 16 << 20;
 /// A root directory larger than this is declined.
 const DIR_SIZE_MAX_BYTES: u64 = 16 << 20;
 
@@ -317,6 +320,9 @@ impl<'a> Fs<'a> {
         fs.read_bytes(SUPERBLOCK_OFFSET_BYTES, &mut raw)?;
         fs.sb = Superblock::parse(&raw, disk_size_bytes)?;
         let groups = fs.sb.group_count();
+        if groups.saturating_mul(fs.sb.desc_size) > GDT_SIZE_MAX_BYTES {
+            decline!("{groups} block groups: a descriptor table above the bound");
+        }
         let gdt_offset = (fs.sb.first_data_block + 1) * fs.sb.block_size;
         let mut gdt = vec![0u8; (groups * fs.sb.desc_size) as usize];
         fs.read_bytes(gdt_offset, &mut gdt)?;
