@@ -197,6 +197,9 @@ pub const TRIALS_MAX: u64 = 1_000_000;
 /// The largest disk a campaign makes (sparse, but the power-loss model's
 /// base image and the checker's view are this size).
 pub const DISK_SIZE_MAX_BYTES: u64 = 1 << 40;
+/// Disks are whole 4 KiB blocks (and the ack area after the filesystem
+/// starts on a sector).
+const DISK_SIZE_ALIGN_BYTES: u64 = 4096;
 /// Block-write log entries per record, an upper bound: ext4 gives 3 to 5
 /// (a data write, journal blocks, a flush, the ack sector).
 const LOG_ENTRIES_PER_RECORD_MAX: u64 = 8;
@@ -243,6 +246,12 @@ impl CampaignConfig {
                 "--disk-size {} is above the limit of {} GiB",
                 self.disk_size_bytes,
                 DISK_SIZE_MAX_BYTES >> 30
+            ));
+        }
+        if !self.disk_size_bytes.is_multiple_of(DISK_SIZE_ALIGN_BYTES) {
+            return Err(format!(
+                "--disk-size {} is not a multiple of 4 KiB (the disk is made of whole blocks), e.g. 64M",
+                self.disk_size_bytes
             ));
         }
         let min_disk = self.fs.min_disk_size_bytes();
@@ -458,6 +467,27 @@ mod tests {
         assert_eq!(parse_size_bytes("4M"), Ok(4 << 20));
         assert!(parse_size_bytes("four").is_err());
         assert!(parse_size_bytes("99999999999G").is_err());
+    }
+
+    /// Found by the campaign_json fuzz target: a configuration the checks
+    /// passed whose power-loss workload parameters were invalid (an ack
+    /// area off a sector boundary).
+    #[test]
+    fn a_valid_configuration_gives_valid_workload_parameters() {
+        let unaligned = CampaignConfig {
+            crash_model: CrashModel::PowerLoss,
+            disk_size_bytes: (64 << 20) + 1,
+            ..sample_config()
+        };
+        let err = unaligned.validate().unwrap_err();
+        assert!(err.contains("multiple of 4 KiB"), "{err}");
+        let aligned = CampaignConfig {
+            disk_size_bytes: 64 << 20,
+            ..unaligned
+        };
+        aligned.validate().unwrap();
+        let params = aligned.workload_params(0, None, Some(aligned.ack_area_offset_bytes()));
+        assert!(params.validate().is_ok());
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //! - `test`      deps + images + every test, unit and VM integration
 //! - `bench`     deps + images + the benchmark figures
 //! - `sensitivity` deps + images + the planted-bug catalogue's detection rates
+//! - `fuzz`      every fuzz target of `fuzz/` for a while (nightly, cargo-fuzz)
 //!
 //! Exit codes: those of the task; 2 for setup errors.
 
 mod bench;
 mod cpio;
 mod deps;
+mod fuzz;
 mod images;
 mod sensitivity;
 
@@ -23,7 +25,7 @@ use xshell::{cmd, Shell};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity> [args...]");
+        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity|fuzz> [args...]");
         return ExitCode::from(2);
     };
     let result = (|| -> Result<i32> {
@@ -35,11 +37,14 @@ fn main() -> ExitCode {
             "campaign" => campaign(&sh, rest),
             "test" => test(&sh, rest),
             "bench" => bench::run(&sh, rest),
+            "fuzz" => fuzz::run(&sh, rest),
             "sensitivity" => {
                 let images = setup(&sh)?;
                 sensitivity::run(&sh, &images, rest)
             }
-            other => anyhow::bail!("unknown task {other:?}: use deps, images, campaign, test, bench or sensitivity"),
+            other => {
+                anyhow::bail!("unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity or fuzz")
+            }
         }
     })();
     match result {
