@@ -405,3 +405,51 @@ pub fn utc_timestamp() -> String {
         rem % 60
     )
 }
+
+/// A results file of JSON lines (`trials.jsonl`, `states.jsonl`) read back.
+/// Lines are written whole and flushed, but a controller killed mid-write
+/// can leave the last one cut short: a final fragment without its newline
+/// is dropped and reported (`Ok((lines, Some(fragment_len)))`). A complete
+/// line that does not parse is corruption, an error naming the line.
+pub fn read_jsonl(path: &std::path::Path) -> anyhow::Result<(Vec<serde_json::Value>, Option<usize>)> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (complete, torn) = match text.rfind('\n') {
+        Some(end) if end + 1 == text.len() => (&text[..], None),
+        Some(end) => (&text[..end + 1], Some(text.len() - end - 1)),
+        None if text.is_empty() => ("", None),
+        None => ("", Some(text.len())),
+    };
+    let lines = complete
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line).with_context(|| format!("{} line {} is corrupt", path.display(), i + 1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((lines, torn))
+}
+
+#[cfg(test)]
+mod read_jsonl_tests {
+    use super::read_jsonl;
+
+    #[test]
+    fn a_torn_last_line_is_dropped_a_corrupt_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trials.jsonl");
+        std::fs::write(&path, "{\"trial\":0}\n{\"trial\":1}\n{\"tri").unwrap();
+        let (lines, torn) = read_jsonl(&path).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["trial"], 1);
+        assert_eq!(torn, Some(5));
+        std::fs::write(&path, "{\"trial\":0}\n").unwrap();
+        assert_eq!(
+            read_jsonl(&path).unwrap(),
+            (vec![serde_json::json!({"trial": 0})], None)
+        );
+        std::fs::write(&path, "{\"trial\":0}\nnot json\n{\"trial\":2}\n").unwrap();
+        let err = format!("{:#}", read_jsonl(&path).unwrap_err());
+        assert!(err.contains("line 2 is corrupt"), "{err}");
+    }
+}

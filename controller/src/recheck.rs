@@ -99,10 +99,10 @@ pub fn recheck(req: &RecheckRequest, on_state: impl FnMut(&StateLine) -> Result<
 /// How the trial's workload run went, from the campaign's `trials.jsonl`.
 fn kept_run(campaign_dir: &Path, trial: u64) -> Result<WorkloadRun> {
     let path = campaign_dir.join("trials.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    for line in text.lines() {
-        let value: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{} has a corrupt line", path.display()))?;
+    // A torn last line (the campaign was killed while writing it) is no
+    // trial's: its trial reads as not finished.
+    let (lines, _torn) = crate::campaign::read_jsonl(&path)?;
+    for value in lines {
         if value["trial"].as_u64() == Some(trial) {
             return serde_json::from_value(value)
                 .with_context(|| format!("{}: trial {trial} is unreadable", path.display()));
