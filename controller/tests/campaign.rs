@@ -399,3 +399,59 @@ fn a_sigkilled_controller_leaves_no_guest_running_and_the_next_run_cleans_up() {
     }
     assert!(String::from_utf8_lossy(&out.stderr).contains("left by a run that was killed"));
 }
+
+/// Once images exist, nothing needs root: a power-loss campaign with both
+/// checkers runs as `nobody`, from copies of the binary and the images (the
+/// checkout may sit where `nobody` cannot look). Needs root to switch user,
+/// as `cargo xtask test` runs.
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn a_campaign_runs_as_an_ordinary_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    let h = vm_harness("nonroot");
+    assert!(
+        std::fs::metadata("/proc/self").unwrap().uid() == 0,
+        "this test switches to an ordinary user: run it as root (cargo xtask test does)"
+    );
+    let open =
+        |p: &std::path::Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    open(h.results.path(), 0o755);
+    let bin = h.results.path().join("crashlab");
+    std::fs::copy(env!("CARGO_BIN_EXE_crashlab"), &bin).unwrap();
+    open(&bin, 0o755);
+    let images = h.results.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for name in ["manifest.json", "vmlinuz", "initramfs.cpio"] {
+        std::fs::copy(h.images_dir.join(name), images.join(name)).unwrap();
+    }
+    let results = h.results.path().join("results");
+    std::fs::create_dir(&results).unwrap();
+    open(&results, 0o777);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&bin)
+        .args([
+            "run",
+            "--quiet",
+            "--campaign-id",
+            "nonroot",
+            "--accel=tcg",
+            "--trials=1",
+            "--records=200",
+        ])
+        .args(["--crash-model=power-loss", "--checker=both", "--state-budget=20"])
+        .arg("--images-dir")
+        .arg(&images)
+        .arg("--results-dir")
+        .arg(&results)
+        .env("HOME", &results)
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let campaign = results.join("nonroot");
+    assert_eq!(std::fs::metadata(&campaign).unwrap().uid(), NOBODY);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(campaign.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["states_checked"], 20, "{summary}");
+}
