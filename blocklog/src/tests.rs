@@ -957,3 +957,54 @@ fn prefix_index_memory_is_bounded_whatever_the_log_length() {
     let last = CrashState::prefix(log.entries.len() as u64);
     assert_eq!(index.extents(&log, &last), overlay_extents(&log, &last));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One log entry: a flush, a discard, a write, or a FUA write.
+    fn op() -> impl Strategy<Value = (u8, u64, u64, u8)> {
+        (0u8..10, 0u64..56, 1u64..8, 1u8..=255)
+    }
+
+    fn build(ops: &[(u8, u64, u64, u8)]) -> Vec<u8> {
+        let mut log = LogWriter::new(512);
+        for &(kind, sector, len, byte) in ops {
+            match kind {
+                0 | 1 => log.flush(),
+                2 => log.discard(sector, len.min(4)),
+                3 => log.write_fill_fua(sector, len, byte),
+                _ => log.write_fill(sector, len, byte),
+            };
+        }
+        log.into_bytes()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the log: every planned state satisfies the crash model
+        /// (`CrashState::validate`), is distinct, crashes inside the log,
+        /// and its incremental extents are the from-scratch replay's.
+        #[test]
+        fn planned_states_satisfy_the_crash_model(
+            ops in prop::collection::vec(op(), 1..300),
+            seed: u64,
+            budget in 1usize..48,
+            torn: bool,
+        ) {
+            let bytes = build(&ops);
+            let log = parse_log(&bytes, DEVICE_SIZE_BYTES).unwrap();
+            let states = plan_states(&log, &opts(seed, budget, torn));
+            prop_assert!(!states.is_empty() && states.len() <= budget);
+            let index = PrefixIndex::new(&log);
+            let mut keys = std::collections::HashSet::new();
+            for state in &states {
+                prop_assert!(state.validate(&log).is_ok(), "{:?}", state);
+                prop_assert!(crash_position(&log, state) <= log.entries.len() as u64);
+                prop_assert!(keys.insert(state_key(&log, state, &NONE)), "two states alike: {:?}", state);
+                prop_assert_eq!(index.extents(&log, state), overlay_extents(&log, state));
+            }
+        }
+    }
+}
