@@ -16,6 +16,7 @@ const TARGETS: &[(&str, u64)] = &[
     ("protocol", 64 << 10),
     ("ext4_image", 2 << 20),
     ("campaign_json", 16 << 10),
+    ("nbd_session", 64 << 10),
 ];
 /// libFuzzer stops a target whose process grows past this.
 const RSS_LIMIT_MB: u32 = 2048;
