@@ -17,6 +17,7 @@ const TARGETS: &[(&str, u64)] = &[
     ("ext4_image", 2 << 20),
     ("campaign_json", 16 << 10),
     ("nbd_session", 64 << 10),
+    ("kernel_cmdline", 4 << 10),
 ];
 /// libFuzzer stops a target whose process grows past this.
 const RSS_LIMIT_MB: u32 = 2048;
