@@ -77,9 +77,11 @@ fn spawn_with_parent_death_signal(command: &mut Command) -> std::io::Result<Chil
 /// gone. `parent`: where (default: the system's temporary directory).
 pub fn temp_dir(prefix: &str, parent: Option<&Path>) -> Result<tempfile::TempDir> {
     debug_assert!(prefix.starts_with(TEMP_PREFIX));
+    use std::os::unix::fs::PermissionsExt;
     let builder = {
         let mut b = tempfile::Builder::new();
-        b.prefix(prefix);
+        // Private: the guest channel's and the NBD server's sockets live here.
+        b.prefix(prefix).permissions(std::fs::Permissions::from_mode(0o700));
         b
     };
     let dir = match parent {
@@ -155,6 +157,16 @@ mod tests {
         assert_eq!(owner_alive(&format!("{me} {}\n", started + 1)), Some(false));
         assert_eq!(owner_alive("4194305 1\n"), Some(false), "no such pid");
         assert_eq!(owner_alive("garbage"), None);
+    }
+
+    /// Sockets (the guest channel, NBD) live in these: only the owner
+    /// may enter.
+    #[test]
+    fn temporary_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("crashlab-test-mode-", None).unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
