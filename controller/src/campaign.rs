@@ -110,6 +110,27 @@ impl From<&PowerLossRecord> for TrialTotals {
     }
 }
 
+impl TrialTotals {
+    /// A finished trial's totals from its `trials.jsonl` line (`--resume`).
+    fn from_line(v: &serde_json::Value, model: CrashModel) -> Result<TrialTotals> {
+        let number = |key: &str| v[key].as_u64().with_context(|| format!("no {key}"));
+        let passed = v["passed"].as_bool().context("no passed")?;
+        let (states, states_failed, counts_key) = match model {
+            CrashModel::PowerLoss => (number("states_checked")?, number("states_failed")?, "state_counts"),
+            CrashModel::KernelCrash => (1, u64::from(!passed), "counts"),
+        };
+        Ok(TrialTotals {
+            passed,
+            run_end: serde_json::from_value(v["run_end"].clone()).context("run_end")?,
+            states,
+            states_failed,
+            violations: number("violation_count")?,
+            observations: number("observation_count")?,
+            counts: serde_json::from_value(v[counts_key].clone()).context(counts_key)?,
+        })
+    }
+}
+
 impl Summary {
     fn add(&mut self, t: &TrialTotals) {
         self.trials_run += 1;
@@ -183,6 +204,9 @@ pub struct CampaignRequest<'a> {
     pub results_root: &'a Path,
     pub campaign_id: String,
     pub only_trial: Option<u64>,
+    /// Continue the campaign already in the directory: its finished trials
+    /// are kept (a torn last line dropped), the others run.
+    pub resume: bool,
     pub show_progress: bool,
     pub interrupt: &'a AtomicBool,
 }
@@ -203,6 +227,13 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let images = images::locate(&config.images_dir)?;
     images.check_supports(config.fs)?;
     let dir = req.results_root.join(&req.campaign_id);
+    if req.resume {
+        anyhow::ensure!(
+            dir.join("campaign.json").is_file(),
+            "{} is not a campaign directory (no campaign.json): nothing to resume",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir.join("trials")).with_context(|| {
         format!(
             "cannot create results directory {} (disk full? read-only?)",
@@ -234,10 +265,27 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         only_trial: req.only_trial,
         rerun: &rerun,
     };
-    std::fs::write(dir.join("campaign.json"), serde_json::to_string_pretty(&meta)? + "\n")?;
-    let mut trials_log = File::create(dir.join("trials.jsonl"))?;
+    let finished = match req.resume {
+        // The campaign's record of itself stays as it was written.
+        true => keep_finished(&dir, config.crash_model)?,
+        false => {
+            std::fs::write(dir.join("campaign.json"), serde_json::to_string_pretty(&meta)? + "\n")?;
+            std::fs::write(dir.join("trials.jsonl"), "")?;
+            if config.crash_model == CrashModel::PowerLoss {
+                std::fs::write(dir.join("states.jsonl"), "")?;
+            }
+            Vec::new()
+        }
+    };
+    let append = |name: &str| -> Result<File> {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(name))
+            .with_context(|| format!("cannot open {}", dir.join(name).display()))
+    };
+    let mut trials_log = append("trials.jsonl")?;
     let mut states_log = match config.crash_model {
-        CrashModel::PowerLoss => Some(File::create(dir.join("states.jsonl"))?),
+        CrashModel::PowerLoss => Some(append("states.jsonl")?),
         CrashModel::KernelCrash => None,
     };
 
@@ -251,7 +299,9 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     };
     let trial_ids: Vec<u64> = match req.only_trial {
         Some(t) => vec![t],
-        None => (0..config.trials).collect(),
+        None => (0..config.trials)
+            .filter(|t| !finished.iter().any(|(done, _)| done == t))
+            .collect(),
     };
     let progress = Progress::new(trial_ids.len() as u64, req.show_progress);
     let mut summary = Summary {
@@ -259,6 +309,18 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         results_dir: dir.clone(),
         ..Default::default()
     };
+    for (_, totals) in &finished {
+        summary.add(totals);
+    }
+    // Rates are of this run's own trials: a resumed run's clock started now.
+    let (trials_before, states_before) = (summary.trials_run, summary.states_checked);
+    for &trial in &trial_ids {
+        // What a killed run left of an unfinished trial is not evidence.
+        let trial_dir = dir.join("trials").join(trial.to_string());
+        if trial_dir.exists() {
+            std::fs::remove_dir_all(&trial_dir).with_context(|| format!("cannot clear {}", trial_dir.display()))?;
+        }
+    }
     let mut failure = None;
     let pctx = PowerLossContext {
         trial: &ctx,
@@ -306,9 +368,13 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     progress.finish();
     let _ = std::fs::remove_file(&base_disk);
     summary.elapsed_s = start.elapsed().as_secs_f64();
-    if summary.trials_run > 0 {
-        summary.seconds_per_trial = summary.elapsed_s / summary.trials_run as f64;
-        summary.states_per_minute = summary.states_checked as f64 * 60.0 / summary.elapsed_s.max(1e-9);
+    let (trials_now, states_now) = (
+        summary.trials_run - trials_before,
+        summary.states_checked - states_before,
+    );
+    if trials_now > 0 {
+        summary.seconds_per_trial = summary.elapsed_s / trials_now as f64;
+        summary.states_per_minute = states_now as f64 * 60.0 / summary.elapsed_s.max(1e-9);
     }
     summary.peak_rss_kib = peak_rss_kib(nix::sys::resource::UsageWho::RUSAGE_SELF);
     summary.peak_rss_largest_child_kib = peak_rss_kib(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
@@ -323,6 +389,52 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         }
         _ => Ok(summary),
     }
+}
+
+/// `--resume`: the finished trials (by their `trials.jsonl` lines) and
+/// their totals; both results files rewritten to hold only those (a torn
+/// last line, and an unfinished trial's state lines, dropped).
+fn keep_finished(dir: &Path, model: CrashModel) -> Result<Vec<(u64, TrialTotals)>> {
+    let trials_path = dir.join("trials.jsonl");
+    let (lines, _torn) = match trials_path.exists() {
+        true => read_jsonl(&trials_path)?,
+        false => (Vec::new(), None),
+    };
+    let mut finished = Vec::new();
+    let mut kept = String::new();
+    for line in &lines {
+        let trial = line["trial"]
+            .as_u64()
+            .context("a trials.jsonl line without its trial")?;
+        let totals = TrialTotals::from_line(line, model)
+            .with_context(|| format!("{}: trial {trial} is unreadable", trials_path.display()))?;
+        anyhow::ensure!(
+            !finished.iter().any(|(t, _)| *t == trial),
+            "{} holds trial {trial} twice",
+            trials_path.display()
+        );
+        finished.push((trial, totals));
+        kept += &format!("{line}\n");
+    }
+    std::fs::write(&trials_path, kept)?;
+    if model == CrashModel::PowerLoss {
+        let states_path = dir.join("states.jsonl");
+        let (states, _torn) = match states_path.exists() {
+            true => read_jsonl(&states_path)?,
+            false => (Vec::new(), None),
+        };
+        let kept: String = states
+            .iter()
+            .filter(|s| {
+                s["trial"]
+                    .as_u64()
+                    .is_some_and(|t| finished.iter().any(|(f, _)| *f == t))
+            })
+            .map(|s| format!("{s}\n"))
+            .collect();
+        std::fs::write(&states_path, kept)?;
+    }
+    Ok(finished)
 }
 
 /// The progress bar on a terminal; one line per trial otherwise (CI logs).

@@ -265,6 +265,12 @@ struct RunArgs {
     /// in the full campaign).
     #[arg(long)]
     only_trial: Option<u64>,
+    /// Continue the interrupted campaign in this directory (Ctrl-C, a kill,
+    /// a reboot), with the configuration it recorded: finished trials are
+    /// kept, the others run. The other flags, except --quiet and
+    /// --images-dir, are not used.
+    #[arg(long, value_name = "CAMPAIGN_DIR", conflicts_with_all = ["only_trial", "campaign_id"])]
+    resume: Option<PathBuf>,
     /// Keep every crashed disk image, not only those that broke a rule.
     #[arg(long)]
     keep_images: bool,
@@ -671,6 +677,23 @@ fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if let Some(dir) = &args.resume {
+        return match resume_request(dir, &args) {
+            Ok((config, root, id)) => run_request(&CampaignRequest {
+                config: &config,
+                results_root: &root,
+                campaign_id: id,
+                only_trial: None,
+                resume: true,
+                show_progress: !args.quiet,
+                interrupt: &controller::signals::INTERRUPTED,
+            }),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match config_from(&args) {
         Ok(config) => config,
         Err(msg) => {
@@ -693,10 +716,48 @@ fn run(args: RunArgs) -> ExitCode {
         results_root: &args.results_dir,
         campaign_id,
         only_trial: args.only_trial,
+        resume: false,
         show_progress: !args.quiet,
         interrupt: &controller::signals::INTERRUPTED,
     };
-    match campaign::run_campaign(&request) {
+    run_request(&request)
+}
+
+/// `--resume DIR`: the campaign's own configuration (validated), the
+/// images directory given now (the old one may have moved), where it is.
+fn resume_request(dir: &std::path::Path, args: &RunArgs) -> anyhow::Result<(CampaignConfig, PathBuf, String)> {
+    use anyhow::Context;
+    let meta_path = dir.join("campaign.json");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("cannot read {}: is this a campaign directory?", meta_path.display()))?,
+    )
+    .with_context(|| format!("{} is corrupt", meta_path.display()))?;
+    let mut config: CampaignConfig = serde_json::from_value(meta["config"].clone())
+        .with_context(|| format!("{} has no usable config", meta_path.display()))?;
+    anyhow::ensure!(
+        meta["only_trial"].is_null(),
+        "{} ran one trial (--only-trial): nothing to resume",
+        dir.display()
+    );
+    config.images_dir = args.images_dir.clone();
+    config.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "{} holds a configuration crashlab would refuse: {e}",
+            meta_path.display()
+        )
+    })?;
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no usable name", dir.display()))?
+        .to_string();
+    let root = dir.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    Ok((config, root, id))
+}
+
+fn run_request(request: &CampaignRequest) -> ExitCode {
+    match campaign::run_campaign(request) {
         Ok(summary) => {
             print!("{}", summary.render());
             if summary.interrupted {

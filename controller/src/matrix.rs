@@ -103,6 +103,7 @@ pub fn run_cells(title: &str, cells: &[Cell], out_dir: &Path, interrupt: &Atomic
             results_root: out_dir,
             campaign_id: id.clone(),
             only_trial: None,
+            resume: false,
             show_progress: false,
             interrupt,
         };

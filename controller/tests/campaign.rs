@@ -455,3 +455,95 @@ fn a_campaign_runs_as_an_ordinary_user() {
         serde_json::from_str(&std::fs::read_to_string(campaign.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["states_checked"], 20, "{summary}");
 }
+
+/// The per-trial facts a resumed campaign must share with an uninterrupted
+/// one of the same seed: the plan (workload seed, crash point) and the
+/// verdict; and each trial's state lines, once.
+fn trial_facts(dir: &std::path::Path) -> Vec<(u64, serde_json::Value, serde_json::Value, bool, usize)> {
+    let states = std::fs::read_to_string(dir.join("states.jsonl")).unwrap();
+    let states: Vec<serde_json::Value> = states.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut facts: Vec<_> = std::fs::read_to_string(dir.join("trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|t| {
+            let trial = t["trial"].as_u64().unwrap();
+            let state_lines = states.iter().filter(|s| s["trial"] == trial).count();
+            assert_eq!(
+                state_lines as u64,
+                t["states_checked"].as_u64().unwrap(),
+                "trial {trial}"
+            );
+            (
+                trial,
+                t["workload_seed"].clone(),
+                t["crash_point"].clone(),
+                t["passed"] == true,
+                state_lines,
+            )
+        })
+        .collect();
+    facts.sort_by_key(|f| f.0);
+    facts
+}
+
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn a_campaign_killed_mid_trial_resumes_to_what_an_uninterrupted_one_gives() {
+    let h = vm_harness("resume");
+    let args = [
+        "--crash-model=power-loss",
+        "--trials=3",
+        "--records=200",
+        "--state-budget=60",
+        "--seed=31",
+    ];
+    h.run("whole", &args);
+    let whole = trial_facts(&h.results.path().join("whole"));
+    assert_eq!(whole.iter().map(|f| f.0).collect::<Vec<_>>(), [0, 1, 2]);
+
+    let dir = h.results.path().join("killed");
+    let mut controller = util::crashlab()
+        .args(["run", "--quiet", "--campaign-id", "killed"])
+        .args(args)
+        .arg("--images-dir")
+        .arg(&h.images_dir)
+        .arg("--results-dir")
+        .arg(h.results.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("crashlab starts");
+    // Killed a few seconds into its second trial.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while std::fs::read_to_string(dir.join("trials.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(std::time::Instant::now() < deadline, "no trial finished within 180 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    let before = std::fs::read_to_string(dir.join("trials.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(before < 3, "the campaign finished before the kill: {before} trials");
+
+    let out = util::crashlab()
+        .args(["run", "--quiet", "--resume"])
+        .arg(&dir)
+        .arg("--images-dir")
+        .arg(&h.images_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["trials_run"], 3, "{summary}");
+    let resumed = trial_facts(&dir);
+    let plan_and_verdict = |f: &Vec<(u64, serde_json::Value, serde_json::Value, bool, usize)>| {
+        f.iter()
+            .map(|x| (x.0, x.1.clone(), x.2.clone(), x.3))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(plan_and_verdict(&resumed), plan_and_verdict(&whole));
+}
