@@ -7,6 +7,7 @@
 //! - `bench`     deps + images + the benchmark figures
 //! - `sensitivity` deps + images + the planted-bug catalogue's detection rates
 //! - `fuzz`      every fuzz target of `fuzz/` for a while (nightly, cargo-fuzz)
+//! - `soak`      deps + images + every correct configuration at length, and the controls
 //!
 //! Exit codes: those of the task; 2 for setup errors.
 
@@ -16,6 +17,7 @@ mod deps;
 mod fuzz;
 mod images;
 mod sensitivity;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -25,7 +27,7 @@ use xshell::{cmd, Shell};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity|fuzz> [args...]");
+        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity|fuzz|soak> [args...]");
         return ExitCode::from(2);
     };
     let result = (|| -> Result<i32> {
@@ -38,12 +40,16 @@ fn main() -> ExitCode {
             "test" => test(&sh, rest),
             "bench" => bench::run(&sh, rest),
             "fuzz" => fuzz::run(&sh, rest),
+            "soak" => {
+                let images = setup(&sh)?;
+                soak::run(&sh, &images, rest)
+            }
             "sensitivity" => {
                 let images = setup(&sh)?;
                 sensitivity::run(&sh, &images, rest)
             }
             other => {
-                anyhow::bail!("unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity or fuzz")
+                anyhow::bail!("unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity, fuzz or soak")
             }
         }
     })();

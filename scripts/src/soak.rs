@@ -1,0 +1,130 @@
+//! `cargo xtask soak [--states N] [--kernel-trials N] [--seed S]`: a long
+//! run, not part of CI. Every correct configuration (ext4 in its three
+//! data modes, xfs, btrfs, f2fs) under power loss (at least N crash states,
+//! default 1,000) and under the kernel-crash model (default 20 trials);
+//! then the negative controls, each of which must be caught. Prints the
+//! table (also `results/soak-<pid>/table.txt`) and fails (exit 1) on any
+//! violation in a correct configuration or any control not caught.
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// (filesystem, mount options).
+const CORRECT: &[(&str, &str)] = &[
+    ("ext4", "data=ordered"),
+    ("ext4", "data=journal"),
+    ("ext4", "data=writeback"),
+    ("xfs", "defaults"),
+    ("btrfs", "defaults"),
+    ("f2fs", "defaults"),
+];
+
+/// (name, crash model, flags): each must fail some state.
+const CONTROLS: &[(&str, &str, &[&str])] = &[
+    ("ack-before-sync", "kernel-crash", &["--planted-bug=ack-before-sync"]),
+    ("ack-before-sync", "power-loss", &["--planted-bug=ack-before-sync"]),
+    ("drop-flush:4", "power-loss", &["--planted-device-bug=drop-flush:4"]),
+    ("ext4 barrier=0", "power-loss", &["--mount-opts=barrier=0", "--crash-points=end"]),
+];
+
+/// Crash states one power-loss trial plans, at most.
+const STATES_PER_TRIAL: u64 = 500;
+const STATES_MAX: u64 = 10_000_000;
+
+pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32> {
+    let mut states = 1000u64;
+    let mut kernel_trials = 20u64;
+    let mut seed = 1u64;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--states" => states = value("--states")?.parse().context("--states takes a number")?,
+            "--kernel-trials" => {
+                kernel_trials = value("--kernel-trials")?.parse().context("--kernel-trials takes a number")?
+            }
+            "--seed" => seed = value("--seed")?.parse().context("--seed takes a number")?,
+            other => bail!("unknown flag {other:?}: use --states N, --kernel-trials N, --seed S"),
+        }
+    }
+    if states == 0 || states > STATES_MAX || kernel_trials == 0 || kernel_trials > 100_000 {
+        bail!("--states must be 1..={STATES_MAX}, --kernel-trials 1..=100000");
+    }
+    cmd!(sh, "cargo build --quiet --release -p crashlab-controller --bin crashlab").run()?;
+    let out_dir = format!("results/soak-{}", std::process::id());
+    let images = images.display().to_string();
+    let seed_arg = format!("--seed={seed}");
+    let pl_trials = states.div_ceil(STATES_PER_TRIAL).to_string();
+    let pl_budget = states.to_string();
+    let kc_trials = kernel_trials.to_string();
+    let mut rows = Vec::new();
+    let mut ok = true;
+    let campaign = |id: &str, flags: &[&str]| -> Result<serde_json::Value> {
+        eprintln!("xtask soak: {id}");
+        let command = cmd!(
+            sh,
+            "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} {seed_arg} {flags...}"
+        );
+        let code = std::process::Command::from(command).status()?.code().unwrap_or(2);
+        if code > 1 {
+            bail!("{id}: crashlab exited {code}; see {out_dir}/{id}");
+        }
+        let summary = std::fs::read_to_string(format!("{out_dir}/{id}/summary.json"))?;
+        Ok(serde_json::from_str(&summary)?)
+    };
+    for &(fs, opts) in CORRECT {
+        for model in ["power-loss", "kernel-crash"] {
+            let id = format!("{fs}-{}-{model}", opts.replace('=', "-"));
+            let (fs_arg, opts_arg) = (format!("--fs={fs}"), format!("--mount-opts={opts}"));
+            let mut flags = vec![fs_arg.as_str(), opts_arg.as_str()];
+            match model {
+                "power-loss" => flags.extend([
+                    "--crash-model=power-loss",
+                    "--records=1000",
+                    "--trials",
+                    &pl_trials,
+                    "--state-budget",
+                    &pl_budget,
+                ]),
+                _ => flags.extend(["--crash-model=kernel-crash", "--trials", &kc_trials]),
+            }
+            let s = campaign(&id, &flags)?;
+            let violations = s["violations"].as_u64().unwrap_or(u64::MAX);
+            ok &= violations == 0;
+            rows.push(format!(
+                "{fs:<6} {opts:<14} {model:<13} {:>8} states {:>6} violations  {}",
+                s["states_checked"],
+                violations,
+                if violations == 0 { "ok" } else { "VIOLATIONS" }
+            ));
+        }
+    }
+    for &(name, model, bug) in CONTROLS {
+        let id = format!("control-{}-{model}", name.replace([' ', ':', '='], "-"));
+        let model_arg = format!("--crash-model={model}");
+        let mut flags = vec![model_arg.as_str(), "--records=300"];
+        flags.extend(bug);
+        match model {
+            "power-loss" => flags.extend(["--trials=2", "--state-budget=200", "--crash-points=acks"]),
+            _ => flags.extend(["--trials=5", "--crash-points=acks"]),
+        }
+        let s = campaign(&id, &flags)?;
+        let failed = s["states_failed"].as_u64().unwrap_or(0);
+        ok &= failed > 0;
+        rows.push(format!(
+            "control {name:<22} {model:<13} {:>8} states {:>6} failing    {}",
+            s["states_checked"],
+            failed,
+            if failed > 0 { "caught" } else { "NOT CAUGHT" }
+        ));
+    }
+    let table = format!(
+        "crashlab soak (seed {seed}): {states} power-loss states and {kernel_trials} kernel-crash trials per configuration\n\n{}\n",
+        rows.join("\n")
+    );
+    print!("{table}");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(format!("{out_dir}/table.txt"), &table)?;
+    println!("results: {out_dir}");
+    Ok(if ok { 0 } else { 1 })
+}
