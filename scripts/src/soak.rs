@@ -24,7 +24,7 @@ const CONTROLS: &[(&str, &str, &[&str])] = &[
     ("ack-before-sync", "kernel-crash", &["--planted-bug=ack-before-sync"]),
     ("ack-before-sync", "power-loss", &["--planted-bug=ack-before-sync"]),
     ("drop-flush:4", "power-loss", &["--planted-device-bug=drop-flush:4"]),
-    ("ext4 barrier=0", "power-loss", &["--mount-opts=barrier=0", "--crash-points=end"]),
+    ("ext4 barrier=0", "power-loss", &["--mount-opts=barrier=0"]),
 ];
 
 /// Crash states one power-loss trial plans, at most.
