@@ -518,6 +518,28 @@ pub fn utc_timestamp() -> String {
     )
 }
 
+/// A campaign's `campaign.json` read back (by `replay-state`, `recheck`,
+/// `run --resume`): the whole record, and its configuration put through
+/// the CLI's checks, so that a hand-edited or corrupt file never reaches
+/// code that trusts a validated configuration.
+pub fn read_campaign_json(campaign_dir: &Path) -> Result<(serde_json::Value, CampaignConfig)> {
+    let meta_path = campaign_dir.join("campaign.json");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("cannot read {}: is this a campaign directory?", meta_path.display()))?,
+    )
+    .with_context(|| format!("{} is corrupt", meta_path.display()))?;
+    let config: CampaignConfig = serde_json::from_value(meta["config"].clone())
+        .with_context(|| format!("{} has no usable config", meta_path.display()))?;
+    config.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "{} holds a configuration crashlab would refuse ({e}): was it edited? Rerun the campaign",
+            meta_path.display()
+        )
+    })?;
+    Ok((meta, config))
+}
+
 /// A results file of JSON lines (`trials.jsonl`, `states.jsonl`) read back.
 /// Lines are written whole and flushed, but a controller killed mid-write
 /// can leave the last one cut short: a final fragment without its newline

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::config::CampaignConfig;
 use crate::plan::{plan_trial, TrialPlan};
@@ -25,22 +25,7 @@ impl KeptTrial {
     /// Loads trial `trial` of the campaign in `campaign_dir`; `images_dir`
     /// overrides the campaign's guest images.
     pub fn load(campaign_dir: &Path, trial: u64, images_dir: Option<&Path>) -> Result<KeptTrial> {
-        let meta_path = campaign_dir.join("campaign.json");
-        let meta: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&meta_path)
-                .with_context(|| format!("cannot read {}: is this a campaign directory?", meta_path.display()))?,
-        )
-        .with_context(|| format!("{} is corrupt", meta_path.display()))?;
-        let mut config: CampaignConfig = serde_json::from_value(meta["config"].clone())
-            .with_context(|| format!("{} has no usable config", meta_path.display()))?;
-        // Read back, it gets the CLI's checks: a hand-edited or corrupt file
-        // must not reach code that trusts a validated configuration.
-        config.validate().map_err(|e| {
-            anyhow::anyhow!(
-                "{} holds a configuration crashlab would refuse ({e}): was it edited? Rerun the campaign",
-                meta_path.display()
-            )
-        })?;
+        let (_, mut config) = crate::campaign::read_campaign_json(campaign_dir)?;
         anyhow::ensure!(
             config.crash_model == crate::config::CrashModel::PowerLoss,
             "campaign {} is not a power-loss campaign: rerun a kernel-crash trial with its `rerun` command",

@@ -727,26 +727,14 @@ fn run(args: RunArgs) -> ExitCode {
 /// images directory given now (the old one may have moved), where it is.
 fn resume_request(dir: &std::path::Path, args: &RunArgs) -> anyhow::Result<(CampaignConfig, PathBuf, String)> {
     use anyhow::Context;
-    let meta_path = dir.join("campaign.json");
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path)
-            .with_context(|| format!("cannot read {}: is this a campaign directory?", meta_path.display()))?,
-    )
-    .with_context(|| format!("{} is corrupt", meta_path.display()))?;
-    let mut config: CampaignConfig = serde_json::from_value(meta["config"].clone())
-        .with_context(|| format!("{} has no usable config", meta_path.display()))?;
+    // Validated as read; the images directory does not enter validation.
+    let (meta, mut config) = campaign::read_campaign_json(dir)?;
     anyhow::ensure!(
         meta["only_trial"].is_null(),
         "{} ran one trial (--only-trial): nothing to resume",
         dir.display()
     );
     config.images_dir = args.images_dir.clone();
-    config.validate().map_err(|e| {
-        anyhow::anyhow!(
-            "{} holds a configuration crashlab would refuse: {e}",
-            meta_path.display()
-        )
-    })?;
     let id = dir
         .file_name()
         .and_then(|n| n.to_str())

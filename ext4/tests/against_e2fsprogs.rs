@@ -111,18 +111,7 @@ impl Fixture {
     fn tools(&self, name: &str) -> File {
         let copy = self.dir.path().join("copy.img");
         std::fs::copy(&self.image, &copy).unwrap();
-        run(Command::new("e2fsck").args(["-y", "-E", "journal_only"]).arg(&copy));
-        let out = Command::new("debugfs")
-            .arg("-c")
-            .arg("-R")
-            .arg(format!("cat /{name}"))
-            .arg(&copy)
-            .output()
-            .unwrap();
-        match String::from_utf8_lossy(&out.stderr).contains("not found") {
-            true => File::Missing,
-            false => File::Bytes(out.stdout),
-        }
+        tools_read(&copy, name)
     }
 
     fn assert_equals_tools(&self) -> Vec<u8> {

@@ -49,7 +49,9 @@ fn main() -> ExitCode {
                 sensitivity::run(&sh, &images, rest)
             }
             other => {
-                anyhow::bail!("unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity, fuzz or soak")
+                anyhow::bail!(
+                    "unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity, fuzz or soak"
+                )
             }
         }
     })();

@@ -41,7 +41,9 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         match arg.as_str() {
             "--states" => states = value("--states")?.parse().context("--states takes a number")?,
             "--kernel-trials" => {
-                kernel_trials = value("--kernel-trials")?.parse().context("--kernel-trials takes a number")?
+                kernel_trials = value("--kernel-trials")?
+                    .parse()
+                    .context("--kernel-trials takes a number")?
             }
             "--seed" => seed = value("--seed")?.parse().context("--seed takes a number")?,
             other => bail!("unknown flag {other:?}: use --states N, --kernel-trials N, --seed S"),
@@ -50,7 +52,11 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     if states == 0 || states > STATES_MAX || kernel_trials == 0 || kernel_trials > 100_000 {
         bail!("--states must be 1..={STATES_MAX}, --kernel-trials 1..=100000");
     }
-    cmd!(sh, "cargo build --quiet --release -p crashlab-controller --bin crashlab").run()?;
+    cmd!(
+        sh,
+        "cargo build --quiet --release -p crashlab-controller --bin crashlab"
+    )
+    .run()?;
     let out_dir = format!("results/soak-{}", std::process::id());
     let images = images.display().to_string();
     let seed_arg = format!("--seed={seed}");
