@@ -41,7 +41,6 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<i32> {
         bail!("--seconds must be between 1 and {SECONDS_MAX}");
     }
     ensure_tools(sh)?;
-    ext4_seed(sh)?;
     let mut found = Vec::new();
     for &(target, max_len) in TARGETS {
         if only.as_deref().is_some_and(|o| o != target) {
@@ -100,39 +99,5 @@ fn ensure_tools(sh: &Shell) -> Result<()> {
             .run()
             .context("installing cargo-fuzz")?;
     }
-    Ok(())
-}
-
-/// The ext4 target's seed: a whole small filesystem made by mke2fs, with
-/// a file and a committed journal transaction (checksum v3), as debugfs
-/// writes them. Made here, not kept in git: 1 MiB of mostly zeros.
-fn ext4_seed(sh: &Shell) -> Result<()> {
-    let dir = Path::new("fuzz/seeds/ext4_image");
-    let seed = dir.join("mke2fs-journal");
-    if seed.exists() {
-        return Ok(());
-    }
-    sh.create_dir(dir)?;
-    let work = sh.create_temp_dir()?;
-    let image = work.path().join("fs.img");
-    let data = work.path().join("data");
-    std::fs::write(&data, (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>())?;
-    let cmds = work.path().join("cmds");
-    std::fs::write(&cmds, format!("jo -c\njw -b 300,301 {}\njc\n", data.display()))?;
-    cmd!(sh, "mkfs.ext4 -F -q -b 1024 -N 32 {image} 2M").run()?;
-    cmd!(sh, "debugfs -w -R 'write {data} crashlab.dat' {image}")
-        .quiet()
-        .ignore_stderr()
-        .run()?;
-    cmd!(sh, "debugfs -w -f {cmds} {image}")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()?;
-    // Trailing zeros are the target's padding: keep the input short.
-    let mut bytes = std::fs::read(&image)?;
-    let len = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    bytes.truncate(len);
-    std::fs::write(&seed, bytes)?;
     Ok(())
 }

@@ -1,0 +1,149 @@
+//! The bodies of crashlab's fuzz targets, as plain functions over bytes.
+//!
+//! Each one feeds input crashlab does not control (a guest's disk traffic
+//! and channel lines, an image after a crash, a hand-edited results file,
+//! a kernel command line) to the parser that reads it, and asserts what
+//! must hold whatever the bytes: no panic, no hang, every output within
+//! its bounds. `fuzz/` wraps each in a libFuzzer target (`cargo xtask
+//! fuzz`, nightly); `tests/corpus.rs` runs them on stable, in CI, over the
+//! seeds, every input that once failed (`fuzz/regressions/`) and seeded
+//! mutations of both.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A fuzz target: its name (the directory of its seeds and regressions),
+/// its body, and the largest input it takes (libFuzzer's `-max_len`).
+pub struct Target {
+    pub name: &'static str,
+    pub run: fn(&[u8]),
+    pub max_len_bytes: usize,
+}
+
+pub const TARGETS: &[Target] = &[
+    Target { name: "blocklog", run: blocklog, max_len_bytes: 1 << 20 },
+    Target { name: "protocol", run: protocol, max_len_bytes: 64 << 10 },
+    Target { name: "ext4_image", run: ext4_image, max_len_bytes: 2 << 20 },
+    Target { name: "campaign_json", run: campaign_json, max_len_bytes: 16 << 10 },
+    Target { name: "nbd_session", run: nbd_session, max_len_bytes: 64 << 10 },
+    Target { name: "kernel_cmdline", run: kernel_cmdline, max_len_bytes: 4 << 10 },
+];
+
+/// The block-write log as the guest's disk traffic wrote it: parse, plan
+/// states, and turn each into overlay extents inside the device.
+pub fn blocklog(data: &[u8]) {
+    // The logged disk: 64 MiB of filesystem and the ack area, as campaigns make.
+    const DEVICE_BYTES: u64 = 128 << 20;
+    let Ok(log) = blocklog::parse_log(data, DEVICE_BYTES) else {
+        return;
+    };
+    let options = blocklog::PlanOptions {
+        seed: data.len() as u64,
+        budget: 16,
+        torn: true,
+        ignored_sectors: 1024..2048,
+    };
+    for state in blocklog::plan_states(&log, &options) {
+        let position = blocklog::crash_position(&log, &state);
+        assert!(position <= log.entries.len() as u64);
+        for e in &blocklog::overlay_extents(&log, &state) {
+            assert!(e.device_offset_bytes + e.len_bytes <= DEVICE_BYTES);
+        }
+    }
+}
+
+/// The guest channel's line protocol: whatever the guest sends, parsing
+/// gives events or an error.
+pub fn protocol(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for line in text.lines() {
+        let _ = record::Event::parse(line);
+    }
+    let _ = record::protocol::parse_log(&text);
+}
+
+/// crashlab-ext4 over an untrusted image: the input is a 2 MiB image
+/// (zero-padded), so seeds made by mke2fs are whole filesystems.
+pub fn ext4_image(data: &[u8]) {
+    const IMAGE_BYTES: usize = 2 << 20;
+    struct Image(Vec<u8>);
+    impl ext4::ReadAt for Image {
+        fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let start = usize::try_from(offset_bytes).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+            let end = start.checked_add(buf.len()).ok_or(std::io::ErrorKind::InvalidInput)?;
+            let src = self.0.get(start..end).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+    }
+    let mut bytes = data.to_vec();
+    bytes.resize(IMAGE_BYTES, 0);
+    let image = Image(bytes);
+    let _ = ext4::recover_and_read(&image, IMAGE_BYTES as u64, &["crashlab.dat", "crashlab-1.dat"]);
+}
+
+/// A campaign's configuration read back from `campaign.json` (hand-edited
+/// or corrupt): a configuration that validates yields workload parameters
+/// that validate too.
+pub fn campaign_json(data: &[u8]) {
+    let Ok(config) = serde_json::from_slice::<controller::config::CampaignConfig>(data) else {
+        return;
+    };
+    if config.validate().is_ok() {
+        let params = config.workload_params(0, None, Some(config.ack_area_offset_bytes()));
+        assert!(params.validate().is_ok(), "a valid configuration gave invalid workload parameters");
+    }
+}
+
+/// crashlab-nbd serving one client whose bytes are the input (the guest is
+/// untrusted): handshake, options, requests, in any order or garbage. The
+/// server answers or hangs up.
+pub fn nbd_session(data: &[u8]) {
+    const DISK_BYTES: u64 = 1 << 20;
+    struct Zeros;
+    impl nbd::DiskView for Zeros {
+        fn size_bytes(&self) -> u64 {
+            DISK_BYTES
+        }
+        fn read_at(&self, _offset_bytes: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().expect("a temp dir for the socket");
+    let socket = dir.path().join("nbd.sock");
+    let limits = nbd::NbdLimits { overlay_max_bytes: 1 << 20, request_max_bytes: 1 << 16 };
+    let (server, _handle) =
+        nbd::NbdServer::start(&socket, "crashlab", Arc::new(Zeros), limits).expect("the NBD server starts");
+    let mut client = UnixStream::connect(&socket).expect("the NBD server accepts");
+    // A server that neither answers nor hangs up within this is a hang.
+    client.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
+    // The server may hang up mid-input: a write error then is expected.
+    let _ = client.write_all(data);
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let mut sink = Vec::new();
+    if let Err(e) = client.read_to_end(&mut sink) {
+        assert!(
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            "the NBD server neither answered nor hung up within 5 s"
+        );
+    }
+    server.stop().expect("the NBD server stops");
+}
+
+/// The workload's parameters from the guest kernel's command line: parsing
+/// gives parameters or an error; parameters that validate survive a round
+/// trip through `to_kernel_args`.
+pub fn kernel_cmdline(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(params) = record::WorkloadParams::from_kernel_cmdline(&text) else {
+        return;
+    };
+    if params.validate().is_ok() {
+        let again = record::WorkloadParams::from_kernel_cmdline(&params.to_kernel_args().join(" "))
+            .expect("parameters that validate give a command line that parses");
+        assert_eq!(again, params);
+    }
+}
