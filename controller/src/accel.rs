@@ -65,6 +65,7 @@ fn sanity_boot(images: &GuestImages, work_dir: &Path, interrupt: &AtomicBool) ->
         drives: vec![],
         console_log: files.console_log.clone(),
         channel_socket: Default::default(),
+        qmp_socket: Default::default(),
         trace_log: None,
     };
     let limits = Limits {

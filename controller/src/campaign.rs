@@ -328,6 +328,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         ack_area_offset_bytes,
     };
     for &trial in &trial_ids {
+        if let Err(e) = ensure_space_for_a_trial(&dir, config) {
+            failure = Some(e);
+            break;
+        }
         let plan = plan_trial(config, trial);
         let trial_dir = dir.join("trials").join(trial.to_string());
         let outcome = match config.crash_model {
@@ -339,7 +343,8 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
                     summary.first_failure_after_s = Some(start.elapsed().as_secs_f64());
                 }
                 let log = states_log.as_mut().expect("power-loss campaigns have a states log");
-                writeln!(log, "{}", serde_json::to_string(line)?)?;
+                writeln!(log, "{}", serde_json::to_string(line)?)
+                    .with_context(|| cannot_write(&dir, "states.jsonl"))?;
                 Ok(())
             })
             .and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?))),
@@ -351,10 +356,16 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
                 }
                 // One line per finished trial, flushed at once: an interrupted
                 // or crashed campaign keeps every trial it finished.
-                writeln!(trials_log, "{json}")?;
-                trials_log.flush()?;
-                if let Some(log) = states_log.as_mut() {
-                    log.flush()?;
+                let written = writeln!(trials_log, "{json}")
+                    .and_then(|()| trials_log.flush())
+                    .with_context(|| cannot_write(&dir, "trials.jsonl"))
+                    .and_then(|()| match states_log.as_mut() {
+                        Some(log) => log.flush().with_context(|| cannot_write(&dir, "states.jsonl")),
+                        None => Ok(()),
+                    });
+                if let Err(e) = written {
+                    failure = Some(e);
+                    break;
                 }
                 summary.add(&totals);
                 progress.trial_done(trial, &totals, &summary, start);
@@ -381,14 +392,72 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     if let Some(e) = &failure {
         summary.interrupted = e.downcast_ref::<vm::Interrupted>().is_some();
     }
-    std::fs::write(dir.join("summary.txt"), summary.render())?;
-    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    let summary_written = std::fs::write(dir.join("summary.txt"), summary.render())
+        .with_context(|| cannot_write(&dir, "summary.txt"))
+        .and_then(|()| {
+            std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")
+                .with_context(|| cannot_write(&dir, "summary.json"))
+        });
     match failure {
         Some(e) if !summary.interrupted => {
-            Err(e.context(format!("campaign stopped; finished trials are in {}", dir.display())))
+            let resume = match req.only_trial {
+                None => format!(
+                    "; once fixed, continue it with `crashlab run --resume {}`",
+                    dir.display()
+                ),
+                Some(_) => String::new(),
+            };
+            let mut e = e.context(format!(
+                "campaign stopped; finished trials are in {}{resume}",
+                dir.display()
+            ));
+            if let Err(w) = summary_written {
+                e = e.context(format!("and its summary could not be written: {w:#}"));
+            }
+            Err(e)
         }
-        _ => Ok(summary),
+        _ => summary_written.map(|()| summary),
     }
+}
+
+/// The context of a failed write to a campaign's results file.
+fn cannot_write(dir: &Path, name: &str) -> String {
+    format!(
+        "cannot write {} ({}; a full or read-only disk?)",
+        dir.join(name).display(),
+        vm::free_space_report(&[dir.join(name)])
+    )
+}
+
+/// Space a trial may take under the results directory: its copy of the
+/// disk, under power loss the block log (every write the guest issued,
+/// bounded here by twice the disk), and 16 MiB of logs. A floor checked
+/// before each trial, so that a nearly full disk stops the campaign with
+/// a clear message; a disk that fills during a trial pauses QEMU, which
+/// the VM loop reports (`VmSession::host_failure`).
+pub fn trial_space_floor_bytes(config: &CampaignConfig) -> u64 {
+    let disk = config.disk_size_bytes + config.ack_area_size_bytes();
+    let log = match config.crash_model {
+        CrashModel::PowerLoss => 2 * config.disk_size_bytes,
+        CrashModel::KernelCrash => 0,
+    };
+    disk + log + (16 << 20)
+}
+
+fn ensure_space_for_a_trial(dir: &Path, config: &CampaignConfig) -> Result<()> {
+    let st =
+        nix::sys::statvfs::statvfs(dir).with_context(|| format!("cannot stat the filesystem of {}", dir.display()))?;
+    let free_bytes = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let floor_bytes = trial_space_floor_bytes(config);
+    anyhow::ensure!(
+        free_bytes >= floor_bytes,
+        "{} MiB free under {}, less than the {} MiB a trial may need (its disk image and logs): \
+         free space there or give --results-dir on a larger disk",
+        free_bytes >> 20,
+        dir.display(),
+        floor_bytes >> 20
+    );
+    Ok(())
 }
 
 /// `--resume`: the finished trials (by their `trials.jsonl` lines) and

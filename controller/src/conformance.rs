@@ -266,6 +266,7 @@ fn run_one(
         drives: vec![Drive::Raw(disk.clone())],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
+        qmp_socket: PathBuf::new(),
         trace_log: None,
     };
     let limits = Limits {

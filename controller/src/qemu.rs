@@ -46,6 +46,10 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// Unix socket the controller listens on; the guest's ttyS1 connects to it.
     pub channel_socket: PathBuf,
+    /// QEMU's monitor (QMP) socket, which QEMU listens on: asked, when a
+    /// guest falls silent, whether QEMU paused it on a host I/O error.
+    /// Empty: no monitor. Set by `VmSession::start`, like the channel.
+    pub qmp_socket: PathBuf,
     /// Where the guest's ttyS2 goes: the kernel's msync trace (tracefs), or
     /// nowhere.
     pub trace_log: Option<PathBuf>,
@@ -88,6 +92,12 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     ]);
     if let Some(trace) = &spec.trace_log {
         args.extend(["-serial".into(), format!("file:{}", trace.display())]);
+    }
+    if !spec.qmp_socket.as_os_str().is_empty() {
+        args.extend([
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", spec.qmp_socket.display()),
+        ]);
     }
     for (i, drive) in spec.drives.iter().enumerate() {
         args.extend(drive_args(i, drive));
@@ -142,7 +152,11 @@ fn drive_args(index: usize, drive: &Drive) -> Vec<String> {
         // overlay's limit) go to the guest: QEMU's default for ENOSPC is to
         // pause the VM, which would look like a hung guest.
         Drive::Nbd { .. } => format!("virtio-blk-pci,drive={node},werror=report,rerror=report"),
-        _ => format!("virtio-blk-pci,drive={node}"),
+        // A host file that cannot be written (a full disk under the results)
+        // must never reach the guest as a disk error, which a verdict would
+        // blame on the filesystem: QEMU pauses the guest instead, and the
+        // controller asks QMP why a guest fell silent (`vm::host_io_error`).
+        _ => format!("virtio-blk-pci,drive={node},werror=stop,rerror=stop"),
     });
     args
 }
@@ -152,6 +166,8 @@ fn drive_args(index: usize, drive: &Drive) -> Vec<String> {
 pub struct QemuProcess {
     child: Child,
     reaped: bool,
+    /// The signal that ended QEMU, when one did that the controller did not send.
+    exit_signal: Option<i32>,
 }
 
 impl QemuProcess {
@@ -169,20 +185,37 @@ impl QemuProcess {
         // And it dies with the controller, even a SIGKILLed one.
         let child = crate::lifetime::spawn_tied(command)
             .with_context(|| format!("cannot start {QEMU_BINARY}: install it with `cargo xtask deps`"))?;
-        Ok(QemuProcess { child, reaped: false })
+        Ok(QemuProcess {
+            child,
+            reaped: false,
+            exit_signal: None,
+        })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Exit status if QEMU has exited (the guest powered off or panicked).
+    /// Exit status if QEMU has exited (the guest powered off or panicked;
+    /// -1 for a signal, which [`QemuProcess::exit_signal`] names).
     pub fn try_exit_code(&mut self) -> Result<Option<i32>> {
+        use std::os::unix::process::ExitStatusExt;
         let status = self.child.try_wait()?;
-        if status.is_some() {
+        if let Some(status) = status {
             self.reaped = true;
+            self.exit_signal = status.signal();
         }
         Ok(status.map(|s| s.code().unwrap_or(-1)))
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.reaped
+    }
+
+    /// The signal QEMU died of, if it exited by one (never the controller's
+    /// own SIGKILL: that path does not go through `try_exit_code`).
+    pub fn exit_signal(&self) -> Option<i32> {
+        self.exit_signal
     }
 
     /// SIGKILL, the crash: no chance for QEMU to flush or to tell the guest.
@@ -199,6 +232,41 @@ impl Drop for QemuProcess {
     fn drop(&mut self) {
         self.kill_now();
     }
+}
+
+/// QEMU's run state by QMP (`query-status`): "running", "paused",
+/// "io-error", ... Bounded: 2 s per read, 64 lines.
+pub fn query_status(qmp_socket: &Path) -> Result<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::os::unix::net::UnixStream::connect(qmp_socket)
+        .with_context(|| format!("cannot connect to QEMU's monitor {}", qmp_socket.display()))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(std::time::Duration::from_secs(2)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream.take(1 << 20));
+    // The greeting, then one answer per command; events may come between.
+    let mut answer = |command: &str| -> Result<serde_json::Value> {
+        if !command.is_empty() {
+            writer.write_all(command.as_bytes())?;
+        }
+        for _ in 0..64 {
+            let mut line = String::new();
+            anyhow::ensure!(reader.read_line(&mut line)? > 0, "QEMU's monitor closed");
+            let value: serde_json::Value =
+                serde_json::from_str(&line).context("QEMU's monitor sent a line that is not JSON")?;
+            if value.get("QMP").is_some() || value.get("return").is_some() || value.get("error").is_some() {
+                return Ok(value);
+            }
+        }
+        anyhow::bail!("QEMU's monitor did not answer")
+    };
+    answer("")?;
+    answer("{\"execute\":\"qmp_capabilities\"}\n")?;
+    let status = answer("{\"execute\":\"query-status\"}\n")?;
+    status["return"]["status"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("QEMU's monitor answered query-status with {status}"))
 }
 
 pub fn qemu_version() -> String {
@@ -240,6 +308,7 @@ mod tests {
             ],
             console_log: "/c.log".into(),
             channel_socket: "/s.sock".into(),
+            qmp_socket: "/q".into(),
             trace_log: Some("/t.log".into()),
         };
         let args = qemu_args(&spec);
@@ -256,6 +325,9 @@ mod tests {
             "drive order is vda, vdb"
         );
         assert!(joined.contains("driver=blklogwrites,file=disk1-data,log=disk1-log"));
+        assert!(joined.contains("-qmp unix:/q,server=on,wait=off"));
+        // Host files pause the guest on an error; the NBD disk reports them.
+        assert!(joined.contains("drive=disk0,werror=stop,rerror=stop"), "{joined}");
         assert!(joined.contains("driver=nbd,server.type=unix,server.path=/s,export=state"));
     }
 }

@@ -211,6 +211,7 @@ pub(crate) fn run_workload(
         drives: vec![drive],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
+        qmp_socket: PathBuf::new(),
         trace_log: Some(files.trace_log.clone()),
     };
     let mut ready_at = None::<Instant>;
@@ -658,6 +659,7 @@ fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> R
         drives: vec![Drive::Raw(disk.to_path_buf()), Drive::Raw(export.path.clone())],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
+        qmp_socket: PathBuf::new(),
         trace_log: None,
     };
     let mut report = CheckReport::default();

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use record::Event;
 
-use crate::qemu::{QemuProcess, VmSpec};
+use crate::qemu::{Drive, QemuProcess, VmSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -116,6 +116,11 @@ pub struct VmSession {
     protocol_log: File,
     reader: Option<std::thread::JoinHandle<()>>,
     stall_timeout_ms: u64,
+    qmp_socket: PathBuf,
+    /// The host files behind the guest's disks, named when the host fails them.
+    disk_files: Vec<PathBuf>,
+    stderr_log: PathBuf,
+    protocol_log_path: PathBuf,
     _socket_dir: tempfile::TempDir,
 }
 
@@ -131,6 +136,17 @@ impl VmSession {
         // Unix socket paths are limited to 108 bytes; keep them short and private.
         let socket_dir = crate::lifetime::temp_dir("crashlab-vm-", None)?;
         spec.channel_socket = socket_dir.path().join("ch");
+        spec.qmp_socket = socket_dir.path().join("qmp");
+        let disk_files = spec
+            .drives
+            .iter()
+            .flat_map(|d| match d {
+                Drive::Raw(path) => vec![path.clone()],
+                Drive::Logged { disk, log } => vec![disk.clone(), log.clone()],
+                Drive::Nbd { .. } => vec![],
+            })
+            .collect();
+        let qmp_socket = spec.qmp_socket.clone();
         let listener = UnixListener::bind(&spec.channel_socket).context("cannot bind the guest channel socket")?;
         listener.set_nonblocking(true)?;
         let protocol_log = File::create(&files.protocol_log)
@@ -151,6 +167,10 @@ impl VmSession {
             protocol_log,
             reader: Some(reader),
             stall_timeout_ms: limits.stall_timeout_ms,
+            qmp_socket,
+            disk_files,
+            stderr_log: files.stderr_log.clone(),
+            protocol_log_path: files.protocol_log.clone(),
             _socket_dir: socket_dir,
         }))
     }
@@ -161,17 +181,24 @@ impl VmSession {
         let incoming = match self.rx.recv_timeout(wait) {
             Ok(incoming) => incoming,
             Err(RecvTimeoutError::Timeout) => {
-                return Ok(match self.qemu.try_exit_code()? {
-                    Some(code) => Step::Exited(Some(code)),
-                    None => Step::Tick,
-                })
+                return match self.qemu.try_exit_code()? {
+                    Some(code) => self.exited(Some(code)),
+                    None => Ok(Step::Tick),
+                }
             }
             Err(RecvTimeoutError::Disconnected) => Incoming::Closed,
         };
         match incoming {
             Incoming::Line(line) => {
-                self.protocol_log.write_all(line.as_bytes())?;
-                self.protocol_log.write_all(b"\n")?;
+                self.protocol_log
+                    .write_all(format!("{line}\n").as_bytes())
+                    .with_context(|| {
+                        format!(
+                            "cannot write the protocol log {} ({})",
+                            self.protocol_log_path.display(),
+                            free_space_report(std::slice::from_ref(&self.protocol_log_path))
+                        )
+                    })?;
                 let event = Event::parse(&line)
                     .map_err(|reason| anyhow::anyhow!("the guest sent a malformed line ({reason}): {line:?}"))?;
                 Ok(Step::Event(event))
@@ -189,8 +216,53 @@ impl VmSession {
             Incoming::Closed => {
                 // The guest side closed: QEMU is exiting. Wait for it, bounded.
                 let code = wait_exit(&mut self.qemu, Duration::from_millis(self.stall_timeout_ms))?;
-                Ok(Step::Exited(code))
+                self.exited(code)
             }
+        }
+    }
+
+    /// QEMU has exited: the guest's end, unless the host ended QEMU.
+    fn exited(&mut self, code: Option<i32>) -> Result<Step> {
+        match self.host_failure() {
+            Some(e) => Err(e),
+            None => Ok(Step::Exited(code)),
+        }
+    }
+
+    /// Why QEMU stopped running the guest when the host is to blame, not
+    /// the guest: QEMU died of a signal or was told to terminate, or it
+    /// paused the guest on a host I/O error (a full disk under the
+    /// results). Such a run is no evidence about the filesystem: callers
+    /// fail with this error instead of judging what the guest left.
+    pub fn host_failure(&mut self) -> Option<anyhow::Error> {
+        let not_evidence = "this run is no evidence about the filesystem and is not judged";
+        if let Some(signal) = self.qemu.exit_signal() {
+            let name = nix::sys::signal::Signal::try_from(signal).map_or("?", |s| s.as_str());
+            return Some(anyhow::anyhow!(
+                "QEMU (pid {}) died of signal {signal} ({name}), not sent by crashlab: something on the host killed it \
+                 (the OOM killer? see `dmesg`); {not_evidence}",
+                self.qemu.pid()
+            ));
+        }
+        if self.qemu.has_exited() {
+            let stderr = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
+            return stderr
+                .lines()
+                .find(|l| l.contains("terminating on signal"))
+                .map(|line| anyhow::anyhow!("QEMU was stopped from outside crashlab ({line:?}); {not_evidence}"));
+        }
+        match crate::qemu::query_status(&self.qmp_socket) {
+            Ok(status) if status == "io-error" => Some(anyhow::anyhow!(
+                "QEMU paused the guest on a host I/O error: the host could not write the guest's disk ({}); {}. \
+                 Free space there (or give --results-dir on a larger disk); {not_evidence}",
+                self.disk_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                free_space_report(&self.disk_files)
+            )),
+            _ => None,
         }
     }
 
@@ -276,6 +348,12 @@ pub fn run_vm(
             }
         }
     };
+    if matches!(outcome, VmOutcome::Stalled | VmOutcome::TimedOut) {
+        if let Some(e) = session.host_failure() {
+            session.finish()?;
+            return Err(e);
+        }
+    }
     session.finish()?;
     Ok(VmRun {
         outcome,
@@ -348,6 +426,23 @@ fn wait_exit(qemu: &mut QemuProcess, limit: Duration) -> Result<Option<i32>> {
         std::thread::sleep(Duration::from_millis(TICK_MS));
     }
     Ok(None)
+}
+
+/// Free space in each directory holding one of `files`, for error messages.
+pub fn free_space_report(files: &[PathBuf]) -> String {
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    dirs.dedup();
+    dirs.iter()
+        .map(|dir| match nix::sys::statvfs::statvfs(*dir) {
+            Ok(st) => format!(
+                "{:.1} MiB free under {}",
+                (st.blocks_available() as u64 * st.fragment_size() as u64) as f64 / (1u64 << 20) as f64,
+                dir.display()
+            ),
+            Err(e) => format!("free space under {} unknown ({e})", dir.display()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The last lines of a log, for error messages.

@@ -97,6 +97,7 @@ impl KernelChecker {
             ],
             console_log: files.console_log.clone(),
             channel_socket: PathBuf::new(),
+            qmp_socket: PathBuf::new(),
             trace_log: None,
         };
         let limits = Limits {
