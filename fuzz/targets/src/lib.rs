@@ -23,12 +23,36 @@ pub struct Target {
 }
 
 pub const TARGETS: &[Target] = &[
-    Target { name: "blocklog", run: blocklog, max_len_bytes: 1 << 20 },
-    Target { name: "protocol", run: protocol, max_len_bytes: 64 << 10 },
-    Target { name: "ext4_image", run: ext4_image, max_len_bytes: 2 << 20 },
-    Target { name: "campaign_json", run: campaign_json, max_len_bytes: 16 << 10 },
-    Target { name: "nbd_session", run: nbd_session, max_len_bytes: 64 << 10 },
-    Target { name: "kernel_cmdline", run: kernel_cmdline, max_len_bytes: 4 << 10 },
+    Target {
+        name: "blocklog",
+        run: blocklog,
+        max_len_bytes: 1 << 20,
+    },
+    Target {
+        name: "protocol",
+        run: protocol,
+        max_len_bytes: 64 << 10,
+    },
+    Target {
+        name: "ext4_image",
+        run: ext4_image,
+        max_len_bytes: 2 << 20,
+    },
+    Target {
+        name: "campaign_json",
+        run: campaign_json,
+        max_len_bytes: 16 << 10,
+    },
+    Target {
+        name: "nbd_session",
+        run: nbd_session,
+        max_len_bytes: 64 << 10,
+    },
+    Target {
+        name: "kernel_cmdline",
+        run: kernel_cmdline,
+        max_len_bytes: 4 << 10,
+    },
 ];
 
 /// The block-write log as the guest's disk traffic wrote it: parse, plan
@@ -93,7 +117,10 @@ pub fn campaign_json(data: &[u8]) {
     };
     if config.validate().is_ok() {
         let params = config.workload_params(0, None, Some(config.ack_area_offset_bytes()));
-        assert!(params.validate().is_ok(), "a valid configuration gave invalid workload parameters");
+        assert!(
+            params.validate().is_ok(),
+            "a valid configuration gave invalid workload parameters"
+        );
     }
 }
 
@@ -114,12 +141,17 @@ pub fn nbd_session(data: &[u8]) {
     }
     let dir = tempfile::tempdir().expect("a temp dir for the socket");
     let socket = dir.path().join("nbd.sock");
-    let limits = nbd::NbdLimits { overlay_max_bytes: 1 << 20, request_max_bytes: 1 << 16 };
+    let limits = nbd::NbdLimits {
+        overlay_max_bytes: 1 << 20,
+        request_max_bytes: 1 << 16,
+    };
     let (server, _handle) =
         nbd::NbdServer::start(&socket, "crashlab", Arc::new(Zeros), limits).expect("the NBD server starts");
     let mut client = UnixStream::connect(&socket).expect("the NBD server accepts");
     // A server that neither answers nor hangs up within this is a hang.
-    client.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
     // The server may hang up mid-input: a write error then is expected.
     let _ = client.write_all(data);
     let _ = client.shutdown(std::net::Shutdown::Write);

@@ -17,7 +17,10 @@ const MUTATIONS_PER_TARGET: u32 = 1_500;
 const GROWN_CORPUS_MAX_INPUTS: usize = 2_000;
 
 fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("fuzz/targets is inside fuzz/").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("fuzz/targets is inside fuzz/")
+        .to_path_buf()
 }
 
 fn inputs(dir: &Path, limit: usize) -> Vec<(PathBuf, Vec<u8>)> {
@@ -27,7 +30,10 @@ fn inputs(dir: &Path, limit: usize) -> Vec<(PathBuf, Vec<u8>)> {
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
     paths.sort();
     paths.truncate(limit);
-    paths.into_iter().map(|p| (p.clone(), std::fs::read(&p).expect("an input file reads"))).collect()
+    paths
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).expect("an input file reads")))
+        .collect()
 }
 
 /// Runs one input, naming it if the target panics.
@@ -138,7 +144,9 @@ fn every_fuzz_target_survives_its_seeds_regressions_and_seeded_mutations() {
 fn mutations_change_their_input_and_stay_within_the_bound() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let base = b"ACK 1 seq=1 slot=0\nBEGIN 2 seq=2 slot=1\n".repeat(4);
-    let changed = (0..200).filter(|_| mutate(&mut rng, &base, b"other", 4096) != base).count();
+    let changed = (0..200)
+        .filter(|_| mutate(&mut rng, &base, b"other", 4096) != base)
+        .count();
     assert!(changed > 190, "only {changed} of 200 mutations changed the input");
     assert!((0..200).all(|_| mutate(&mut rng, &base, &base, 100).len() <= 100));
 }
