@@ -237,10 +237,20 @@ impl VmSession {
     pub fn host_failure(&mut self) -> Option<anyhow::Error> {
         let not_evidence = "this run is no evidence about the filesystem and is not judged";
         if let Some(signal) = self.qemu.exit_signal() {
-            let name = nix::sys::signal::Signal::try_from(signal).map_or("?", |s| s.as_str());
+            use nix::sys::signal::Signal;
+            let sig = Signal::try_from(signal).ok();
+            let name = sig.map_or("?", |s| s.as_str());
+            // A signal QEMU raises on itself (an assertion, a bad access) is
+            // QEMU failing; any other one came from outside.
+            let why = match sig {
+                Some(Signal::SIGABRT | Signal::SIGSEGV | Signal::SIGBUS | Signal::SIGILL | Signal::SIGFPE) => format!(
+                    "QEMU crashed on its own, not the guest (its stderr: {:?})",
+                    tail_of(&self.stderr_log, 2)
+                ),
+                _ => "not sent by crashlab: something on the host killed it (the OOM killer? see `dmesg`)".to_string(),
+            };
             return Some(anyhow::anyhow!(
-                "QEMU (pid {}) died of signal {signal} ({name}), not sent by crashlab: something on the host killed it \
-                 (the OOM killer? see `dmesg`); {not_evidence}",
+                "QEMU (pid {}) died of signal {signal} ({name}), {why}; {not_evidence}",
                 self.qemu.pid()
             ));
         }
