@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use xshell::{cmd, Shell};
 
-use crate::{setup, status};
+use crate::setup;
 
 const WORKLOAD: &[&str] = &["--seed=7", "--fs=ext4", "--mode=ms-sync"];
 /// States per side in the host comparison, and rounds of it.
@@ -47,7 +47,7 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
     let crashlab = "target/release/crashlab";
     let campaign = |id: &str, args: &[&str]| -> Result<Value> {
         eprintln!("xtask bench: crashlab run {}", args.join(" "));
-        let code = status(cmd!(
+        let code = crate::children::status(cmd!(
             sh,
             "{crashlab} run --images-dir {images} --quiet --campaign-id {id} --results-dir results {WORKLOAD...} {args...} {extra...}"
         ))?;
@@ -59,8 +59,7 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
         json(text.lines().next().context("no trial line")?)
     };
     let recheck = |id: &str, args: &[&str]| -> Result<Value> {
-        let out = cmd!(sh, "{crashlab} recheck --campaign results/{id} --json {args...}")
-            .read()
+        let out = crate::children::read(cmd!(sh, "{crashlab} recheck --campaign results/{id} --json {args...}"))
             .with_context(|| format!("crashlab recheck on results/{id}"))?;
         json(&out)
     };
@@ -96,13 +95,10 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
             "xtask bench: host checker vs replay loop, round {}/{HOST_ROUNDS}",
             round + 1
         );
-        let loop_out = json(
-            &cmd!(
-                sh,
-                "{crashlab} replay-loop --campaign results/{kernel_id} --states {host_states}"
-            )
-            .read()?,
-        )?;
+        let loop_out = json(&crate::children::read(cmd!(
+            sh,
+            "{crashlab} replay-loop --campaign results/{kernel_id} --states {host_states}"
+        ))?)?;
         theirs.push(field(&loop_out, &["ms_per_state"]));
         let host = recheck(
             &kernel_id,
@@ -165,11 +161,10 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
     let rate_id = format!("{tag}-rate");
     let pairs = RATE_PAIRS.to_string();
     let rate = json(
-        &cmd!(
+        &crate::children::read(cmd!(
             sh,
             "{crashlab} workload-rate --images-dir {images} --results-dir results --campaign-id {rate_id} --pairs {pairs} --records=1000 --crash-model=power-loss {WORKLOAD...}"
-        )
-        .read()?,
+        ))?,
     )?;
 
     // The figures.

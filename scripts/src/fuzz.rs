@@ -56,7 +56,7 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<i32> {
             format!("-max_len={max_len}"),
         );
         eprintln!("xtask fuzz: {target} for {seconds} s");
-        let code = crate::status(cmd!(
+        let code = crate::children::status(cmd!(
             sh,
             "cargo +nightly fuzz run {target} {corpus} {seeds} -- {max_time} {rss} {timeout} {len}"
         ))?;

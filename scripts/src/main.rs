@@ -12,6 +12,7 @@
 //! Exit codes: those of the task; 2 for setup errors.
 
 mod bench;
+mod children;
 mod cpio;
 mod deps;
 mod fuzz;
@@ -31,8 +32,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = (|| -> Result<i32> {
+        // The process's own directory too: some tasks use std::fs with paths
+        // relative to the workspace, and `cargo xtask` may run from anywhere in it.
+        std::env::set_current_dir(workspace_root())?;
         let sh = Shell::new()?;
-        sh.change_dir(workspace_root());
         match task.as_str() {
             "deps" => deps::ensure(&sh).map(|()| 0),
             "images" => images::build(&sh, &images::ImageRequest::parse(rest)?).map(|_| 0),
@@ -76,12 +79,6 @@ fn setup(sh: &Shell) -> Result<std::path::PathBuf> {
     images::build(sh, &images::ImageRequest::default())
 }
 
-/// Runs a command, returning its exit code instead of failing on non-zero.
-fn status(command: xshell::Cmd<'_>) -> Result<i32> {
-    let out = std::process::Command::from(command).status()?;
-    Ok(out.code().unwrap_or(2))
-}
-
 fn campaign(sh: &Shell, extra: &[String]) -> Result<i32> {
     let images = setup(sh)?;
     let images = images.display().to_string();
@@ -89,7 +86,7 @@ fn campaign(sh: &Shell, extra: &[String]) -> Result<i32> {
         sh,
         "cargo run --quiet --release -p crashlab-controller --bin crashlab -- run --images-dir {images} {extra...}"
     );
-    status(command)
+    children::status(command)
 }
 
 fn test(sh: &Shell, extra: &[String]) -> Result<i32> {
@@ -102,5 +99,5 @@ fn test(sh: &Shell, extra: &[String]) -> Result<i32> {
         sh,
         "cargo test --workspace {extra...} -- --test-threads=1 --include-ignored"
     );
-    status(command)
+    children::status(command)
 }

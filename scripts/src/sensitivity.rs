@@ -193,7 +193,7 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
                     sh,
                     "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} --trials=1 --crash-points=acks {seed_arg} {model_args...} {entry_args...}"
                 );
-                let code = std::process::Command::from(command).status()?.code().unwrap_or(2);
+                let code = crate::children::status(command)?;
                 if code > 1 {
                     bail!(
                         "{} under {} (seed {seed}): crashlab exited {code}; see {out_dir}/{id}",
@@ -274,11 +274,10 @@ fn read_figures(sh: &Shell, campaign_dir: &str) -> Result<RunFigures> {
 /// A difference between two reads of one file stops the recheck (exit 2).
 fn recheck_every_path(sh: &Shell, campaign_dir: &str, states_failed: u64) -> Result<RecheckFigures> {
     eprintln!("xtask sensitivity: rechecking {campaign_dir} by every path ...");
-    let out = std::process::Command::from(cmd!(
+    let out = crate::children::output(cmd!(
         sh,
         "target/release/crashlab recheck --campaign {campaign_dir} --json --checker both --read-files both"
-    ))
-    .output()?;
+    ))?;
     if !matches!(out.status.code(), Some(0 | 1)) {
         bail!(
             "crashlab recheck on {campaign_dir} exited {:?}: {}",

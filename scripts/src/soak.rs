@@ -71,7 +71,7 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
             sh,
             "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} {seed_arg} {flags...}"
         );
-        let code = std::process::Command::from(command).status()?.code().unwrap_or(2);
+        let code = crate::children::status(command)?;
         if code > 1 {
             bail!("{id}: crashlab exited {code}; see {out_dir}/{id}");
         }
