@@ -72,7 +72,7 @@ pub struct Summary {
 }
 
 /// What the summary needs from one trial of either crash model.
-struct TrialTotals {
+pub struct TrialTotals {
     passed: bool,
     run_end: RunEnd,
     states: u64,
@@ -119,6 +119,10 @@ impl TrialTotals {
             CrashModel::PowerLoss => (number("states_checked")?, number("states_failed")?, "state_counts"),
             CrashModel::KernelCrash => (1, u64::from(!passed), "counts"),
         };
+        anyhow::ensure!(
+            states_failed <= states,
+            "states_failed {states_failed} is more than states_checked {states}"
+        );
         Ok(TrialTotals {
             passed,
             run_end: serde_json::from_value(v["run_end"].clone()).context("run_end")?,
@@ -144,14 +148,16 @@ impl Summary {
             RunEnd::WorkloadDone => self.workload_done += 1,
             RunEnd::WorkloadError => self.workload_errors += 1,
         }
-        self.states_checked += t.states;
-        self.states_failed += t.states_failed;
-        self.violations += t.violations;
-        self.observations += t.observations;
-        self.acked += t.counts.acked;
-        self.in_flight += t.counts.in_flight;
-        self.lost += t.counts.lost;
-        self.torn += t.counts.torn;
+        // Saturating: totals read back from a (possibly edited) results
+        // file by --resume are not trusted to be small.
+        self.states_checked = self.states_checked.saturating_add(t.states);
+        self.states_failed = self.states_failed.saturating_add(t.states_failed);
+        self.violations = self.violations.saturating_add(t.violations);
+        self.observations = self.observations.saturating_add(t.observations);
+        self.acked = self.acked.saturating_add(t.counts.acked);
+        self.in_flight = self.in_flight.saturating_add(t.counts.in_flight);
+        self.lost = self.lost.saturating_add(t.counts.lost);
+        self.torn = self.torn.saturating_add(t.counts.torn);
     }
 
     pub fn render(&self) -> String {
@@ -267,12 +273,17 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     };
     let finished = match req.resume {
         // The campaign's record of itself stays as it was written.
-        true => keep_finished(&dir, config.crash_model)?,
+        true => keep_finished(&dir, config.crash_model, config.trials)?,
         false => {
-            std::fs::write(dir.join("campaign.json"), serde_json::to_string_pretty(&meta)? + "\n")?;
-            std::fs::write(dir.join("trials.jsonl"), "")?;
+            // campaign.json is what a resume reads back: written whole or
+            // not at all, and durable before any trial runs.
+            crate::durable::write_atomically(
+                &dir.join("campaign.json"),
+                (serde_json::to_string_pretty(&meta)? + "\n").as_bytes(),
+            )?;
+            crate::durable::write_atomically(&dir.join("trials.jsonl"), b"")?;
             if config.crash_model == CrashModel::PowerLoss {
-                std::fs::write(dir.join("states.jsonl"), "")?;
+                crate::durable::write_atomically(&dir.join("states.jsonl"), b"")?;
             }
             Vec::new()
         }
@@ -354,14 +365,23 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
                 if !totals.passed && summary.first_failure_after_s.is_none() {
                     summary.first_failure_after_s = Some(start.elapsed().as_secs_f64());
                 }
-                // One line per finished trial, flushed at once: an interrupted
-                // or crashed campaign keeps every trial it finished.
-                let written = writeln!(trials_log, "{json}")
-                    .and_then(|()| trials_log.flush())
-                    .with_context(|| cannot_write(&dir, "trials.jsonl"))
+                // The trial's line says it finished, so what it stands on is
+                // made durable first (its evidence, its state lines); the line
+                // itself is synced at once. A kill or a reboot of the machine
+                // keeps every trial that has a line; resume redoes the rest.
+                let evidence_synced = match trial_dir.exists() {
+                    true => crate::durable::sync_tree(&trial_dir),
+                    false => Ok(()),
+                };
+                let written = evidence_synced
                     .and_then(|()| match states_log.as_mut() {
-                        Some(log) => log.flush().with_context(|| cannot_write(&dir, "states.jsonl")),
+                        Some(log) => log.sync_data().with_context(|| cannot_write(&dir, "states.jsonl")),
                         None => Ok(()),
+                    })
+                    .and_then(|()| {
+                        writeln!(trials_log, "{json}")
+                            .and_then(|()| trials_log.sync_data())
+                            .with_context(|| cannot_write(&dir, "trials.jsonl"))
                     });
                 if let Err(e) = written {
                     failure = Some(e);
@@ -463,47 +483,85 @@ fn ensure_space_for_a_trial(dir: &Path, config: &CampaignConfig) -> Result<()> {
 /// `--resume`: the finished trials (by their `trials.jsonl` lines) and
 /// their totals; both results files rewritten to hold only those (a torn
 /// last line, and an unfinished trial's state lines, dropped).
-fn keep_finished(dir: &Path, model: CrashModel) -> Result<Vec<(u64, TrialTotals)>> {
-    let trials_path = dir.join("trials.jsonl");
-    let (lines, _torn) = match trials_path.exists() {
-        true => read_jsonl(&trials_path)?,
-        false => (Vec::new(), None),
+fn keep_finished(dir: &Path, model: CrashModel, trials: u64) -> Result<Vec<(u64, TrialTotals)>> {
+    let read = |name: &str| -> Result<Vec<u8>> {
+        let path = dir.join(name);
+        match path.exists() {
+            true => std::fs::read(&path).with_context(|| format!("cannot read {}", path.display())),
+            false => Ok(Vec::new()),
+        }
     };
-    let mut finished = Vec::new();
-    let mut kept = String::new();
+    let trials_path = dir.join("trials.jsonl");
+    let states = match model {
+        CrashModel::PowerLoss => Some(read("states.jsonl")?),
+        CrashModel::KernelCrash => None,
+    };
+    let point = resume_point(&read("trials.jsonl")?, states.as_deref(), model, trials)
+        .with_context(|| format!("cannot resume from {}", dir.display()))?;
+    crate::durable::write_atomically(&trials_path, point.trials_jsonl.as_bytes())?;
+    if let Some(kept) = &point.states_jsonl {
+        crate::durable::write_atomically(&dir.join("states.jsonl"), kept.as_bytes())?;
+    }
+    Ok(point.finished)
+}
+
+/// Where an interrupted campaign continues: its finished trials and the
+/// results files cut back to them.
+pub struct ResumePoint {
+    pub finished: Vec<(u64, TrialTotals)>,
+    /// `trials.jsonl` holding only the finished trials' lines.
+    pub trials_jsonl: String,
+    /// `states.jsonl` (power loss) holding only the finished trials' states.
+    pub states_jsonl: Option<String>,
+}
+
+/// The pure part of `--resume`: the results files' bytes as a killed run
+/// (or a hand edit) left them, read back. A torn last line is dropped; a
+/// corrupt complete line, a trial outside the campaign or finished twice,
+/// or a trial line without its totals is an error naming it.
+pub fn resume_point(trials: &[u8], states: Option<&[u8]>, model: CrashModel, trials_count: u64) -> Result<ResumePoint> {
+    let (lines, _torn) = parse_jsonl(trials, "trials.jsonl")?;
+    let mut finished: Vec<(u64, TrialTotals)> = Vec::new();
+    let mut trials_jsonl = String::new();
     for line in &lines {
         let trial = line["trial"]
             .as_u64()
             .context("a trials.jsonl line without its trial")?;
+        anyhow::ensure!(
+            trial < trials_count,
+            "trials.jsonl holds trial {trial}, outside the campaign's {trials_count} trials: was it edited?"
+        );
         let totals = TrialTotals::from_line(line, model)
-            .with_context(|| format!("{}: trial {trial} is unreadable", trials_path.display()))?;
+            .with_context(|| format!("trials.jsonl: trial {trial} is unreadable"))?;
         anyhow::ensure!(
             !finished.iter().any(|(t, _)| *t == trial),
-            "{} holds trial {trial} twice",
-            trials_path.display()
+            "trials.jsonl holds trial {trial} twice"
         );
         finished.push((trial, totals));
-        kept += &format!("{line}\n");
+        trials_jsonl += &format!("{line}\n");
     }
-    std::fs::write(&trials_path, kept)?;
-    if model == CrashModel::PowerLoss {
-        let states_path = dir.join("states.jsonl");
-        let (states, _torn) = match states_path.exists() {
-            true => read_jsonl(&states_path)?,
-            false => (Vec::new(), None),
-        };
-        let kept: String = states
-            .iter()
-            .filter(|s| {
-                s["trial"]
-                    .as_u64()
-                    .is_some_and(|t| finished.iter().any(|(f, _)| *f == t))
-            })
-            .map(|s| format!("{s}\n"))
-            .collect();
-        std::fs::write(&states_path, kept)?;
-    }
-    Ok(finished)
+    let states_jsonl = match states {
+        None => None,
+        Some(bytes) => {
+            let (states, _torn) = parse_jsonl(bytes, "states.jsonl")?;
+            Some(
+                states
+                    .iter()
+                    .filter(|s| {
+                        s["trial"]
+                            .as_u64()
+                            .is_some_and(|t| finished.iter().any(|(f, _)| *f == t))
+                    })
+                    .map(|s| format!("{s}\n"))
+                    .collect(),
+            )
+        }
+    };
+    Ok(ResumePoint {
+        finished,
+        trials_jsonl,
+        states_jsonl,
+    })
 }
 
 /// The progress bar on a terminal; one line per trial otherwise (CI logs).
@@ -610,32 +668,101 @@ pub fn read_campaign_json(campaign_dir: &Path) -> Result<(serde_json::Value, Cam
 }
 
 /// A results file of JSON lines (`trials.jsonl`, `states.jsonl`) read back.
-/// Lines are written whole and flushed, but a controller killed mid-write
+/// Lines are written whole and synced, but a controller killed mid-write
 /// can leave the last one cut short: a final fragment without its newline
 /// is dropped and reported (`Ok((lines, Some(fragment_len)))`). A complete
 /// line that does not parse is corruption, an error naming the line.
 pub fn read_jsonl(path: &std::path::Path) -> anyhow::Result<(Vec<serde_json::Value>, Option<usize>)> {
-    use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (complete, torn) = match text.rfind('\n') {
-        Some(end) if end + 1 == text.len() => (&text[..], None),
-        Some(end) => (&text[..end + 1], Some(text.len() - end - 1)),
-        None if text.is_empty() => ("", None),
-        None => ("", Some(text.len())),
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_jsonl(&bytes, &path.display().to_string())
+}
+
+/// `read_jsonl` on bytes; `name` names the file in errors. The cut is made
+/// on bytes, before any UTF-8 check: a line torn inside a character is
+/// still just a torn line.
+pub fn parse_jsonl(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<serde_json::Value>, Option<usize>)> {
+    let (complete, torn) = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(end) if end + 1 == bytes.len() => (bytes, None),
+        Some(end) => (&bytes[..end + 1], Some(bytes.len() - end - 1)),
+        None if bytes.is_empty() => (bytes, None),
+        None => (&bytes[..0], Some(bytes.len())),
     };
-    let lines = complete
-        .lines()
+    // `complete` is empty or ends in a newline: the piece after the last
+    // newline is empty and not a line.
+    let line_count = complete.iter().filter(|&&b| b == b'\n').count();
+    complete
+        .split(|&b| b == b'\n')
+        .take(line_count)
         .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line).with_context(|| format!("{} line {} is corrupt", path.display(), i + 1))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok((lines, torn))
+        .map(|(i, line)| serde_json::from_slice(line).with_context(|| format!("{name} line {} is corrupt", i + 1)))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(|lines| (lines, torn))
 }
 
 #[cfg(test)]
 mod read_jsonl_tests {
-    use super::read_jsonl;
+    use super::{read_jsonl, resume_point};
+    use crate::config::CrashModel;
+
+    const TRIAL_0: &str = r#"{"trial":0,"passed":true,"run_end":"crashed","violation_count":0,"observation_count":0,"counts":{"begun":6,"acked":5,"in_flight":1,"lost":0,"torn":0,"in_flight_new":1,"in_flight_old":0,"intact":5}}"#;
+
+    #[test]
+    fn a_line_torn_inside_a_character_is_a_torn_line() {
+        // "×" is two bytes in UTF-8; the kill came between them.
+        let mut bytes = format!("{TRIAL_0}\n").into_bytes();
+        bytes.extend_from_slice(&"{\"trial\":1,\"note\":\"EIO ×".as_bytes()[..24]);
+        assert!(std::str::from_utf8(&bytes).is_err());
+        let point = resume_point(&bytes, None, CrashModel::KernelCrash, 2).unwrap();
+        assert_eq!(point.finished.len(), 1);
+        assert_eq!(point.trials_jsonl.lines().count(), 1);
+    }
+
+    #[test]
+    fn resume_refuses_trials_outside_the_campaign_twice_or_inconsistent() {
+        let twice = format!("{TRIAL_0}\n{TRIAL_0}\n");
+        let err = format!(
+            "{:#}",
+            resume_point(twice.as_bytes(), None, CrashModel::KernelCrash, 2)
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains("trial 0 twice"), "{err}");
+        let line = format!("{TRIAL_0}\n");
+        let err = format!(
+            "{:#}",
+            resume_point(line.as_bytes(), None, CrashModel::KernelCrash, 0)
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains("outside the campaign's 0 trials"), "{err}");
+        let power = TRIAL_0.replace(
+            "\"counts\"",
+            "\"states_checked\":2,\"states_failed\":3,\"state_counts\"",
+        ) + "\n";
+        let err = format!(
+            "{:#}",
+            resume_point(power.as_bytes(), Some(b""), CrashModel::PowerLoss, 1)
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains("more than states_checked"), "{err}");
+    }
+
+    #[test]
+    fn resume_keeps_only_the_finished_trials_state_lines() {
+        let power = TRIAL_0.replace(
+            "\"counts\"",
+            "\"states_checked\":2,\"states_failed\":0,\"state_counts\"",
+        ) + "\n";
+        let states =
+            "{\"trial\":0,\"state\":0}\n{\"trial\":0,\"state\":1}\n{\"trial\":1,\"state\":0}\n{\"trial\":1,\"sta";
+        let point = resume_point(power.as_bytes(), Some(states.as_bytes()), CrashModel::PowerLoss, 2).unwrap();
+        assert_eq!(point.finished.iter().map(|f| f.0).collect::<Vec<_>>(), [0]);
+        assert_eq!(
+            point.states_jsonl.as_deref(),
+            Some("{\"state\":0,\"trial\":0}\n{\"state\":1,\"trial\":0}\n")
+        );
+    }
 
     #[test]
     fn a_torn_last_line_is_dropped_a_corrupt_one_is_an_error() {

@@ -18,6 +18,8 @@ const TARGETS: &[(&str, u64)] = &[
     ("campaign_json", 16 << 10),
     ("nbd_session", 64 << 10),
     ("kernel_cmdline", 4 << 10),
+    ("results_jsonl", 64 << 10),
+    ("msync_trace", 64 << 10),
 ];
 /// libFuzzer stops a target whose process grows past this.
 const RSS_LIMIT_MB: u32 = 2048;

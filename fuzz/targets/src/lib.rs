@@ -53,6 +53,16 @@ pub const TARGETS: &[Target] = &[
         run: kernel_cmdline,
         max_len_bytes: 4 << 10,
     },
+    Target {
+        name: "results_jsonl",
+        run: results_jsonl,
+        max_len_bytes: 64 << 10,
+    },
+    Target {
+        name: "msync_trace",
+        run: msync_trace,
+        max_len_bytes: 64 << 10,
+    },
 ];
 
 /// The block-write log as the guest's disk traffic wrote it: parse, plan
@@ -178,4 +188,63 @@ pub fn kernel_cmdline(data: &[u8]) {
             .expect("parameters that validate give a command line that parses");
         assert_eq!(again, params);
     }
+}
+
+/// A campaign's results files as a killed run, a reboot or a hand edit
+/// left them, read back by `crashlab run --resume`. The input: one byte
+/// (bit 0: power loss; the rest: the campaign's trial count), then
+/// `trials.jsonl`, a NUL, `states.jsonl`. A resume point that is accepted
+/// names each trial once, inside the campaign, keeps only their state
+/// lines, and reads back as itself (resuming twice changes nothing).
+pub fn results_jsonl(data: &[u8]) {
+    use controller::campaign::resume_point;
+    use controller::config::CrashModel;
+    let Some((&head, rest)) = data.split_first() else {
+        return;
+    };
+    let model = match head & 1 {
+        1 => CrashModel::PowerLoss,
+        _ => CrashModel::KernelCrash,
+    };
+    let trials_count = u64::from(head >> 1);
+    let (trials, states) = match rest.iter().position(|&b| b == 0) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &rest[..0]),
+    };
+    let states = (model == CrashModel::PowerLoss).then_some(states);
+    let Ok(point) = resume_point(trials, states, model, trials_count) else {
+        return;
+    };
+    let ids: Vec<u64> = point.finished.iter().map(|(t, _)| *t).collect();
+    for (i, t) in ids.iter().enumerate() {
+        assert!(*t < trials_count, "trial {t} outside {trials_count}");
+        assert!(!ids[..i].contains(t), "trial {t} kept twice");
+    }
+    if let Some(kept) = &point.states_jsonl {
+        for line in kept.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a kept state line parses");
+            assert!(v["trial"].as_u64().is_some_and(|t| ids.contains(&t)), "{line}");
+        }
+    }
+    let again = resume_point(
+        point.trials_jsonl.as_bytes(),
+        point.states_jsonl.as_deref().map(str::as_bytes),
+        model,
+        trials_count,
+    )
+    .expect("a resume point reads back");
+    assert_eq!(again.trials_jsonl, point.trials_jsonl);
+    assert_eq!(again.states_jsonl, point.states_jsonl);
+}
+
+/// The guest kernel's msync trace (tracefs, ttyS2), which a guest could
+/// fill with anything: parsing and summarising never fail, and the summary
+/// is bounded.
+pub fn msync_trace(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let calls = controller::trace::parse(&text);
+    assert!(calls.len() <= text.lines().count());
+    let summary = controller::trace::summarize(&calls);
+    assert!(summary.last_calls.len() <= controller::trace::LAST_CALLS_KEPT);
+    assert!(summary.failed_calls + summary.unreturned_calls <= summary.calls);
 }
