@@ -95,6 +95,7 @@ pub mod format;
 mod overlay;
 pub mod parse;
 mod rng;
+mod runs;
 mod source;
 mod state;
 pub mod testing;

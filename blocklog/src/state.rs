@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::InvalidState;
 use crate::parse::{LogEntry, ParsedLog};
-use crate::rng::{mix64, SplitMix64};
+use crate::rng::SplitMix64;
+use crate::runs::{run_contribution, RunMap};
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -409,45 +410,36 @@ fn random_proper_subset(rng: &mut SplitMix64, nr_sectors: u64) -> Vec<u64> {
 
 /// Identity of a state's persisted contents: an order-independent 128-bit
 /// hash over (sector, index of the last entry that wrote or discarded it)
-/// for every such 512-byte sector outside the ignored ones. Equal contents
-/// give equal keys; different contents collide with probability about
-/// 2^-128 per pair. Two writes of identical bytes still count as different
-/// contents.
+/// for every such 512-byte sector outside the ignored ones, computed per
+/// run of sectors (`runs.rs` says how). Equal contents give equal keys;
+/// different contents collide with probability about 2^-128 per pair. Two
+/// writes of identical bytes still count as different contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct StateKey(pub u128);
 
 impl StateKey {
-    fn add(self, sector: u64, winner: u64) -> Self {
-        StateKey(self.0.wrapping_add(contribution(sector, winner)))
+    fn add(self, range: Range<u64>, winner: u64, ignored: &Range<u64>) -> Self {
+        StateKey(self.0.wrapping_add(run_contribution(range, winner, ignored)))
     }
-    fn sub(self, sector: u64, winner: u64) -> Self {
-        StateKey(self.0.wrapping_sub(contribution(sector, winner)))
+    fn sub(self, range: Range<u64>, winner: u64, ignored: &Range<u64>) -> Self {
+        StateKey(self.0.wrapping_sub(run_contribution(range, winner, ignored)))
     }
-}
-
-fn contribution(sector: u64, winner: u64) -> u128 {
-    let low = mix64(sector ^ mix64(winner.wrapping_add(0x243f_6a88_85a3_08d3)));
-    let high = mix64(sector.wrapping_add(0x1319_8a2e_0370_7344) ^ mix64(winner ^ 0xa409_3822_299f_31d0));
-    (u128::from(high) << 64) | u128::from(low)
 }
 
 /// The content key of any valid state, computed from scratch
-/// (O(sectors written by the state)), leaving out `ignored_sectors`.
+/// (O(entries × log runs)), leaving out `ignored_sectors`.
 /// Panics if the state is invalid.
 pub fn state_key(log: &ParsedLog, state: &CrashState, ignored_sectors: &Range<u64>) -> StateKey {
     state.validate(log).unwrap_or_else(|error| panic!("{error}"));
-    let mut winners = HashMap::new();
+    let mut winners = RunMap::default();
     for entry in &log.entries[..state.prefix_entries as usize] {
-        for sector in entry_sectors(entry) {
-            winners.insert(sector, entry.index);
-        }
+        winners.assign(entry_sectors(entry), entry.index);
     }
     record_extra_winners(log, state, &mut winners);
-    winners
-        .into_iter()
-        .filter(|(sector, _)| !ignored_sectors.contains(sector))
-        .fold(StateKey::default(), |key, (sector, winner)| key.add(sector, winner))
+    winners.iter().fold(StateKey::default(), |key, (range, winner)| {
+        key.add(range, winner, ignored_sectors)
+    })
 }
 
 /// Device sectors an entry changes: a write's, or a discard's range (none
@@ -462,20 +454,17 @@ fn entry_sectors(entry: &LogEntry) -> Range<u64> {
 
 /// Applies the state's extra writes (torn one limited to its kept sectors),
 /// in log order, to a sector → winning entry map.
-fn record_extra_winners(log: &ParsedLog, state: &CrashState, winners: &mut HashMap<u64, u64>) {
+fn record_extra_winners(log: &ParsedLog, state: &CrashState, winners: &mut RunMap) {
     for &index in &state.extra_writes {
         let entry = &log.entries[index as usize];
         match state.torn.as_ref().filter(|torn| torn.entry == index) {
             Some(torn) => {
                 for &offset in &torn.sectors_kept {
-                    winners.insert(entry.sector + offset, index);
+                    let sector = entry.sector + offset;
+                    winners.assign(sector..sector + 1, index);
                 }
             }
-            None => {
-                for sector in entry_sectors(entry) {
-                    winners.insert(sector, index);
-                }
-            }
+            None => winners.assign(entry_sectors(entry), index),
         }
     }
 }
@@ -491,27 +480,26 @@ struct Epoch {
     fua_writes: Vec<u64>,
     /// Key of the bare prefix state.
     prefix_key: StateKey,
-    /// For each sector the open epoch's writes touch: the prefix's winner
-    /// (absent = still the base image).
-    prior_winners: HashMap<u64, u64>,
+    /// Over the sectors the open epoch's writes touch: the prefix's winners
+    /// (a sector absent is still the base image's).
+    prior_winners: RunMap,
 }
 
 impl Epoch {
-    /// Key of a state drawn from this epoch, in O(sectors of its extras).
+    /// Key of a state drawn from this epoch, in O(runs of its extras and of
+    /// the prefix under them), whatever their length in sectors.
     fn key_of(&self, log: &ParsedLog, state: &CrashState, options: &PlanOptions) -> StateKey {
         debug_assert_eq!(state.prefix_entries, self.prefix_entries);
-        let mut changed = HashMap::new();
+        let ignored = &options.ignored_sectors;
+        let mut changed = RunMap::default();
         record_extra_winners(log, state, &mut changed);
-        changed
-            .into_iter()
-            .filter(|(sector, _)| !options.ignored_sectors.contains(sector))
-            .fold(self.prefix_key, |key, (sector, winner)| {
-                let key = match self.prior_winners.get(&sector) {
-                    Some(&prior) => key.sub(sector, prior),
-                    None => key,
-                };
-                key.add(sector, winner)
-            })
+        changed.iter().fold(self.prefix_key, |key, (range, winner)| {
+            let key = self
+                .prior_winners
+                .runs_in(range.clone())
+                .fold(key, |key, (prior_range, prior)| key.sub(prior_range, prior, ignored));
+            key.add(range, winner, ignored)
+        })
     }
 }
 
@@ -519,7 +507,7 @@ impl Epoch {
 /// in one pass.
 fn build_epochs(log: &ParsedLog, options: &PlanOptions) -> Vec<Epoch> {
     let ignored = &options.ignored_sectors;
-    let mut winners: HashMap<u64, u64> = HashMap::new();
+    let mut winners = RunMap::default();
     let mut key = StateKey::default();
     let mut epochs = Vec::new();
     let mut start = 0;
@@ -541,20 +529,18 @@ fn build_epochs(log: &ParsedLog, options: &PlanOptions) -> Vec<Epoch> {
                 entry.is_data_write() && entry.flags.is_fua()
             })
             .collect();
-        let prior_winners = writes
-            .iter()
-            .flat_map(|&index| entry_sectors(&log.entries[index as usize]))
-            .filter_map(|sector| winners.get(&sector).map(|&winner| (sector, winner)))
-            .collect();
+        let prior_winners =
+            winners.restricted_to(writes.iter().map(|&index| entry_sectors(&log.entries[index as usize])));
         let prefix_key = key;
         // Every entry of the epoch enters the next prefix, ignored ones too.
         for entry in &log.entries[range.start as usize..range.end as usize] {
-            for sector in entry_sectors(entry).filter(|s| !ignored.contains(s)) {
-                if let Some(prior) = winners.insert(sector, entry.index) {
-                    key = key.sub(sector, prior);
-                }
-                key = key.add(sector, entry.index);
+            let sectors = entry_sectors(entry);
+            let priors: Vec<(Range<u64>, u64)> = winners.runs_in(sectors.clone()).collect();
+            for (prior_range, prior) in priors {
+                key = key.sub(prior_range, prior, ignored);
             }
+            key = key.add(sectors.clone(), entry.index, ignored);
+            winners.assign(sectors, entry.index);
         }
         epochs.push(Epoch {
             prefix_entries: start,
