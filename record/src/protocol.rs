@@ -30,6 +30,9 @@
 //! | `UMOUNT rc`           | init     | check: umount's exit status                   |
 //! | `FSCK tool rc`        | init     | check: read-only fsck's exit status           |
 //! | `CHECKED nonce`       | init     | check finished; `nonce` is the host's, echoed |
+//! | `ITEM seq id digest`  | relay    | a program under test began item `id` (`crate::items`) as record `seq` |
+//! | `CHECKER line`        | init     | one line a program's checker printed (`crate::items::CheckerLine`) |
+//! | `CHECKEXIT rc`        | init     | the program's checker exited with `rc`        |
 //!
 //! The host asks a long-lived checker for a check with `CHECK nonce read`
 //! (`read`: `copy`, `extents` or `both`; a one-shot check boot reads the
@@ -155,6 +158,17 @@ pub enum Event {
     Checked {
         nonce: u64,
     },
+    Item {
+        seq: u64,
+        id: u64,
+        digest: crate::items::Digest,
+    },
+    CheckerOutput {
+        line: String,
+    },
+    CheckerExit {
+        rc: i32,
+    },
 }
 
 impl fmt::Display for Event {
@@ -209,6 +223,9 @@ impl fmt::Display for Event {
             Self::Umount { rc } => write!(f, "UMOUNT {rc}"),
             Self::Fsck { tool, rc } => write!(f, "FSCK {tool} {rc}"),
             Self::Checked { nonce } => write!(f, "CHECKED {nonce}"),
+            Self::Item { seq, id, digest } => write!(f, "ITEM {seq} {id} {digest}"),
+            Self::CheckerOutput { line } => write!(f, "CHECKER {line}"),
+            Self::CheckerExit { rc } => write!(f, "CHECKEXIT {rc}"),
         }
     }
 }
@@ -236,6 +253,10 @@ impl Event {
     /// Parses one line (without its newline; a trailing `\r` from the tty is
     /// ignored).
     pub fn parse(line: &str) -> Result<Event, &'static str> {
+        // A checker's line is carried whole; it is parsed as such later.
+        if let Some(rest) = line.trim_end_matches('\r').strip_prefix("CHECKER ") {
+            return Ok(Event::CheckerOutput { line: rest.to_string() });
+        }
         let mut words = line.trim_end_matches('\r').split(' ');
         let tag = words.next().unwrap_or("");
         let mut field = || words.next().ok_or("missing field");
@@ -334,6 +355,12 @@ impl Event {
                 rc: int(field()?)?,
             },
             "CHECKED" => Event::Checked { nonce: num(field()?)? },
+            "ITEM" => Event::Item {
+                seq: num(field()?)?,
+                id: crate::items::parse_item_id(field()?)?,
+                digest: crate::items::Digest::parse(field()?)?,
+            },
+            "CHECKEXIT" => Event::CheckerExit { rc: int(field()?)? },
             _ => return Err("unknown tag"),
         };
         if words.next().is_some() {
@@ -456,6 +483,15 @@ mod tests {
                 rc: 0,
             },
             Event::Checked { nonce: 77 },
+            Event::Item {
+                seq: 3,
+                id: 1 << 40,
+                digest: crate::items::Digest::parse("c0ffee").unwrap(),
+            },
+            Event::CheckerOutput {
+                line: "CORRUPT page 7: bad checksum".into(),
+            },
+            Event::CheckerExit { rc: 1 },
         ];
         for e in events {
             assert_eq!(Event::parse(&e.to_string()), Ok(e));

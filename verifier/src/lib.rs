@@ -28,6 +28,7 @@
 
 mod hex;
 mod history;
+pub mod items;
 
 use record::layout::{self, RecordHeader, SECTOR_SIZE_BYTES};
 use record::{ProtocolLog, WorkloadParams};
@@ -133,6 +134,17 @@ pub enum Rule {
     /// Injected write errors (judged by the controller, which knows the
     /// disk failed a write): the error reaches the application.
     WriteErrorReported,
+    /// A program under test (`items`): an item acknowledged before the
+    /// crash is found, with its digest.
+    AckedItemLost,
+    /// An item found with a digest it was never begun with.
+    ItemCorrupt,
+    /// An item found that was never begun before the crash.
+    ForeignItem,
+    /// The program's checker reported damage.
+    CheckerFoundCorruption,
+    /// The program's checker could examine the recovered data.
+    ItemStoreReadable,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
