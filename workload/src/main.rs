@@ -5,7 +5,9 @@
 //! conformance suite (`conformance.rs`), or `crashlab-workload extents I
 //! PATH CHANNEL_PATH` for the checker's map of a recovered file
 //! (`extents.rs`), or `crashlab-workload prefetch DEVICE RUNS` to warm the
-//! checker's page cache before a mount (`prefetch.rs`).
+//! checker's page cache before a mount (`prefetch.rs`), or `crashlab-workload
+//! relay DATA_DIR CHANNEL_PATH PROGRAM [ARGS...]` to run a program crashlab
+//! did not write under the workload protocol (`relay.rs`).
 //!
 //! Reads its parameters from the kernel command line (`/proc/cmdline` unless
 //! a path is given), creates and durably sizes its data files in `DATA_DIR`
@@ -28,6 +30,7 @@ mod extents;
 mod mapped_file;
 mod patterns;
 mod prefetch;
+mod relay;
 mod rng;
 
 use std::fs::File;
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("extents") => return ExitCode::from(extents::run(&args[2..])),
         Some("prefetch") => return ExitCode::from(prefetch::run(&args[2..])),
+        Some("relay") => return ExitCode::from(relay::run(&args[2..])),
         _ => {}
     }
     if args.get(1).map(String::as_str) == Some("conformance") && args.len() == 4 {

@@ -1,0 +1,470 @@
+//! `crashlab-workload relay DATA_DIR CHANNEL_PATH PROGRAM [ARGS...]`: runs
+//! a program crashlab did not write (docs/workload-protocol.md) and passes
+//! its promises to the host.
+//!
+//! The program prints `READY`, `BEGIN id digest`, `ACK id`, `DONE`, `ERR`,
+//! `NOTE` on its stdout (`record::items`). The relay checks each line and
+//! turns it into the host's events: `BEGIN` into `ITEM seq id digest`,
+//! `ACK` into `ACK seq seq` after writing the item's ack sector (power
+//! loss: the same ordering argument as the record workload's, see the
+//! protocol's document), `READY` after writing the ready marker. At the
+//! crash point's ack count it stops the program's process group and says
+//! `HOLD`. A line that breaks the protocol, or a program that dies without
+//! `DONE`, ends the run with `ERR`, naming what happened on the console.
+//!
+//! The decisions are a pure state machine (`Relay::line`), tested here;
+//! `run` only moves bytes and processes.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+
+use record::items::{self, ProgramLine};
+use record::layout::ack::{AckRecord, READY_MARKER_INDEX};
+use record::{Event, WorkloadParams};
+
+use crate::ack_log::AckLog;
+use crate::Channel;
+
+/// What the relay does for one line, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write the ready marker into the ack area (power loss).
+    ReadyMarker,
+    /// Write item `seq`'s ack sector (power loss).
+    AckSector {
+        seq: u64,
+    },
+    Emit(Event),
+    /// Stop the program and wait for the kill (the crash point).
+    Hold,
+    /// The run is over; the host is told by the events before this.
+    End,
+}
+
+/// Why the relay ended a run early: the `ERR` it sends and what the
+/// console says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Broken {
+    pub op: String,
+    pub errno: i32,
+    pub why: String,
+}
+
+/// EPROTO: the program broke the protocol.
+const EPROTO: i32 = 71;
+
+pub struct Relay {
+    items_max: u64,
+    hold_after_acks: Option<u64>,
+    capture: bool,
+    ready: bool,
+    done: bool,
+    /// item id → (seq, acked)
+    items: HashMap<u64, (u64, bool)>,
+    acks: u64,
+    line_number: u64,
+}
+
+impl Relay {
+    pub fn new(params: &WorkloadParams) -> Relay {
+        Relay {
+            items_max: params.records,
+            hold_after_acks: params.hold_after_acks,
+            capture: params.ack_area_offset_bytes.is_some(),
+            ready: false,
+            done: false,
+            items: HashMap::new(),
+            acks: 0,
+            line_number: 0,
+        }
+    }
+
+    fn broken(&self, why: impl Into<String>) -> Broken {
+        Broken {
+            op: format!("program-protocol-line-{}", self.line_number),
+            errno: EPROTO,
+            why: why.into(),
+        }
+    }
+
+    /// The actions for one line of the program's stdout (without its
+    /// newline).
+    pub fn line(&mut self, text: &str) -> Result<Vec<Action>, Broken> {
+        self.line_number += 1;
+        let parsed = ProgramLine::parse(text).map_err(|why| self.broken(format!("{why}: {text:?}")))?;
+        if self.done {
+            return Err(self.broken(format!("a line after DONE: {text:?}")));
+        }
+        let mut actions = Vec::new();
+        match parsed {
+            ProgramLine::Ready => {
+                if self.ready {
+                    return Err(self.broken("READY twice"));
+                }
+                self.ready = true;
+                if self.capture {
+                    actions.push(Action::ReadyMarker);
+                }
+                actions.push(Action::Emit(Event::Ready { slots: 0 }));
+            }
+            ProgramLine::Begin { id, digest } => {
+                if !self.ready {
+                    return Err(self.broken(format!("BEGIN {id} before READY")));
+                }
+                let seq = self.items.len() as u64;
+                if seq >= self.items_max {
+                    return Err(self.broken(format!("BEGIN {id}: more items than the {} asked for", self.items_max)));
+                }
+                if self.items.insert(id, (seq, false)).is_some() {
+                    return Err(self.broken(format!("BEGIN {id} twice")));
+                }
+                actions.push(Action::Emit(Event::Item { seq, id, digest }));
+            }
+            ProgramLine::Ack { id } => {
+                let Some((seq, acked)) = self.items.get_mut(&id) else {
+                    return Err(self.broken(format!("ACK {id} for an item never begun")));
+                };
+                if std::mem::replace(acked, true) {
+                    return Err(self.broken(format!("ACK {id} twice")));
+                }
+                let seq = *seq;
+                if self.capture {
+                    actions.push(Action::AckSector { seq });
+                }
+                actions.push(Action::Emit(Event::Ack { seq, slot: seq }));
+                self.acks += 1;
+                if self.hold_after_acks == Some(self.acks) {
+                    actions.push(Action::Emit(Event::Hold { acks: self.acks }));
+                    actions.push(Action::Hold);
+                }
+            }
+            ProgramLine::Done => {
+                self.done = true;
+                actions.push(Action::Emit(Event::Done {
+                    records: self.items.len() as u64,
+                }));
+            }
+            ProgramLine::Err { op, errno } => {
+                actions.push(Action::Emit(Event::Error { op, errno }));
+                actions.push(Action::End);
+            }
+            ProgramLine::Note(_) => {}
+        }
+        Ok(actions)
+    }
+
+    /// The program's stdout ended and it exited with `status`: the run's
+    /// last events. A program that ended before its crash point holds
+    /// there, so that the planned crash still happens.
+    pub fn exited(&self, status: std::process::ExitStatus) -> Vec<Action> {
+        let ended = match (status.code(), status.signal()) {
+            (Some(0), _) if self.done => None,
+            (Some(0), _) => Some(("program-exited-without-done".to_string(), 0)),
+            (Some(code), _) => Some(("program-exit-status".to_string(), code)),
+            (None, Some(signal)) => Some(("program-killed-by-signal".to_string(), signal)),
+            (None, None) => Some(("program-ended".to_string(), 0)),
+        };
+        match ended {
+            Some((op, errno)) => vec![Action::Emit(Event::Error { op, errno }), Action::End],
+            None if self.hold_after_acks.is_some_and(|n| self.acks < n) => {
+                vec![Action::Emit(Event::Hold { acks: self.acks }), Action::Hold]
+            }
+            None => vec![Action::End],
+        }
+    }
+}
+
+/// Reads one line of at most `items::LINE_MAX_BYTES`; `Ok(None)` at the end.
+fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, String> {
+    let mut bytes = Vec::new();
+    let limit = items::LINE_MAX_BYTES as u64 + 2;
+    let n = reader
+        .by_ref()
+        .take(limit)
+        .read_until(b'\n', &mut bytes)
+        .map_err(|e| format!("cannot read the program's stdout: {e}"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if bytes.last() != Some(&b'\n') {
+        if n as u64 >= limit {
+            return Err("a line longer than 4096 bytes".into());
+        }
+        return Err(format!(
+            "its output ends in a line without a newline: {:?}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    bytes.pop();
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| "a line that is not UTF-8".to_string())
+}
+
+/// Runs the relay; the exit code of `crashlab-workload`.
+pub fn run(args: &[String]) -> u8 {
+    let [data_dir, channel_path, program, program_args @ ..] = args else {
+        eprintln!("usage: crashlab-workload relay DATA_DIR CHANNEL_PATH PROGRAM [ARGS...]");
+        return 2;
+    };
+    // The parameters come from the guest's kernel command line; a test on
+    // the host names another file.
+    let cmdline = std::env::var("CRASHLAB_CMDLINE_PATH").unwrap_or_else(|_| "/proc/cmdline".into());
+    let params = match std::fs::read_to_string(&cmdline)
+        .map_err(|e| format!("cannot read {cmdline}: {e}"))
+        .and_then(|text| WorkloadParams::from_kernel_cmdline(&text).map_err(|e| e.to_string()))
+    {
+        Ok(params) => params,
+        Err(msg) => {
+            eprintln!("crashlab-workload relay: {msg}");
+            return 2;
+        }
+    };
+    let mut channel = match std::fs::File::options().write(true).open(channel_path) {
+        Ok(f) => Channel(f),
+        Err(e) => {
+            eprintln!("crashlab-workload relay: cannot open channel {channel_path}: {e}");
+            return 2;
+        }
+    };
+    let fail = |channel: &mut Channel, op: &str, errno: i32, why: &str| {
+        eprintln!("crashlab-workload relay: {why}");
+        channel.emit(&Event::Error {
+            op: op.to_string(),
+            errno,
+        });
+        1
+    };
+    let mut child = match Command::new(program)
+        .args(program_args)
+        .current_dir(data_dir)
+        .env("CRASHLAB_PROTOCOL", items::PROTOCOL_VERSION.to_string())
+        .env("CRASHLAB_DATA_DIR", data_dir)
+        .env("CRASHLAB_SEED", params.seed.to_string())
+        .env("CRASHLAB_ITEMS", params.records.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // Its own group: the crash point stops it and all it started.
+        .process_group(0)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            let why = format!("cannot start {program}: {e} (a static binary for x86_64 Linux?)");
+            return fail(&mut channel, "program-start", e.raw_os_error().unwrap_or(2), &why);
+        }
+    };
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut relay = Relay::new(&params);
+    let mut ack_log: Option<AckLog> = None;
+    // The relay's exit code: 1 once the run ended with an ERR.
+    let mut ended_in_error = false;
+    loop {
+        let actions = match read_line(&mut stdout) {
+            Ok(Some(line)) => match relay.line(&line) {
+                Ok(actions) => actions,
+                Err(broken) => {
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.wait();
+                    let why = format!("the program broke the protocol: {}", broken.why);
+                    return fail(&mut channel, &broken.op, broken.errno, &why);
+                }
+            },
+            Ok(None) => match child.wait() {
+                Ok(status) => relay.exited(status),
+                Err(e) => {
+                    return fail(
+                        &mut channel,
+                        "program-wait",
+                        e.raw_os_error().unwrap_or(5),
+                        "cannot wait",
+                    )
+                }
+            },
+            Err(why) => {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                return fail(&mut channel, "program-protocol", EPROTO, &why);
+            }
+        };
+        for action in actions {
+            match action {
+                Action::ReadyMarker => {
+                    let offset = params.ack_area_offset_bytes.expect("capture has an ack area");
+                    let written = AckLog::open(record::params::ACK_DEVICE, offset).and_then(|mut log| {
+                        log.write(&AckRecord {
+                            ack_index: READY_MARKER_INDEX,
+                            seq: 0,
+                            slot: 0,
+                            seed: params.seed,
+                        })
+                        .map(|()| log)
+                    });
+                    match written {
+                        Ok(log) => ack_log = Some(log),
+                        Err(e) => return fail(&mut channel, e.op, e.errno, "cannot write the ready marker"),
+                    }
+                }
+                Action::AckSector { seq } => {
+                    let log = ack_log.as_mut().expect("READY came first");
+                    let record = AckRecord {
+                        ack_index: seq,
+                        seq,
+                        slot: seq,
+                        seed: params.seed,
+                    };
+                    if let Err(e) = log.write(&record) {
+                        return fail(&mut channel, e.op, e.errno, "cannot write an ack sector");
+                    }
+                }
+                Action::Emit(event) => {
+                    ended_in_error |= matches!(event, Event::Error { .. });
+                    channel.emit(&event)
+                }
+                Action::Hold => {
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGSTOP);
+                    loop {
+                        nix::unistd::pause();
+                    }
+                }
+                Action::End => {
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.wait();
+                    return u8::from(ended_in_error);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(hold: Option<u64>, capture: bool) -> WorkloadParams {
+        WorkloadParams {
+            mode: record::DurabilityMode::MsSync,
+            record_size_bytes: 4096,
+            file_size_bytes: 4 << 20,
+            records: 3,
+            seed: 7,
+            planted_bug: None,
+            hold_after_acks: hold,
+            ack_area_offset_bytes: capture.then_some(60 << 20),
+            pattern: record::Pattern::Records,
+            io_errors: false,
+        }
+    }
+
+    fn digest(text: &str) -> items::Digest {
+        items::Digest::parse(text).unwrap()
+    }
+
+    #[test]
+    fn lines_become_events_with_ack_sectors_first() {
+        let mut relay = Relay::new(&params(None, true));
+        assert_eq!(
+            relay.line("READY").unwrap(),
+            [Action::ReadyMarker, Action::Emit(Event::Ready { slots: 0 })]
+        );
+        assert_eq!(
+            relay.line("BEGIN 70 ab").unwrap(),
+            [Action::Emit(Event::Item {
+                seq: 0,
+                id: 70,
+                digest: digest("ab")
+            })]
+        );
+        relay.line("BEGIN 71 cd").unwrap();
+        assert_eq!(
+            relay.line("ACK 71").unwrap(),
+            [
+                Action::AckSector { seq: 1 },
+                Action::Emit(Event::Ack { seq: 1, slot: 1 })
+            ]
+        );
+        assert_eq!(relay.line("NOTE commit 2").unwrap(), []);
+        assert_eq!(relay.line("DONE").unwrap(), [Action::Emit(Event::Done { records: 2 })]);
+        assert!(relay.exited(std::process::ExitStatus::from_raw(0)) == [Action::End]);
+    }
+
+    #[test]
+    fn the_crash_point_holds_after_the_nth_ack() {
+        let mut relay = Relay::new(&params(Some(1), false));
+        relay.line("READY").unwrap();
+        relay.line("BEGIN 5 ab").unwrap();
+        assert_eq!(
+            relay.line("ACK 5").unwrap(),
+            [
+                Action::Emit(Event::Ack { seq: 0, slot: 0 }),
+                Action::Emit(Event::Hold { acks: 1 }),
+                Action::Hold
+            ]
+        );
+        // A program that ends before the crash point holds at its end.
+        let mut early = Relay::new(&params(Some(2), false));
+        early.line("READY").unwrap();
+        early.line("DONE").unwrap();
+        assert_eq!(
+            early.exited(std::process::ExitStatus::from_raw(0)),
+            [Action::Emit(Event::Hold { acks: 0 }), Action::Hold]
+        );
+    }
+
+    #[test]
+    fn a_program_that_breaks_the_protocol_or_dies_is_named() {
+        for lines in [
+            &["BEGIN 1 ab"][..],
+            &["READY", "READY"],
+            &["READY", "ACK 1"],
+            &["READY", "BEGIN 1 ab", "ACK 1", "ACK 1"],
+            &["READY", "BEGIN 1 ab", "BEGIN 1 cd"],
+            &["READY", "BEGIN 1 a", "BEGIN 2 a", "BEGIN 3 a", "BEGIN 4 a"],
+            &["READY", "DONE", "NOTE late"],
+            &["READY", "COMMITTED 1"],
+        ] {
+            let mut relay = Relay::new(&params(None, false));
+            let (last, first) = lines.split_last().unwrap();
+            for line in first {
+                relay.line(line).unwrap();
+            }
+            let broken = relay.line(last).unwrap_err();
+            assert_eq!(broken.errno, EPROTO, "{lines:?}");
+            assert_eq!(broken.op, format!("program-protocol-line-{}", lines.len()));
+        }
+        let relay = Relay::new(&params(None, false));
+        // Exit status 3 (a wait status holds it shifted left by 8).
+        assert_eq!(
+            relay.exited(std::process::ExitStatus::from_raw(3 << 8)),
+            [
+                Action::Emit(Event::Error {
+                    op: "program-exit-status".into(),
+                    errno: 3
+                }),
+                Action::End
+            ]
+        );
+        assert_eq!(
+            relay.exited(std::process::ExitStatus::from_raw(9))[0],
+            Action::Emit(Event::Error {
+                op: "program-killed-by-signal".into(),
+                errno: 9
+            })
+        );
+    }
+
+    #[test]
+    fn lines_are_bounded() {
+        let long = format!("NOTE {}\n", "x".repeat(5000));
+        assert!(read_line(&mut long.as_bytes())
+            .unwrap_err()
+            .contains("longer than 4096"));
+        assert!(read_line(&mut &b"READY"[..]).unwrap_err().contains("without a newline"));
+        assert_eq!(read_line(&mut &b"READY\nDONE\n"[..]).unwrap().as_deref(), Some("READY"));
+        assert_eq!(read_line(&mut &b""[..]).unwrap(), None);
+    }
+}

@@ -1,0 +1,114 @@
+//! The relay on the host, with real processes: a program that follows the
+//! workload protocol (a shell script here) and ones that break it. The
+//! channel is a plain file; the capture (ack sectors) is off, as there is
+//! no guest disk.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs the relay over `script` (a shell program) with `hold` acks as the
+/// crash point; returns the channel's lines and the relay's exit code.
+fn relay(script: &str, hold: Option<u64>) -> (Vec<String>, i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = format!(
+        "crashlab.mode=ms-sync crashlab.record_size=4096 crashlab.file_size=4194304 crashlab.records=3 crashlab.seed=77 crashlab.pattern=records"
+    );
+    if let Some(n) = hold {
+        params += &format!(" crashlab.hold_after_acks={n}");
+    }
+    let cmdline = dir.path().join("cmdline");
+    std::fs::write(&cmdline, params).unwrap();
+    let program = dir.path().join("program.sh");
+    std::fs::write(&program, format!("#!/bin/sh\n{script}")).unwrap();
+    Command::new("chmod").arg("755").arg(&program).status().unwrap();
+    let channel = dir.path().join("channel");
+    std::fs::write(&channel, "").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crashlab-workload"))
+        .arg("relay")
+        .arg(dir.path())
+        .arg(&channel)
+        .arg(&program)
+        .env("CRASHLAB_CMDLINE_PATH", &cmdline)
+        .spawn()
+        .unwrap();
+    // A held relay waits for the kill: give it time to say HOLD, then kill.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if read(&channel).last().is_some_and(|l| l.starts_with("HOLD")) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break -9;
+        }
+        assert!(std::time::Instant::now() < deadline, "the relay neither ended nor held");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (read(&channel), code)
+}
+
+fn read(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_program_that_keeps_the_protocol_is_relayed_with_its_environment() {
+    let (lines, code) = relay(
+        r#"[ "$CRASHLAB_PROTOCOL" = 1 ] && [ "$CRASHLAB_SEED" = 77 ] && [ "$CRASHLAB_ITEMS" = 3 ] || exit 9
+[ "$(pwd)" = "$CRASHLAB_DATA_DIR" ] || exit 8
+echo READY
+echo "BEGIN 10 aa"
+echo "NOTE writing"
+echo "ACK 10"
+echo "BEGIN 11 bb"
+echo "ACK 11"
+echo DONE
+"#,
+        None,
+    );
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(
+        lines,
+        [
+            "READY 0",
+            "ITEM 0 10 aa",
+            "ACK 0 0",
+            "ITEM 1 11 bb",
+            "ACK 1 1",
+            "DONE 2"
+        ]
+    );
+}
+
+#[test]
+fn the_crash_point_stops_the_program_after_the_nth_ack() {
+    let (lines, code) = relay(
+        "echo READY\necho 'BEGIN 1 aa'\necho 'ACK 1'\necho 'BEGIN 2 bb'\necho 'ACK 2'\necho DONE\n",
+        Some(1),
+    );
+    assert_eq!(code, -9);
+    assert_eq!(lines, ["READY 0", "ITEM 0 1 aa", "ACK 0 0", "HOLD 1"]);
+}
+
+#[test]
+fn a_broken_line_a_crash_or_a_missing_done_ends_the_run_with_err() {
+    let (lines, code) = relay("echo READY\necho 'ACK 4'\nsleep 30\n", None);
+    assert_eq!(code, 1);
+    assert_eq!(lines.last().unwrap(), "ERR program-protocol-line-2 71");
+    let (lines, _) = relay("echo READY\nexit 3\n", None);
+    assert_eq!(lines.last().unwrap(), "ERR program-exit-status 3");
+    let (lines, _) = relay("echo READY\nkill -SEGV $$\n", None);
+    assert_eq!(lines.last().unwrap(), "ERR program-killed-by-signal 11");
+    let (lines, _) = relay("echo READY\n", None);
+    assert_eq!(lines.last().unwrap(), "ERR program-exited-without-done 0");
+    let (lines, code) = relay("", None);
+    assert_eq!(
+        (lines.last().unwrap().as_str(), code),
+        ("ERR program-exited-without-done 0", 1)
+    );
+}
