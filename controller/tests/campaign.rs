@@ -487,9 +487,37 @@ fn trial_facts(dir: &std::path::Path) -> Vec<(u64, serde_json::Value, serde_json
     facts
 }
 
+/// A seeded delay in [0, max_ms): splitmix64 of (seed, n), so a failing
+/// run's kill points are printed and replay with the same seed.
+fn seeded_delay_ms(seed: u64, n: u64, max_ms: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % max_ms
+}
+
+/// Temporary directories whose owner file names `pid`.
+fn temp_dirs_owned_by(pid: u32) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read_to_string(p.join("owner"))
+                .is_ok_and(|o| o.split_whitespace().next() == Some(&pid.to_string()))
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
-fn a_campaign_killed_mid_trial_resumes_to_what_an_uninterrupted_one_gives() {
+fn a_campaign_killed_at_seeded_points_resumes_to_what_an_uninterrupted_one_gives() {
+    use std::time::{Duration, Instant};
+    // CRASHLAB_KILL_SEED picks other kill points; a failure prints the ones used.
+    let kill_seed: u64 = std::env::var("CRASHLAB_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(31);
     let h = vm_harness("resume");
     let args = [
         "--crash-model=power-loss",
@@ -502,50 +530,101 @@ fn a_campaign_killed_mid_trial_resumes_to_what_an_uninterrupted_one_gives() {
     let whole = trial_facts(&h.results.path().join("whole"));
     assert_eq!(whole.iter().map(|f| f.0).collect::<Vec<_>>(), [0, 1, 2]);
 
+    // Two SIGKILLs, each at a seeded time after a run starts (within 25 s:
+    // during setup, a capture, or a check), then a run left to finish. A
+    // kill before campaign.json exists leaves nothing to resume: the
+    // campaign is started again, as a user would.
     let dir = h.results.path().join("killed");
-    let mut controller = util::crashlab()
-        .args(["run", "--quiet", "--campaign-id", "killed"])
-        .args(args)
-        .arg("--images-dir")
-        .arg(&h.images_dir)
-        .arg("--results-dir")
-        .arg(h.results.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("crashlab starts");
-    // Killed a few seconds into its second trial.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while std::fs::read_to_string(dir.join("trials.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
-        assert!(std::time::Instant::now() < deadline, "no trial finished within 180 s");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let start_run = |resume: bool| {
+        let mut command = util::crashlab();
+        command.args(["run", "--quiet"]);
+        match resume {
+            true => command.arg("--resume").arg(&dir),
+            false => command
+                .args(["--campaign-id", "killed"])
+                .args(args)
+                .arg("--results-dir")
+                .arg(h.results.path()),
+        };
+        command
+            .arg("--images-dir")
+            .arg(&h.images_dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("crashlab starts")
+    };
+    let mut kills = Vec::new();
+    for n in 0..2 {
+        let delay_ms = 2_000 + seeded_delay_ms(kill_seed, n, 23_000);
+        let mut controller = start_run(dir.join("campaign.json").is_file());
+        let pid = controller.id();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(delay_ms) && controller.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let owned = temp_dirs_owned_by(pid);
+        controller.kill().unwrap();
+        let status = controller.wait().unwrap();
+        let trials_done = std::fs::read_to_string(dir.join("trials.jsonl")).map_or(0, |t| t.lines().count());
+        kills.push(format!(
+            "kill {n} at {delay_ms} ms ({status}, {trials_done} trials done)"
+        ));
+        // Nothing of the killed run keeps running.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_mentioning(&dir.display().to_string()).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "seed {kill_seed}, {kills:?}: QEMU still runs 10 s after its controller was killed: {:?}",
+                processes_mentioning(&dir.display().to_string())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The next run removes what this one left in the temp directory.
+        let mut next = start_run(dir.join("campaign.json").is_file());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owned.iter().any(|d| d.exists()) {
+            assert!(
+                Instant::now() < deadline && next.try_wait().unwrap().is_none(),
+                "seed {kill_seed}, {kills:?}: the next run did not remove {owned:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        next.kill().unwrap();
+        next.wait().unwrap();
     }
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    controller.kill().unwrap();
-    controller.wait().unwrap();
-    let before = std::fs::read_to_string(dir.join("trials.jsonl"))
-        .unwrap()
-        .lines()
-        .count();
-    assert!(before < 3, "the campaign finished before the kill: {before} trials");
-
-    let out = util::crashlab()
-        .args(["run", "--quiet", "--resume"])
-        .arg(&dir)
-        .arg("--images-dir")
-        .arg(&h.images_dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // A kill just after the check of `owned` above may itself leave a
+    // directory; the finishing run is checked like any other.
+    let last = start_run(dir.join("campaign.json").is_file());
+    let out = last.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "seed {kill_seed}, {kills:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["trials_run"], 3, "{summary}");
+    assert_eq!(summary["trials_run"], 3, "seed {kill_seed}, {kills:?}: {summary}");
     let resumed = trial_facts(&dir);
     let plan_and_verdict = |f: &Vec<(u64, serde_json::Value, serde_json::Value, bool, usize)>| {
         f.iter()
             .map(|x| (x.0, x.1.clone(), x.2.clone(), x.3))
             .collect::<Vec<_>>()
     };
-    assert_eq!(plan_and_verdict(&resumed), plan_and_verdict(&whole));
+    assert_eq!(
+        plan_and_verdict(&resumed),
+        plan_and_verdict(&whole),
+        "seed {kill_seed}, {kills:?}"
+    );
+    assert!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".tmp")),
+        "a temporary results file was left in {}",
+        dir.display()
+    );
+    eprintln!("seed {kill_seed}: {kills:?}");
 }
 
 /// Starts a two-trial kernel-crash campaign into `results`, waits until
