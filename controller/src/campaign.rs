@@ -230,8 +230,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             config.trials
         );
     }
-    let images = images::locate(&config.images_dir)?;
-    images.check_supports(config.fs)?;
+    images::locate(&config.images_dir)?.check_supports(config.fs)?;
+    if let Some(program) = &config.program {
+        program.check_binaries()?;
+    }
     let dir = req.results_root.join(&req.campaign_id);
     if req.resume {
         anyhow::ensure!(
@@ -246,6 +248,9 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             dir.display()
         )
     })?;
+    // A resumed campaign runs the program it started with.
+    let fresh = !(req.resume && dir.join(crate::program::CAMPAIGN_INITRD).is_file());
+    let images = crate::program::campaign_images(config, &dir, fresh)?;
 
     let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
     let base_disk = dir.join("base-disk.img");

@@ -163,6 +163,11 @@ pub struct CampaignConfig {
     /// (once), with this error.
     #[serde(default)]
     pub inject_write_error: Option<WriteError>,
+    /// A program crashlab did not write runs instead of the record
+    /// workload (docs/workload-protocol.md); `records_per_trial` is how
+    /// many items it writes.
+    #[serde(default)]
+    pub program: Option<crate::program::ProgramSpec>,
 }
 
 /// An error a disk write can fail with, as the guest sees it.
@@ -230,6 +235,15 @@ impl CampaignConfig {
     /// The data files, slots and writers of the campaign's pattern.
     pub fn geometry(&self) -> record::Geometry {
         self.workload_params(0, None, None).geometry()
+    }
+
+    /// The data files a check reads back: the pattern's, or none for a
+    /// program under test (its checker reads its own files in the guest).
+    pub fn data_files(&self) -> u32 {
+        match self.program {
+            Some(_) => 0,
+            None => self.geometry().files,
+        }
     }
 
     /// Checks everything that can be checked before a VM starts. The message
@@ -327,6 +341,23 @@ impl CampaignConfig {
         if self.boot_timeout_ms == 0 || self.stall_timeout_ms == 0 || self.trial_timeout_ms == 0 {
             return Err("timeouts must be positive".into());
         }
+        if let Some(program) = &self.program {
+            program.validate()?;
+            let conflicts = [
+                (self.pattern != Pattern::Records, "--pattern"),
+                (self.planted_bug.is_some(), "--planted-bug"),
+                (self.inject_write_error.is_some(), "--inject-write-error"),
+                (
+                    self.crash_model == CrashModel::PowerLoss && self.checker != Checker::Kernel,
+                    "--checker host or both",
+                ),
+            ];
+            if let Some((_, flag)) = conflicts.iter().find(|(set, _)| *set) {
+                return Err(format!(
+                    "{flag} applies to crashlab's record workload, not to a program given with --workload                      (its checker runs in the guest: use --checker kernel)"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -392,6 +423,12 @@ impl CampaignConfig {
         if let Some(error) = self.inject_write_error {
             args.push(format!("--inject-write-error={}", kebab(&error)));
         }
+        if let Some(program) = &self.program {
+            args.push(format!("--workload={}", program.workload.display()));
+            args.push(format!("--checker-cmd={}", program.checker.display()));
+            args.extend(program.workload_args.iter().map(|a| format!("--workload-arg={a}")));
+            args.extend(program.checker_args.iter().map(|a| format!("--checker-arg={a}")));
+        }
         args
     }
 }
@@ -453,6 +490,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
         check_workers: 2,
         trace_msync: true,
         inject_write_error: None,
+        program: None,
     }
 }
 

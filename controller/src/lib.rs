@@ -18,6 +18,7 @@ pub mod lifetime;
 pub mod matrix;
 pub mod plan;
 pub mod powerloss;
+pub mod program;
 pub mod qemu;
 pub mod rate;
 pub mod recheck;

@@ -303,6 +303,20 @@ struct RunArgs {
     /// (trials keep workload.trace.log otherwise).
     #[arg(long)]
     no_msync_trace: bool,
+    /// Test a program of your own instead of crashlab's record workload: a
+    /// static x86-64 binary speaking the workload protocol
+    /// (docs/workload-protocol.md); --records is how many items it writes.
+    #[arg(long, requires = "checker_cmd")]
+    workload: Option<PathBuf>,
+    /// The program's checker, run after recovery in the guest (a static binary).
+    #[arg(long, requires = "workload")]
+    checker_cmd: Option<PathBuf>,
+    /// An argument for the program (repeat for more; one word each).
+    #[arg(long = "workload-arg", requires = "workload", allow_hyphen_values = true)]
+    workload_args: Vec<String>,
+    /// An argument for the checker (repeat for more; one word each).
+    #[arg(long = "checker-arg", requires = "workload", allow_hyphen_values = true)]
+    checker_args: Vec<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -624,6 +638,11 @@ fn recheck(args: RecheckArgs) -> ExitCode {
     }
 }
 
+/// A path as given, made absolute (a campaign records it for its rerun).
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The campaign configuration a `run` command line describes, validated.
 fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
     let record_size_bytes = u32::try_from(args.record_size)
@@ -665,6 +684,15 @@ fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
         fsck_states: args.fsck_states,
         trace_msync: !args.no_msync_trace,
         inject_write_error: args.inject_write_error,
+        program: match (&args.workload, &args.checker_cmd) {
+            (Some(workload), Some(checker)) => Some(controller::program::ProgramSpec {
+                workload: absolute(workload),
+                checker: absolute(checker),
+                workload_args: args.workload_args.clone(),
+                checker_args: args.checker_args.clone(),
+            }),
+            _ => None,
+        },
         check_workers: args.check_workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as u32)

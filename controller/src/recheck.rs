@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::accel;
 use crate::config::{Checker, FileRead};
 use crate::images::GuestImages;
 use crate::kept::KeptTrial;
@@ -18,7 +19,6 @@ use crate::powerloss::{self, CapturedRun, LogFacts, PowerLossContext, PowerLossR
 use crate::qemu::AccelUsed;
 use crate::trial::{TrialContext, WorkloadRun};
 use crate::vm::RunFiles;
-use crate::{accel, images};
 
 pub struct RecheckRequest<'a> {
     pub campaign_dir: &'a Path,
@@ -60,7 +60,7 @@ pub fn recheck(req: &RecheckRequest, on_state: impl FnMut(&StateLine) -> Result<
             AccelUsed::Tcg,
         ),
         _ => {
-            let images = images::locate(&config.images_dir)?;
+            let images = crate::program::campaign_images(&config, req.campaign_dir, false)?;
             let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
             (images, accel)
         }

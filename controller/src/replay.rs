@@ -88,7 +88,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         _ => crate::config::FileRead::Both,
     };
     if req.checker != Checker::Host {
-        let images = images::locate(&config.images_dir)?;
+        let images = crate::program::campaign_images(config, req.campaign_dir, false)?;
         let work = crate::lifetime::temp_dir("crashlab-replay-", None)?;
         let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
         let ctx = TrialContext {
@@ -108,7 +108,7 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
     }
     if req.checker != Checker::Kernel {
         let scratch = crate::lifetime::temp_dir("crashlab-replay-", None)?;
-        let mut host = powerloss::HostChecker::new(base, scratch.path(), config.fsck_states, config.geometry().files)?;
+        let mut host = powerloss::HostChecker::new(base, scratch.path(), config.fsck_states, config.data_files())?;
         results.push(("host", host.check(&view, read)?));
     }
     let judged = powerloss::judge_state(config, params, capture, state, &powerloss::StateChecks::new(results));

@@ -177,11 +177,17 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
 }
 
 fn base_kernel_args(config: &CampaignConfig, role: &str) -> Vec<String> {
-    vec![
+    let mut args = vec![
         format!("crashlab.role={role}"),
         format!("crashlab.fs={}", config.fs.name()),
         format!("crashlab.mount_opts={}", config.mount_opts),
-    ]
+    ];
+    if config.program.is_some() {
+        // /init runs the program through the relay, and its checker after
+        // each recovery (docs/workload-protocol.md).
+        args.push("crashlab.program=1".into());
+    }
+    args
 }
 
 fn limits(config: &CampaignConfig) -> Limits {
@@ -299,6 +305,9 @@ pub struct CheckResult {
     pub fsck: Option<FsckResult>,
     /// How the checker VM's files reached the host.
     pub reads: FileReads,
+    /// A program under test: what its checker reported (`None` when it
+    /// did not run, or for crashlab's own workload).
+    pub checker: Option<record::items::CheckerReport>,
 }
 
 /// How a check's data files reached the host, counted.
@@ -373,6 +382,7 @@ impl CheckResult {
             files: (0..files).map(|_| RecoveredFile::Missing).collect(),
             fsck: None,
             reads: FileReads::default(),
+            checker: None,
         }
     }
 }
@@ -464,6 +474,10 @@ impl ExportDisk {
     }
 }
 
+/// A program's checker output kept per state, at most (a checker that
+/// prints more is cut, and its report then breaks the protocol).
+const CHECKER_STDOUT_MAX_BYTES: usize = 64 << 20;
+
 /// A check's report lines (`MOUNT`, per file `FILE`/`NOFILE` and `COPY`,
 /// `UMOUNT`, `FSCK`, `CHECKED nonce`), gathered; the one-shot check boot
 /// and the long-lived checker VM both speak it.
@@ -477,6 +491,10 @@ pub(crate) struct CheckReport {
     mapped: std::collections::BTreeMap<u32, u64>,
     umount_rc: Option<i32>,
     fsck: Option<FsckResult>,
+    /// A program's checker: its stdout lines (`CHECKER`), then its exit
+    /// status (`CHECKEXIT`).
+    checker_stdout: String,
+    checker_exit: Option<i32>,
     /// The nonce `CHECKED` echoed.
     pub checked: Option<u64>,
 }
@@ -514,6 +532,14 @@ impl CheckReport {
                 })
             }
             Event::Checked { nonce } => self.checked = Some(*nonce),
+            Event::CheckerOutput { line } => {
+                // Bounded: a checker may print at most this much per state.
+                if self.checker_stdout.len() < CHECKER_STDOUT_MAX_BYTES {
+                    self.checker_stdout.push_str(line);
+                    self.checker_stdout.push('\n');
+                }
+            }
+            Event::CheckerExit { rc } => self.checker_exit = Some(*rc),
             _ => {}
         }
     }
@@ -539,6 +565,9 @@ impl CheckReport {
             "the guest answered check {checked} when check {nonce} was asked: its reports are out of step"
         );
         let fsck = self.fsck.clone();
+        let checker = self
+            .checker_exit
+            .map(|rc| record::items::CheckerReport::from_output(&self.checker_stdout, rc));
         if self.left_mounted() {
             let rc = self.umount_rc.map_or("none".to_string(), |rc| rc.to_string());
             return Ok(Some(CheckResult {
@@ -559,6 +588,7 @@ impl CheckReport {
             files,
             fsck,
             reads,
+            checker,
         }))
     }
 
@@ -646,7 +676,7 @@ impl CheckReport {
 /// A guest that never booted is a setup error.
 fn run_check(ctx: &TrialContext, disk: &Path, dir: &Path, files: &RunFiles) -> Result<CheckResult> {
     const NONCE: u64 = 1;
-    let data_files = ctx.config.geometry().files;
+    let data_files = ctx.config.data_files();
     let export = ExportDisk::create(dir.join("export.img"), ctx.config.file_size_bytes, data_files)?;
     let mut kernel_args = base_kernel_args(ctx.config, "check");
     kernel_args.push(format!("crashlab.nonce={NONCE}"));
@@ -696,6 +726,17 @@ pub fn judge(
     kept_events: Option<&[bool]>,
     check: &CheckResult,
 ) -> verifier::Verdict {
+    if config.program.is_some() {
+        return verifier::items::verify_items(&verifier::items::ItemEvidence {
+            protocol,
+            kept_events,
+            items_max: params.records,
+            recovery_failure: check.recovery_failure.clone(),
+            mount_rc: check.mount_rc,
+            fsck: check.fsck.as_ref().map(|f| (f.tool.clone(), f.rc)),
+            checker: check.checker.as_ref(),
+        });
+    }
     let evidence = verifier::Evidence {
         params,
         protocol,

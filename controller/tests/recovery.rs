@@ -72,6 +72,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         check_workers: 1,
         trace_msync: false,
         inject_write_error: None,
+        program: None,
     }
 }
 

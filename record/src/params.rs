@@ -380,7 +380,8 @@ impl WorkloadParams {
                 "pattern" => pattern = value.parse()?,
                 "io_errors" => io_errors = num(value)? == 1,
                 // Keys read by the guest's init script, not by the workload.
-                "role" | "fs" | "mount_opts" | "fsck" | "nonce" | "files" | "export_stride_mib" | "trace" => {}
+                "role" | "fs" | "mount_opts" | "fsck" | "nonce" | "files" | "export_stride_mib" | "trace"
+                | "program" => {}
                 _ => return Err(ParamsError(format!("unknown parameter {PREFIX}{key}"))),
             }
         }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::cpio::CpioWriter;
+use cpio::CpioWriter;
 
 const CACHE_DIR: &str = "vm-images/cache";
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -156,32 +156,35 @@ fn config_option(module: &str) -> &'static str {
 
 /// Builds the static workload binary and returns its path.
 fn build_workload(sh: &Shell) -> Result<PathBuf> {
-    let has_musl = cmd!(sh, "rustup target list --installed")
-        .quiet()
-        .read()
-        .map(|s| s.contains(MUSL_TARGET))
-        .unwrap_or(false)
-        || cmd!(sh, "rustup target add {MUSL_TARGET}").quiet().run().is_ok();
+    build_static(sh, "crashlab-workload", true)
+}
+
+/// Builds a package's binary of the same name, statically linked for the
+/// guest, and returns its path: musl where the target can be added (and
+/// `musl_ok`), glibc with crt-static otherwise. A package that compiles C
+/// (LMDB) takes glibc: the musl target would need a musl C compiler.
+fn build_static(sh: &Shell, package: &str, musl_ok: bool) -> Result<PathBuf> {
+    let has_musl = musl_ok
+        && cmd!(sh, "rustup target list --installed")
+            .quiet()
+            .read()
+            .map(|s| s.contains(MUSL_TARGET))
+            .unwrap_or(false)
+        || musl_ok && cmd!(sh, "rustup target add {MUSL_TARGET}").quiet().run().is_ok();
     let target = if has_musl {
-        cmd!(
-            sh,
-            "cargo build --quiet --release -p crashlab-workload --target {MUSL_TARGET}"
-        )
-        .run()?;
+        cmd!(sh, "cargo build --quiet --release -p {package} --target {MUSL_TARGET}").run()?;
         MUSL_TARGET
     } else {
         // Fallback: glibc with crt-static also gives a static binary.
         let _flags = sh.push_env("RUSTFLAGS", "-C target-feature=+crt-static");
-        cmd!(
-            sh,
-            "cargo build --quiet --release -p crashlab-workload --target {GNU_TARGET}"
-        )
-        .run()?;
+        cmd!(sh, "cargo build --quiet --release -p {package} --target {GNU_TARGET}").run()?;
         GNU_TARGET
     };
-    let path = sh
+    // Cargo's own rule: $CARGO_TARGET_DIR (relative to the workspace), or target/.
+    let target_dir = sh
         .current_dir()
-        .join(format!("target/{target}/release/crashlab-workload"));
+        .join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or("target".into()));
+    let path = target_dir.join(format!("{target}/release/{package}"));
     let file_out = cmd!(sh, "file -L {path}").quiet().read().unwrap_or_default();
     // `file` may be missing on a minimal machine: then trust the build flags.
     let is_static = file_out.contains("statically linked") || file_out.contains("static-pie");
@@ -389,6 +392,15 @@ pub fn build(sh: &Shell, req: &ImageRequest) -> Result<PathBuf> {
     let kernel_bytes =
         std::fs::read(&kernel.image).with_context(|| format!("cannot read {}", kernel.image.display()))?;
     let changed = write_if_changed(&initramfs, &archive)? | write_if_changed(&cache.join("vmlinuz"), &kernel_bytes)?;
+    // LMDB, the first program under the workload protocol, beside the
+    // images (`crashlab run --workload <cache>/crashlab-lmdb ...`): not part
+    // of the initramfs, which a campaign extends with it when asked.
+    let lmdb = build_static(sh, "crashlab-lmdb", false)?;
+    write_if_changed(&cache.join("crashlab-lmdb"), &std::fs::read(&lmdb)?)?;
+    std::fs::set_permissions(
+        cache.join("crashlab-lmdb"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
     let manifest = serde_json::json!({
         "kernel": "vmlinuz",
         "initramfs": "initramfs.cpio",

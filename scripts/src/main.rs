@@ -13,7 +13,6 @@
 
 mod bench;
 mod children;
-mod cpio;
 mod deps;
 mod fuzz;
 mod images;

@@ -126,12 +126,7 @@ pub fn start_workers(env: &CheckEnv, count: usize) -> Result<Vec<CheckWorker>> {
                         false => None,
                     };
                     let host = match want_host {
-                        true => Some(HostChecker::new(
-                            env.base_disk,
-                            env.dir,
-                            env.fsck,
-                            config.geometry().files,
-                        )?),
+                        true => Some(HostChecker::new(env.base_disk, env.dir, env.fsck, config.data_files())?),
                         false => None,
                     };
                     Ok(CheckWorker {

@@ -144,6 +144,7 @@ impl HostChecker {
             files,
             fsck: None,
             reads,
+            checker: None,
         })
     }
 
@@ -178,6 +179,7 @@ impl HostChecker {
                 files: (0..self.data_files).map(|_| RecoveredFile::Missing).collect(),
                 fsck: None,
                 reads: FileReads::default(),
+                checker: None,
             });
         }
         // Like the kernel path: the read-only fsck only when asked for.
@@ -202,6 +204,7 @@ impl HostChecker {
                 rc: f.status.code().unwrap_or(-1),
             }),
             reads: FileReads::default(),
+            checker: None,
         })
     }
 

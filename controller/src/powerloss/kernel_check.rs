@@ -72,7 +72,7 @@ impl KernelChecker {
         let export = ExportDisk::create(
             dir.join(format!("{name}-export.img")),
             config.file_size_bytes,
-            config.geometry().files,
+            config.data_files(),
         )?;
         let files = RunFiles::in_dir(dir, name);
         let spec = VmSpec {

@@ -7,6 +7,12 @@ pub struct CpioWriter {
     next_inode: u32,
 }
 
+impl Default for CpioWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CpioWriter {
     pub fn new() -> Self {
         CpioWriter {
