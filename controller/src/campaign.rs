@@ -230,10 +230,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             config.trials
         );
     }
-    images::locate(&config.images_dir)?.check_supports(config.fs)?;
     if let Some(program) = &config.program {
         program.check_binaries()?;
     }
+    images::locate(&config.images_dir)?.check_supports(config.fs)?;
     let dir = req.results_root.join(&req.campaign_id);
     if req.resume {
         anyhow::ensure!(

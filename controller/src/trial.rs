@@ -176,7 +176,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
     })
 }
 
-fn base_kernel_args(config: &CampaignConfig, role: &str) -> Vec<String> {
+pub(crate) fn base_kernel_args(config: &CampaignConfig, role: &str) -> Vec<String> {
     let mut args = vec![
         format!("crashlab.role={role}"),
         format!("crashlab.fs={}", config.fs.name()),
@@ -265,12 +265,21 @@ pub(crate) fn run_workload(
             files.console_log.display()
         );
     }
-    let end = match run.outcome {
-        VmOutcome::Killed => RunEnd::Crashed,
-        VmOutcome::Exited { .. } if error.is_some() => RunEnd::WorkloadError,
-        VmOutcome::Exited { .. } if done => RunEnd::WorkloadDone,
-        other => return Err(vm::boot_failure("workload boot failed", other, files)),
-    };
+    let end =
+        match run.outcome {
+            VmOutcome::Killed => RunEnd::Crashed,
+            VmOutcome::Exited { .. } if error.is_some() => RunEnd::WorkloadError,
+            VmOutcome::Exited { .. } if done => RunEnd::WorkloadDone,
+            VmOutcome::Stalled if ctx.config.program.is_some() && ready_at.is_some() => bail!(
+            "the program under test ({}) printed nothing for {} ms after READY: it hangs by itself (a fault of the \
+             program, not a verdict on the filesystem); its stderr is in {}. Fix the program, or raise \
+             --stall-timeout-ms if it is merely slow",
+            ctx.config.program.as_ref().map_or(String::new(), |p| p.workload.display().to_string()),
+            ctx.config.stall_timeout_ms,
+            files.console_log.display()
+        ),
+            other => return Err(vm::boot_failure("workload boot failed", other, files)),
+        };
     Ok(WorkloadRun {
         trial: plan.trial,
         workload_seed: plan.workload_seed,

@@ -9,7 +9,8 @@
 //!   holding its digest; `BEGIN id digest` before it, `ACK id` after
 //!   `mdb_txn_commit` returned 0. `--nosync` (`MDB_NOSYNC`: commits do not
 //!   sync) and `--ack-before-commit` (a program that lies) are negative
-//!   controls: both must be caught.
+//!   controls: both must be caught. `--exit-after N` and `--hang-after N`
+//!   are faults of the program itself, which crashlab must report as such.
 //! - `crashlab-lmdb check`: opens the recovered environment with LMDB
 //!   itself, read-only, and reports every transaction it finds whole
 //!   (`ITEM id digest`, the digest recomputed from the keys found), damage
@@ -198,10 +199,22 @@ fn fsync_dir(dir: &str) -> Result<(), Failure> {
 fn workload(args: &[String]) -> Result<(), Failure> {
     let mut nosync = false;
     let mut lie = false;
-    for arg in args {
+    // Faults of the program itself, for testing that crashlab tells them
+    // from the filesystem's: exit (status 3) or hang after N commits.
+    let mut exit_after: Option<u64> = None;
+    let mut hang_after: Option<u64> = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut count = |flag: &str| {
+            it.next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| Failure::usage(&format!("{flag} takes a number")))
+        };
         match arg.as_str() {
             "--nosync" => nosync = true,
             "--ack-before-commit" => lie = true,
+            "--exit-after" => exit_after = Some(count("--exit-after")?),
+            "--hang-after" => hang_after = Some(count("--hang-after")?),
             other => return Err(Failure::usage(&format!("unknown flag {other:?}"))),
         }
     }
@@ -247,10 +260,20 @@ fn workload(args: &[String]) -> Result<(), Failure> {
         }
         if lie {
             say(&format!("ACK {id}"));
+            // The lie's window made wide: the commit comes a while after.
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         lmdb("mdb_txn_commit", unsafe { ffi::mdb_txn_commit(txn) })?;
         if !lie {
             say(&format!("ACK {id}"));
+        }
+        if exit_after == Some(id) {
+            std::process::exit(3);
+        }
+        if hang_after == Some(id) {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         }
     }
     say("DONE");

@@ -79,15 +79,11 @@ impl KernelChecker {
             images: ctx.images.clone(),
             accel: ctx.accel,
             memory_mib: config.guest_memory_mib,
-            kernel_args: [
-                "crashlab.role=checker".into(),
-                format!("crashlab.fs={}", config.fs.name()),
-                format!("crashlab.mount_opts={}", config.mount_opts),
-                format!("crashlab.fsck={}", u8::from(fsck)),
-            ]
-            .into_iter()
-            .chain(export.kernel_args())
-            .collect(),
+            kernel_args: crate::trial::base_kernel_args(config, "checker")
+                .into_iter()
+                .chain([format!("crashlab.fsck={}", u8::from(fsck))])
+                .chain(export.kernel_args())
+                .collect(),
             drives: vec![
                 Drive::Nbd {
                     socket: socket.clone(),

@@ -1,0 +1,161 @@
+//! A program crashlab did not write, under test (docs/workload-protocol.md):
+//! LMDB (`clients/lmdb`, built by `cargo xtask images` beside the guest
+//! images) in a real guest on real filesystems, under both crash models;
+//! its negative controls caught; faults of the program itself reported as
+//! such, not as verdicts on the filesystem.
+
+mod util;
+
+use util::vm_harness;
+
+/// `--workload`/`--checker-cmd` for crashlab-lmdb, with `extra` workload flags.
+fn lmdb_args(h: &util::Harness, extra: &[&str]) -> Vec<String> {
+    let bin = h.images_dir.join("crashlab-lmdb");
+    assert!(bin.is_file(), "{} is missing: run `cargo xtask images`", bin.display());
+    let mut args = vec![
+        format!("--workload={}", bin.display()),
+        "--workload-arg=workload".to_string(),
+    ];
+    args.extend(extra.iter().map(|e| format!("--workload-arg={e}")));
+    args.push(format!("--checker-cmd={}", bin.display()));
+    args.push("--checker-arg=check".into());
+    args
+}
+
+fn run(h: &util::Harness, id: &str, extra: &[&str], flags: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let lmdb = lmdb_args(h, extra);
+    let args: Vec<&str> = flags.iter().copied().chain(lmdb.iter().map(String::as_str)).collect();
+    let out = h.run(id, &args);
+    let summary = std::fs::read_to_string(h.results.path().join(id).join("summary.json"))
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code(),
+        summary,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn lmdb_is_clean_under_both_crash_models() {
+    let h = vm_harness("lmdb-clean");
+    for (id, flags) in [
+        (
+            "ext4-kernel",
+            &["--trials=1", "--records=100", "--crash-points=acks"][..],
+        ),
+        (
+            "ext4-power",
+            &[
+                "--trials=1",
+                "--records=100",
+                "--crash-model=power-loss",
+                "--state-budget=40",
+            ],
+        ),
+        (
+            "btrfs-power",
+            &[
+                "--fs=btrfs",
+                "--trials=1",
+                "--records=100",
+                "--crash-model=power-loss",
+                "--state-budget=30",
+            ],
+        ),
+    ] {
+        let (code, summary, stderr) = run(&h, id, &[], flags);
+        assert_eq!(code, Some(0), "{id}: {stderr}");
+        assert_eq!(summary["violations"], 0, "{id}: {summary}");
+        assert!(summary["acked"].as_u64().unwrap() > 0, "{id}: nothing acked: {summary}");
+        assert!(summary["states_checked"].as_u64().unwrap() >= 1, "{id}: {summary}");
+    }
+}
+
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn lmdb_controls_are_caught_nosync_and_a_lying_program() {
+    let h = vm_harness("lmdb-controls");
+    // MDB_NOSYNC: commits return without msync; a power loss loses them.
+    // --ack-before-commit: the program says ACK before it commits.
+    for (id, extra) in [("nosync", "--nosync"), ("liar", "--ack-before-commit")] {
+        let (code, summary, stderr) = run(
+            &h,
+            id,
+            &[extra],
+            &[
+                "--trials=1",
+                "--records=100",
+                "--crash-model=power-loss",
+                "--state-budget=40",
+            ],
+        );
+        assert_eq!(code, Some(1), "{id}: {stderr}");
+        assert!(summary["states_failed"].as_u64().unwrap() > 0, "{id}: {summary}");
+        let states = std::fs::read_to_string(h.results.path().join(id).join("states.jsonl")).unwrap();
+        let rules: std::collections::BTreeSet<String> = states
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|s| s["passed"] == false)
+            .map(|s| s["first_violation"]["rule"].as_str().unwrap().to_string())
+            .collect();
+        assert!(rules.contains("acked-item-lost"), "{id}: {rules:?}");
+    }
+}
+
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn a_program_that_exits_or_hangs_by_itself_is_reported_as_such() {
+    let h = vm_harness("lmdb-faults");
+    // Exits (status 3) after 5 commits: a workload error, and the 5 acked
+    // transactions are judged as any others.
+    let (code, summary, stderr) = run(
+        &h,
+        "exits",
+        &["--exit-after", "5"],
+        &["--trials=1", "--records=100", "--crash-points=end"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(summary["workload_errors"], 1, "{summary}");
+    assert_eq!(summary["violations"], 0, "{summary}");
+    assert_eq!(summary["acked"], 5, "{summary}");
+    // Hangs after 5 commits: the campaign stops naming the program.
+    let (code, _, stderr) = run(
+        &h,
+        "hangs",
+        &["--hang-after", "5"],
+        &[
+            "--trials=1",
+            "--records=100",
+            "--crash-points=end",
+            "--stall-timeout-ms=6000",
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("hangs by itself"), "{stderr}");
+}
+
+#[test]
+fn a_dynamic_binary_or_a_script_is_refused_before_any_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("prog.sh");
+    std::fs::write(&script, "#!/bin/sh\necho READY\n").unwrap();
+    for (workload, needle) in [
+        ("/bin/sh", "dynamically linked"),
+        (script.to_str().unwrap(), "not an ELF executable"),
+        ("/no/such/program", "cannot read it"),
+    ] {
+        let out = util::crashlab()
+            .args(["run", "--quiet", "--trials=1"])
+            .arg(format!("--workload={workload}"))
+            .arg("--checker-cmd=/bin/sh")
+            .arg("--results-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "{workload}: {stderr}");
+    }
+}
