@@ -180,11 +180,7 @@ fn build_static(sh: &Shell, package: &str, musl_ok: bool) -> Result<PathBuf> {
         cmd!(sh, "cargo build --quiet --release -p {package} --target {GNU_TARGET}").run()?;
         GNU_TARGET
     };
-    // Cargo's own rule: $CARGO_TARGET_DIR (relative to the workspace), or target/.
-    let target_dir = sh
-        .current_dir()
-        .join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or("target".into()));
-    let path = target_dir.join(format!("{target}/release/{package}"));
+    let path = crate::target_dir(sh).join(format!("{target}/release/{package}"));
     let file_out = cmd!(sh, "file -L {path}").quiet().read().unwrap_or_default();
     // `file` may be missing on a minimal machine: then trust the build flags.
     let is_static = file_out.contains("statically linked") || file_out.contains("static-pie");
@@ -429,7 +425,12 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
     if std::fs::read(path).map(|old| old == bytes).unwrap_or(false) {
         return Ok(false);
     }
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {} (disk full?)", path.display()))?;
+    // Whole or not at all: a guest starting meanwhile reads the old file
+    // or the new one, never a part.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {} (disk full?)", path.display()))?;
     Ok(true)
 }
 

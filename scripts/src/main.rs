@@ -8,6 +8,7 @@
 //! - `sensitivity` deps + images + the planted-bug catalogue's detection rates
 //! - `fuzz`      every fuzz target of `fuzz/` for a while (nightly, cargo-fuzz)
 //! - `soak`      deps + images + every correct configuration at length, and the controls
+//! - `lmdb`      deps + images + LMDB under both crash models on ext4, xfs, btrfs, and its control
 //!
 //! Exit codes: those of the task; 2 for setup errors.
 
@@ -16,6 +17,7 @@ mod children;
 mod deps;
 mod fuzz;
 mod images;
+mod lmdb;
 mod sensitivity;
 mod soak;
 
@@ -27,7 +29,7 @@ use xshell::{cmd, Shell};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity|fuzz|soak> [args...]");
+        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity|fuzz|soak|lmdb> [args...]");
         return ExitCode::from(2);
     };
     let result = (|| -> Result<i32> {
@@ -46,13 +48,17 @@ fn main() -> ExitCode {
                 let images = setup(&sh)?;
                 soak::run(&sh, &images, rest)
             }
+            "lmdb" => {
+                let images = setup(&sh)?;
+                lmdb::run(&sh, &images, rest)
+            }
             "sensitivity" => {
                 let images = setup(&sh)?;
                 sensitivity::run(&sh, &images, rest)
             }
             other => {
                 anyhow::bail!(
-                    "unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity, fuzz or soak"
+                    "unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity, fuzz, soak or lmdb"
                 )
             }
         }
@@ -71,6 +77,13 @@ fn workspace_root() -> std::path::PathBuf {
         .parent()
         .expect("scripts/ is in the workspace")
         .to_path_buf()
+}
+
+/// Cargo's target directory: $CARGO_TARGET_DIR (relative to the
+/// workspace), or target/.
+fn target_dir(sh: &Shell) -> std::path::PathBuf {
+    sh.current_dir()
+        .join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or("target".into()))
 }
 
 fn setup(sh: &Shell) -> Result<std::path::PathBuf> {

@@ -66,17 +66,8 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     let mut rows = Vec::new();
     let mut ok = true;
     let campaign = |id: &str, flags: &[&str]| -> Result<serde_json::Value> {
-        eprintln!("xtask soak: {id}");
-        let command = cmd!(
-            sh,
-            "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} {seed_arg} {flags...}"
-        );
-        let code = crate::children::status(command)?;
-        if code > 1 {
-            bail!("{id}: crashlab exited {code}; see {out_dir}/{id}");
-        }
-        let summary = std::fs::read_to_string(format!("{out_dir}/{id}/summary.json"))?;
-        Ok(serde_json::from_str(&summary)?)
+        let flags: Vec<&str> = [seed_arg.as_str()].into_iter().chain(flags.iter().copied()).collect();
+        run_campaign(sh, "soak", &images, &out_dir, id, &flags)
     };
     for &(fs, opts) in CORRECT {
         for model in ["power-loss", "kernel-crash"] {
@@ -133,4 +124,28 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     std::fs::write(format!("{out_dir}/table.txt"), &table)?;
     println!("results: {out_dir}");
     Ok(if ok { 0 } else { 1 })
+}
+
+/// Runs one `crashlab run` (release build) into `out_dir/id` and returns
+/// its summary; exit 1 (violations) is a result, anything above an error.
+pub fn run_campaign(
+    sh: &Shell,
+    task: &str,
+    images: &str,
+    out_dir: &str,
+    id: &str,
+    flags: &[&str],
+) -> Result<serde_json::Value> {
+    eprintln!("xtask {task}: {id}");
+    let crashlab = crate::target_dir(sh).join("release/crashlab");
+    let command = cmd!(
+        sh,
+        "{crashlab} run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} {flags...}"
+    );
+    let code = crate::children::status(command)?;
+    if code > 1 {
+        bail!("{id}: crashlab exited {code}; see {out_dir}/{id}");
+    }
+    let summary = std::fs::read_to_string(format!("{out_dir}/{id}/summary.json"))?;
+    Ok(serde_json::from_str(&summary)?)
 }

@@ -1,0 +1,119 @@
+//! `cargo xtask lmdb [--items N] [--states N] [--kernel-trials N] [--seed S]`:
+//! the LMDB campaign. crashlab-lmdb (`clients/lmdb`, LMDB with
+//! `MDB_WRITEMAP`) under both crash models on ext4, xfs and btrfs, then
+//! its negative control (`MDB_NOSYNC` under power loss), which must lose
+//! acked transactions. Prints the table (also `results/lmdb-<pid>/
+//! table.txt`); exit 1 on a violation in a correct configuration or a
+//! control not caught.
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::soak::run_campaign;
+
+const FILESYSTEMS: &[&str] = &["ext4", "xfs", "btrfs"];
+
+pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32> {
+    let (mut items, mut states, mut kernel_trials, mut seed) = (200u64, 200u64, 5u64, 1u64);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| -> Result<u64> {
+            it.next()
+                .with_context(|| format!("{flag} needs a value"))?
+                .parse()
+                .with_context(|| format!("{flag} takes a number"))
+        };
+        match arg.as_str() {
+            "--items" => items = value("--items")?,
+            "--states" => states = value("--states")?,
+            "--kernel-trials" => kernel_trials = value("--kernel-trials")?,
+            "--seed" => seed = value("--seed")?,
+            other => bail!("unknown flag {other:?}: use --items N, --states N, --kernel-trials N, --seed S"),
+        }
+    }
+    if !(1..=100_000).contains(&items) || !(1..=1_000_000).contains(&states) || !(1..=10_000).contains(&kernel_trials) {
+        bail!("--items 1..=100000, --states 1..=1000000, --kernel-trials 1..=10000");
+    }
+    cmd!(
+        sh,
+        "cargo build --quiet --release -p crashlab-controller --bin crashlab"
+    )
+    .run()?;
+    let lmdb = images.join("crashlab-lmdb");
+    anyhow::ensure!(
+        lmdb.is_file(),
+        "{} is missing: run `cargo xtask images`",
+        lmdb.display()
+    );
+    let out_dir = format!("results/lmdb-{}", std::process::id());
+    let images = images.display().to_string();
+    let (seed, items, states, kernel_trials) = (
+        format!("--seed={seed}"),
+        format!("--records={items}"),
+        format!("--state-budget={states}"),
+        format!("--trials={kernel_trials}"),
+    );
+    let program = |extra: Option<&str>| -> Vec<String> {
+        let mut args = vec![
+            format!("--workload={}", lmdb.display()),
+            "--workload-arg=workload".into(),
+        ];
+        args.extend(extra.map(|e| format!("--workload-arg={e}")));
+        args.push(format!("--checker-cmd={}", lmdb.display()));
+        args.push("--checker-arg=check".into());
+        args
+    };
+    let mut rows = Vec::new();
+    let mut ok = true;
+    for &fs in FILESYSTEMS {
+        for model in ["power-loss", "kernel-crash"] {
+            let id = format!("{fs}-{model}");
+            let fs_arg = format!("--fs={fs}");
+            let model_arg = format!("--crash-model={model}");
+            let mut flags = vec![seed.as_str(), fs_arg.as_str(), model_arg.as_str(), items.as_str()];
+            match model {
+                "power-loss" => flags.extend(["--trials=1", states.as_str()]),
+                _ => flags.extend([kernel_trials.as_str(), "--crash-points=acks"]),
+            }
+            let program = program(None);
+            flags.extend(program.iter().map(String::as_str));
+            let s = run_campaign(sh, "lmdb", &images, &out_dir, &id, &flags)?;
+            let violations = s["violations"].as_u64().unwrap_or(u64::MAX);
+            ok &= violations == 0;
+            rows.push(format!(
+                "{fs:<6} {model:<13} {:>6} states {:>8} acked {:>6} violations  {}",
+                s["states_checked"],
+                s["acked"],
+                violations,
+                if violations == 0 { "ok" } else { "VIOLATIONS" }
+            ));
+        }
+    }
+    let program = program(Some("--nosync"));
+    let mut flags = vec![
+        seed.as_str(),
+        "--crash-model=power-loss",
+        "--trials=1",
+        items.as_str(),
+        states.as_str(),
+    ];
+    flags.extend(program.iter().map(String::as_str));
+    let s = run_campaign(sh, "lmdb", &images, &out_dir, "control-nosync", &flags)?;
+    let failed = s["states_failed"].as_u64().unwrap_or(0);
+    ok &= failed > 0;
+    rows.push(format!(
+        "control MDB_NOSYNC (ext4, power-loss) {:>6} states {:>6} failing  {}",
+        s["states_checked"],
+        failed,
+        if failed > 0 { "caught" } else { "NOT CAUGHT" }
+    ));
+    let table = format!(
+        "crashlab lmdb ({seed}, {items}, {states} per power-loss trial)\n\n{}\n",
+        rows.join("\n")
+    );
+    print!("{table}");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(format!("{out_dir}/table.txt"), &table)?;
+    println!("results: {out_dir}");
+    Ok(if ok { 0 } else { 1 })
+}
