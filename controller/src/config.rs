@@ -577,6 +577,57 @@ mod tests {
     }
 
     #[test]
+    fn a_program_refuses_the_record_workloads_flags_and_renders_its_own() {
+        let program = CampaignConfig {
+            program: Some(crate::program::ProgramSpec {
+                workload: "/opt/lmdb".into(),
+                checker: "/opt/lmdb".into(),
+                workload_args: vec!["workload".into(), "--nosync".into()],
+                checker_args: vec!["check".into()],
+            }),
+            ..sample_config()
+        };
+        program.validate().unwrap();
+        assert_eq!(program.data_files(), 0);
+        let args = program.to_cli_args();
+        for want in [
+            "--workload=/opt/lmdb",
+            "--checker-cmd=/opt/lmdb",
+            "--workload-arg=--nosync",
+            "--checker-arg=check",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
+        }
+        for (bad, flag) in [
+            (
+                CampaignConfig {
+                    pattern: Pattern::Wal,
+                    ..program.clone()
+                },
+                "--pattern",
+            ),
+            (
+                CampaignConfig {
+                    crash_model: CrashModel::PowerLoss,
+                    checker: Checker::Host,
+                    ..program.clone()
+                },
+                "--checker host",
+            ),
+            (
+                CampaignConfig {
+                    planted_bug: Some(PlantedBug::AckBeforeSync),
+                    ..program.clone()
+                },
+                "--planted-bug",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err();
+            assert!(err.starts_with(flag) && err.contains("--workload"), "{err}");
+        }
+    }
+
+    #[test]
     fn default_is_valid() {
         sample_config().validate().unwrap();
     }

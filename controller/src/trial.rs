@@ -265,21 +265,27 @@ pub(crate) fn run_workload(
             files.console_log.display()
         );
     }
-    let end =
-        match run.outcome {
-            VmOutcome::Killed => RunEnd::Crashed,
-            VmOutcome::Exited { .. } if error.is_some() => RunEnd::WorkloadError,
-            VmOutcome::Exited { .. } if done => RunEnd::WorkloadDone,
-            VmOutcome::Stalled if ctx.config.program.is_some() && ready_at.is_some() => bail!(
-            "the program under test ({}) printed nothing for {} ms after READY: it hangs by itself (a fault of the \
+    let end = match run.outcome {
+        VmOutcome::Killed => RunEnd::Crashed,
+        VmOutcome::Exited { .. } if error.is_some() => RunEnd::WorkloadError,
+        VmOutcome::Exited { .. } if done => RunEnd::WorkloadDone,
+        VmOutcome::Stalled if ctx.config.program.is_some() => bail!(
+            "the program under test ({}) printed nothing for {} ms {}: it hangs by itself (a fault of the \
              program, not a verdict on the filesystem); its stderr is in {}. Fix the program, or raise \
              --stall-timeout-ms if it is merely slow",
-            ctx.config.program.as_ref().map_or(String::new(), |p| p.workload.display().to_string()),
+            ctx.config
+                .program
+                .as_ref()
+                .map_or(String::new(), |p| p.workload.display().to_string()),
             ctx.config.stall_timeout_ms,
+            match ready_at {
+                Some(_) => "after READY",
+                None => "and never said READY",
+            },
             files.console_log.display()
         ),
-            other => return Err(vm::boot_failure("workload boot failed", other, files)),
-        };
+        other => return Err(vm::boot_failure("workload boot failed", other, files)),
+    };
     Ok(WorkloadRun {
         trial: plan.trial,
         workload_seed: plan.workload_seed,
