@@ -547,12 +547,10 @@ impl CheckReport {
                 })
             }
             Event::Checked { nonce } => self.checked = Some(*nonce),
-            Event::CheckerOutput { line } => {
-                // Bounded: a checker may print at most this much per state.
-                if self.checker_stdout.len() < CHECKER_STDOUT_MAX_BYTES {
-                    self.checker_stdout.push_str(line);
-                    self.checker_stdout.push('\n');
-                }
+            // Bounded: a checker may print at most this much per state.
+            Event::CheckerOutput { line } if self.checker_stdout.len() < CHECKER_STDOUT_MAX_BYTES => {
+                self.checker_stdout.push_str(line);
+                self.checker_stdout.push('\n');
             }
             Event::CheckerExit { rc } => self.checker_exit = Some(*rc),
             _ => {}

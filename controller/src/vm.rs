@@ -446,7 +446,7 @@ pub fn free_space_report(files: &[PathBuf]) -> String {
         .map(|dir| match nix::sys::statvfs::statvfs(*dir) {
             Ok(st) => format!(
                 "{:.1} MiB free under {}",
-                (st.blocks_available() as u64 * st.fragment_size() as u64) as f64 / (1u64 << 20) as f64,
+                (st.blocks_available() * st.fragment_size()) as f64 / (1u64 << 20) as f64,
                 dir.display()
             ),
             Err(e) => format!("free space under {} unknown ({e})", dir.display()),

@@ -164,13 +164,13 @@ fn build_workload(sh: &Shell) -> Result<PathBuf> {
 /// `musl_ok`), glibc with crt-static otherwise. A package that compiles C
 /// (LMDB) takes glibc: the musl target would need a musl C compiler.
 fn build_static(sh: &Shell, package: &str, musl_ok: bool) -> Result<PathBuf> {
-    let has_musl = musl_ok
-        && cmd!(sh, "rustup target list --installed")
+    let musl_installed = || {
+        cmd!(sh, "rustup target list --installed")
             .quiet()
             .read()
-            .map(|s| s.contains(MUSL_TARGET))
-            .unwrap_or(false)
-        || musl_ok && cmd!(sh, "rustup target add {MUSL_TARGET}").quiet().run().is_ok();
+            .is_ok_and(|s| s.contains(MUSL_TARGET))
+    };
+    let has_musl = musl_ok && (musl_installed() || cmd!(sh, "rustup target add {MUSL_TARGET}").quiet().run().is_ok());
     let target = if has_musl {
         cmd!(sh, "cargo build --quiet --release -p {package} --target {MUSL_TARGET}").run()?;
         MUSL_TARGET

@@ -10,9 +10,9 @@ use std::process::Command;
 /// crash point; returns the channel's lines and the relay's exit code.
 fn relay(script: &str, hold: Option<u64>) -> (Vec<String>, i32) {
     let dir = tempfile::tempdir().unwrap();
-    let mut params = format!(
-        "crashlab.mode=ms-sync crashlab.record_size=4096 crashlab.file_size=4194304 crashlab.records=3 crashlab.seed=77 crashlab.pattern=records"
-    );
+    let mut params = "crashlab.mode=ms-sync crashlab.record_size=4096 crashlab.file_size=4194304 \
+                      crashlab.records=3 crashlab.seed=77 crashlab.pattern=records"
+        .to_string();
     if let Some(n) = hold {
         params += &format!(" crashlab.hold_after_acks={n}");
     }

@@ -109,8 +109,11 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A key and its value.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// Item `id`'s keys and values, from the seed.
-fn item_pairs(seed: u64, id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn item_pairs(seed: u64, id: u64) -> Vec<Pair> {
     let base = splitmix(seed ^ splitmix(id));
     let keys = 1 + base % KEYS_PER_ITEM_MAX;
     (0..keys)
@@ -138,7 +141,7 @@ fn marker_key(id: u64) -> Vec<u8> {
 
 /// FNV-1a over the item's keys and values, in key order, each with its
 /// length: 16 hex digits.
-fn digest(pairs: &[(Vec<u8>, Vec<u8>)]) -> String {
+fn digest(pairs: &[Pair]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
@@ -311,7 +314,7 @@ fn check() -> Result<(), Failure> {
     })?;
     // Every key, in order: markers ("commit/...") sort before items.
     let mut markers: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
-    let mut items: std::collections::BTreeMap<u64, Vec<(Vec<u8>, Vec<u8>)>> = Default::default();
+    let mut items: std::collections::BTreeMap<u64, Vec<Pair>> = Default::default();
     let mut corrupt = Vec::new();
     loop {
         let mut key = val(&[]);
