@@ -366,15 +366,7 @@ fn a_sigkilled_controller_leaves_no_guest_running_and_the_next_run_cleans_up() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     // The controller's temporary directories, by their owner file.
-    let owned: Vec<std::path::PathBuf> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            std::fs::read_to_string(p.join("owner"))
-                .is_ok_and(|o| o.split_whitespace().next() == Some(&pid.to_string()))
-        })
-        .collect();
+    let owned = temp_dirs_owned_by(pid);
     assert!(!owned.is_empty(), "the running controller owns no temporary directory");
     std::thread::sleep(std::time::Duration::from_secs(2));
     controller.kill().unwrap(); // SIGKILL: no destructor runs

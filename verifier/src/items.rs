@@ -120,27 +120,13 @@ pub fn verify_items(evidence: &ItemEvidence) -> Verdict {
     verdict.counts.begun = history.items.len() as u64;
     verdict.counts.acked = acked;
     verdict.counts.in_flight = verdict.counts.begun - acked;
-    if let Some(reason) = &evidence.recovery_failure {
-        verdict.violation(finding(Rule::RecoveryCompletes, reason.clone()));
+    if !crate::judge_recovery(
+        &mut verdict,
+        &evidence.recovery_failure,
+        evidence.mount_rc,
+        &evidence.fsck,
+    ) {
         return verdict;
-    }
-    if evidence.mount_rc != 0 {
-        verdict.violation(finding(
-            Rule::Mountable,
-            format!(
-                "the recovered filesystem did not mount (mount exit status {})",
-                evidence.mount_rc
-            ),
-        ));
-        return verdict;
-    }
-    if let Some((tool, rc)) = &evidence.fsck {
-        if *rc != 0 {
-            verdict.violation(finding(
-                Rule::FsckClean,
-                format!("{tool} -n found errors after the kernel's recovery (exit status {rc})"),
-            ));
-        }
     }
     let Some(report) = evidence.checker else {
         if history.ready {

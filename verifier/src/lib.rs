@@ -288,6 +288,38 @@ fn finding(rule: Rule, reason: String) -> Finding {
     }
 }
 
+/// The rules every workload shares about the recovery itself:
+/// `recovery-completes`, `mountable`, `fsck-clean`. Returns whether the
+/// recovered files can be judged at all (recovery completed and the
+/// filesystem mounted).
+fn judge_recovery(
+    verdict: &mut Verdict,
+    recovery_failure: &Option<String>,
+    mount_rc: i32,
+    fsck: &Option<(String, i32)>,
+) -> bool {
+    if let Some(reason) = recovery_failure {
+        verdict.violation(finding(Rule::RecoveryCompletes, reason.clone()));
+        return false;
+    }
+    if mount_rc != 0 {
+        verdict.violation(finding(
+            Rule::Mountable,
+            format!("the recovered filesystem did not mount (mount exit status {mount_rc})"),
+        ));
+        return false;
+    }
+    if let Some((tool, rc)) = fsck {
+        if *rc != 0 {
+            verdict.violation(finding(
+                Rule::FsckClean,
+                format!("{tool} -n found errors after the kernel's recovery (exit status {rc})"),
+            ));
+        }
+    }
+    true
+}
+
 /// The msync calls a verdict shows when something failed.
 const LAST_MSYNCS_SHOWN: usize = 8;
 
@@ -309,28 +341,16 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     verdict.counts.in_flight = history.begun - history.ack_count;
 
     let recovered = &evidence.recovered;
-    if let Some(reason) = &recovered.recovery_failure {
-        verdict.violation(finding(Rule::RecoveryCompletes, reason.clone()));
-        verdict.slots = vec![SlotState::Missing; total_slots];
-        return verdict;
-    }
-    if recovered.mount_rc != 0 {
-        verdict.violation(finding(
-            Rule::Mountable,
-            format!(
-                "the recovered filesystem did not mount (mount exit status {})",
-                recovered.mount_rc
-            ),
-        ));
-        return verdict;
-    }
-    if let Some((tool, rc)) = &recovered.fsck {
-        if *rc != 0 {
-            verdict.violation(finding(
-                Rule::FsckClean,
-                format!("{tool} -n found errors after the kernel's recovery (exit status {rc})"),
-            ));
+    if !judge_recovery(
+        &mut verdict,
+        &recovered.recovery_failure,
+        recovered.mount_rc,
+        &recovered.fsck,
+    ) {
+        if recovered.recovery_failure.is_some() {
+            verdict.slots = vec![SlotState::Missing; total_slots];
         }
+        return verdict;
     }
     assert_eq!(
         recovered.files.len(),
