@@ -89,13 +89,22 @@ pub fn blocklog(data: &[u8]) {
 }
 
 /// The guest channel's line protocol: whatever the guest sends, parsing
-/// gives events or an error.
+/// gives events or an error; and a program's and its checker's lines
+/// (the workload protocol), whose parsed form prints back as itself.
 pub fn protocol(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     for line in text.lines() {
         let _ = record::Event::parse(line);
+        if let Ok(parsed) = record::items::ProgramLine::parse(line) {
+            assert_eq!(record::items::ProgramLine::parse(&parsed.to_string()), Ok(parsed));
+        }
+        if let Ok(parsed) = record::items::CheckerLine::parse(line) {
+            assert_eq!(record::items::CheckerLine::parse(&parsed.to_string()), Ok(parsed));
+        }
     }
     let _ = record::protocol::parse_log(&text);
+    let report = record::items::CheckerReport::from_output(&text, 0);
+    assert!(report.items.len() <= record::items::CHECKER_ITEMS_MAX);
 }
 
 /// crashlab-ext4 over an untrusted image: the input is a 2 MiB image
