@@ -37,8 +37,11 @@ pub enum Action {
         seq: u64,
     },
     Emit(Event),
-    /// Stop the program and wait for the kill (the crash point).
-    Hold,
+    /// The crash point: stop the program, pass on the items it began in
+    /// the meantime (`Relay::drained`), say `HOLD acks`, wait for the kill.
+    Hold {
+        acks: u64,
+    },
     /// The run is over; the host is told by the events before this.
     End,
 }
@@ -136,8 +139,7 @@ impl Relay {
                 actions.push(Action::Emit(Event::Ack { seq, slot: seq }));
                 self.acks += 1;
                 if self.hold_after_acks == Some(self.acks) {
-                    actions.push(Action::Emit(Event::Hold { acks: self.acks }));
-                    actions.push(Action::Hold);
+                    actions.push(Action::Hold { acks: self.acks });
                 }
             }
             ProgramLine::Done => {
@@ -155,6 +157,23 @@ impl Relay {
         Ok(actions)
     }
 
+    /// A line the program had printed when it was stopped at the crash
+    /// point, read after the stop. Its `BEGIN`s are passed on: the item
+    /// may be on the disk (the program went on writing while the relay
+    /// handled the last ack), so the verdict must know it was begun, as an
+    /// item in flight. Nothing else counts any more: the crash came first.
+    pub fn drained(&mut self, text: &str) -> Option<Event> {
+        let Ok(ProgramLine::Begin { id, digest }) = ProgramLine::parse(text) else {
+            return None;
+        };
+        let seq = self.items.len() as u64;
+        if !self.ready || seq >= self.items_max || self.items.contains_key(&id) {
+            return None;
+        }
+        self.items.insert(id, (seq, false));
+        Some(Event::Item { seq, id, digest })
+    }
+
     /// The program's stdout ended and it exited with `status`: the run's
     /// last events. A program that ended before its crash point holds
     /// there, so that the planned crash still happens.
@@ -168,9 +187,7 @@ impl Relay {
         };
         match ended {
             Some((op, errno)) => vec![Action::Emit(Event::Error { op, errno }), Action::End],
-            None if self.hold_after_acks.is_some_and(|n| self.acks < n) => {
-                vec![Action::Emit(Event::Hold { acks: self.acks }), Action::Hold]
-            }
+            None if self.hold_after_acks.is_some_and(|n| self.acks < n) => vec![Action::Hold { acks: self.acks }],
             None => vec![Action::End],
         }
     }
@@ -201,6 +218,48 @@ fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, String> {
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| "a line that is not UTF-8".to_string())
+}
+
+/// How long the relay waits for the stopped program to be reported
+/// stopped, at most.
+const STOP_WAIT_MS: u64 = 1000;
+
+/// Waits until the program is stopped (or ended): from then on it writes
+/// nothing more, and what it printed meanwhile is in the pipe or the
+/// reader's buffer. Bounded: a process stopped inside vfork (its parent
+/// waits, uninterruptibly, for the child to exec) is never reported
+/// stopped, and neither of them can print anything more either.
+fn wait_stopped(pid: nix::unistd::Pid) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    for _ in 0..STOP_WAIT_MS / 10 {
+        match waitpid(pid, Some(WaitPidFlag::WUNTRACED | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            _ => return,
+        }
+    }
+}
+
+/// The complete lines left in the program's stdout, without waiting: the
+/// reader's buffer, then the pipe read until it is empty. Bounded: at most
+/// a pipe's worth of lines can be there.
+fn drain(reader: &mut BufReader<std::process::ChildStdout>) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    const DRAIN_MAX_LINES: usize = 4096;
+    let fd = reader.get_ref().as_raw_fd();
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe {
+        let flags = nix::libc::fcntl(fd, nix::libc::F_GETFL);
+        nix::libc::fcntl(fd, nix::libc::F_SETFL, flags | nix::libc::O_NONBLOCK);
+    }
+    let mut lines = Vec::new();
+    while lines.len() < DRAIN_MAX_LINES {
+        match read_line(reader) {
+            Ok(Some(line)) => lines.push(line),
+            // Empty (WouldBlock), ended, or a cut line: nothing more to pass on.
+            _ => break,
+        }
+    }
+    lines
 }
 
 /// Runs the relay; the exit code of `crashlab-workload`.
@@ -325,8 +384,15 @@ pub fn run(args: &[String]) -> u8 {
                     ended_in_error |= matches!(event, Event::Error { .. });
                     channel.emit(&event)
                 }
-                Action::Hold => {
+                Action::Hold { acks } => {
                     let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGSTOP);
+                    wait_stopped(group);
+                    for line in drain(&mut stdout) {
+                        if let Some(event) = relay.drained(&line) {
+                            channel.emit(&event);
+                        }
+                    }
+                    channel.emit(&Event::Hold { acks });
                     loop {
                         nix::unistd::pause();
                     }
@@ -399,19 +465,26 @@ mod tests {
         relay.line("BEGIN 5 ab").unwrap();
         assert_eq!(
             relay.line("ACK 5").unwrap(),
-            [
-                Action::Emit(Event::Ack { seq: 0, slot: 0 }),
-                Action::Emit(Event::Hold { acks: 1 }),
-                Action::Hold
-            ]
+            [Action::Emit(Event::Ack { seq: 0, slot: 0 }), Action::Hold { acks: 1 }]
         );
+        // What the program printed before it stopped: its BEGINs only.
+        assert_eq!(
+            relay.drained("BEGIN 6 cd"),
+            Some(Event::Item {
+                seq: 1,
+                id: 6,
+                digest: digest("cd")
+            })
+        );
+        assert_eq!(relay.drained("ACK 6"), None);
+        assert_eq!(relay.drained("BEGIN 6 cd"), None);
         // A program that ends before the crash point holds at its end.
         let mut early = Relay::new(&params(Some(2), false));
         early.line("READY").unwrap();
         early.line("DONE").unwrap();
         assert_eq!(
             early.exited(std::process::ExitStatus::from_raw(0)),
-            [Action::Emit(Event::Hold { acks: 0 }), Action::Hold]
+            [Action::Hold { acks: 0 }]
         );
     }
 

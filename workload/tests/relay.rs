@@ -19,7 +19,14 @@ fn relay(script: &str, hold: Option<u64>) -> (Vec<String>, i32) {
     let cmdline = dir.path().join("cmdline");
     std::fs::write(&cmdline, params).unwrap();
     let program = dir.path().join("program.sh");
-    std::fs::write(&program, format!("#!/bin/sh\n{script}")).unwrap();
+    // The script notes its pid (its process group's): a held program is
+    // stopped, and is killed here once the test is done with it.
+    let pidfile = dir.path().join("pid");
+    std::fs::write(
+        &program,
+        format!("#!/bin/sh\necho $$ > {}\n{script}", pidfile.display()),
+    )
+    .unwrap();
     Command::new("chmod").arg("755").arg(&program).status().unwrap();
     let channel = dir.path().join("channel");
     std::fs::write(&channel, "").unwrap();
@@ -45,6 +52,13 @@ fn relay(script: &str, hold: Option<u64>) -> (Vec<String>, i32) {
         assert!(std::time::Instant::now() < deadline, "the relay neither ended nor held");
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
+    if let Some(pid) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        // The whole group, stopped or not; a no-op if it is gone.
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+    }
     (read(&channel), code)
 }
 
@@ -86,13 +100,17 @@ echo DONE
 }
 
 #[test]
-fn the_crash_point_stops_the_program_after_the_nth_ack() {
+fn the_crash_point_stops_the_program_and_passes_on_what_it_began_meanwhile() {
+    // One write: every line is in the pipe before the relay reads the
+    // first, as when the program runs ahead of the relay. Item 2 was begun
+    // (and perhaps written) before the stop: it reaches the host as an
+    // item in flight; its ACK and DONE came after the crash point.
     let (lines, code) = relay(
-        "echo READY\necho 'BEGIN 1 aa'\necho 'ACK 1'\necho 'BEGIN 2 bb'\necho 'ACK 2'\necho DONE\n",
+        "printf 'READY\\nBEGIN 1 aa\\nACK 1\\nBEGIN 2 bb\\nACK 2\\nDONE\\n'\nsleep 30\n",
         Some(1),
     );
     assert_eq!(code, -9);
-    assert_eq!(lines, ["READY 0", "ITEM 0 1 aa", "ACK 0 0", "HOLD 1"]);
+    assert_eq!(lines, ["READY 0", "ITEM 0 1 aa", "ACK 0 0", "ITEM 1 2 bb", "HOLD 1"]);
 }
 
 #[test]
