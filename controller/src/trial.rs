@@ -323,6 +323,9 @@ pub struct CheckResult {
     /// A program under test: what its checker reported (`None` when it
     /// did not run, or for crashlab's own workload).
     pub checker: Option<record::items::CheckerReport>,
+    /// The check gave up waiting for the guest (the state's recovery, or
+    /// a program's checker, did not finish in time).
+    pub timed_out: bool,
 }
 
 /// How a check's data files reached the host, counted.
@@ -398,6 +401,7 @@ impl CheckResult {
             fsck: None,
             reads: FileReads::default(),
             checker: None,
+            timed_out: false,
         }
     }
 }
@@ -602,6 +606,7 @@ impl CheckReport {
             fsck,
             reads,
             checker,
+            timed_out: false,
         }))
     }
 

@@ -159,3 +159,35 @@ fn a_dynamic_binary_or_a_script_is_refused_before_any_vm() {
         assert!(stderr.contains(needle), "{workload}: {stderr}");
     }
 }
+
+/// A check that takes longer than the per-state limit is checked again, on
+/// a fresh checker VM with four times the time, before a timeout counts as
+/// a hung recovery: an overloaded host is not a filesystem that hangs.
+/// Here the checker itself is slow (4 s against a 3 s limit).
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn a_slow_check_is_retried_with_more_time_not_reported_as_a_hang() {
+    let h = vm_harness("lmdb-slow-check");
+    let bin = h.images_dir.join("crashlab-lmdb");
+    let out = h.run(
+        "slow",
+        &[
+            "--trials=1",
+            "--records=50",
+            "--crash-model=power-loss",
+            "--state-budget=2",
+            "--check-workers=1",
+            "--stall-timeout-ms=3000",
+            &format!("--workload={}", bin.display()),
+            "--workload-arg=workload",
+            &format!("--checker-cmd={}", bin.display()),
+            "--checker-arg=check",
+            "--checker-arg=--delay-ms",
+            "--checker-arg=4000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let trial = &h.trials("slow")[0];
+    assert_eq!(trial["states_failed"], 0, "{trial}");
+    assert_eq!(trial["checker_timeouts_retried"], trial["states_checked"], "{trial}");
+}

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("workload") => workload(&args[1..]),
-        Some("check") => check(),
+        Some("check") => check(&args[1..]),
         _ => Err(Failure::usage(
             "usage: crashlab-lmdb workload [--nosync] [--ack-before-commit] | check",
         )),
@@ -283,7 +283,17 @@ fn workload(args: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check() -> Result<(), Failure> {
+fn check(args: &[String]) -> Result<(), Failure> {
+    // `--delay-ms N`: a slow checker, for testing that crashlab tells a
+    // slow check from a hung recovery.
+    match args {
+        [] => {}
+        [flag, ms] if flag == "--delay-ms" => {
+            let ms: u64 = ms.parse().map_err(|_| Failure::usage("--delay-ms takes a number"))?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        _ => return Err(Failure::usage("usage: crashlab-lmdb check [--delay-ms N]")),
+    }
     let dir = env_dir()?;
     if !std::path::Path::new(&dir).join("data.mdb").exists() {
         say("NOTE no environment yet");

@@ -71,6 +71,10 @@ impl CheckEnv<'_> {
     }
 }
 
+/// A state that timed out is checked once more with this many times the
+/// time.
+pub const TIMEOUT_RETRY_FACTOR: u64 = 4;
+
 /// One state's check results, from each path asked for.
 pub struct StateChecks {
     pub results: Vec<(&'static str, CheckResult)>,
@@ -80,6 +84,10 @@ pub struct StateChecks {
     pub overlay_bytes: u64,
     /// Checker VMs booted again before this state (the last one retired).
     pub checker_restarts: u64,
+    /// The state timed out once and was checked again on a fresh checker
+    /// VM with more time, which finished: the first wait was the host's
+    /// slowness (an overloaded machine), not a hang of the guest.
+    pub timeouts_retried: u64,
 }
 
 impl StateChecks {
@@ -91,6 +99,7 @@ impl StateChecks {
             host_ms: 0,
             overlay_bytes: 0,
             checker_restarts: 0,
+            timeouts_retried: 0,
         }
     }
 }
@@ -231,9 +240,21 @@ impl CheckWorker {
         if let Some(checker) = self.kernel.as_mut() {
             let t = Instant::now();
             let read = file_read_for(env, index, checker.checks_done() == 0);
-            checks
-                .results
-                .push(("kernel", checker.check(Arc::new(view.clone()), read, abort)?));
+            let mut result = checker.check(Arc::new(view.clone()), read, abort)?;
+            if result.timed_out {
+                // A hang is a finding only if it is one: on an overloaded
+                // host a slow recovery looks the same. Once, on a fresh
+                // checker VM, with more time; a second timeout stands.
+                checks.checker_restarts += self.restart_kernel(env)?;
+                let checker = self.kernel.as_mut().expect("restarted");
+                let usual_ms = checker.state_timeout_ms();
+                checker.set_state_timeout_ms(usual_ms.saturating_mul(TIMEOUT_RETRY_FACTOR));
+                result = checker.check(Arc::new(view.clone()), read, abort)?;
+                checker.set_state_timeout_ms(usual_ms);
+                checks.timeouts_retried += u64::from(!result.timed_out);
+            }
+            let checker = self.kernel.as_mut().expect("a kernel checker");
+            checks.results.push(("kernel", result));
             checks.kernel_ms = ms_since(t);
             checks.overlay_bytes = checker.nbd().overlay_bytes();
         }

@@ -145,6 +145,7 @@ impl HostChecker {
             fsck: None,
             reads,
             checker: None,
+            timed_out: false,
         })
     }
 
@@ -180,6 +181,7 @@ impl HostChecker {
                 fsck: None,
                 reads: FileReads::default(),
                 checker: None,
+                timed_out: false,
             });
         }
         // Like the kernel path: the read-only fsck only when asked for.
@@ -205,6 +207,7 @@ impl HostChecker {
             }),
             reads: FileReads::default(),
             checker: None,
+            timed_out: false,
         })
     }
 

@@ -170,6 +170,16 @@ impl KernelChecker {
     /// dies or falls silent while recovering the state gives that state's
     /// result (a recovery failure) and retires this checker. `stop`
     /// (Ctrl-C, or another worker's failure) ends the wait.
+    /// How long one state may take; a retry of a state that timed out is
+    /// given longer (`check::TIMEOUT_RETRY_FACTOR`).
+    pub fn state_timeout_ms(&self) -> u64 {
+        self.state_timeout_ms
+    }
+
+    pub fn set_state_timeout_ms(&mut self, timeout_ms: u64) {
+        self.state_timeout_ms = timeout_ms;
+    }
+
     pub fn check(&mut self, view: Arc<dyn DiskView>, read: FileRead, stop: &AtomicBool) -> Result<CheckResult> {
         assert!(self.usable, "a retired checker is not asked again");
         self.handle.set_view(view);
@@ -195,16 +205,19 @@ impl KernelChecker {
             anyhow::ensure!(!stop.load(Ordering::SeqCst), vm::Interrupted);
             if start.elapsed() > Duration::from_millis(self.state_timeout_ms) {
                 self.usable = false;
-                return Ok(CheckResult::recovery_failed(
-                    format!(
-                        "the checker VM did not finish recovering the state within {} ms: a hung mount or \
-                         read? console {}:\n{}",
-                        self.state_timeout_ms,
-                        self.files.console_log.display(),
-                        vm::tail_of(&self.files.console_log, 8)
-                    ),
-                    self.export.files as usize,
-                ));
+                return Ok(CheckResult {
+                    timed_out: true,
+                    ..CheckResult::recovery_failed(
+                        format!(
+                            "the checker VM did not finish recovering the state within {} ms: a hung mount or \
+                             read? console {}:\n{}",
+                            self.state_timeout_ms,
+                            self.files.console_log.display(),
+                            vm::tail_of(&self.files.console_log, 8)
+                        ),
+                        self.export.files as usize,
+                    )
+                });
             }
             match session.next(Duration::from_millis(2))? {
                 Step::Event(event) => report.observe(&event),

@@ -50,6 +50,9 @@ pub struct PowerLossRecord {
     /// Checker VMs booted again after one died, hung or could not unmount
     /// while recovering a state (that state's verdict says so).
     pub checker_restarts: u64,
+    /// States that timed out once and finished when checked again with
+    /// more time (the host was slow, the guest did not hang).
+    pub checker_timeouts_retried: u64,
     /// Kernel checker: how the recovered files reached the host (summed over
     /// states and files).
     pub file_reads: FileReads,
@@ -225,6 +228,7 @@ impl PowerLossRecord {
             checker_disagreements: 0,
             checker_detail_differences: 0,
             checker_restarts: 0,
+            checker_timeouts_retried: 0,
             file_reads: FileReads::default(),
             passed: true,
             state_counts: verifier::Counts::default(),
@@ -264,6 +268,7 @@ impl PowerLossRecord {
         timing.kernel_check += checks.kernel_ms;
         timing.host_check += checks.host_ms;
         self.checker_restarts += checks.checker_restarts;
+        self.checker_timeouts_retried += checks.timeouts_retried;
         for (_, result) in &checks.results {
             self.file_reads.add(&result.reads);
         }
