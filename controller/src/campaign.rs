@@ -525,10 +525,10 @@ pub struct ResumePoint {
 /// corrupt complete line, a trial outside the campaign or finished twice,
 /// or a trial line without its totals is an error naming it.
 pub fn resume_point(trials: &[u8], states: Option<&[u8]>, model: CrashModel, trials_count: u64) -> Result<ResumePoint> {
-    let (lines, _torn) = parse_jsonl(trials, "trials.jsonl")?;
+    let (lines, _torn) = parse_jsonl_lines(trials, "trials.jsonl")?;
     let mut finished: Vec<(u64, TrialTotals)> = Vec::new();
     let mut trials_jsonl = String::new();
-    for line in &lines {
+    for (line, text) in &lines {
         let trial = line["trial"]
             .as_u64()
             .context("a trials.jsonl line without its trial")?;
@@ -543,21 +543,22 @@ pub fn resume_point(trials: &[u8], states: Option<&[u8]>, model: CrashModel, tri
             "trials.jsonl holds trial {trial} twice"
         );
         finished.push((trial, totals));
-        trials_jsonl += &format!("{line}\n");
+        trials_jsonl += text;
+        trials_jsonl.push('\n');
     }
     let states_jsonl = match states {
         None => None,
         Some(bytes) => {
-            let (states, _torn) = parse_jsonl(bytes, "states.jsonl")?;
+            let (states, _torn) = parse_jsonl_lines(bytes, "states.jsonl")?;
             Some(
                 states
                     .iter()
-                    .filter(|s| {
+                    .filter(|(s, _)| {
                         s["trial"]
                             .as_u64()
                             .is_some_and(|t| finished.iter().any(|(f, _)| *f == t))
                     })
-                    .map(|s| format!("{s}\n"))
+                    .map(|(_, text)| format!("{text}\n"))
                     .collect(),
             )
         }
@@ -686,6 +687,17 @@ pub fn read_jsonl(path: &std::path::Path) -> anyhow::Result<(Vec<serde_json::Val
 /// on bytes, before any UTF-8 check: a line torn inside a character is
 /// still just a torn line.
 pub fn parse_jsonl(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<serde_json::Value>, Option<usize>)> {
+    let (lines, torn) = parse_jsonl_lines(bytes, name)?;
+    Ok((lines.into_iter().map(|(value, _)| value).collect(), torn))
+}
+
+/// `parse_jsonl`, each value with its line as written (without the
+/// newline): what resume keeps is the bytes, not a re-serialisation (which
+/// would reorder keys, and move a float that serde_json reads inexactly).
+pub fn parse_jsonl_lines(
+    bytes: &[u8],
+    name: &str,
+) -> anyhow::Result<(Vec<(serde_json::Value, String)>, Option<usize>)> {
     let (complete, torn) = match bytes.iter().rposition(|&b| b == b'\n') {
         Some(end) if end + 1 == bytes.len() => (bytes, None),
         Some(end) => (&bytes[..end + 1], Some(bytes.len() - end - 1)),
@@ -699,7 +711,12 @@ pub fn parse_jsonl(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<serde_json::
         .split(|&b| b == b'\n')
         .take(line_count)
         .enumerate()
-        .map(|(i, line)| serde_json::from_slice(line).with_context(|| format!("{name} line {} is corrupt", i + 1)))
+        .map(|(i, line)| {
+            let corrupt = || format!("{name} line {} is corrupt", i + 1);
+            let text = std::str::from_utf8(line).with_context(corrupt)?;
+            let value = serde_json::from_str(text).with_context(corrupt)?;
+            Ok((value, text.to_string()))
+        })
         .collect::<anyhow::Result<Vec<_>>>()
         .map(|lines| (lines, torn))
 }
@@ -763,9 +780,10 @@ mod read_jsonl_tests {
             "{\"trial\":0,\"state\":0}\n{\"trial\":0,\"state\":1}\n{\"trial\":1,\"state\":0}\n{\"trial\":1,\"sta";
         let point = resume_point(power.as_bytes(), Some(states.as_bytes()), CrashModel::PowerLoss, 2).unwrap();
         assert_eq!(point.finished.iter().map(|f| f.0).collect::<Vec<_>>(), [0]);
+        // The kept lines' bytes, as written (key order included).
         assert_eq!(
             point.states_jsonl.as_deref(),
-            Some("{\"state\":0,\"trial\":0}\n{\"state\":1,\"trial\":0}\n")
+            Some("{\"trial\":0,\"state\":0}\n{\"trial\":0,\"state\":1}\n")
         );
     }
 
