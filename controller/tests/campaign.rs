@@ -514,8 +514,8 @@ fn a_campaign_killed_at_seeded_points_resumes_to_what_an_uninterrupted_one_gives
     let args = [
         "--crash-model=power-loss",
         "--trials=3",
-        "--records=200",
-        "--state-budget=60",
+        "--records=150",
+        "--state-budget=45",
         "--seed=31",
     ];
     h.run("whole", &args);
