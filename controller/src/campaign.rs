@@ -233,7 +233,8 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     if let Some(program) = &config.program {
         program.check_binaries()?;
     }
-    images::locate(&config.images_dir)?.check_supports(config.fs)?;
+    let images = images::locate(&config.images_dir)?;
+    images.check_supports(config.fs)?;
     let dir = req.results_root.join(&req.campaign_id);
     if req.resume {
         anyhow::ensure!(
@@ -250,7 +251,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     })?;
     // A resumed campaign runs the program it started with.
     let fresh = !(req.resume && dir.join(crate::program::CAMPAIGN_INITRD).is_file());
-    let images = crate::program::campaign_images(config, &dir, fresh)?;
+    let images = crate::program::campaign_images(images, config, &dir, fresh)?;
 
     let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
     let base_disk = dir.join("base-disk.img");
@@ -691,13 +692,13 @@ pub fn parse_jsonl(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<serde_json::
     Ok((lines.into_iter().map(|(value, _)| value).collect(), torn))
 }
 
+/// A results line parsed, with its text as written.
+pub type JsonLine = (serde_json::Value, String);
+
 /// `parse_jsonl`, each value with its line as written (without the
 /// newline): what resume keeps is the bytes, not a re-serialisation (which
 /// would reorder keys, and move a float that serde_json reads inexactly).
-pub fn parse_jsonl_lines(
-    bytes: &[u8],
-    name: &str,
-) -> anyhow::Result<(Vec<(serde_json::Value, String)>, Option<usize>)> {
+pub fn parse_jsonl_lines(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<JsonLine>, Option<usize>)> {
     let (complete, torn) = match bytes.iter().rposition(|&b| b == b'\n') {
         Some(end) if end + 1 == bytes.len() => (bytes, None),
         Some(end) => (&bytes[..end + 1], Some(bytes.len() - end - 1)),

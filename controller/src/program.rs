@@ -132,29 +132,29 @@ fn elf_interpreter(bytes: &[u8]) -> Result<Option<String>, String> {
 /// replays and rechecks, so that they run the very bytes it ran.
 pub const CAMPAIGN_INITRD: &str = "program-initrd.img";
 
-/// The guest images for `config`'s campaign in `campaign_dir`: the cached
-/// ones, with the campaign's own initramfs for a program under test.
-/// `fresh`: a new campaign (check the binaries, write the initramfs);
-/// otherwise the one already there is used.
+/// The guest images for `config`'s campaign in `campaign_dir`: `images`
+/// (the cached ones), with the campaign's own initramfs for a program
+/// under test. `fresh`: a new campaign, whose binaries the caller checked
+/// (`ProgramSpec::check_binaries`): the initramfs is written; otherwise the
+/// one already there is used.
 pub fn campaign_images(
+    mut images: crate::images::GuestImages,
     config: &crate::config::CampaignConfig,
     campaign_dir: &Path,
     fresh: bool,
 ) -> Result<crate::images::GuestImages> {
-    let mut images = crate::images::locate(&config.images_dir)?;
     let Some(spec) = &config.program else {
         return Ok(images);
     };
     let initrd = campaign_dir.join(CAMPAIGN_INITRD);
-    if fresh || !initrd.is_file() {
-        anyhow::ensure!(
-            fresh,
-            "{} is missing: the campaign's program cannot be run again as it ran",
-            initrd.display()
-        );
-        spec.check_binaries()?;
+    if fresh {
         write_program_initrd(&images.initramfs, spec, &initrd)?;
     }
+    anyhow::ensure!(
+        initrd.is_file(),
+        "{} is missing: the campaign's program cannot be run again as it ran",
+        initrd.display()
+    );
     images.initramfs = initrd;
     Ok(images)
 }

@@ -60,7 +60,12 @@ pub fn recheck(req: &RecheckRequest, on_state: impl FnMut(&StateLine) -> Result<
             AccelUsed::Tcg,
         ),
         _ => {
-            let images = crate::program::campaign_images(&config, req.campaign_dir, false)?;
+            let images = crate::program::campaign_images(
+                crate::images::locate(&config.images_dir)?,
+                &config,
+                req.campaign_dir,
+                false,
+            )?;
             let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
             (images, accel)
         }

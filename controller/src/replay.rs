@@ -88,7 +88,12 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         _ => crate::config::FileRead::Both,
     };
     if req.checker != Checker::Host {
-        let images = crate::program::campaign_images(config, req.campaign_dir, false)?;
+        let images = crate::program::campaign_images(
+            crate::images::locate(&config.images_dir)?,
+            config,
+            req.campaign_dir,
+            false,
+        )?;
         let work = crate::lifetime::temp_dir("crashlab-replay-", None)?;
         let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
         let ctx = TrialContext {

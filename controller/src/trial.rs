@@ -494,7 +494,7 @@ impl ExportDisk {
 }
 
 /// A program's checker output kept per state, at most (a checker that
-/// prints more is cut, and its report then breaks the protocol).
+/// prints more is cut, and its report then lacks its END line).
 const CHECKER_STDOUT_MAX_BYTES: usize = 64 << 20;
 
 /// A check's report lines (`MOUNT`, per file `FILE`/`NOFILE` and `COPY`,

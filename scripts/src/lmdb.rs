@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::soak::run_campaign;
+use crate::soak::{run_campaign, write_table};
 
 const FILESYSTEMS: &[&str] = &["ext4", "xfs", "btrfs"];
 
@@ -107,13 +107,10 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         failed,
         if failed > 0 { "caught" } else { "NOT CAUGHT" }
     ));
-    let table = format!(
-        "crashlab lmdb ({seed}, {items}, {states} per power-loss trial)\n\n{}\n",
-        rows.join("\n")
-    );
-    print!("{table}");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(format!("{out_dir}/table.txt"), &table)?;
-    println!("results: {out_dir}");
+    write_table(
+        &out_dir,
+        &format!("crashlab lmdb ({seed}, {items}, {states} per power-loss trial)"),
+        &rows,
+    )?;
     Ok(if ok { 0 } else { 1 })
 }

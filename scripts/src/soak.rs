@@ -115,15 +115,25 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
             if failed > 0 { "caught" } else { "NOT CAUGHT" }
         ));
     }
-    let table = format!(
-        "crashlab soak (seed {seed}): {states} power-loss states and {kernel_trials} kernel-crash trials per configuration\n\n{}\n",
-        rows.join("\n")
-    );
+    write_table(
+        &out_dir,
+        &format!(
+            "crashlab soak (seed {seed}): {states} power-loss states and {kernel_trials} kernel-crash trials per configuration"
+        ),
+        &rows,
+    )?;
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// Prints a task's table (title, a blank line, the rows) and keeps it as
+/// `out_dir/table.txt`.
+pub fn write_table(out_dir: &str, title: &str, rows: &[String]) -> Result<()> {
+    let table = format!("{title}\n\n{}\n", rows.join("\n"));
     print!("{table}");
-    std::fs::create_dir_all(&out_dir)?;
+    std::fs::create_dir_all(out_dir)?;
     std::fs::write(format!("{out_dir}/table.txt"), &table)?;
     println!("results: {out_dir}");
-    Ok(if ok { 0 } else { 1 })
+    Ok(())
 }
 
 /// Runs one `crashlab run` (release build) into `out_dir/id` and returns
