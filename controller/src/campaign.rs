@@ -31,6 +31,8 @@ struct CampaignMeta<'a> {
     kernel_release: &'a str,
     accel: AccelUsed,
     accel_reason: &'a str,
+    /// How the filesystem under test was made, and its parameters.
+    filesystem: &'a images::MadeFilesystem,
     only_trial: Option<u64>,
     rerun: &'a str,
 }
@@ -39,6 +41,8 @@ struct CampaignMeta<'a> {
 pub struct Summary {
     pub campaign_id: String,
     pub results_dir: PathBuf,
+    /// The mkfs command line and the filesystem's parameters, in one line.
+    pub filesystem: String,
     pub trials_run: u64,
     pub trials_passed: u64,
     pub trials_failed: u64,
@@ -163,6 +167,9 @@ impl Summary {
     pub fn render(&self) -> String {
         let mut s = String::new();
         s += &format!("campaign {}\n", self.campaign_id);
+        if !self.filesystem.is_empty() {
+            s += &format!("filesystem: {}\n", self.filesystem);
+        }
         s += &format!(
             "trials: {} run, {} passed, {} failed{}\n",
             self.trials_run,
@@ -253,9 +260,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let fresh = !(req.resume && dir.join(crate::program::CAMPAIGN_INITRD).is_file());
     let images = crate::program::campaign_images(images, config, &dir, fresh)?;
 
-    let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
+    // Before the accelerator's sanity boot: mkfs options it refuses fail fast.
     let base_disk = dir.join("base-disk.img");
-    images::make_filesystem(config.fs, &base_disk, config.disk_size_bytes)?;
+    let made = images::make_and_describe(config.fs, &config.mkfs_words(), &base_disk, config.disk_size_bytes)?;
+    let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
     let ack_area_offset_bytes = config.ack_area_offset_bytes();
     if config.crash_model == CrashModel::PowerLoss {
         std::fs::OpenOptions::new()
@@ -265,7 +273,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             .context("cannot grow the base disk for the ack area (disk full?)")?;
     }
 
-    let rerun = format!("crashlab {}", config.to_cli_args().join(" "));
+    let rerun = format!("crashlab {}", crate::config::shell_join(&config.to_cli_args()));
     let meta = CampaignMeta {
         campaign_id: &req.campaign_id,
         config,
@@ -274,6 +282,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         kernel_release: &images.kernel_release,
         accel,
         accel_reason: &accel_reason,
+        filesystem: &made,
         only_trial: req.only_trial,
         rerun: &rerun,
     };
@@ -324,6 +333,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let mut summary = Summary {
         campaign_id: req.campaign_id.clone(),
         results_dir: dir.clone(),
+        filesystem: made.summary_line(),
         ..Default::default()
     };
     for (_, totals) in &finished {

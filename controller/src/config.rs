@@ -34,6 +34,32 @@ impl Filesystem {
         }
     }
 
+    /// The mkfs options a run uses unless told otherwise. ext4: mke2fs
+    /// picks its `small` profile (1 KiB blocks) for disks under 512 MiB,
+    /// unlike any real disk; `-T default` gives what a real disk gets (4 KiB
+    /// blocks, 256-byte inodes). `--mkfs-opts "-T small"` keeps 1 KiB.
+    pub fn default_mkfs_opts(self) -> &'static str {
+        match self {
+            Self::Ext4 => "-T default",
+            Self::Xfs | Self::Btrfs | Self::F2fs => "",
+        }
+    }
+
+    /// The mkfs tool and the options crashlab always gives it (before the
+    /// user's): no questions, quiet, and for ext4 no lazy initialisation, so
+    /// that no background metadata writes run during the workload.
+    pub fn mkfs_command(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Self::Ext4 => (
+                "mkfs.ext4",
+                &["-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0"],
+            ),
+            Self::Xfs => ("mkfs.xfs", &["-f", "-q"]),
+            Self::Btrfs => ("mkfs.btrfs", &["-f", "-q"]),
+            Self::F2fs => ("mkfs.f2fs", &["-f", "-q"]),
+        }
+    }
+
     /// The disk size a run uses unless told otherwise: 64 MiB, or the
     /// filesystem's minimum if larger.
     pub fn default_disk_size_bytes(self) -> u64 {
@@ -117,6 +143,11 @@ pub enum FileRead {
 pub struct CampaignConfig {
     pub fs: Filesystem,
     pub mount_opts: String,
+    /// Options given to mkfs after crashlab's own (`Filesystem::mkfs_command`),
+    /// split at whitespace, as xfstests' MKFS_OPTIONS. Empty: the tool's
+    /// defaults for the disk's size (campaigns from before the option).
+    #[serde(default)]
+    pub mkfs_opts: String,
     /// How records are written, synced and acknowledged.
     #[serde(default)]
     pub pattern: Pattern,
@@ -193,6 +224,9 @@ fn yes() -> bool {
 }
 
 pub const CHECK_WORKERS_MAX: u32 = 16;
+
+/// Upper bound on `--mkfs-opts`: a command line, not a file.
+const MKFS_OPTS_MAX_BYTES: usize = 1024;
 
 /// Upper bound on a campaign's power-loss states.
 pub const STATE_BUDGET_MAX: u64 = 10_000_000;
@@ -294,6 +328,17 @@ impl CampaignConfig {
                 self.mount_opts
             ));
         }
+        if self.mkfs_opts.len() > MKFS_OPTS_MAX_BYTES || self.mkfs_opts.contains(['\n', '\0']) {
+            return Err(format!(
+                "--mkfs-opts must be one line of at most {MKFS_OPTS_MAX_BYTES} bytes, e.g. \"-b 1024 -J size=8\""
+            ));
+        }
+        if let Some(word) = self.mkfs_words().iter().find(|w| w.starts_with('/')) {
+            return Err(format!(
+                "--mkfs-opts {:?} names a path ({word}): crashlab gives mkfs the disk itself; pass only options",
+                self.mkfs_opts
+            ));
+        }
         if !(128..=16384).contains(&self.guest_memory_mib) {
             return Err("--guest-memory-mib must be between 128 and 16384".into());
         }
@@ -361,6 +406,11 @@ impl CampaignConfig {
         Ok(())
     }
 
+    /// The user's mkfs options as words.
+    pub fn mkfs_words(&self) -> Vec<String> {
+        self.mkfs_opts.split_whitespace().map(String::from).collect()
+    }
+
     /// Power loss: the ack area follows the filesystem on the same disk, so
     /// ack writes are logged in order with the filesystem's writes.
     pub fn ack_area_offset_bytes(&self) -> u64 {
@@ -385,6 +435,7 @@ impl CampaignConfig {
             "run".to_string(),
             format!("--fs={}", self.fs.name()),
             format!("--mount-opts={}", self.mount_opts),
+            format!("--mkfs-opts={}", self.mkfs_opts),
             format!("--pattern={}", self.pattern),
             format!("--mode={}", self.mode),
             format!("--record-size={}", self.record_size_bytes),
@@ -433,6 +484,19 @@ impl CampaignConfig {
     }
 }
 
+/// Arguments as one shell command line: a word with characters a shell
+/// treats specially is single-quoted (`--mkfs-opts=-b 1024` stays one word).
+pub fn shell_join(args: &[String]) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_=.,:/+@%".contains(c);
+    args.iter()
+        .map(|a| match !a.is_empty() && a.chars().all(plain) {
+            true => a.clone(),
+            false => format!("'{}'", a.replace('\'', r"'\''")),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn kebab<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()
@@ -461,6 +525,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
     CampaignConfig {
         fs: Filesystem::Ext4,
         mount_opts: "data=ordered".into(),
+        mkfs_opts: "-T default".into(),
         pattern: Pattern::Records,
         mode: DurabilityMode::MsSync,
         record_size_bytes: 4096,
@@ -624,6 +689,27 @@ mod tests {
         ] {
             let err = bad.validate().unwrap_err();
             assert!(err.starts_with(flag) && err.contains("--workload"), "{err}");
+        }
+    }
+
+    #[test]
+    fn mkfs_options_are_checked_and_rerun_as_one_word() {
+        let c = CampaignConfig {
+            mkfs_opts: "-b 1024 -O ^metadata_csum".into(),
+            ..sample_config()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.mkfs_words(), ["-b", "1024", "-O", "^metadata_csum"]);
+        let line = shell_join(&c.to_cli_args());
+        assert!(line.contains("'--mkfs-opts=-b 1024 -O ^metadata_csum'"), "{line}");
+        assert!(line.contains(" --fs=ext4 "), "{line}");
+        assert_eq!(shell_join(&["it's".into(), String::new()]), r"'it'\''s' ''");
+        for bad in ["-d /etc", "-b 1024\n-q", &"-b 1024 ".repeat(200)] {
+            let c = CampaignConfig {
+                mkfs_opts: bad.into(),
+                ..sample_config()
+            };
+            assert!(c.validate().unwrap_err().starts_with("--mkfs-opts"), "{bad:?}");
         }
     }
 

@@ -252,7 +252,8 @@ fn run_one(
     fs: Filesystem,
 ) -> Result<BTreeMap<String, Observed>> {
     let disk = req.out_dir.join(format!("{}.img", fs.name()));
-    crate::images::make_filesystem(fs, &disk, fs.min_disk_size_bytes())?;
+    let words: Vec<String> = fs.default_mkfs_opts().split_whitespace().map(String::from).collect();
+    crate::images::make_filesystem(fs, &words, &disk, fs.min_disk_size_bytes())?;
     let files = RunFiles::in_dir(&req.out_dir, &format!("conformance-{}", fs.name()));
     let spec = VmSpec {
         images: images.clone(),

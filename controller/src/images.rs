@@ -77,35 +77,152 @@ pub fn locate(dir: &Path) -> Result<GuestImages> {
 }
 
 /// Formats a fresh raw disk image on the host (mkfs works on a plain file, no
-/// root and no loop device). Lazy initialisation is off so that no background
-/// metadata writes run during the workload.
-pub fn make_filesystem(fs: Filesystem, path: &Path, size_bytes: u64) -> Result<()> {
+/// root and no loop device), with crashlab's fixed options
+/// (`Filesystem::mkfs_command`) and then the user's `mkfs_words`.
+pub fn make_filesystem(fs: Filesystem, mkfs_words: &[String], path: &Path, size_bytes: u64) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     file.set_len(size_bytes)
         .with_context(|| format!("cannot size {} (disk full?)", path.display()))?;
     drop(file);
-    let (tool, args): (&str, &[&str]) = match fs {
-        Filesystem::Ext4 => (
-            "mkfs.ext4",
-            &["-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0"],
-        ),
-        Filesystem::Xfs => ("mkfs.xfs", &["-f", "-q"]),
-        Filesystem::Btrfs => ("mkfs.btrfs", &["-f", "-q"]),
-        Filesystem::F2fs => ("mkfs.f2fs", &["-f", "-q"]),
-    };
+    let (tool, fixed) = fs.mkfs_command();
     let out = Command::new(tool)
-        .args(args)
+        .args(fixed)
+        .args(mkfs_words)
         .arg(path)
         .output()
         .with_context(|| format!("cannot run {tool}: install it (`cargo xtask deps` installs every tool)"))?;
     if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let said = match said.trim() {
+            "" => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            s => s.to_string(),
+        };
         bail!(
-            "{tool} failed on {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{tool} refused the options {:?} ({}): {said}. Check --mkfs-opts against `man {tool}` \
+             and the mkfs tool's version (`{tool} -V`)",
+            mkfs_words.join(" "),
+            out.status
         );
     }
     Ok(())
+}
+
+/// The filesystem a campaign made, as its results record it: the mkfs
+/// command line and what the filesystem's own tools say of the result
+/// (block size, inode size, journal, features).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MadeFilesystem {
+    pub mkfs_command: String,
+    /// Selected fields, named as the tool names them; empty where no tool
+    /// reads the filesystem's parameters (f2fs) or the tool failed.
+    pub parameters: std::collections::BTreeMap<String, String>,
+}
+
+impl MadeFilesystem {
+    /// One line for the campaign's summary.
+    pub fn summary_line(&self) -> String {
+        let facts: Vec<String> = self.parameters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        match facts.is_empty() {
+            true => self.mkfs_command.clone(),
+            false => format!("{} ({})", self.mkfs_command, facts.join(", ")),
+        }
+    }
+}
+
+/// Formats the disk and describes what was made.
+pub fn make_and_describe(
+    fs: Filesystem,
+    mkfs_words: &[String],
+    path: &Path,
+    size_bytes: u64,
+) -> Result<MadeFilesystem> {
+    make_filesystem(fs, mkfs_words, path, size_bytes)?;
+    let (tool, fixed) = fs.mkfs_command();
+    let mut words: Vec<String> = std::iter::once(tool)
+        .chain(fixed.iter().copied())
+        .map(String::from)
+        .collect();
+    words.extend(mkfs_words.iter().cloned());
+    words.push("DISK".into());
+    Ok(MadeFilesystem {
+        mkfs_command: crate::config::shell_join(&words),
+        parameters: describe_filesystem(fs, path),
+    })
+}
+
+/// What the filesystem's own tool reports of a fresh image (best effort: a
+/// missing tool leaves the map empty rather than failing the campaign).
+fn describe_filesystem(fs: Filesystem, path: &Path) -> std::collections::BTreeMap<String, String> {
+    let run = |tool: &str, args: &[&str]| -> Option<String> {
+        let out = Command::new(tool).args(args).arg(path).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    match fs {
+        Filesystem::Ext4 => run("dumpe2fs", &["-h"]).map_or_else(Default::default, |t| parse_dumpe2fs(&t)),
+        Filesystem::Xfs => run("xfs_db", &["-r", "-c", "info"]).map_or_else(Default::default, |t| parse_xfs_info(&t)),
+        Filesystem::Btrfs => {
+            run("btrfs", &["inspect-internal", "dump-super"]).map_or_else(Default::default, |t| parse_btrfs_super(&t))
+        }
+        Filesystem::F2fs => Default::default(),
+    }
+}
+
+fn parse_dumpe2fs(text: &str) -> std::collections::BTreeMap<String, String> {
+    const KEYS: [&str; 7] = [
+        "Block size",
+        "Inode size",
+        "Journal size",
+        "Total journal size",
+        "Filesystem features",
+        "Block count",
+        "Inode count",
+    ];
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| KEYS.contains(&k.trim()))
+        .map(|(k, v)| (k.trim().to_lowercase().replace(' ', "_"), v.trim().to_string()))
+        .collect()
+}
+
+/// `xfs_db -c info`: sections (`meta-data=`, `data`, `log`, ...) of
+/// `name=value` fields; a continuation line starts with `=`.
+fn parse_xfs_info(text: &str) -> std::collections::BTreeMap<String, String> {
+    const KEYS: [&str; 6] = [
+        "meta-data.isize",
+        "meta-data.crc",
+        "meta-data.reflink",
+        "data.bsize",
+        "log.bsize",
+        "log.blocks",
+    ];
+    let mut section = String::new();
+    let mut found = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let head = line.split('=').next().unwrap_or("").trim();
+        if !head.is_empty() && !line.starts_with(' ') {
+            section = head.to_string();
+        }
+        for field in line.split_whitespace().skip(1) {
+            if let Some((k, v)) = field.trim_end_matches(',').split_once('=') {
+                let key = format!("{section}.{k}");
+                if KEYS.contains(&key.as_str()) {
+                    found.entry(key).or_insert_with(|| v.to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+fn parse_btrfs_super(text: &str) -> std::collections::BTreeMap<String, String> {
+    const KEYS: [&str; 3] = ["sectorsize", "nodesize", "csum_type"];
+    text.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(k, _)| KEYS.contains(&k.trim()))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// Copies a disk image, leaving holes where the source has zeros, so that a
@@ -135,6 +252,25 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filesystem_tools_outputs_give_their_parameters() {
+        let ext4 = parse_dumpe2fs("Block count:              16384\nBlock size:               4096\nInode size:\t          256\nTotal journal size:       4096k\nMount count: 0\n");
+        assert_eq!(ext4["block_size"], "4096");
+        assert_eq!(ext4["inode_size"], "256");
+        assert_eq!(ext4["total_journal_size"], "4096k");
+        assert!(!ext4.contains_key("mount_count"));
+        let xfs = parse_xfs_info(
+            "meta-data=t.img                  isize=512    agcount=4, agsize=19200 blks\n         =                       crc=1        finobt=1, sparse=1, rmapbt=0\ndata     =                       bsize=4096   blocks=76800, imaxpct=25\nnaming   =version 2              bsize=4096   ascii-ci=0, ftype=1\nlog      =internal log           bsize=4096   blocks=16384, version=2\n",
+        );
+        assert_eq!(xfs["meta-data.isize"], "512");
+        assert_eq!(xfs["meta-data.crc"], "1");
+        assert_eq!(xfs["data.bsize"], "4096");
+        assert_eq!(xfs["log.blocks"], "16384");
+        let btrfs = parse_btrfs_super("csum_type\t\t0 (crc32c)\nsectorsize\t\t4096\nnodesize\t\t16384\n");
+        assert_eq!(btrfs["nodesize"], "16384");
+        assert_eq!(btrfs["csum_type"], "0 (crc32c)");
+    }
 
     #[test]
     fn sparse_copy_is_exact() {

@@ -195,6 +195,12 @@ struct RunArgs {
     /// Default: data=ordered for ext4, defaults for the others.
     #[arg(long)]
     mount_opts: Option<String>,
+    /// Options given to mkfs, split at spaces (as xfstests' MKFS_OPTIONS):
+    /// features, block size, journal size. Default: "-T default" for ext4
+    /// (4 KiB blocks as on a real disk; "-T small" gives 1 KiB), none for
+    /// the others.
+    #[arg(long, allow_hyphen_values = true)]
+    mkfs_opts: Option<String>,
     /// Workload pattern: records, partial-msync, invalidate, ipc, wal, growth, several.
     #[arg(long, default_value = "records")]
     pattern: record::Pattern,
@@ -653,6 +659,10 @@ fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
             .mount_opts
             .clone()
             .unwrap_or_else(|| args.fs.default_mount_opts().to_string()),
+        mkfs_opts: args
+            .mkfs_opts
+            .clone()
+            .unwrap_or_else(|| args.fs.default_mkfs_opts().to_string()),
         pattern: args.pattern,
         mode: args.mode,
         record_size_bytes,

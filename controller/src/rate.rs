@@ -58,7 +58,7 @@ pub fn measure(config: &CampaignConfig, pairs: u32, dir: &Path, interrupt: &Atom
     std::fs::create_dir_all(dir)?;
     let (accel, _) = accel::choose(config.accel, &images, dir, interrupt)?;
     let base = dir.join("base-disk.img");
-    images::make_filesystem(config.fs, &base, config.disk_size_bytes)?;
+    images::make_filesystem(config.fs, &config.mkfs_words(), &base, config.disk_size_bytes)?;
     let ack_area_offset_bytes = config.ack_area_offset_bytes();
     std::fs::OpenOptions::new()
         .write(true)

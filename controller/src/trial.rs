@@ -257,11 +257,19 @@ pub(crate) fn run_workload(
         );
     }
     if let Some(rc) = mount_rc {
+        let said = kernel_said(&files.console_log, ctx.config.fs);
         bail!(
-            "the guest could not mount the fresh {} filesystem with -o {} (mount exit status {rc}): \
-             check --mount-opts; console: {}",
+            "the guest could not mount the fresh {} filesystem with -o {} (mount exit status {rc}); \
+             the guest kernel said: {}. Check --mount-opts and --mkfs-opts ({:?}: a feature this \
+             kernel, {}, does not know refuses the mount); console: {}",
             ctx.config.fs.name(),
             ctx.config.mount_opts,
+            match said.is_empty() {
+                true => "nothing".to_string(),
+                false => said.join(" | "),
+            },
+            ctx.config.mkfs_opts,
+            ctx.images.kernel_release,
             files.console_log.display()
         );
     }
@@ -294,6 +302,37 @@ pub(crate) fn run_workload(
         workload_error: error,
         workload_rate: rate,
     })
+}
+
+/// The guest kernel's messages about the filesystem that `/init` put on
+/// the console after a failed mount (`crashlab-kernel: ` lines): the
+/// reason a mount failed, which its exit status does not carry. At most
+/// the last few, without their timestamps.
+pub fn kernel_said(console_log: &std::path::Path, fs: crate::config::Filesystem) -> Vec<String> {
+    const SAID_MAX_LINES: usize = 4;
+    let Ok(text) = std::fs::read(console_log) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&text);
+    let marked: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("crashlab-kernel: "))
+        .map(|l| match l.starts_with('[') {
+            true => l.split_once("] ").map_or(l, |(_, rest)| rest),
+            false => l,
+        })
+        .collect();
+    let name = fs.name().to_lowercase();
+    let about: Vec<&str> = marked
+        .iter()
+        .copied()
+        .filter(|l| l.to_lowercase().contains(&name) || l.contains("mount") || l.contains("vda"))
+        .collect();
+    let chosen = if about.is_empty() { &marked } else { &about };
+    chosen[chosen.len().saturating_sub(SAID_MAX_LINES)..]
+        .iter()
+        .map(|l| l.trim().to_string())
+        .collect()
 }
 
 /// The config option behind a piece the guest kernel lacks.
@@ -786,6 +825,29 @@ mod tests {
     //! the export disk's tag, without a VM.
 
     use super::*;
+
+    #[test]
+    fn the_kernels_reason_for_a_failed_mount_is_read_from_the_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(
+            &log,
+            "boot noise\ncrashlab-kernel: [    1.5] virtio_blk virtio1: [vda] 131072 512-byte blocks\n\
+             crashlab-kernel: [    2.1] random: crng init done\n\
+             crashlab-kernel: [    2.2] EXT4-fs (vda): Unrecognized mount option \"data=bogus\" or missing value\n\
+             mount: mounting /dev/vda on /mnt failed: Invalid argument\n",
+        )
+        .unwrap();
+        let said = super::kernel_said(&log, crate::config::Filesystem::Ext4);
+        assert_eq!(
+            said,
+            [
+                "virtio_blk virtio1: [vda] 131072 512-byte blocks",
+                "EXT4-fs (vda): Unrecognized mount option \"data=bogus\" or missing value"
+            ]
+        );
+        assert!(super::kernel_said(&dir.path().join("none"), crate::config::Filesystem::Xfs).is_empty());
+    }
 
     fn export_with(dir: &Path, tag: &str, data: &[u8]) -> ExportDisk {
         use std::os::unix::fs::FileExt;

@@ -26,6 +26,39 @@ fn ext4_ms_sync_three_trials_have_no_violation() {
     assert!(total(&trials, "acked") > 0);
     assert!(total(&trials, "intact") > 0);
     assert!(trials.iter().any(|t| t["run_end"] == "crashed"));
+    // ext4's default is what a real disk gets (4 KiB blocks), not mke2fs's
+    // `small` profile for a 64 MiB disk; the results say so.
+    let meta = h.campaign_json("ms-sync");
+    assert_eq!(meta["config"]["mkfs_opts"], "-T default", "{meta}");
+    assert_eq!(meta["filesystem"]["parameters"]["block_size"], "4096", "{meta}");
+}
+
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn mkfs_options_reach_mkfs_and_one_it_refuses_is_named() {
+    let h = vm_harness("mkfs_opts");
+    let out = h.run("refused", &["--mkfs-opts=-O no_such_feature", "--trials=1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mkfs.ext4 refused") && stderr.contains("no_such_feature") && stderr.contains("--mkfs-opts"),
+        "{stderr}"
+    );
+    // 1 KiB blocks stay reachable, and a campaign on them runs clean.
+    let out = h.run(
+        "small",
+        &["--mkfs-opts=-T small", "--trials=1", "--records=200", "--seed=3"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let meta = h.campaign_json("small");
+    assert_eq!(meta["filesystem"]["parameters"]["block_size"], "1024", "{meta}");
+    assert!(
+        meta["rerun"].as_str().unwrap().contains("'--mkfs-opts=-T small'"),
+        "{meta}"
+    );
+    let trials = h.trials("small");
+    assert_eq!(trials[0]["passed"], true, "{}", trials[0]);
+    assert!(total(&trials, "acked") > 0);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! - `deps`      install the missing Debian packages (as root) or print the line
 //! - `images`    build the static workload and the guest initramfs (cached)
 //! - `campaign`  deps + images + the default campaign (extra args go to `crashlab run`)
-//! - `test`      deps + images + every test, unit and VM integration
+//! - `test`      deps + images + every test, unit and VM integration, in lanes ([--lanes N] [FILTER...])
 //! - `bench`     deps + images + the benchmark figures
 //! - `sensitivity` deps + images + the planted-bug catalogue's detection rates
 //! - `fuzz`      every fuzz target of `fuzz/` for a while (nightly, cargo-fuzz)
@@ -20,6 +20,7 @@ mod images;
 mod lmdb;
 mod sensitivity;
 mod soak;
+mod test_lanes;
 
 use std::process::ExitCode;
 
@@ -101,15 +102,9 @@ fn campaign(sh: &Shell, extra: &[String]) -> Result<i32> {
     children::status(command)
 }
 
+/// The VM tests are #[ignore]d so that a bare `cargo test` says they did
+/// not run; here they run (`--include-ignored`), in lanes (`test_lanes`).
 fn test(sh: &Shell, extra: &[String]) -> Result<i32> {
     let images = setup(sh)?;
-    let _env = sh.push_env("CRASHLAB_IMAGES_DIR", &images);
-    // The VM tests are #[ignore]d so that a bare `cargo test` says they did
-    // not run; here they run. One VM at a time: the machine has two cores
-    // and TCG is CPU-bound.
-    let command = cmd!(
-        sh,
-        "cargo test --workspace {extra...} -- --test-threads=1 --include-ignored"
-    );
-    children::status(command)
+    test_lanes::run(sh, &images, extra)
 }

@@ -70,6 +70,12 @@ impl Harness {
         out
     }
 
+    pub fn campaign_json(&self, id: &str) -> serde_json::Value {
+        let path = self.results.path().join(id).join("campaign.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).expect("campaign.json is JSON")
+    }
+
     pub fn trials(&self, id: &str) -> Vec<serde_json::Value> {
         let path = self.results.path().join(id).join("trials.jsonl");
         std::fs::read_to_string(&path)
