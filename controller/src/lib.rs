@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod durable;
 pub mod images;
 pub mod io_errors;
+pub mod junit;
 pub mod kept;
 pub mod lifetime;
 pub mod matrix;

@@ -89,6 +89,10 @@ struct SweepArgs {
     /// Where the cells' campaigns and the table go.
     #[arg(long, default_value = "results")]
     results_dir: PathBuf,
+    /// Also write JUnit XML here: one test case per cell, a failure
+    /// carrying the first violation and its replay command.
+    #[arg(long)]
+    junit: Option<PathBuf>,
     /// Name of the sweep's directory (default: timestamp).
     #[arg(long)]
     id: Option<String>,
@@ -264,6 +268,10 @@ struct RunArgs {
     /// Where campaign directories are created.
     #[arg(long, default_value = "results")]
     results_dir: PathBuf,
+    /// Also write JUnit XML here: the campaign as one test case, a failure
+    /// carrying its first violation and the command that replays it.
+    #[arg(long)]
+    junit: Option<PathBuf>,
     /// Name of the campaign directory (default: timestamp, fs, mode, seed).
     #[arg(long)]
     campaign_id: Option<String>,
@@ -455,6 +463,16 @@ fn sweep(cells: Cells, name: &str, args: &SweepArgs) -> ExitCode {
             "io-errors" => controller::io_errors::write_table(&table, &out_dir)?,
             _ => controller::matrix::write(&table, &out_dir, name)?,
         };
+        if let Some(path) = &args.junit {
+            let dirs: Vec<PathBuf> = table
+                .rows
+                .iter()
+                .flat_map(|row| table.columns.iter().map(move |column| (row, column)))
+                .filter_map(|(row, column)| table.cells.get(row)?.get(column))
+                .map(|cell| cell.results_dir.clone())
+                .collect();
+            controller::junit::write(path, &format!("crashlab {name}"), &dirs)?;
+        }
         Ok((table, text))
     });
     match result {
@@ -717,15 +735,18 @@ fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
 fn run(args: RunArgs) -> ExitCode {
     if let Some(dir) = &args.resume {
         return match resume_request(dir, &args) {
-            Ok((config, root, id)) => run_request(&CampaignRequest {
-                config: &config,
-                results_root: &root,
-                campaign_id: id,
-                only_trial: None,
-                resume: true,
-                show_progress: !args.quiet,
-                interrupt: &controller::signals::INTERRUPTED,
-            }),
+            Ok((config, root, id)) => run_request(
+                &CampaignRequest {
+                    config: &config,
+                    results_root: &root,
+                    campaign_id: id,
+                    only_trial: None,
+                    resume: true,
+                    show_progress: !args.quiet,
+                    interrupt: &controller::signals::INTERRUPTED,
+                },
+                args.junit.as_deref(),
+            ),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(2)
@@ -758,7 +779,7 @@ fn run(args: RunArgs) -> ExitCode {
         show_progress: !args.quiet,
         interrupt: &controller::signals::INTERRUPTED,
     };
-    run_request(&request)
+    run_request(&request, args.junit.as_deref())
 }
 
 /// `--resume DIR`: the campaign's own configuration (validated), the
@@ -782,8 +803,24 @@ fn resume_request(dir: &std::path::Path, args: &RunArgs) -> anyhow::Result<(Camp
     Ok((config, root, id))
 }
 
-fn run_request(request: &CampaignRequest) -> ExitCode {
-    match campaign::run_campaign(request) {
+fn run_request(request: &CampaignRequest, junit: Option<&std::path::Path>) -> ExitCode {
+    let result = campaign::run_campaign(request);
+    if let Some(path) = junit {
+        let dir = request.results_root.join(&request.campaign_id);
+        let written = match &result {
+            Ok(_) => controller::junit::write(path, &request.campaign_id, &[dir]),
+            Err(e) => controller::junit::write_cases(
+                path,
+                &request.campaign_id,
+                &[controller::junit::error_case(&dir, &format!("{e:#}"))],
+            ),
+        };
+        if let Err(e) = written {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
+    match result {
         Ok(summary) => {
             print!("{}", summary.render());
             if summary.interrupted {

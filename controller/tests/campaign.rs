@@ -71,9 +71,20 @@ fn planted_ack_before_sync_is_caught_and_replays_identically() {
         "--trials=2",
         "--seed=5",
     ];
-    let first = h.run("bug-1", &args);
+    let junit = h.results.path().join("junit.xml");
+    let first = h.run(
+        "bug-1",
+        &[&args[..], &[&format!("--junit={}", junit.display())]].concat(),
+    );
     assert_eq!(first.status.code(), Some(1), "a violation gives exit code 1");
     let trials = h.trials("bug-1");
+    // CI sees the failure where it looks, with the command that replays it.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("tests=\"1\" failures=\"1\" errors=\"0\""), "{xml}");
+    assert!(
+        xml.contains("type=\"acked-record-lost\"") && xml.contains("--only-trial="),
+        "{xml}"
+    );
     for t in &trials {
         assert_eq!(t["run_end"], "crashed");
         assert_eq!(

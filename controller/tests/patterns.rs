@@ -23,6 +23,7 @@ fn every_pattern_is_clean_under_both_crash_models() {
             "--results-dir",
         ])
         .arg(h.results.path())
+        .arg(format!("--junit={}", h.results.path().join("junit.xml").display()))
         .args([
             "--",
             "--trials=1",
@@ -58,4 +59,20 @@ fn every_pattern_is_clean_under_both_crash_models() {
         }
     }
     assert!(stdout.contains("partial-msync"), "{stdout}");
+    // One JUnit case per cell, all passing, valid against the schema.
+    let junit = h.results.path().join("junit.xml");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("tests=\"12\" failures=\"0\" errors=\"0\""), "{xml}");
+    assert!(
+        xml.contains("name=\"ext4 wal -o data=ordered mkfs -T default\""),
+        "{xml}"
+    );
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/junit.xsd");
+    let check = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema"])
+        .arg(&schema)
+        .arg(&junit)
+        .output()
+        .expect("xmllint runs");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 }

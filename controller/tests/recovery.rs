@@ -42,6 +42,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
     CampaignConfig {
         fs: Filesystem::Ext4,
         mount_opts: "data=ordered".into(),
+        mkfs_opts: Filesystem::Ext4.default_mkfs_opts().into(),
         pattern: record::Pattern::Records,
         mode: DurabilityMode::MsSync,
         record_size_bytes: 4096,
@@ -86,7 +87,7 @@ fn a_recovery_that_hangs_is_that_states_finding_and_the_checker_is_replaced() {
     let interrupt = AtomicBool::new(false);
     let (accel, _) = controller::accel::choose(config.accel, &images, dir, &interrupt).unwrap();
     let base = dir.join("base.img");
-    controller::images::make_filesystem(config.fs, &base, config.disk_size_bytes).unwrap();
+    controller::images::make_filesystem(config.fs, &config.mkfs_words(), &base, config.disk_size_bytes).unwrap();
     let ctx = TrialContext {
         config: &config,
         images: &images,

@@ -18,6 +18,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // Decompress the modules of kernels that ship them compressed.
     "xz-utils",
     "zstd",
+    // xmllint: the tests hold the JUnit output to docs/junit.xsd.
+    "libxml2-utils",
 ];
 
 /// Commands that prove the packages are there.
@@ -36,6 +38,7 @@ const REQUIRED_COMMANDS: &[&str] = &[
     "modprobe",
     "xz",
     "zstd",
+    "xmllint",
 ];
 
 pub fn apt_line() -> String {
