@@ -40,7 +40,7 @@ pub fn choose(
     } else if let Some(remembered) = memo.as_deref().and_then(|path| ProbeMemo::read(path, &key)) {
         remembered.map_err(|why| format!("{why}; remembered from this boot's probe"))
     } else {
-        let verdict = sanity_boot(images, work_dir, interrupt)?;
+        let verdict = probe_boot(images, AccelUsed::Kvm, work_dir, interrupt)?;
         if let Some(path) = &memo {
             ProbeMemo::write(path, &key, &verdict);
         }
@@ -55,11 +55,23 @@ pub fn choose(
     }
 }
 
-fn sanity_boot(images: &GuestImages, work_dir: &Path, interrupt: &AtomicBool) -> Result<Result<(), String>> {
-    let files = RunFiles::in_dir(work_dir, "kvm-probe");
+/// Boots the guest to `/init` (which says BOOTED and halts) under `accel`,
+/// bounded: `Ok(Err(why))` when the boot fails, `Err` only when
+/// interrupted. The KVM sanity boot, and `crashlab doctor`'s TCG boot.
+pub fn probe_boot(
+    images: &GuestImages,
+    accel: AccelUsed,
+    work_dir: &Path,
+    interrupt: &AtomicBool,
+) -> Result<Result<(), String>> {
+    let name = match accel {
+        AccelUsed::Kvm => "kvm-probe",
+        AccelUsed::Tcg => "tcg-probe",
+    };
+    let files = RunFiles::in_dir(work_dir, name);
     let spec = VmSpec {
         images: images.clone(),
-        accel: AccelUsed::Kvm,
+        accel,
         memory_mib: 256,
         kernel_args: vec!["crashlab.role=probe".into()],
         drives: vec![],
@@ -68,18 +80,23 @@ fn sanity_boot(images: &GuestImages, work_dir: &Path, interrupt: &AtomicBool) ->
         qmp_socket: Default::default(),
         trace_log: None,
     };
+    // TCG boots several times slower than KVM, more so on a busy machine.
+    let timeout_ms = match accel {
+        AccelUsed::Kvm => PROBE_TIMEOUT_MS,
+        AccelUsed::Tcg => 3 * PROBE_TIMEOUT_MS,
+    };
     let limits = Limits {
-        boot_timeout_ms: PROBE_TIMEOUT_MS,
-        stall_timeout_ms: PROBE_TIMEOUT_MS,
-        total_timeout_ms: PROBE_TIMEOUT_MS,
+        boot_timeout_ms: timeout_ms,
+        stall_timeout_ms: timeout_ms,
+        total_timeout_ms: timeout_ms,
     };
     let run = vm::run_vm(spec, &files, limits, interrupt, |event, _| match event {
         Some(Event::Booted { .. }) => Action::Kill,
         _ => Action::Continue,
     });
-    // QEMU failing under KVM in any way (on some nested hosts it aborts on
-    // an assertion at once) is the answer: KVM does not work here. Only an
-    // interrupt stops the campaign.
+    // QEMU failing in any way (under KVM on some nested hosts it aborts on
+    // an assertion at once) is the answer: this accelerator does not work
+    // here. Only an interrupt stops the caller.
     let run = match run {
         Ok(run) => run,
         Err(e) if e.downcast_ref::<vm::Interrupted>().is_some() => return Err(e),

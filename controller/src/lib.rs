@@ -10,6 +10,7 @@ pub mod accel;
 pub mod campaign;
 pub mod config;
 pub mod conformance;
+pub mod doctor;
 pub mod durable;
 pub mod images;
 pub mod io_errors;

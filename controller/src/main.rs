@@ -50,6 +50,37 @@ enum Command {
     /// Injected write errors (EIO, ENOSPC) per filesystem, without and with
     /// a kernel crash: what the application is told, and the table.
     IoErrors(IoErrorsArgs),
+    /// Check that a campaign can run here: QEMU, KVM or TCG (one boot), the
+    /// guest kernel, the mkfs tools, free space. Prints what to install or
+    /// change; exit 0 only when a campaign would run.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff): crashlab.1 and one per subcommand, as
+    /// `cargo xtask man` does.
+    #[command(hide = true)]
+    ManPages {
+        /// Directory to write them into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Guest kernel and initramfs, as built by `cargo xtask images`.
+    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value = "vm-images/cache")]
+    images_dir: PathBuf,
+    /// Where campaigns would write their results.
+    #[arg(long, default_value = "results")]
+    results_dir: PathBuf,
+    /// Skip the guest boot (quicker; then nothing proves QEMU, the kernel
+    /// and the initramfs work together).
+    #[arg(long)]
+    no_boot: bool,
 }
 
 #[derive(Args)]
@@ -372,6 +403,66 @@ fn main() -> ExitCode {
         Command::Conformance(args) => conformance(args),
         Command::Matrix(args) => sweep(matrix_cells(&args), "matrix", &args.sweep),
         Command::IoErrors(args) => sweep(io_error_cells(&args), "io-errors", &args.sweep),
+        Command::Doctor(args) => doctor(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "crashlab", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::ManPages { out } => match write_man_pages(&out) {
+            Ok(n) => {
+                println!("{n} man pages in {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write the man pages into {}: {e}", out.display());
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+/// crashlab.1, and crashlab-SUB.1 for each visible subcommand.
+fn write_man_pages(out: &std::path::Path) -> std::io::Result<usize> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out)?;
+    let top = Cli::command();
+    let mut pages = vec![("crashlab.1".to_string(), top.clone())];
+    for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("crashlab-{}", sub.get_name());
+        pages.push((
+            format!("{name}.1"),
+            sub.clone()
+                .display_name(name)
+                .bin_name(format!("crashlab {}", sub.get_name())),
+        ));
+    }
+    for (file, command) in &pages {
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(command.clone()).render(&mut roff)?;
+        std::fs::write(out.join(file), roff)?;
+    }
+    Ok(pages.len())
+}
+
+fn doctor(args: DoctorArgs) -> ExitCode {
+    let request = controller::doctor::DoctorRequest {
+        images_dir: &args.images_dir,
+        results_dir: &args.results_dir,
+        boot: !args.no_boot,
+        interrupt: &controller::signals::INTERRUPTED,
+    };
+    match controller::doctor::examine(&request) {
+        Ok(findings) => {
+            print!("{}", controller::doctor::render(&findings));
+            let fails = findings.iter().any(|f| f.status == controller::doctor::Status::Fail);
+            ExitCode::from(u8::from(fails))
+        }
+        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -115,3 +115,53 @@ fn pattern_flags_say_what_each_pattern_needs() {
     );
     run_expecting_usage_error(&["run", "--planted-device-bug=drop-flush:4"], "power-loss");
 }
+
+#[test]
+fn mkfs_options_that_name_a_path_are_refused() {
+    run_expecting_usage_error(&["run", "--mkfs-opts=-d /etc"], "--mkfs-opts");
+}
+
+#[test]
+fn completion_scripts_are_generated_from_the_command_line_definition() {
+    let out = util::crashlab().args(["completions", "bash"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(script.contains("_crashlab()") && script.contains("doctor") && script.contains("--mkfs-opts"));
+    // bash reads it without a syntax error.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crashlab.bash");
+    std::fs::write(&path, &script).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    run_expecting_usage_error(&["completions", "tcsh"], "possible values");
+}
+
+#[test]
+fn man_pages_cover_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = util::crashlab()
+        .arg("man-pages")
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in [
+        "crashlab.1",
+        "crashlab-run.1",
+        "crashlab-doctor.1",
+        "crashlab-replay-state.1",
+    ] {
+        let roff = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(roff.contains(".TH") && roff.contains(".SH NAME"), "{page}");
+    }
+    let run = std::fs::read_to_string(dir.path().join("crashlab-run.1")).unwrap();
+    assert!(
+        run.contains("mkfs\\-opts") && run.contains("junit"),
+        "crashlab-run.1 lacks options"
+    );
+}

@@ -9,6 +9,7 @@
 //! - `fuzz`      every fuzz target of `fuzz/` for a while (nightly, cargo-fuzz)
 //! - `soak`      deps + images + every correct configuration at length, and the controls
 //! - `lmdb`      deps + images + LMDB under both crash models on ext4, xfs, btrfs, and its control
+//! - `man`       the man pages, from crashlab's command-line definition, into target/man
 //!
 //! Exit codes: those of the task; 2 for setup errors.
 
@@ -30,7 +31,7 @@ use xshell::{cmd, Shell};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity|fuzz|soak|lmdb> [args...]");
+        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity|fuzz|soak|lmdb|man> [args...]");
         return ExitCode::from(2);
     };
     let result = (|| -> Result<i32> {
@@ -53,13 +54,14 @@ fn main() -> ExitCode {
                 let images = setup(&sh)?;
                 lmdb::run(&sh, &images, rest)
             }
+            "man" => man(&sh),
             "sensitivity" => {
                 let images = setup(&sh)?;
                 sensitivity::run(&sh, &images, rest)
             }
             other => {
                 anyhow::bail!(
-                    "unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity, fuzz, soak or lmdb"
+                    "unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity, fuzz, soak, lmdb or man"
                 )
             }
         }
@@ -90,6 +92,21 @@ fn target_dir(sh: &Shell) -> std::path::PathBuf {
 fn setup(sh: &Shell) -> Result<std::path::PathBuf> {
     deps::ensure(sh)?;
     images::build(sh, &images::ImageRequest::default())
+}
+
+/// crashlab.1 and a page per subcommand, generated from the clap definition.
+fn man(sh: &Shell) -> Result<i32> {
+    let out = target_dir(sh).join("man");
+    let out_arg = out.display().to_string();
+    let command = cmd!(
+        sh,
+        "cargo run --quiet -p crashlab-controller --bin crashlab -- man-pages --out {out_arg}"
+    );
+    let code = children::status(command)?;
+    if code == 0 {
+        eprintln!("xtask man: read one with `man -l {}/crashlab-run.1`", out.display());
+    }
+    Ok(code)
 }
 
 fn campaign(sh: &Shell, extra: &[String]) -> Result<i32> {

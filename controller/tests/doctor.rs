@@ -1,0 +1,82 @@
+//! `crashlab doctor` on this machine, and on the same machine with a tool
+//! taken away (a PATH without it): the finding names the tool and the
+//! package, and the exit code says no campaign would run.
+
+mod util;
+
+use std::path::Path;
+
+use util::vm_harness;
+
+/// Every command the doctor looks for, linked into `dir` from the real
+/// PATH, except `without`.
+fn path_without(dir: &Path, without: &str) -> String {
+    let commands = [
+        "qemu-system-x86_64",
+        "mkfs.ext4",
+        "dumpe2fs",
+        "e2fsck",
+        "debugfs",
+        "mkfs.xfs",
+        "xfs_db",
+        "mkfs.btrfs",
+        "btrfs",
+        "mkfs.f2fs",
+    ];
+    for command in commands.iter().filter(|c| **c != without) {
+        let real = controller::doctor::find_on_path(command)
+            .unwrap_or_else(|| panic!("{command} is not installed: run `cargo xtask deps`"));
+        std::os::unix::fs::symlink(real, dir.join(command)).unwrap();
+    }
+    dir.display().to_string()
+}
+
+fn doctor(h: &util::Harness, path: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let out = util::crashlab()
+        .arg("doctor")
+        .arg("--images-dir")
+        .arg(&h.images_dir)
+        .arg("--results-dir")
+        .arg(h.results.path())
+        .args(extra)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+#[ignore = "boots a QEMU guest: `cargo xtask test` runs it"]
+fn doctor_passes_here_and_names_what_is_missing() {
+    let h = vm_harness("doctor");
+    let bin = tempfile::tempdir().unwrap();
+    let (code, text) = doctor(&h, &path_without(bin.path(), ""), &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("a campaign can run here"), "{text}");
+    // The guest booted, under KVM or TCG.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok") && (l.contains("TCG boot") || l.contains("KVM:"))),
+        "{text}"
+    );
+
+    for (missing, package) in [("mkfs.ext4", "e2fsprogs"), ("qemu-system-x86_64", "qemu-system-x86")] {
+        let bin = tempfile::tempdir().unwrap();
+        let (code, text) = doctor(&h, &path_without(bin.path(), missing), &["--no-boot"]);
+        assert_eq!(code, Some(1), "without {missing}: {text}");
+        assert!(
+            text.contains(&format!("apt-get install {package}")),
+            "without {missing}: {text}"
+        );
+        assert!(text.contains("cannot run here yet"), "{text}");
+    }
+
+    // A tool only some options need is a warning, not a failure.
+    let bin = tempfile::tempdir().unwrap();
+    let (code, text) = doctor(&h, &path_without(bin.path(), "mkfs.f2fs"), &["--no-boot"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("warn  mkfs.f2fs") && text.contains("--fs f2fs"), "{text}");
+}
