@@ -296,6 +296,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
                 &dir.join("campaign.json"),
                 (serde_json::to_string_pretty(&meta)? + "\n").as_bytes(),
             )?;
+            crate::durable::write_atomically(&dir.join("campaign.toml"), config.to_toml(&req.campaign_id).as_bytes())?;
             crate::durable::write_atomically(&dir.join("trials.jsonl"), b"")?;
             if config.crash_model == CrashModel::PowerLoss {
                 crate::durable::write_atomically(&dir.join("states.jsonl"), b"")?;

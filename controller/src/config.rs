@@ -497,6 +497,36 @@ pub fn shell_join(args: &[String]) -> String {
         .join(" ")
 }
 
+impl CampaignConfig {
+    /// The whole configuration as a campaign file (`campaign.toml` in the
+    /// results): every `run` flag that shapes the campaign, explicit, so
+    /// that `crashlab run --config campaign.toml` runs it again exactly.
+    pub fn to_toml(&self, campaign_id: &str) -> String {
+        let mut args: Vec<String> = self.to_cli_args().into_iter().skip(1).collect();
+        args.extend([
+            format!("--images-dir={}", self.images_dir.display()),
+            format!("--guest-memory-mib={}", self.guest_memory_mib),
+            format!("--accel={}", kebab(&self.accel)),
+            format!("--boot-timeout-ms={}", self.boot_timeout_ms),
+            format!("--stall-timeout-ms={}", self.stall_timeout_ms),
+            format!("--trial-timeout-ms={}", self.trial_timeout_ms),
+        ]);
+        if self.crash_model == CrashModel::PowerLoss {
+            args.push(format!("--check-workers={}", self.check_workers));
+        }
+        if self.keep_images {
+            args.push("--keep-images".into());
+        }
+        crate::campaign_file::render(
+            &args,
+            &format!(
+                "crashlab campaign {campaign_id}: its resolved configuration.\n\
+                 Run it again with: crashlab run --config campaign.toml (flags given beside it win)."
+            ),
+        )
+    }
+}
+
 fn kebab<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()

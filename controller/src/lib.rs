@@ -8,6 +8,7 @@
 
 pub mod accel;
 pub mod campaign;
+pub mod campaign_file;
 pub mod config;
 pub mod conformance;
 pub mod doctor;

@@ -223,6 +223,11 @@ struct RecheckArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// A campaign file (TOML): the flags of `run` as keys, and a [sweep]
+    /// of lists that expands into a matrix (examples/ has some). Flags
+    /// given here override the file.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    config: Option<PathBuf>,
     /// Filesystem under test.
     #[arg(long, value_enum, default_value = "ext4")]
     fs: Filesystem,
@@ -823,7 +828,220 @@ fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
     Ok(config)
 }
 
+/// The `run` flags (without dashes) and how each takes its value, from
+/// the command line's own definition: a campaign file takes exactly these.
+fn run_flag_kinds() -> std::collections::BTreeMap<String, controller::campaign_file::FlagKind> {
+    use clap::CommandFactory;
+    use controller::campaign_file::FlagKind;
+    const PATHS: [&str; 5] = ["images-dir", "results-dir", "workload", "checker-cmd", "junit"];
+    let cli = Cli::command();
+    let run = cli.find_subcommand("run").expect("run is a subcommand");
+    run.get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let kind = match a.get_action() {
+                clap::ArgAction::SetTrue => FlagKind::Switch,
+                clap::ArgAction::Append => FlagKind::Many,
+                _ if PATHS.contains(&long) => FlagKind::Path,
+                _ => FlagKind::Value,
+            };
+            Some((long.to_string(), kind))
+        })
+        .filter(|(long, _)| long != "help")
+        .collect()
+}
+
+/// Parses `run` arguments as the command line does; the error is clap's,
+/// without its usage hint.
+fn parse_run_args(args: &[String]) -> Result<RunArgs, String> {
+    let argv = ["crashlab", "run"]
+        .into_iter()
+        .map(String::from)
+        .chain(args.iter().cloned());
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Run(run),
+        }) => Ok(run),
+        Ok(_) => unreachable!("the arguments start with run"),
+        Err(e) => {
+            let text = e.to_string();
+            let text = text.split("\n\nFor more information").next().unwrap_or(&text);
+            let text = text.split("\n\nUsage:").next().unwrap_or(text);
+            Err(text
+                .trim_start_matches("error: ")
+                .replace('\n', " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "))
+        }
+    }
+}
+
+/// The arguments given after `run` on this command line, without
+/// `--config FILE`: what overrides the file.
+/// Each as `--name=value` (or `--name` for a switch), as the file's own.
+fn overrides_of_command_line() -> Vec<String> {
+    let kinds = run_flag_kinds();
+    let mut raw = std::env::args().skip_while(|a| a != "run").skip(1);
+    let mut overrides = Vec::new();
+    while let Some(arg) = raw.next() {
+        let joined = match arg.strip_prefix("--") {
+            Some(name)
+                if !name.contains('=')
+                    && kinds
+                        .get(name)
+                        .is_some_and(|k| *k != controller::campaign_file::FlagKind::Switch) =>
+            {
+                format!("{arg}={}", raw.next().unwrap_or_default())
+            }
+            _ => arg,
+        };
+        if !(joined == "--config" || joined.starts_with("--config=")) {
+            overrides.push(joined);
+        }
+    }
+    overrides
+}
+
+/// `crashlab run --config FILE [flags]`: one campaign, or the matrix of
+/// the file's [sweep].
+fn run_file(path: &std::path::Path) -> ExitCode {
+    use controller::campaign_file;
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => return fail(format!("cannot read the campaign file {}: {e}", path.display())),
+    };
+    let validate = |args: &[String]| parse_run_args(args).map(|_| ());
+    let file = match campaign_file::parse(path, &text, &run_flag_kinds(), &validate) {
+        Ok(file) => file,
+        Err(msg) => return fail(msg),
+    };
+    let overrides = overrides_of_command_line();
+    let cells = match campaign_file::expand(&file, &overrides) {
+        Ok(cells) => cells,
+        Err(msg) => return fail(msg),
+    };
+    // Where a configuration error comes from: the file's line for a flag it set.
+    let locate = |msg: String| match file
+        .settings
+        .iter()
+        .find(|s| msg.contains(&format!("--{}", s.key)) && !campaign_file::flags_in(&overrides).contains(&s.key))
+    {
+        Some(s) => format!("{msg} (set by {}:{})", path.display(), s.line),
+        None => msg,
+    };
+    if cells.len() == 1 && cells[0].axes.is_empty() {
+        let args = match parse_run_args(&cells[0].args) {
+            Ok(args) => args,
+            Err(msg) => return fail(locate(msg)),
+        };
+        if let Err(msg) = config_from(&args) {
+            return fail(locate(msg));
+        }
+        return run(args);
+    }
+    // A sweep: each cell a campaign, as `crashlab matrix` runs them.
+    let first = match parse_run_args(&cells[0].args) {
+        Ok(args) => args,
+        Err(msg) => return fail(locate(msg)),
+    };
+    const ROW_KEYS: [&str; 6] = ["crash-model", "fs", "mkfs-opts", "mount-opts", "images-dir", "seed"];
+    let mut matrix_cells = Vec::new();
+    for cell in &cells {
+        let label = |row: bool| {
+            let parts: Vec<String> = cell
+                .axes
+                .iter()
+                .filter(|(k, _)| ROW_KEYS.contains(&k.as_str()) == row)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            match parts.is_empty() {
+                true => "campaign".to_string(),
+                false => parts.join(" "),
+            }
+        };
+        let config = match parse_run_args(&cell.args).and_then(|a| config_from(&a)) {
+            Ok(config) => config,
+            Err(msg) => {
+                return fail(format!(
+                    "{} ({}): {}",
+                    path.display(),
+                    label(true) + " " + &label(false),
+                    locate(msg)
+                ))
+            }
+        };
+        matrix_cells.push(controller::matrix::Cell {
+            row: label(true),
+            column: label(false),
+            config,
+        });
+    }
+    let id = first.campaign_id.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            campaign::utc_timestamp(),
+            path.file_stem().map_or("campaign".into(), |s| s.to_string_lossy())
+        )
+    });
+    // The sweep as resolved (settings with the command line's overrides
+    // applied, the remaining axes): rerunnable with --config.
+    let out_dir = first.results_dir.join(&id);
+    let mut resolved = campaign_file::render(
+        &campaign_file::expand(
+            &controller::campaign_file::CampaignFile {
+                sweep: vec![],
+                ..file.clone()
+            },
+            &overrides,
+        )
+        .map(|c| c[0].args.clone())
+        .unwrap_or_default(),
+        &format!(
+            "crashlab sweep {id}, resolved from {}; rerun with crashlab run --config sweep.toml",
+            path.display()
+        ),
+    );
+    resolved += "\n[sweep]\n";
+    for axis in file
+        .sweep
+        .iter()
+        .filter(|a| !campaign_file::flags_in(&overrides).contains(&a.key))
+    {
+        let values: Vec<String> = axis
+            .values
+            .iter()
+            .map(|v| toml::Value::String(v.clone()).to_string())
+            .collect();
+        resolved += &format!("{} = [{}]\n", axis.key, values.join(", "));
+    }
+    if let Err(e) =
+        std::fs::create_dir_all(&out_dir).and_then(|()| std::fs::write(out_dir.join("sweep.toml"), resolved))
+    {
+        return fail(format!("cannot write {}/sweep.toml: {e}", out_dir.display()));
+    }
+    let title = format!("{}: {} campaigns", path.display(), matrix_cells.len());
+    sweep(
+        Ok((title, matrix_cells)),
+        "campaign-file",
+        &SweepArgs {
+            results_dir: first.results_dir.clone(),
+            id: Some(id),
+            junit: first.junit.clone(),
+            run_flags: Vec::new(),
+        },
+    )
+}
+
 fn run(args: RunArgs) -> ExitCode {
+    // A file's cells never hold --config (files cannot set it): no loop.
+    if let Some(path) = &args.config {
+        return run_file(path);
+    }
     if let Some(dir) = &args.resume {
         return match resume_request(dir, &args) {
             Ok((config, root, id)) => run_request(

@@ -1,0 +1,130 @@
+//! The campaign files of `examples/`, each run whole at a tiny budget in a
+//! real guest (the command line overrides the budget, as a user would), and
+//! a campaign's saved `campaign.toml` rerun to the same verdicts.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+
+use util::vm_harness;
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+}
+
+/// Runs `crashlab run --config FILE` with a tiny budget; (exit code,
+/// stdout + stderr).
+fn run_file(h: &util::Harness, file: &Path, id: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let out = util::crashlab()
+        .arg("run")
+        .arg("--config")
+        .arg(file)
+        .args(["--quiet", "--trials=1", "--records=60", "--state-budget=4"])
+        .arg(format!("--campaign-id={id}"))
+        .arg("--images-dir")
+        .arg(&h.images_dir)
+        .arg("--results-dir")
+        .arg(h.results.path())
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- {}: {}\n{text}", file.display(), out.status);
+    (out.status.code(), text)
+}
+
+fn matrix(h: &util::Harness, id: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(h.results.path().join(id).join("campaign-file.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn cells(table: &serde_json::Value) -> Vec<serde_json::Value> {
+    table["cells"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|row| row.as_object().unwrap().values().cloned().collect::<Vec<_>>())
+        .collect()
+}
+
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn every_example_runs_and_a_saved_configuration_reruns_exactly() {
+    let h = vm_harness("examples");
+
+    // quick-check: both crash models, clean; the sweep is saved.
+    let (code, text) = run_file(&h, &example("quick-check.toml"), "quick", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let quick = cells(&matrix(&h, "quick"));
+    assert_eq!(quick.len(), 2);
+    assert!(quick.iter().all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1));
+    let sweep = std::fs::read_to_string(h.results.path().join("quick/sweep.toml")).unwrap();
+    assert!(sweep.contains("crash-model = [\"kernel-crash\", \"power-loss\"]") && sweep.contains("trials = 1"), "{sweep}");
+
+    // A cell's campaign.toml runs the same campaign again: same crash
+    // points, same verdicts.
+    let power_loss = quick
+        .iter()
+        .map(|c| PathBuf::from(c["results_dir"].as_str().unwrap()))
+        .find(|d| d.to_string_lossy().contains("power-loss"))
+        .unwrap();
+    let saved = power_loss.join("campaign.toml");
+    let out = util::crashlab()
+        .args(["run", "--quiet", "--campaign-id=again", "--config"])
+        .arg(&saved)
+        .arg("--results-dir")
+        .arg(h.results.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let facts = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("states.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let s: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {} {} {} {}", s["trial"], s["state"], s["crash_position"], s["acked"], s["passed"])
+            })
+            .collect()
+    };
+    assert_eq!(facts(&power_loss), facts(&h.results.path().join("again")));
+
+    // fs-matrix: every filesystem, both models, clean, with its defaults.
+    let (code, text) = run_file(&h, &example("fs-matrix.toml"), "fs", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let fs = cells(&matrix(&h, "fs"));
+    assert_eq!(fs.len(), 8);
+    assert!(fs.iter().all(|c| c["violations"] == 0), "{fs:?}");
+
+    // The barrier=0 control must be caught (exit 1), at this budget too.
+    let (code, text) = run_file(&h, &example("barrier0-control.toml"), "barrier0", &[]);
+    assert_eq!(code, Some(1), "barrier=0 was not caught: {text}");
+
+    // LMDB on three filesystems under both models.
+    let (code, text) = run_file(&h, &example("lmdb.toml"), "lmdb", &["--records=30"]);
+    assert_eq!(code, Some(0), "{text}");
+    let lmdb = cells(&matrix(&h, "lmdb"));
+    assert_eq!(lmdb.len(), 6);
+    assert!(lmdb.iter().all(|c| c["violations"] == 0), "{lmdb:?}");
+}
+
+#[test]
+fn a_campaign_file_with_a_mistake_names_the_file_the_line_and_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    for (text, want) in [
+        ("fs = \"ext4\"\n\ncrash_model = \"power-loss\"\n", ":3: unknown key `crash_model`"),
+        ("[sweep]\nfs = [\"ext4\", \"zfs\"]\n", ":2: [sweep] fs = \"zfs\""),
+        ("pattern = \"wal\"\nrecords = \"many\"\n", ":2: records:"),
+        ("trials = [1, 2]\n", "list them under [sweep]"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = util::crashlab().arg("run").arg("--config").arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(want) && stderr.contains(&file.display().to_string()), "{text}: {stderr}");
+    }
+    std::fs::write(&file, "[sweep]\nfs = [\"ext4\", \"zfs\"]\n").unwrap();
+    let out = util::crashlab().arg("run").arg("--config").arg(&file).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: ext4, xfs, btrfs, f2fs"));
+}
