@@ -24,6 +24,8 @@ use crate::{accel, images, qemu, vm};
 
 #[derive(Serialize)]
 struct CampaignMeta<'a> {
+    /// MAJOR.MINOR of the results' format (results/README.md).
+    results_schema: String,
     campaign_id: &'a str,
     config: &'a CampaignConfig,
     crashlab_version: &'static str,
@@ -275,6 +277,11 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
 
     let rerun = format!("crashlab {}", crate::config::shell_join(&config.to_cli_args()));
     let meta = CampaignMeta {
+        results_schema: format!(
+            "{}.{}",
+            crate::report::RESULTS_SCHEMA.0,
+            crate::report::RESULTS_SCHEMA.1
+        ),
         campaign_id: &req.campaign_id,
         config,
         crashlab_version: env!("CARGO_PKG_VERSION"),

@@ -146,6 +146,7 @@ pub fn error_reported(facts: &IoErrorFacts) -> Option<verifier::Finding> {
             facts.failing_record, facts.error
         ),
         hex_excerpt: None,
+        expected_hex: None,
         covered_by: None,
     })
 }

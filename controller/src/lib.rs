@@ -27,6 +27,7 @@ pub mod rate;
 pub mod recheck;
 pub mod replay;
 pub mod replay_loop;
+pub mod report;
 pub mod signals;
 pub mod trace;
 pub mod trial;

@@ -54,6 +54,16 @@ enum Command {
     /// guest kernel, the mkfs tools, free space. Prints what to install or
     /// change; exit 0 only when a campaign would run.
     Doctor(DoctorArgs),
+    /// Write report.html for a campaign's or a sweep's results: summary,
+    /// matrix, each violation with its replay command and the bytes
+    /// expected and found, plots (one self-contained page).
+    Report {
+        /// A campaign directory, or a sweep's (matrix, campaign file).
+        dir: PathBuf,
+        /// Also write JUnit XML of its campaigns here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -409,6 +419,7 @@ fn main() -> ExitCode {
         Command::Matrix(args) => sweep(matrix_cells(&args), "matrix", &args.sweep),
         Command::IoErrors(args) => sweep(io_error_cells(&args), "io-errors", &args.sweep),
         Command::Doctor(args) => doctor(args),
+        Command::Report { dir, junit } => report(&dir, junit.as_deref()),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "crashlab", &mut std::io::stdout());
@@ -448,6 +459,26 @@ fn write_man_pages(out: &std::path::Path) -> std::io::Result<usize> {
         std::fs::write(out.join(file), roff)?;
     }
     Ok(pages.len())
+}
+
+fn report(dir: &std::path::Path, junit: Option<&std::path::Path>) -> ExitCode {
+    let result = controller::report::write_report(dir).and_then(|page| {
+        if let Some(path) = junit {
+            let dirs = controller::report::find_campaigns(dir)?;
+            controller::junit::write(path, &dir.display().to_string(), &dirs)?;
+        }
+        Ok(page)
+    });
+    match result {
+        Ok(page) => {
+            println!("{}", page.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn doctor(args: DoctorArgs) -> ExitCode {

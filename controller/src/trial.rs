@@ -97,6 +97,16 @@ pub struct TrialRecord {
     pub verify_ms: u64,
     pub rerun: String,
     pub evidence_dir: PathBuf,
+    /// When the verdict was reached (ms since the Unix epoch): the report's
+    /// states-per-second plot.
+    pub finished_at_unix_ms: u64,
+}
+
+/// Now, in ms since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The workload's hold point for an ack-count crash point.
@@ -173,6 +183,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
         verify_ms,
         rerun: format!("{} --only-trial={}", ctx.rerun_command, plan.trial),
         evidence_dir: dir.to_path_buf(),
+        finished_at_unix_ms: unix_ms_now(),
     })
 }
 

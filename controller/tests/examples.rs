@@ -57,9 +57,14 @@ fn every_example_runs_and_a_saved_configuration_reruns_exactly() {
     assert_eq!(code, Some(0), "{text}");
     let quick = cells(&matrix(&h, "quick"));
     assert_eq!(quick.len(), 2);
-    assert!(quick.iter().all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1));
+    assert!(quick
+        .iter()
+        .all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1));
     let sweep = std::fs::read_to_string(h.results.path().join("quick/sweep.toml")).unwrap();
-    assert!(sweep.contains("crash-model = [\"kernel-crash\", \"power-loss\"]") && sweep.contains("trials = 1"), "{sweep}");
+    assert!(
+        sweep.contains("crash-model = [\"kernel-crash\", \"power-loss\"]") && sweep.contains("trials = 1"),
+        "{sweep}"
+    );
 
     // A cell's campaign.toml runs the same campaign again: same crash
     // points, same verdicts.
@@ -83,7 +88,10 @@ fn every_example_runs_and_a_saved_configuration_reruns_exactly() {
             .lines()
             .map(|l| {
                 let s: serde_json::Value = serde_json::from_str(l).unwrap();
-                format!("{} {} {} {} {}", s["trial"], s["state"], s["crash_position"], s["acked"], s["passed"])
+                format!(
+                    "{} {} {} {} {}",
+                    s["trial"], s["state"], s["crash_position"], s["acked"], s["passed"]
+                )
             })
             .collect()
     };
@@ -113,7 +121,10 @@ fn a_campaign_file_with_a_mistake_names_the_file_the_line_and_the_choices() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
     for (text, want) in [
-        ("fs = \"ext4\"\n\ncrash_model = \"power-loss\"\n", ":3: unknown key `crash_model`"),
+        (
+            "fs = \"ext4\"\n\ncrash_model = \"power-loss\"\n",
+            ":3: unknown key `crash_model`",
+        ),
         ("[sweep]\nfs = [\"ext4\", \"zfs\"]\n", ":2: [sweep] fs = \"zfs\""),
         ("pattern = \"wal\"\nrecords = \"many\"\n", ":2: records:"),
         ("trials = [1, 2]\n", "list them under [sweep]"),
@@ -122,7 +133,10 @@ fn a_campaign_file_with_a_mistake_names_the_file_the_line_and_the_choices() {
         let out = util::crashlab().arg("run").arg("--config").arg(&file).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
-        assert!(stderr.contains(want) && stderr.contains(&file.display().to_string()), "{text}: {stderr}");
+        assert!(
+            stderr.contains(want) && stderr.contains(&file.display().to_string()),
+            "{text}: {stderr}"
+        );
     }
     std::fs::write(&file, "[sweep]\nfs = [\"ext4\", \"zfs\"]\n").unwrap();
     let out = util::crashlab().arg("run").arg("--config").arg(&file).output().unwrap();

@@ -156,6 +156,11 @@ pub struct Finding {
     pub reason: String,
     /// Hex of the found bytes where they first differ from the expected.
     pub hex_excerpt: Option<String>,
+    /// Hex of the expected bytes at the same offset, where the verifier
+    /// knows them (a lost or torn acked record, stale bytes): with
+    /// `hex_excerpt`, the diff a report shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_hex: Option<String>,
     /// For a lost acked record: the msync call that had promised it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub covered_by: Option<String>,
@@ -284,6 +289,7 @@ fn finding(rule: Rule, reason: String) -> Finding {
         found_seq: None,
         reason,
         hex_excerpt: None,
+        expected_hex: None,
         covered_by: None,
     }
 }
@@ -671,6 +677,7 @@ impl<'a> SlotContext<'a> {
                 verdict.observation(Finding {
                     covered_by: self.covering(seq, slot),
                     hex_excerpt: None,
+                    expected_hex: None,
                     ..lost_finding(slot, seq, None, reason, String::new())
                 });
             }
@@ -691,6 +698,7 @@ impl<'a> SlotContext<'a> {
                         header.seed, header.seq, header.slot
                     ),
                     hex_excerpt: Some(hex::excerpt(found, 0, 40)),
+                    expected_hex: None,
                     covered_by: None,
                 });
                 SlotState::Bad
@@ -763,8 +771,10 @@ impl<'a> SlotContext<'a> {
             None => format!("acked record {expected} was lost: the slot holds zeros"),
         };
         let excerpt = hex::excerpt(found, diff_at & !15, 32);
+        let expected_hex = hex::excerpt(self.expected_bytes(Version::Seq(expected)), diff_at & !15, 32);
         let lost = Finding {
             covered_by: self.covering(expected, slot),
+            expected_hex: Some(expected_hex),
             ..lost_finding(slot, expected, found_seq, reason, excerpt)
         };
         verdict.judge(promised, lost);
@@ -821,6 +831,7 @@ impl<'a> SlotContext<'a> {
                     i / SECTOR_SIZE_BYTES
                 ),
                 hex_excerpt: Some(hex::excerpt(found, i & !15, 32)),
+                expected_hex: None,
                 covered_by: None,
             });
             return SlotState::Bad;
@@ -832,8 +843,10 @@ impl<'a> SlotContext<'a> {
                 at / SECTOR_SIZE_BYTES
             );
             let excerpt = hex::excerpt(found, at & !15, 32);
+            let expected_hex = hex::excerpt(self.expected_bytes(Version::Seq(expected)), at & !15, 32);
             let lost = Finding {
                 covered_by: self.covering(expected, slot),
+                expected_hex: Some(expected_hex),
                 ..lost_finding(slot, expected, None, reason, excerpt)
             };
             verdict.judge(promised, lost);
@@ -854,6 +867,7 @@ fn lost_finding(slot: u64, expected: u64, found_seq: Option<u64>, reason: String
         found_seq,
         reason,
         hex_excerpt: Some(hex_excerpt),
+        expected_hex: None,
         covered_by: None,
     }
 }

@@ -158,6 +158,13 @@ pub struct StateLine {
     pub lost: u64,
     pub torn_records: u64,
     pub first_violation: Option<verifier::Finding>,
+    /// The acked records (or items) this state lost, violations and
+    /// observations alike, at most `LOST_SEQS_MAX`: the report's loss
+    /// window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_seqs: Vec<u64>,
+    /// When the verdict was reached (ms since the Unix epoch).
+    pub finished_at_unix_ms: u64,
     /// With `--checker both`: how the two paths' verdicts differed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disagreement: Option<String>,
@@ -339,9 +346,30 @@ impl PowerLossRecord {
             lost: verdict.counts.lost,
             torn_records: verdict.counts.torn,
             first_violation: verdict.violations.first().cloned(),
+            lost_seqs: lost_seqs(verdict),
+            finished_at_unix_ms: crate::trial::unix_ms_now(),
             disagreement: judged.disagreement.as_ref().map(|d| d.text().to_string()),
         }
     }
+}
+
+/// Upper bound on a state line's `lost_seqs`.
+pub const LOST_SEQS_MAX: usize = 64;
+
+/// The acked records a verdict found lost, in order, at most `LOST_SEQS_MAX`.
+fn lost_seqs(verdict: &verifier::Verdict) -> Vec<u64> {
+    use verifier::Rule;
+    let mut seqs: Vec<u64> = verdict
+        .violations
+        .iter()
+        .chain(&verdict.observations)
+        .filter(|f| matches!(f.rule, Rule::AckedRecordLost | Rule::AckedItemLost))
+        .filter_map(|f| f.expected_seq)
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.truncate(LOST_SEQS_MAX);
+    seqs
 }
 
 /// Adds one state's counts to a sum over states.
