@@ -286,17 +286,35 @@ fn plot_lost_against_position(points: &[(u64, u64)]) -> Plot {
     Ok(svg)
 }
 
-/// Buckets of the loss window: 0..WINDOW_BUCKETS-1, the last one "or more".
-const WINDOW_BUCKETS: u64 = 16;
+/// Buckets of the loss window, by powers of two: 0, 1, 2-3, 4-7, ...; the
+/// last holds everything from 2^(WINDOW_BUCKETS-2) on. A loss right at the
+/// crash and one thousands of acks before it both show.
+const WINDOW_BUCKETS: usize = 14;
+
+fn window_bucket(distance: u64) -> usize {
+    match distance {
+        0 => 0,
+        d => ((64 - d.leading_zeros()) as usize).min(WINDOW_BUCKETS - 1),
+    }
+}
+
+/// The label of a bucket: its smallest distance.
+fn window_label(bucket: usize) -> String {
+    match bucket {
+        0 => "0".into(),
+        b if b == WINDOW_BUCKETS - 1 => format!("{}+", 1u64 << (b - 1)),
+        b => format!("{}", 1u64 << (b - 1)),
+    }
+}
 
 fn plot_loss_window(distances: &[u64]) -> Plot {
     use plotters::prelude::*;
     if distances.is_empty() {
         return Err("no acked record was lost".into());
     }
-    let mut counts = vec![0u64; WINDOW_BUCKETS as usize];
+    let mut counts = vec![0u64; WINDOW_BUCKETS];
     for &d in distances {
-        counts[d.min(WINDOW_BUCKETS - 1) as usize] += 1;
+        counts[window_bucket(d)] += 1;
     }
     let y_max = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
     let mut svg = String::new();
@@ -311,10 +329,12 @@ fn plot_loss_window(distances: &[u64]) -> Plot {
                 .build_cartesian_2d(0f64..WINDOW_BUCKETS as f64, 0f64..y_max)?;
             chart
                 .configure_mesh()
-                .x_desc(format!(
-                    "acks given after the lost record's, before the crash ({}: or more)",
-                    WINDOW_BUCKETS - 1
-                ))
+                .x_labels(WINDOW_BUCKETS + 1)
+                .x_label_formatter(&|x| match x.fract() == 0.0 && (*x as usize) < WINDOW_BUCKETS {
+                    true => window_label(*x as usize),
+                    false => String::new(),
+                })
+                .x_desc("acks given after the lost record's before the crash (from; powers of two)")
                 .y_desc("records lost")
                 .light_line_style(WHITE)
                 .draw()?;
@@ -769,6 +789,15 @@ mod tests {
         );
         assert!(html.contains("offset   0x10"));
         assert_eq!(hex_diff(None, None), "");
+    }
+
+    #[test]
+    fn loss_window_buckets_are_powers_of_two() {
+        let buckets: Vec<usize> = [0, 1, 2, 3, 4, 7, 8, 4095, 4096, u64::MAX].map(window_bucket).to_vec();
+        assert_eq!(buckets, [0, 1, 2, 2, 3, 3, 4, 12, 13, 13]);
+        assert_eq!(window_label(0), "0");
+        assert_eq!(window_label(3), "4");
+        assert_eq!(window_label(13), "4096+");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "zstd",
     // xmllint: the tests hold the JUnit output to docs/junit.xsd.
     "libxml2-utils",
+    // The report's test opens it in a browser and reads the screenshot.
+    "chromium",
 ];
 
 /// Commands that prove the packages are there.
@@ -39,6 +41,7 @@ const REQUIRED_COMMANDS: &[&str] = &[
     "xz",
     "zstd",
     "xmllint",
+    "chromium",
 ];
 
 pub fn apt_line() -> String {
