@@ -19,6 +19,7 @@ pub mod junit;
 pub mod kept;
 pub mod lifetime;
 pub mod matrix;
+pub mod minimise;
 pub mod plan;
 pub mod powerloss;
 pub mod program;

@@ -11,6 +11,21 @@ use controller::campaign::{self, CampaignRequest};
 use controller::config::{self, Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, Filesystem};
 use record::{DurabilityMode, PlantedBug};
 
+/// stdout, ignoring a closed pipe (`crashlab ... | head`): the output is
+/// a courtesy, the results are on disk, and a panic would be a lie.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "crashlab",
@@ -29,6 +44,10 @@ enum Command {
     /// Rebuild one power-loss crash state exactly from a campaign's kept
     /// evidence, write it as a disk image and judge it again.
     ReplayState(ReplayArgs),
+    /// Shrink a violating power-loss state's lost writes to the few that
+    /// matter (delta debugging, each candidate checked and judged like any
+    /// state), name what each holds, and save the state for replay-state.
+    Minimise(MinimiseArgs),
     /// Plan, build, check and judge a power-loss trial's states again from
     /// its kept capture (no workload boot), with another checker, budget or
     /// number of workers.
@@ -170,8 +189,11 @@ struct ReplayArgs {
     campaign: PathBuf,
     #[arg(long)]
     trial: u64,
-    #[arg(long)]
-    state: u64,
+    #[arg(long, required_unless_present = "state_file")]
+    state: Option<u64>,
+    /// A state file `crashlab minimise` wrote, instead of --state.
+    #[arg(long, conflicts_with = "state")]
+    state_file: Option<PathBuf>,
     /// Where to write the state's disk image (default: in the trial's directory).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -181,6 +203,28 @@ struct ReplayArgs {
     /// Overrides the campaign's guest images directory.
     #[arg(long)]
     images_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MinimiseArgs {
+    /// The campaign directory (results/<campaign-id>).
+    #[arg(long)]
+    campaign: PathBuf,
+    #[arg(long)]
+    trial: u64,
+    /// A failing state of the trial (states.jsonl names them).
+    #[arg(long)]
+    state: u64,
+    /// Who checks each candidate: kernel (a checker VM) or host (ext4).
+    /// Default: the campaign's checker.
+    #[arg(long, value_enum)]
+    checker: Option<Checker>,
+    /// Overrides the campaign's guest images directory.
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -331,6 +375,10 @@ struct RunArgs {
     /// --images-dir, are not used.
     #[arg(long, value_name = "CAMPAIGN_DIR", conflicts_with_all = ["only_trial", "campaign_id"])]
     resume: Option<PathBuf>,
+    /// Power loss: after the campaign, minimise its first failing state
+    /// (as `crashlab minimise` does) and keep the result as minimised.json.
+    #[arg(long)]
+    minimise: bool,
     /// Keep every crashed disk image, not only those that broke a rule.
     #[arg(long)]
     keep_images: bool,
@@ -419,6 +467,7 @@ fn main() -> ExitCode {
         Command::Matrix(args) => sweep(matrix_cells(&args), "matrix", &args.sweep),
         Command::IoErrors(args) => sweep(io_error_cells(&args), "io-errors", &args.sweep),
         Command::Doctor(args) => doctor(args),
+        Command::Minimise(args) => minimise(args),
         Command::Report { dir, junit } => report(&dir, junit.as_deref()),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -427,7 +476,7 @@ fn main() -> ExitCode {
         }
         Command::ManPages { out } => match write_man_pages(&out) {
             Ok(n) => {
-                println!("{n} man pages in {}", out.display());
+                outln!("{n} man pages in {}", out.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -471,9 +520,72 @@ fn report(dir: &std::path::Path, junit: Option<&std::path::Path>) -> ExitCode {
     });
     match result {
         Ok(page) => {
-            println!("{}", page.display());
+            outln!("{}", page.display());
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `run --minimise`: the campaign's first failing power-loss state,
+/// minimised; the outcome printed and kept as minimised.json. A failure
+/// here is reported, not fatal: the campaign's results stand.
+fn minimise_first_failure(dir: &std::path::Path) {
+    let first = std::fs::read_to_string(dir.join("states.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|s| s["passed"] == false);
+    let Some(first) = first else {
+        eprintln!(
+            "--minimise: no failing power-loss state to minimise (a kernel-crash campaign, or live findings only)"
+        );
+        return;
+    };
+    let request = controller::minimise::MinimiseRequest {
+        campaign_dir: dir,
+        trial: first["trial"].as_u64().unwrap_or(0),
+        state: first["state"].as_u64().unwrap_or(0),
+        checker: None,
+        images_dir: None,
+        interrupt: &controller::signals::INTERRUPTED,
+    };
+    match controller::minimise::minimise(&request) {
+        Ok(outcome) => {
+            out!(
+                "\nminimised, the first failing state:\n{}",
+                controller::minimise::render(&outcome)
+            );
+            let json = serde_json::to_string_pretty(&outcome).unwrap_or_default() + "\n";
+            if let Err(e) = controller::durable::write_atomically(&dir.join("minimised.json"), json.as_bytes()) {
+                eprintln!("--minimise: cannot write minimised.json: {e:#}");
+            }
+        }
+        Err(e) => eprintln!("--minimise: the first failing state could not be minimised: {e:#}"),
+    }
+}
+
+fn minimise(args: MinimiseArgs) -> ExitCode {
+    let request = controller::minimise::MinimiseRequest {
+        campaign_dir: &args.campaign,
+        trial: args.trial,
+        state: args.state,
+        checker: args.checker,
+        images_dir: args.images_dir,
+        interrupt: &controller::signals::INTERRUPTED,
+    };
+    match controller::minimise::minimise(&request) {
+        Ok(outcome) => {
+            match args.json {
+                true => outln!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default()),
+                false => out!("{}", controller::minimise::render(&outcome)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -490,7 +602,7 @@ fn doctor(args: DoctorArgs) -> ExitCode {
     };
     match controller::doctor::examine(&request) {
         Ok(findings) => {
-            print!("{}", controller::doctor::render(&findings));
+            out!("{}", controller::doctor::render(&findings));
             let fails = findings.iter().any(|f| f.status == controller::doctor::Status::Fail);
             ExitCode::from(u8::from(fails))
         }
@@ -604,8 +716,8 @@ fn sweep(cells: Cells, name: &str, args: &SweepArgs) -> ExitCode {
     });
     match result {
         Ok((table, text)) => {
-            print!("{text}");
-            println!("\nresults: {}", out_dir.display());
+            out!("{text}");
+            outln!("\nresults: {}", out_dir.display());
             let failed = table.cells.values().flat_map(|r| r.values()).any(|c| c.violations > 0);
             ExitCode::from(u8::from(failed))
         }
@@ -636,8 +748,8 @@ fn conformance(args: ConformanceArgs) -> ExitCode {
         .and_then(|table| controller::conformance::write(&table, &request.out_dir))
     {
         Ok(text) => {
-            print!("{text}");
-            println!("\nresults: {}", request.out_dir.display());
+            out!("{text}");
+            outln!("\nresults: {}", request.out_dir.display());
             ExitCode::SUCCESS
         }
         Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
@@ -652,7 +764,8 @@ fn replay(args: ReplayArgs) -> ExitCode {
     let request = controller::replay::ReplayRequest {
         campaign_dir: &args.campaign,
         trial: args.trial,
-        state: args.state,
+        state: args.state.unwrap_or(0),
+        state_file: args.state_file,
         out: args.out,
         checker: args.checker,
         images_dir: args.images_dir,
@@ -660,7 +773,7 @@ fn replay(args: ReplayArgs) -> ExitCode {
     };
     match controller::replay::replay_state(&request) {
         Ok(outcome) => {
-            println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
             let failed = outcome.verdicts.iter().any(|(_, v)| !v.passed);
             ExitCode::from(u8::from(failed))
         }
@@ -687,7 +800,7 @@ fn workload_rate(args: WorkloadRateArgs) -> ExitCode {
     let dir = args.run.results_dir.join(id);
     match controller::rate::measure(&config, args.pairs, &dir, &controller::signals::INTERRUPTED) {
         Ok(report) => {
-            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&report).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
@@ -707,7 +820,7 @@ fn replay_loop(args: ReplayLoopArgs) -> ExitCode {
     });
     match outcome {
         Ok(outcome) => {
-            println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&outcome).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -757,11 +870,11 @@ fn recheck(args: RecheckArgs) -> ExitCode {
             let peak_rss_kib = controller::campaign::peak_rss_kib(nix::sys::resource::UsageWho::RUSAGE_SELF);
             if args.json {
                 let out = serde_json::json!({ "record": record, "peak_rss_kib": peak_rss_kib });
-                println!("{out}");
+                outln!("{out}");
             } else {
                 let t = &record.timing_ms;
                 let per_state_ms = (t.parse + t.plan + t.check_wall) as f64 / record.states_checked.max(1) as f64;
-                println!(
+                outln!(
                     "trial {}: {} states checked, {} failed, {} violations; {per_state_ms:.1} ms per state \
                      (parse {} + plan {} + check {} ms, {} workers, checker boot {} ms); peak RSS {} MiB",
                     record.run.trial,
@@ -776,7 +889,7 @@ fn recheck(args: RecheckArgs) -> ExitCode {
                     peak_rss_kib / 1024
                 );
                 for v in record.violations.iter().take(5) {
-                    println!("  state {}: {}", v.state, v.finding.reason);
+                    outln!("  state {}: {}", v.state, v.finding.reason);
                 }
             }
             ExitCode::from(u8::from(!record.passed))
@@ -1086,6 +1199,7 @@ fn run(args: RunArgs) -> ExitCode {
                     interrupt: &controller::signals::INTERRUPTED,
                 },
                 args.junit.as_deref(),
+                args.minimise,
             ),
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -1119,7 +1233,7 @@ fn run(args: RunArgs) -> ExitCode {
         show_progress: !args.quiet,
         interrupt: &controller::signals::INTERRUPTED,
     };
-    run_request(&request, args.junit.as_deref())
+    run_request(&request, args.junit.as_deref(), args.minimise)
 }
 
 /// `--resume DIR`: the campaign's own configuration (validated), the
@@ -1143,8 +1257,13 @@ fn resume_request(dir: &std::path::Path, args: &RunArgs) -> anyhow::Result<(Camp
     Ok((config, root, id))
 }
 
-fn run_request(request: &CampaignRequest, junit: Option<&std::path::Path>) -> ExitCode {
+fn run_request(request: &CampaignRequest, junit: Option<&std::path::Path>, minimise: bool) -> ExitCode {
     let result = campaign::run_campaign(request);
+    if let (true, Ok(summary)) = (minimise, &result) {
+        if summary.violations > 0 && !summary.interrupted {
+            minimise_first_failure(&summary.results_dir);
+        }
+    }
     if let Some(path) = junit {
         let dir = request.results_root.join(&request.campaign_id);
         let written = match &result {
@@ -1162,7 +1281,7 @@ fn run_request(request: &CampaignRequest, junit: Option<&std::path::Path>) -> Ex
     }
     match result {
         Ok(summary) => {
-            print!("{}", summary.render());
+            out!("{}", summary.render());
             if summary.interrupted {
                 eprintln!(
                     "interrupted: {} finished trials kept in {}",

@@ -25,6 +25,9 @@ pub struct ReplayRequest<'a> {
     pub campaign_dir: &'a Path,
     pub trial: u64,
     pub state: u64,
+    /// A state written by `crashlab minimise` (JSON), instead of the
+    /// trial's planned state `state`.
+    pub state_file: Option<PathBuf>,
     /// Where to write the state's disk image.
     pub out: Option<PathBuf>,
     pub checker: Checker,
@@ -55,19 +58,34 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         ..
     } = &kept;
     let states = kept.states();
-    let state = states.get(req.state as usize).with_context(|| {
-        format!(
-            "state {} does not exist: trial {} has {} states",
-            req.state,
-            req.trial,
-            states.len()
-        )
-    })?;
+    let from_file: Option<blocklog::CrashState> = match &req.state_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let state: blocklog::CrashState = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a state file (crashlab minimise writes them)", path.display()))?;
+            state
+                .validate(&capture.log)
+                .map_err(|e| anyhow::anyhow!("{} does not fit trial {}'s log: {e}", path.display(), req.trial))?;
+            Some(state)
+        }
+        None => None,
+    };
+    let state = match &from_file {
+        Some(state) => state,
+        None => states.get(req.state as usize).with_context(|| {
+            format!(
+                "state {} does not exist: trial {} has {} states",
+                req.state,
+                req.trial,
+                states.len()
+            )
+        })?,
+    };
 
-    let image = req
-        .out
-        .clone()
-        .unwrap_or_else(|| trial_dir.join(format!("state-{}.img", req.state)));
+    let image = req.out.clone().unwrap_or_else(|| match &req.state_file {
+        Some(file) => file.with_extension("img"),
+        None => trial_dir.join(format!("state-{}.img", req.state)),
+    });
     images::copy_sparse(base, &image)?;
     let mut sink = std::fs::OpenOptions::new().write(true).open(&image)?;
     blocklog::apply_state(capture.log_file.as_ref(), &capture.log, state, &mut sink)

@@ -402,16 +402,21 @@ fn a_sigkilled_controller_leaves_no_guest_running_and_the_next_run_cleans_up() {
         .expect("crashlab starts");
     let pid = controller.id();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let qemu = loop {
+    // A trial's QEMU, once the controller owns temporary directories (the
+    // first QEMU may be the accelerator's sanity boot, before any trial).
+    let (qemu, owned) = loop {
+        let owned = temp_dirs_owned_by(pid);
         if let Some((qemu, _)) = children_of(pid).into_iter().find(|(_, name)| name.starts_with("qemu")) {
-            break qemu;
+            if !owned.is_empty() {
+                break (qemu, owned);
+            }
         }
-        assert!(std::time::Instant::now() < deadline, "no QEMU started within 120 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trial's QEMU, with the controller's temporary directories, within 120 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    // The controller's temporary directories, by their owner file.
-    let owned = temp_dirs_owned_by(pid);
-    assert!(!owned.is_empty(), "the running controller owns no temporary directory");
     std::thread::sleep(std::time::Duration::from_secs(2));
     controller.kill().unwrap(); // SIGKILL: no destructor runs
     controller.wait().unwrap();

@@ -2,13 +2,17 @@
 //! the VM tests included, run in lanes.
 //!
 //! The VM tests are CPU-bound (TCG) and each boots one guest at a time, so
-//! one test binary uses about one core. Cargo runs test binaries one after
+//! one test uses about one core. Cargo runs test binaries one after
 //! another; here they are built once (`cargo test --no-run`), then run in
-//! `lanes` threads (default 2, one per core of the machines this runs on),
-//! longest first, each binary with `--test-threads=1` as before. A binary's
-//! output is kept and printed whole when it ends (all of it when it failed),
-//! so lanes never interleave lines. Every binary runs in a guarded process
-//! group (`children`), so Ctrl-C or a killed task leaves no guest behind.
+//! `lanes` threads (default 2, one per core of the machines this runs on).
+//! The unit of work is one VM test (a binary with `#[ignore]`d tests is
+//! split into its tests, each run alone with `--exact`), or a whole binary
+//! of quick unit tests. Units start longest first, by the times of the last
+//! run (`target/xtask-test-times.json`) or else by `EXPECTED_SECONDS`, so
+//! the lanes end close together. A unit's output is kept and printed whole
+//! when it fails, so lanes never interleave lines. Every unit runs in a
+//! guarded process group (`children`), so Ctrl-C or a killed task leaves no
+//! guest behind.
 //!
 //! Why not cargo-nextest: it would have to be built on every new machine
 //! (minutes of the CI budget) for what these hundred lines do.
@@ -33,11 +37,15 @@ const LANES_MAX: usize = 16;
 /// ... finished in`): the order to start them in, longest first, so that
 /// the lanes end close together. A binary not named here is short.
 const EXPECTED_SECONDS: &[(&str, u32)] = &[
-    ("campaign", 550),
+    ("campaign", 600),
+    ("examples", 240),
     ("power_loss", 235),
     ("patterns", 220),
     ("program", 160),
+    ("minimise", 75),
+    ("report", 45),
     ("recovery", 20),
+    ("doctor", 10),
     ("corpus", 17),
     ("blocklog", 12),
     ("conformance", 10),
@@ -158,6 +166,106 @@ struct Finished {
     summary: String,
 }
 
+/// One thing a lane runs: a whole binary, or one test of it.
+#[derive(Clone, Debug)]
+pub struct Unit {
+    pub binary: TestBinary,
+    /// `Some(test)`: only this test (`--exact`).
+    pub test: Option<String>,
+}
+
+impl Unit {
+    pub fn name(&self) -> String {
+        match &self.test {
+            Some(test) => format!("{}::{test}", self.binary.target),
+            None => self.binary.name.clone(),
+        }
+    }
+}
+
+/// The tests a binary holds and which of them are `#[ignore]`d, from
+/// `--list` (lines `name: test`).
+fn list_tests(binary: &TestBinary, ignored_only: bool) -> Result<Vec<String>> {
+    let mut command = Command::new(&binary.executable);
+    command
+        .args(["--list", "--format=terse"])
+        .current_dir(&binary.package_dir);
+    if ignored_only {
+        command.arg("--ignored");
+    }
+    let out = command
+        .output()
+        .with_context(|| format!("cannot list the tests of {}", binary.executable.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(String::from)
+        .collect())
+}
+
+/// Units: each `#[ignore]`d (VM) test alone, the rest of its binary as one
+/// more unit; a binary without VM tests whole.
+pub fn units(binaries: Vec<TestBinary>) -> Result<Vec<Unit>> {
+    let mut units = Vec::new();
+    for binary in binaries {
+        let ignored = list_tests(&binary, true)?;
+        if ignored.is_empty() {
+            units.push(Unit { binary, test: None });
+            continue;
+        }
+        for test in list_tests(&binary, false)? {
+            units.push(Unit {
+                binary: binary.clone(),
+                test: Some(test),
+            });
+        }
+    }
+    Ok(units)
+}
+
+/// Seconds each unit took in the last run, by name.
+type Times = std::collections::BTreeMap<String, f64>;
+
+fn times_path(target_dir: &Path) -> PathBuf {
+    target_dir.join("xtask-test-times.json")
+}
+
+fn read_times(target_dir: &Path) -> Times {
+    std::fs::read_to_string(times_path(target_dir))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Longest first: the last run's time, or the binary's expected time shared
+/// among its units.
+pub fn order_units(mut units: Vec<Unit>, times: &Times) -> Vec<Unit> {
+    let per_binary = |b: &TestBinary| {
+        units
+            .iter()
+            .filter(|u| u.binary.executable == b.executable)
+            .count()
+            .max(1)
+    };
+    let weights: Vec<f64> = units
+        .iter()
+        .map(|u| {
+            times
+                .get(&u.name())
+                .copied()
+                .unwrap_or_else(|| f64::from(expected_seconds(&u.binary)) / per_binary(&u.binary) as f64)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by(|&a, &b| {
+        weights[b]
+            .total_cmp(&weights[a])
+            .then(units[a].name().cmp(&units[b].name()))
+    });
+    let mut slots: Vec<Option<Unit>> = units.drain(..).map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
 pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
     let options = Options::parse(args)?;
     // Doctests have no executable of their own: cargo runs them (few, quick).
@@ -167,11 +275,23 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
         sh,
         "cargo test --workspace --no-run --message-format=json-render-diagnostics"
     ))?;
-    let queue = schedule(parse_artifacts(&json)?);
-    anyhow::ensure!(!queue.is_empty(), "cargo built no test binary");
+    let binaries = schedule(parse_artifacts(&json)?);
+    anyhow::ensure!(!binaries.is_empty(), "cargo built no test binary");
+    let target_dir = crate::target_dir(sh);
+    let mut units = units(binaries)?;
+    // A filter picks units by name (a whole binary's unit always runs, with
+    // the filter passed on to it).
+    if !options.filters.is_empty() {
+        units.retain(|u| {
+            u.test
+                .as_ref()
+                .is_none_or(|t| options.filters.iter().any(|f| t.contains(f.as_str())))
+        });
+    }
+    let queue = order_units(units, &read_times(&target_dir));
     let total = queue.len();
     eprintln!(
-        "xtask test: {total} test binaries in {} lane(s), longest first",
+        "xtask test: {total} units (VM tests one by one, other binaries whole) in {} lane(s), longest first",
         options.lanes
     );
     let queue = Mutex::new(VecDeque::from(queue));
@@ -181,19 +301,15 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
         for lane in 0..options.lanes {
             let (queue, finished, options) = (&queue, &finished, &options);
             scope.spawn(move || loop {
-                let Some(binary) = queue.lock().unwrap().pop_front() else {
+                let Some(unit) = queue.lock().unwrap().pop_front() else {
                     break;
                 };
-                let result = run_binary(&binary, images, &options.filters);
-                let outcome = match result {
-                    Ok(outcome) => outcome,
-                    Err(e) => Finished {
-                        name: binary.name.clone(),
-                        passed: false,
-                        seconds: 0.0,
-                        summary: format!("could not run {}: {e:#}", binary.executable.display()),
-                    },
-                };
+                let outcome = run_unit(&unit, images, &options.filters).unwrap_or_else(|e| Finished {
+                    name: unit.name(),
+                    passed: false,
+                    seconds: 0.0,
+                    summary: format!("could not run {}: {e:#}", unit.binary.executable.display()),
+                });
                 eprintln!(
                     "xtask test: [lane {lane}] {} {} ({:.0} s) {}",
                     if outcome.passed { "PASS" } else { "FAIL" },
@@ -206,17 +322,21 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
         }
     });
     let mut finished = finished.into_inner().unwrap();
+    // Remembered for the next run's order (best effort).
+    let times: Times = finished.iter().map(|f| (f.name.clone(), f.seconds)).collect();
+    let _ = std::fs::write(times_path(&target_dir), serde_json::to_string_pretty(&times)? + "\n");
     finished.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     let failed: Vec<&Finished> = finished.iter().filter(|f| !f.passed).collect();
-    eprintln!("xtask test: the slowest binaries:");
-    for f in finished.iter().take(8) {
+    eprintln!("xtask test: the slowest units:");
+    for f in finished.iter().take(12) {
         eprintln!("  {:>6.0} s  {}", f.seconds, f.name);
     }
     eprintln!(
-        "xtask test: {} of {total} binaries passed in {:.0} s wall ({} lane(s)){}",
+        "xtask test: {} of {total} units passed in {:.0} s wall ({} lane(s), {:.0} s of tests){}",
         total - failed.len(),
         start.elapsed().as_secs_f64(),
         options.lanes,
+        finished.iter().map(|f| f.seconds).sum::<f64>(),
         if doc == 0 { "" } else { "; the doctests FAILED" }
     );
     for f in &failed {
@@ -225,11 +345,19 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
     Ok(if failed.is_empty() && doc == 0 { 0 } else { 1 })
 }
 
-fn run_binary(binary: &TestBinary, images: &Path, filters: &[String]) -> Result<Finished> {
+fn run_unit(unit: &Unit, images: &Path, filters: &[String]) -> Result<Finished> {
+    let binary = &unit.binary;
     let mut command = Command::new(&binary.executable);
+    command.args(["--test-threads=1", "--include-ignored"]);
+    match &unit.test {
+        Some(test) => {
+            command.args(["--exact", test]);
+        }
+        None => {
+            command.args(filters);
+        }
+    }
     command
-        .args(["--test-threads=1", "--include-ignored"])
-        .args(filters)
         .current_dir(&binary.package_dir)
         .env("CARGO_MANIFEST_DIR", &binary.package_dir)
         .env("CRASHLAB_IMAGES_DIR", images);
@@ -238,21 +366,25 @@ fn run_binary(binary: &TestBinary, images: &Path, filters: &[String]) -> Result<
     let seconds = start.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let passed = out.status.success();
+    // A unit that ran no test passed nothing: a name that matched nothing.
     let summary = stdout
         .lines()
         .rfind(|l| l.starts_with("test result:"))
         .unwrap_or("")
         .to_string();
+    let ran_none = unit.test.is_some() && summary.contains(" 0 passed; 0 failed");
+    let passed = out.status.success() && !ran_none;
     if !passed {
         // The whole output, in one piece, so the failure reads as cargo's would.
         eprintln!(
             "---- {} ({}) ----\n{stdout}{stderr}---- end of {} ----",
-            binary.name, out.status, binary.name
+            unit.name(),
+            out.status,
+            unit.name()
         );
     }
     Ok(Finished {
-        name: binary.name.clone(),
+        name: unit.name(),
         passed,
         seconds,
         summary,
@@ -287,6 +419,25 @@ mod tests {
             .map(|b| b.target)
             .collect();
         assert_eq!(order, ["campaign", "record"]);
+    }
+
+    #[test]
+    fn units_are_ordered_by_the_last_runs_times_else_by_their_binarys() {
+        let binaries = parse_artifacts(CARGO_JSON).unwrap();
+        let unit = |b: usize, test: Option<&str>| Unit {
+            binary: binaries[b].clone(),
+            test: test.map(String::from),
+        };
+        let units = vec![unit(1, None), unit(0, Some("a")), unit(0, Some("b"))];
+        // No times: campaign's 550 s shared by its two tests beat record's 1 s.
+        let names: Vec<String> = order_units(units.clone(), &Times::new())
+            .iter()
+            .map(Unit::name)
+            .collect();
+        assert_eq!(names, ["campaign::a", "campaign::b", "record/lib record"]);
+        let times: Times = [("campaign::b".to_string(), 90.0), ("campaign::a".to_string(), 5.0)].into();
+        let names: Vec<String> = order_units(units, &times).iter().map(Unit::name).collect();
+        assert_eq!(names[0], "campaign::b");
     }
 
     #[test]
