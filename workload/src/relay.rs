@@ -15,7 +15,7 @@
 //! The decisions are a pure state machine (`Relay::line`), tested here;
 //! `run` only moves bytes and processes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
@@ -262,6 +262,74 @@ fn drain(reader: &mut BufReader<std::process::ChildStdout>) -> Vec<String> {
     lines
 }
 
+/// The `BEGIN` lines among `pending` (lines read, not yet handled) that
+/// may be handled ahead of the lines before them: every one up to the first
+/// `DONE` or `ERR`, except a `BEGIN` of an id an earlier pending `ACK`
+/// names (handled in order, that `ACK` is the protocol error it is).
+/// Removes and returns them, in order.
+pub fn pull_begins(pending: &mut VecDeque<String>) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut pulled = Vec::new();
+    let mut kept = VecDeque::new();
+    let mut stop = false;
+    while let Some(line) = pending.pop_front() {
+        if !stop {
+            match ProgramLine::parse(&line) {
+                Ok(ProgramLine::Begin { id, .. }) if !acked.contains(&id) => {
+                    pulled.push(line);
+                    continue;
+                }
+                Ok(ProgramLine::Ack { id }) => acked.push(id),
+                Ok(ProgramLine::Done | ProgramLine::Err { .. }) | Err(_) => stop = true,
+                Ok(_) => {}
+            }
+        }
+        kept.push_back(line);
+    }
+    *pending = kept;
+    pulled
+}
+
+/// The complete lines the program has printed by now, without waiting.
+/// Lines are written whole (each at most 4096 bytes, one `write`, so
+/// atomic on a pipe) and the reader's buffer holds a whole pipe, so what
+/// is there is whole lines; a line cut short stays in the reader.
+fn complete_lines_now(reader: &mut BufReader<std::process::ChildStdout>) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    const LINES_MAX: usize = 4096;
+    let fd = reader.get_ref().as_raw_fd();
+    let readable = || {
+        let mut pfd = nix::libc::pollfd {
+            fd,
+            events: nix::libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one descriptor this process owns, no wait.
+        unsafe { nix::libc::poll(&mut pfd, 1, 0) == 1 && pfd.revents & nix::libc::POLLIN != 0 }
+    };
+    let mut lines = Vec::new();
+    while lines.len() < LINES_MAX {
+        if reader.buffer().contains(&b'\n') {
+            match read_line(reader) {
+                Ok(Some(line)) => lines.push(line),
+                _ => break,
+            }
+            continue;
+        }
+        // A partial line, or nothing buffered and nothing in the pipe.
+        if !reader.buffer().is_empty() || !readable() {
+            break;
+        }
+        if reader.fill_buf().map_or(true, |b| b.is_empty()) {
+            break;
+        }
+    }
+    lines
+}
+
+/// The reader's buffer: a whole pipe's worth (Linux: 64 KiB).
+const READER_CAPACITY_BYTES: usize = 64 * 1024;
+
 /// Runs the relay; the exit code of `crashlab-workload`.
 pub fn run(args: &[String]) -> u8 {
     let [data_dir, channel_path, program, program_args @ ..] = args else {
@@ -317,13 +385,21 @@ pub fn run(args: &[String]) -> u8 {
         }
     };
     let group = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut stdout = BufReader::with_capacity(READER_CAPACITY_BYTES, child.stdout.take().expect("stdout is piped"));
+    // Lines read ahead of their turn (see Action::AckSector below).
+    let mut pending: VecDeque<String> = VecDeque::new();
     let mut relay = Relay::new(&params);
     let mut ack_log: Option<AckLog> = None;
+    // The guest's test disk; a host test names a file.
+    let ack_device = std::env::var("CRASHLAB_ACK_DEVICE").unwrap_or_else(|_| record::params::ACK_DEVICE.into());
     // The relay's exit code: 1 once the run ended with an ERR.
     let mut ended_in_error = false;
     loop {
-        let actions = match read_line(&mut stdout) {
+        let next = match pending.pop_front() {
+            Some(line) => Ok(Some(line)),
+            None => read_line(&mut stdout),
+        };
+        let actions = match next {
             Ok(Some(line)) => match relay.line(&line) {
                 Ok(actions) => actions,
                 Err(broken) => {
@@ -354,7 +430,7 @@ pub fn run(args: &[String]) -> u8 {
             match action {
                 Action::ReadyMarker => {
                     let offset = params.ack_area_offset_bytes.expect("capture has an ack area");
-                    let written = AckLog::open(record::params::ACK_DEVICE, offset).and_then(|mut log| {
+                    let written = AckLog::open(&ack_device, offset).and_then(|mut log| {
                         log.write(&AckRecord {
                             ack_index: READY_MARKER_INDEX,
                             seq: 0,
@@ -379,6 +455,31 @@ pub fn run(args: &[String]) -> u8 {
                     if let Err(e) = log.write(&record) {
                         return fail(&mut channel, e.op, e.errno, "cannot write an ack sector");
                     }
+                    // The program went on while the sector was written: an
+                    // item it began meanwhile may be on the disk in a state
+                    // without this sector. Its BEGIN must come before this
+                    // ACK in the host's log, or cutting the log at the ACK
+                    // (a state without the sector) would drop the BEGIN and
+                    // call the item's data foreign. Every line printed by
+                    // now is in the pipe: its BEGINs go first.
+                    pending.extend(complete_lines_now(&mut stdout));
+                    for line in pull_begins(&mut pending) {
+                        match relay.line(&line) {
+                            Ok(begun) => {
+                                for action in begun {
+                                    if let Action::Emit(event) = action {
+                                        channel.emit(&event);
+                                    }
+                                }
+                            }
+                            Err(broken) => {
+                                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                                let _ = child.wait();
+                                let why = format!("the program broke the protocol: {}", broken.why);
+                                return fail(&mut channel, &broken.op, broken.errno, &why);
+                            }
+                        }
+                    }
                 }
                 Action::Emit(event) => {
                     ended_in_error |= matches!(event, Event::Error { .. });
@@ -387,7 +488,8 @@ pub fn run(args: &[String]) -> u8 {
                 Action::Hold { acks } => {
                     let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGSTOP);
                     wait_stopped(group);
-                    for line in drain(&mut stdout) {
+                    let read_ahead: Vec<String> = pending.drain(..).collect();
+                    for line in read_ahead.into_iter().chain(drain(&mut stdout)) {
                         if let Some(event) = relay.drained(&line) {
                             channel.emit(&event);
                         }
@@ -456,6 +558,26 @@ mod tests {
         assert_eq!(relay.line("NOTE commit 2").unwrap(), []);
         assert_eq!(relay.line("DONE").unwrap(), [Action::Emit(Event::Done { records: 2 })]);
         assert!(relay.exited(std::process::ExitStatus::from_raw(0)) == [Action::End]);
+    }
+
+    #[test]
+    fn begins_read_ahead_go_first_but_never_past_done_or_an_ack_of_their_own() {
+        let mut pending: VecDeque<String> = [
+            "BEGIN 3 ab",
+            "ACK 2",
+            "BEGIN 4 cd",
+            "ACK 5",
+            "BEGIN 5 ef",
+            "DONE",
+            "BEGIN 6 aa",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(pull_begins(&mut pending), ["BEGIN 3 ab", "BEGIN 4 cd"]);
+        assert_eq!(pending, ["ACK 2", "ACK 5", "BEGIN 5 ef", "DONE", "BEGIN 6 aa"]);
+        let mut none: VecDeque<String> = ["NOTE x", "ERR msync 5", "BEGIN 1 ab"].map(String::from).into();
+        assert!(pull_begins(&mut none).is_empty());
+        assert_eq!(none.len(), 3);
     }
 
     #[test]
