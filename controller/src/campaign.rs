@@ -118,7 +118,7 @@ impl From<&PowerLossRecord> for TrialTotals {
 
 impl TrialTotals {
     /// A finished trial's totals from its `trials.jsonl` line (`--resume`).
-    fn from_line(v: &serde_json::Value, model: CrashModel) -> Result<TrialTotals> {
+    pub(crate) fn from_line(v: &serde_json::Value, model: CrashModel) -> Result<TrialTotals> {
         let number = |key: &str| v[key].as_u64().with_context(|| format!("no {key}"));
         let passed = v["passed"].as_bool().context("no passed")?;
         let (states, states_failed, counts_key) = match model {
@@ -142,7 +142,7 @@ impl TrialTotals {
 }
 
 impl Summary {
-    fn add(&mut self, t: &TrialTotals) {
+    pub(crate) fn add(&mut self, t: &TrialTotals) {
         self.trials_run += 1;
         if t.passed {
             self.trials_passed += 1
@@ -331,9 +331,14 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         interrupt: req.interrupt,
         rerun_command: &rerun,
     };
+    let mine: Vec<u64> = match config.shard {
+        Some(shard) => crate::config::shard_trials(config.seed, config.trials, shard),
+        None => (0..config.trials).collect(),
+    };
     let trial_ids: Vec<u64> = match req.only_trial {
         Some(t) => vec![t],
-        None => (0..config.trials)
+        None => mine
+            .into_iter()
             .filter(|t| !finished.iter().any(|(done, _)| done == t))
             .collect(),
     };

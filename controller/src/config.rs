@@ -199,6 +199,71 @@ pub struct CampaignConfig {
     /// many items it writes.
     #[serde(default)]
     pub program: Option<crate::program::ProgramSpec>,
+    /// Run only this shard's trials (`--shard I/N`); `crashlab merge`
+    /// puts the shards together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// Shard `index` of `count` (from 0): a share of a campaign's trials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// Upper bound on shards of one campaign.
+pub const SHARDS_MAX: u32 = 4096;
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Shard, String> {
+        let bad = || format!("--shard {text:?}: give I/N, shard I (from 0) of N, e.g. 0/4");
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let shard = Shard {
+            index: i.trim().parse().map_err(|_| bad())?,
+            count: n.trim().parse().map_err(|_| bad())?,
+        };
+        match (shard.count, shard.index) {
+            (0, _) => Err(format!("--shard {text}: N must be at least 1")),
+            (n, _) if n > SHARDS_MAX => Err(format!("--shard {text}: at most {SHARDS_MAX} shards")),
+            (n, i) if i >= n => Err(format!("--shard {text}: I counts from 0, so it must be below N ({n})")),
+            _ => Ok(shard),
+        }
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The trials of `shard`, ascending. The campaign's trials in an order
+/// drawn from the seed, dealt round-robin: shards differ by at most one
+/// trial, the N shards hold every trial exactly once, and the same seed
+/// deals the same way on any machine. A power-loss trial's states stay in
+/// its shard: they come from that trial's one workload boot, which another
+/// machine would not log bit for bit.
+pub fn shard_trials(seed: u64, trials: u64, shard: Shard) -> Vec<u64> {
+    let mut order: Vec<(u64, u64)> = (0..trials).map(|t| (splitmix64(seed ^ splitmix64(t)), t)).collect();
+    order.sort_unstable();
+    let mut mine: Vec<u64> = order
+        .iter()
+        .enumerate()
+        .filter(|(position, _)| *position as u64 % u64::from(shard.count) == u64::from(shard.index))
+        .map(|(_, &(_, t))| t)
+        .collect();
+    mine.sort_unstable();
+    mine
 }
 
 /// An error a disk write can fail with, as the guest sees it.
@@ -474,6 +539,9 @@ impl CampaignConfig {
         if let Some(error) = self.inject_write_error {
             args.push(format!("--inject-write-error={}", kebab(&error)));
         }
+        if let Some(shard) = self.shard {
+            args.push(format!("--shard={shard}"));
+        }
         if let Some(program) = &self.program {
             args.push(format!("--workload={}", program.workload.display()));
             args.push(format!("--checker-cmd={}", program.checker.display()));
@@ -502,6 +570,18 @@ impl CampaignConfig {
     /// results): every `run` flag that shapes the campaign, explicit, so
     /// that `crashlab run --config campaign.toml` runs it again exactly.
     pub fn to_toml(&self, campaign_id: &str) -> String {
+        crate::campaign_file::render(
+            &self.full_run_args(),
+            &format!(
+                "crashlab campaign {campaign_id}: its resolved configuration.\n\
+                 Run it again with: crashlab run --config campaign.toml (flags given beside it win)."
+            ),
+        )
+    }
+
+    /// Every `run` flag of this configuration, explicit (without `run`):
+    /// the campaign file, and the command line of each `--jobs` shard.
+    pub fn full_run_args(&self) -> Vec<String> {
         let mut args: Vec<String> = self.to_cli_args().into_iter().skip(1).collect();
         args.extend([
             format!("--images-dir={}", self.images_dir.display()),
@@ -517,13 +597,7 @@ impl CampaignConfig {
         if self.keep_images {
             args.push("--keep-images".into());
         }
-        crate::campaign_file::render(
-            &args,
-            &format!(
-                "crashlab campaign {campaign_id}: its resolved configuration.\n\
-                 Run it again with: crashlab run --config campaign.toml (flags given beside it win)."
-            ),
-        )
+        args
     }
 }
 
@@ -556,6 +630,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
         fs: Filesystem::Ext4,
         mount_opts: "data=ordered".into(),
         mkfs_opts: "-T default".into(),
+        shard: None,
         pattern: Pattern::Records,
         mode: DurabilityMode::MsSync,
         record_size_bytes: 4096,
@@ -741,6 +816,45 @@ mod tests {
             };
             assert!(c.validate().unwrap_err().starts_with("--mkfs-opts"), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn shards_partition_the_trials_exactly_and_evenly() {
+        for seed in [0u64, 1, 7, u64::MAX] {
+            for trials in [1u64, 2, 3, 10, 97, 1000] {
+                for count in [1u32, 2, 3, 7, 16] {
+                    let mut all: Vec<u64> = (0..count)
+                        .flat_map(|index| shard_trials(seed, trials, Shard { index, count }))
+                        .collect();
+                    let sizes: Vec<usize> = (0..count)
+                        .map(|index| shard_trials(seed, trials, Shard { index, count }).len())
+                        .collect();
+                    all.sort_unstable();
+                    assert_eq!(
+                        all,
+                        (0..trials).collect::<Vec<_>>(),
+                        "seed {seed} trials {trials} N {count}"
+                    );
+                    assert!(
+                        sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+                        "{sizes:?}"
+                    );
+                }
+            }
+        }
+        // Deterministic, and the seed matters.
+        let a = |seed| shard_trials(seed, 20, Shard { index: 0, count: 4 });
+        assert_eq!(a(5), a(5));
+        assert_ne!(a(5), a(6));
+    }
+
+    #[test]
+    fn shard_flags_name_what_is_wrong() {
+        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 2, count: 3 }));
+        assert!("3/3".parse::<Shard>().unwrap_err().contains("below N"));
+        assert!("0/0".parse::<Shard>().unwrap_err().contains("at least 1"));
+        assert!("a/b".parse::<Shard>().unwrap_err().contains("I/N"));
+        assert!("0/5000".parse::<Shard>().unwrap_err().contains("at most"));
     }
 
     #[test]

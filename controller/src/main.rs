@@ -44,6 +44,20 @@ enum Command {
     /// Rebuild one power-loss crash state exactly from a campaign's kept
     /// evidence, write it as a disk image and judge it again.
     ReplayState(ReplayArgs),
+    /// Write (and with --submit, submit) a Slurm job array running the
+    /// campaign as N shards, and a job after it that merges them and writes
+    /// the report. Takes run's flags; --resume DIR resubmits the unfinished
+    /// shards of DIR.
+    Slurm(SlurmArgs),
+    /// Put the shards of one campaign (run with --shard I/N) together into
+    /// the campaign directory an unsharded run would have written.
+    Merge {
+        /// The merged campaign's directory (new).
+        out: PathBuf,
+        /// Every shard's campaign directory.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
     /// Shrink a violating power-loss state's lost writes to the few that
     /// matter (delta debugging, each candidate checked and judged like any
     /// state), name what each holds, and save the state for replay-state.
@@ -203,6 +217,22 @@ struct ReplayArgs {
     /// Overrides the campaign's guest images directory.
     #[arg(long)]
     images_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SlurmArgs {
+    /// Shards: tasks of the job array.
+    #[arg(long, required_unless_present = "resume")]
+    shards: Option<u32>,
+    /// An option for sbatch, written into both scripts (repeat for more),
+    /// e.g. --sbatch-arg=--partition=long --sbatch-arg=--time=12:00:00.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
+    /// Run sbatch now (else the commands are printed).
+    #[arg(long)]
+    submit: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -375,6 +405,14 @@ struct RunArgs {
     /// --images-dir, are not used.
     #[arg(long, value_name = "CAMPAIGN_DIR", conflicts_with_all = ["only_trial", "campaign_id"])]
     resume: Option<PathBuf>,
+    /// Run only shard I of N (from 0): a share of the trials dealt by the
+    /// seed; `crashlab merge` puts the N shards together.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<config::Shard>,
+    /// Run the campaign as K shards at once on this machine (each its own
+    /// QEMU and results), then merge them.
+    #[arg(long, value_name = "K", conflicts_with_all = ["shard", "only_trial", "resume"])]
+    jobs: Option<u32>,
     /// Power loss: after the campaign, minimise its first failing state
     /// (as `crashlab minimise` does) and keep the result as minimised.json.
     #[arg(long)]
@@ -468,6 +506,17 @@ fn main() -> ExitCode {
         Command::IoErrors(args) => sweep(io_error_cells(&args), "io-errors", &args.sweep),
         Command::Doctor(args) => doctor(args),
         Command::Minimise(args) => minimise(args),
+        Command::Slurm(args) => slurm(args),
+        Command::Merge { out, shards } => match controller::merge::merge(&out, &shards) {
+            Ok(summary) => {
+                out!("{}", summary.render());
+                ExitCode::from(u8::from(summary.violations > 0))
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Report { dir, junit } => report(&dir, junit.as_deref()),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -921,6 +970,7 @@ fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
             .mkfs_opts
             .clone()
             .unwrap_or_else(|| args.fs.default_mkfs_opts().to_string()),
+        shard: args.shard,
         pattern: args.pattern,
         mode: args.mode,
         record_size_bytes,
@@ -1186,6 +1236,9 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(path) = &args.config {
         return run_file(path);
     }
+    if let Some(jobs) = args.jobs {
+        return run_jobs(&args, jobs);
+    }
     if let Some(dir) = &args.resume {
         return match resume_request(dir, &args) {
             Ok((config, root, id)) => run_request(
@@ -1234,6 +1287,241 @@ fn run(args: RunArgs) -> ExitCode {
         interrupt: &controller::signals::INTERRUPTED,
     };
     run_request(&request, args.junit.as_deref(), args.minimise)
+}
+
+/// `crashlab slurm`: the scripts of a sharded campaign, or (with
+/// --resume DIR) the resubmission of its unfinished shards.
+fn slurm(args: SlurmArgs) -> ExitCode {
+    use controller::slurm;
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let (dir, array, merge, tasks) = match &args.run.resume {
+        Some(dir) => {
+            let state = match std::fs::read_to_string(dir.join("slurm/slurm.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            {
+                Some(state) => state,
+                None => {
+                    return fail(format!(
+                        "{} holds no slurm/slurm.json: was it written by `crashlab slurm`?",
+                        dir.display()
+                    ))
+                }
+            };
+            let shards = state["shards"].as_u64().unwrap_or(0) as u32;
+            let todo = slurm::unfinished_shards(dir, shards);
+            if todo.is_empty() {
+                outln!(
+                    "every shard of {} has finished; the merge job (or `crashlab merge`) does the rest",
+                    dir.display()
+                );
+            }
+            (
+                dir.clone(),
+                dir.join("slurm/array.sbatch"),
+                dir.join("slurm/merge.sbatch"),
+                Some(todo),
+            )
+        }
+        None => {
+            let shards = args.shards.unwrap_or(1);
+            if !(1..=controller::config::SHARDS_MAX).contains(&shards) {
+                return fail(format!(
+                    "--shards {shards}: give 1 to {}",
+                    controller::config::SHARDS_MAX
+                ));
+            }
+            let mut config = match config_from(&args.run) {
+                Ok(config) => config,
+                Err(msg) => return fail(msg),
+            };
+            // Tasks run elsewhere, in other directories: every path absolute.
+            config.images_dir = std::path::absolute(&config.images_dir).unwrap_or(config.images_dir.clone());
+            if let Err(e) = controller::images::locate(&config.images_dir) {
+                return fail(format!(
+                    "{e:#}: build the guest images once, before the array, into a directory every node reads                      (`cargo xtask images --out DIR`, then --images-dir DIR)"
+                ));
+            }
+            let results = std::path::absolute(&args.run.results_dir).unwrap_or(args.run.results_dir.clone());
+            let id = args.run.campaign_id.clone().unwrap_or_else(|| {
+                format!("{}-slurm-{}", campaign::utc_timestamp(), config.fs.name()).replace(':', "")
+            });
+            let dir = results.join(&id);
+            if dir.exists() {
+                return fail(format!(
+                    "{} exists: choose another --campaign-id, or --resume it",
+                    dir.display()
+                ));
+            }
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => return fail(format!("cannot find this program's own path: {e}")),
+            };
+            let run_args = config.full_run_args();
+            let plan = slurm::SlurmPlan {
+                crashlab: &exe,
+                run_args: &run_args,
+                shards,
+                dir: &dir,
+                sbatch_args: &args.sbatch_args,
+                name: &id,
+            };
+            let (array, merge) = match slurm::write_scripts(&plan) {
+                Ok(paths) => paths,
+                Err(e) => return fail(format!("{e:#}")),
+            };
+            let state = serde_json::json!({ "shards": shards, "campaign_id": id, "config": config });
+            if let Err(e) = std::fs::write(dir.join("slurm/slurm.json"), state.to_string() + "\n") {
+                return fail(format!("cannot write {}/slurm/slurm.json: {e}", dir.display()));
+            }
+            (dir, array, merge, None)
+        }
+    };
+    if tasks.as_ref().is_some_and(Vec::is_empty) {
+        return ExitCode::SUCCESS;
+    }
+    let (first, second) = slurm::submit_commands(&array, &merge, tasks.as_deref());
+    if !args.submit {
+        outln!("scripts in {}/slurm; submit with:", dir.display());
+        outln!("  jobid=$({})", controller::config::shell_join(&first));
+        outln!(
+            "  {}",
+            controller::config::shell_join(&second).replace("ARRAY_JOB_ID", "$jobid")
+        );
+        outln!(
+            "the merged campaign will be {}/campaign (report.html, junit.xml)",
+            dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match slurm::submit(&first, &second) {
+        Ok((array_job, merge_job)) => {
+            outln!("submitted: array job {array_job}, merge job {merge_job} (after the array)");
+            outln!("the merged campaign will be {}/campaign", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+/// Upper bound on `--jobs`: guests at once on one machine.
+const JOBS_MAX: u32 = 64;
+
+/// `run --jobs K`: the campaign as K shards, each a `crashlab run --shard
+/// i/K` child with its own QEMU and results under `<id>.shards/`, run at
+/// once, then merged into `<id>/`. Ctrl-C reaches the children too (one
+/// process group); each stops cleanly and the merge is not attempted.
+fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
+    if !(1..=JOBS_MAX).contains(&jobs) {
+        eprintln!("error: --jobs {jobs}: give 1 to {JOBS_MAX}");
+        return ExitCode::from(2);
+    }
+    let config = match config_from(args) {
+        Ok(config) => config,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let id = args.campaign_id.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}-{}-seed{}",
+            campaign::utc_timestamp(),
+            config.fs.name(),
+            config.mode,
+            config.seed
+        )
+        .replace(':', "")
+    });
+    let shards_root = args.results_dir.join(format!("{id}.shards"));
+    // The resolved configuration, every flag explicit (a campaign file's
+    // too), then the shard's own flags.
+    let mut base = config.full_run_args();
+    if args.minimise {
+        base.push("--minimise".into());
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot find this program's own path to start the shards: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut children = Vec::new();
+    for i in 0..jobs {
+        let log = shards_root.join(format!("shard-{i}.log"));
+        let spawned = std::fs::create_dir_all(&shards_root)
+            .and_then(|()| std::fs::File::create(&log))
+            .and_then(|log_file| {
+                std::process::Command::new(&exe)
+                    .arg("run")
+                    .args(&base)
+                    .arg(format!("--shard={i}/{jobs}"))
+                    .arg(format!("--campaign-id=shard-{i}"))
+                    .arg("--results-dir")
+                    .arg(&shards_root)
+                    .arg("--quiet")
+                    .stdout(log_file.try_clone()?)
+                    .stderr(log_file)
+                    .spawn()
+            });
+        match spawned {
+            Ok(child) => children.push((i, child)),
+            Err(e) => {
+                eprintln!("error: cannot start shard {i}/{jobs} (its log: {}): {e}", log.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    eprintln!(
+        "{jobs} shards running; their logs: {}/shard-*.log",
+        shards_root.display()
+    );
+    let mut failed = Vec::new();
+    for (i, mut child) in children {
+        match child.wait().map(|s| s.code()) {
+            // 0: no violation, 1: violations; both finished.
+            Ok(Some(0 | 1)) => {}
+            Ok(code) => failed.push(format!("shard {i}/{jobs} ended with {code:?}")),
+            Err(e) => failed.push(format!("shard {i}/{jobs}: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "error: {}; see {}/shard-*.log, continue each with `crashlab run --resume {}/shard-I`, then              `crashlab merge`",
+            failed.join("; "),
+            shards_root.display(),
+            shards_root.display()
+        );
+        return ExitCode::from(
+            if controller::signals::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                130
+            } else {
+                2
+            },
+        );
+    }
+    let dirs: Vec<PathBuf> = (0..jobs).map(|i| shards_root.join(format!("shard-{i}"))).collect();
+    let out = args.results_dir.join(&id);
+    match controller::merge::merge(&out, &dirs) {
+        Ok(summary) => {
+            out!("{}", summary.render());
+            if let Some(path) = &args.junit {
+                if let Err(e) = controller::junit::write(path, &id, &[out.clone()]) {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+            ExitCode::from(u8::from(summary.violations > 0))
+        }
+        Err(e) => {
+            eprintln!("error: merging the shards: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `--resume DIR`: the campaign's own configuration (validated), the

@@ -43,6 +43,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         fs: Filesystem::Ext4,
         mount_opts: "data=ordered".into(),
         mkfs_opts: Filesystem::Ext4.default_mkfs_opts().into(),
+        shard: None,
         pattern: record::Pattern::Records,
         mode: DurabilityMode::MsSync,
         record_size_bytes: 4096,
