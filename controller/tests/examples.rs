@@ -58,9 +58,14 @@ fn quick_check_runs_and_a_saved_configuration_reruns_exactly() {
     assert_eq!(code, Some(0), "{text}");
     let quick = cells(&matrix(&h, "quick"));
     assert_eq!(quick.len(), 2);
-    assert!(quick.iter().all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1));
+    assert!(quick
+        .iter()
+        .all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1));
     let sweep = std::fs::read_to_string(h.results.path().join("quick/sweep.toml")).unwrap();
-    assert!(sweep.contains("crash-model = [\"kernel-crash\", \"power-loss\"]") && sweep.contains("trials = 1"), "{sweep}");
+    assert!(
+        sweep.contains("crash-model = [\"kernel-crash\", \"power-loss\"]") && sweep.contains("trials = 1"),
+        "{sweep}"
+    );
 
     // A cell's campaign.toml runs the same campaign again: same crash
     // points, same verdicts.
@@ -84,7 +89,10 @@ fn quick_check_runs_and_a_saved_configuration_reruns_exactly() {
             .lines()
             .map(|l| {
                 let s: serde_json::Value = serde_json::from_str(l).unwrap();
-                format!("{} {} {} {} {}", s["trial"], s["state"], s["crash_position"], s["acked"], s["passed"])
+                format!(
+                    "{} {} {} {} {}",
+                    s["trial"], s["state"], s["crash_position"], s["acked"], s["passed"]
+                )
             })
             .collect()
     };
@@ -99,7 +107,11 @@ fn fs_matrix_is_clean_on_every_filesystem_with_its_defaults() {
     assert_eq!(code, Some(0), "{text}");
     let fs = cells(&matrix(&h, "fs"));
     assert_eq!(fs.len(), 8);
-    assert!(fs.iter().all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1), "{fs:?}");
+    assert!(
+        fs.iter()
+            .all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1),
+        "{fs:?}"
+    );
 }
 
 #[test]

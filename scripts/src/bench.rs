@@ -11,6 +11,9 @@
 //! 4. Flat cost: logs of 1,000, 4,000 and 16,000 records, each rechecked
 //!    (host checker, one worker): ms per state and peak RSS.
 //! 5. The capture's cost to the workload (`crashlab workload-rate`).
+//! 6. Campaign throughput as shards on one machine: the same kernel-crash
+//!    campaign with `--jobs 1` and `--jobs 2`, states per minute of wall
+//!    time. `cargo xtask bench --only jobs` runs this part alone.
 //!
 //! Absolute times on a shared machine are noise; read the ratios. Run it on
 //! an otherwise idle machine.
@@ -29,6 +32,8 @@ const HOST_ROUNDS: usize = 3;
 const FLAT_RECORDS: [u64; 3] = [1000, 4000, 16000];
 const FLAT_STATES: u64 = 400;
 const RATE_PAIRS: u32 = 5;
+/// Trials of the `--jobs` comparison.
+const JOBS_TRIALS: u32 = 8;
 
 /// The targets (#10), printed beside the figures.
 const TARGET_HOST_RATIO: f64 = 2.0;
@@ -37,6 +42,16 @@ const TARGET_FLAT_RATIO: f64 = 1.2;
 const TARGET_LOG_SLOWDOWN: f64 = 1.3;
 
 pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
+    let only_jobs = extra.windows(2).any(|w| w[0] == "--only" && w[1] == "jobs");
+    let extra: Vec<String> = match only_jobs {
+        true => extra
+            .iter()
+            .filter(|a| *a != "--only" && *a != "jobs")
+            .cloned()
+            .collect(),
+        false => extra.to_vec(),
+    };
+    let extra = &extra[..];
     let images = setup(sh)?.display().to_string();
     cmd!(
         sh,
@@ -45,6 +60,36 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
     .run()?;
     let tag = format!("bench-{}", std::process::id());
     let crashlab = "target/release/crashlab";
+    // 6. Shards side by side: --jobs 1, then --jobs 2, the same campaign.
+    let jobs_row = |jobs: u32| -> Result<(f64, f64)> {
+        let id = format!("{tag}-jobs{jobs}");
+        let (trials, jobs_arg) = (format!("--trials={JOBS_TRIALS}"), format!("--jobs={jobs}"));
+        eprintln!("xtask bench: {JOBS_TRIALS} kernel-crash trials with {jobs_arg}");
+        let start = std::time::Instant::now();
+        let code = crate::children::status(cmd!(
+            sh,
+            "{crashlab} run --images-dir {images} --quiet --campaign-id {id} --results-dir results {WORKLOAD...} --crash-model=kernel-crash --records=1000 {trials} {jobs_arg} {extra...}"
+        ))?;
+        anyhow::ensure!(code <= 1, "crashlab exited {code}; see results/{id}.shards");
+        let wall_s = start.elapsed().as_secs_f64();
+        let summary = json(&sh.read_file(format!("results/{id}/summary.json"))?)?;
+        Ok((wall_s, field(&summary, &["states_checked"]) * 60.0 / wall_s.max(1e-9)))
+    };
+    let print_jobs = |one: (f64, f64), two: (f64, f64)| {
+        println!("campaign throughput as shards on this machine ({JOBS_TRIALS} kernel-crash trials, wall time):");
+        println!("  --jobs 1: {:.0} s, {:.1} states/minute", one.0, one.1);
+        println!("  --jobs 2: {:.0} s, {:.1} states/minute", two.0, two.1);
+        println!(
+            "  speed-up: {:.2}x on {} cores",
+            two.1 / one.1.max(1e-9),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    };
+    if only_jobs {
+        let (one, two) = (jobs_row(1)?, jobs_row(2)?);
+        print_jobs(one, two);
+        return Ok(0);
+    }
     let campaign = |id: &str, args: &[&str]| -> Result<Value> {
         eprintln!("xtask bench: crashlab run {}", args.join(" "));
         let code = crate::children::status(cmd!(
@@ -246,6 +291,9 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
         field(&kernel, &["peak_rss_kib"]) as u64 / 1024,
         field(&kernel, &["peak_rss_largest_child_kib"]) as u64 / 1024
     );
+    println!();
+    let (one, two) = (jobs_row(1)?, jobs_row(2)?);
+    print_jobs(one, two);
     println!("results: results/{tag}-*");
     Ok(0)
 }
