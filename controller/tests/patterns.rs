@@ -27,8 +27,8 @@ fn every_pattern_is_clean_under_both_crash_models() {
         .args([
             "--",
             "--trials=1",
-            "--records=100",
-            "--state-budget=12",
+            "--records=80",
+            "--state-budget=6",
             "--check-workers=1",
             "--seed=4",
             "--quiet",

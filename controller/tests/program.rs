@@ -37,32 +37,8 @@ fn run(h: &util::Harness, id: &str, extra: &[&str], flags: &[&str]) -> (Option<i
 }
 
 /// ext4 here; `cargo xtask lmdb` runs ext4, xfs and btrfs at length.
-#[test]
-#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
-fn lmdb_is_clean_under_both_crash_models() {
-    let h = vm_harness("lmdb-clean");
-    for (id, flags) in [
-        (
-            "ext4-kernel",
-            &["--trials=1", "--records=100", "--crash-points=acks"][..],
-        ),
-        (
-            "ext4-power",
-            &[
-                "--trials=1",
-                "--records=100",
-                "--crash-model=power-loss",
-                "--state-budget=40",
-            ],
-        ),
-    ] {
-        let (code, summary, stderr) = run(&h, id, &[], flags);
-        assert_eq!(code, Some(0), "{id}: {stderr}");
-        assert_eq!(summary["violations"], 0, "{id}: {summary}");
-        assert!(summary["acked"].as_u64().unwrap() > 0, "{id}: nothing acked: {summary}");
-        assert!(summary["states_checked"].as_u64().unwrap() >= 1, "{id}: {summary}");
-    }
-}
+// LMDB clean on ext4, xfs and btrfs under both crash models: the campaign
+// file examples/lmdb.toml, run by controller/tests/examples.rs.
 
 #[test]
 #[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
