@@ -1109,7 +1109,18 @@ fn run_file(path: &std::path::Path) -> ExitCode {
         Ok(text) => text,
         Err(e) => return fail(format!("cannot read the campaign file {}: {e}", path.display())),
     };
-    let validate = |args: &[String]| parse_run_args(args).map(|_| ());
+    // One key's value, on its own: a flag that needs another one (the
+    // checker's arguments need --workload) is checked with the whole cell.
+    let validate = |args: &[String]| {
+        let argv = ["crashlab", "run"]
+            .into_iter()
+            .map(String::from)
+            .chain(args.iter().cloned());
+        match Cli::try_parse_from(argv) {
+            Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => Ok(()),
+            _ => parse_run_args(args).map(|_| ()),
+        }
+    };
     let file = match campaign_file::parse(path, &text, &run_flag_kinds(), &validate) {
         Ok(file) => file,
         Err(msg) => return fail(msg),

@@ -132,14 +132,19 @@ fn lmdb_is_clean_on_three_filesystems_under_both_models() {
     assert_eq!(lmdb.len(), 6);
     // Not vacuous: every cell judged states against acked transactions.
     assert!(
-        lmdb.iter().all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1),
+        lmdb.iter()
+            .all(|c| c["violations"] == 0 && c["states_checked"].as_u64().unwrap() >= 1),
         "{lmdb:?}"
     );
     for cell in &lmdb {
         let dir = Path::new(cell["results_dir"].as_str().unwrap());
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-        assert!(summary["acked"].as_u64().unwrap() > 0, "nothing acked in {}", dir.display());
+        assert!(
+            summary["acked"].as_u64().unwrap() > 0,
+            "nothing acked in {}",
+            dir.display()
+        );
     }
 }
 
@@ -165,6 +170,15 @@ fn a_campaign_file_with_a_mistake_names_the_file_the_line_and_the_choices() {
             "{text}: {stderr}"
         );
     }
+    // Keys that need each other are checked together, after each alone.
+    std::fs::write(
+        &file,
+        "workload = \"no-such-program\"\nworkload-arg = [\"workload\"]\nchecker-cmd = \"no-such-program\"\nchecker-arg = [\"check\"]\n",
+    )
+    .unwrap();
+    let out = util::crashlab().arg("run").arg("--config").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-program") && stderr.contains("cannot read it"), "{stderr}");
     std::fs::write(&file, "[sweep]\nfs = [\"ext4\", \"zfs\"]\n").unwrap();
     let out = util::crashlab().arg("run").arg("--config").arg(&file).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: ext4, xfs, btrfs, f2fs"));
