@@ -178,7 +178,10 @@ fn a_campaign_file_with_a_mistake_names_the_file_the_line_and_the_choices() {
     .unwrap();
     let out = util::crashlab().arg("run").arg("--config").arg(&file).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no-such-program") && stderr.contains("cannot read it"), "{stderr}");
+    assert!(
+        stderr.contains("no-such-program") && stderr.contains("cannot read it"),
+        "{stderr}"
+    );
     std::fs::write(&file, "[sweep]\nfs = [\"ext4\", \"zfs\"]\n").unwrap();
     let out = util::crashlab().arg("run").arg("--config").arg(&file).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: ext4, xfs, btrfs, f2fs"));

