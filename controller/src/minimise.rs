@@ -11,8 +11,9 @@
 //!
 //! The result is saved as a state file that `crashlab replay-state
 //! --state-file` rebuilds exactly, and each lost write is named: its
-//! sectors and, for ext4 (debugfs icheck/ncheck), the file or metadata it
-//! holds; a write past the filesystem is crashlab's ack sector.
+//! sectors and the file or metadata it holds (ext4: debugfs icheck/ncheck;
+//! xfs: xfs_db blockuse); a write past the filesystem is crashlab's ack
+//! sector.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -328,12 +329,23 @@ fn describe_writes(fs: Filesystem, kept: &KeptTrial, state: &CrashState, lost: &
             false => String::new(),
         })
         .collect();
-    if fs == Filesystem::Ext4 {
-        if let Ok(names) = ext4_owners(kept, state, lost) {
+    let owners = match fs {
+        Filesystem::Ext4 => ext4_owners(kept, state, lost),
+        Filesystem::Xfs => xfs_owners(kept, state, lost),
+        _ => Err(anyhow::anyhow!("no tool names this filesystem's blocks")),
+    };
+    // Best effort: a tool that cannot tell says why, beside the sectors.
+    match owners {
+        Ok(names) => {
             for (h, name) in holds.iter_mut().zip(names) {
                 if h.is_empty() {
                     *h = name;
                 }
+            }
+        }
+        Err(why) => {
+            for h in holds.iter_mut().filter(|h| h.is_empty()) {
+                *h = format!("not identified: {why:#}");
             }
         }
     }
@@ -351,12 +363,11 @@ fn describe_writes(fs: Filesystem, kept: &KeptTrial, state: &CrashState, lost: &
         .collect()
 }
 
-/// ext4: the owner of each lost write's first block, by debugfs icheck and
-/// ncheck on an image with the whole epoch applied (the lost writes too).
-fn ext4_owners(kept: &KeptTrial, state: &CrashState, lost: &[u64]) -> Result<Vec<String>> {
+/// An image of the state with the whole open epoch applied (the lost
+/// writes too), so that the files and structures they belong to exist.
+fn image_with_every_write(kept: &KeptTrial, state: &CrashState, dir: &Path) -> Result<PathBuf> {
     let log = &kept.capture.log;
-    let dir = tempfile::tempdir()?;
-    let image = dir.path().join("all.img");
+    let image = dir.join("all.img");
     crate::images::copy_sparse(&kept.base, &image)?;
     let mut all = state.clone();
     all.extra_writes = blocklog::open_epoch(log, state.prefix_entries)
@@ -366,7 +377,48 @@ fn ext4_owners(kept: &KeptTrial, state: &CrashState, lost: &[u64]) -> Result<Vec
     all.kind = CrashState::new(0, all.extra_writes.clone(), None).kind;
     let mut sink = std::fs::OpenOptions::new().write(true).open(&image)?;
     blocklog::apply_state(kept.capture.log_file.as_ref(), log, &all, &mut sink)?;
-    drop(sink);
+    Ok(image)
+}
+
+/// xfs: what each lost write's first sector holds, by xfs_db's blockget
+/// and blockuse ("block 24 (0/24) type data inode 131 crashlab.dat").
+fn xfs_owners(kept: &KeptTrial, state: &CrashState, lost: &[u64]) -> Result<Vec<String>> {
+    let log = &kept.capture.log;
+    let dir = tempfile::tempdir()?;
+    let image = image_with_every_write(kept, state, dir.path())?;
+    let mut command = std::process::Command::new("xfs_db");
+    command.args(["-r", "-c", "blockget -n"]);
+    for &i in lost {
+        command
+            .arg("-c")
+            .arg(format!("daddr {}", log.entries[i as usize].sector));
+        command.arg("-c").arg("blockuse -n");
+    }
+    let out = command.arg(&image).output().context("cannot run xfs_db (xfsprogs)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if String::from_utf8_lossy(&out.stderr).contains("needs to\nbe replayed") || text.contains("needs to\nbe replayed")
+    {
+        bail!("xfs_db reads only a filesystem whose log is replayed (mount the state image once, then xfs_db)");
+    }
+    let uses: Vec<&str> = text.lines().filter(|l| l.starts_with("block ")).collect();
+    anyhow::ensure!(
+        uses.len() == lost.len(),
+        "xfs_db named {} of {} blocks",
+        uses.len(),
+        lost.len()
+    );
+    Ok(uses
+        .iter()
+        .map(|l| format!("xfs {}", l.replace(" type ", ": ").replace(" inode ", ", inode ")))
+        .collect())
+}
+
+/// ext4: the owner of each lost write's first block, by debugfs icheck and
+/// ncheck on an image with the whole epoch applied (the lost writes too).
+fn ext4_owners(kept: &KeptTrial, state: &CrashState, lost: &[u64]) -> Result<Vec<String>> {
+    let log = &kept.capture.log;
+    let dir = tempfile::tempdir()?;
+    let image = image_with_every_write(kept, state, dir.path())?;
     let block_size = ext4_block_size(&image).context("not an ext4 image")?;
     let blocks: Vec<u64> = lost
         .iter()
