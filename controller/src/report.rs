@@ -249,6 +249,47 @@ fn rgb((r, g, b): (u8, u8, u8)) -> plotters::style::RGBColor {
 /// An SVG plot, or a sentence saying why there is none.
 type Plot = std::result::Result<String, String>;
 
+/// A chart on an SVG string: the axes, their descriptions and labels,
+/// then `series` draws the data. One size and look for every plot.
+fn svg_chart(
+    x_max: f64,
+    y_max: f64,
+    (x_desc, y_desc): (&str, &str),
+    x_label: Option<&dyn Fn(&f64) -> String>,
+    series: impl FnOnce(&mut Chart) -> std::result::Result<(), String>,
+) -> Plot {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 340)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(|e| e.to_string())?;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(x_desc).y_desc(y_desc).light_line_style(WHITE);
+        if let Some(label) = x_label {
+            mesh.x_labels(WINDOW_BUCKETS + 1).x_label_formatter(label);
+        }
+        mesh.draw().map_err(|e| e.to_string())?;
+        series(&mut chart)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+type Chart<'a, 'b> = plotters::chart::ChartContext<
+    'a,
+    plotters::prelude::SVGBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
 fn plot_lost_against_position(points: &[(u64, u64)]) -> Plot {
     use plotters::prelude::*;
     if points.is_empty() {
@@ -256,34 +297,23 @@ fn plot_lost_against_position(points: &[(u64, u64)]) -> Plot {
     }
     let x_max = points.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f64 * 1.05;
     let y_max = points.iter().map(|p| p.1).max().unwrap_or(1).max(1) as f64 * 1.1;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (720, 340)).into_drawing_area();
-        let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
-            root.fill(&WHITE)?;
-            let mut chart = ChartBuilder::on(&root)
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(55)
-                .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+    svg_chart(
+        x_max,
+        y_max,
+        ("acks given before the crash", "acked records lost"),
+        None,
+        |chart| {
             chart
-                .configure_mesh()
-                .x_desc("acks given before the crash")
-                .y_desc("acked records lost")
-                .light_line_style(WHITE)
-                .draw()?;
-            chart.draw_series(
-                points
-                    .iter()
-                    .take(PLOT_POINTS_MAX)
-                    .map(|&(x, y)| Circle::new((x as f64, y as f64), 4, rgb(LOST_COLOUR).filled())),
-            )?;
-            root.present()?;
-            Ok(())
-        };
-        draw().map_err(|e| format!("the plot could not be drawn: {e}"))?;
-    }
-    Ok(svg)
+                .draw_series(
+                    points
+                        .iter()
+                        .take(PLOT_POINTS_MAX)
+                        .map(|&(x, y)| Circle::new((x as f64, y as f64), 4, rgb(LOST_COLOUR).filled())),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
 }
 
 /// Buckets of the loss window, by powers of two: 0, 1, 2-3, 4-7, ...; the
@@ -317,39 +347,30 @@ fn plot_loss_window(distances: &[u64]) -> Plot {
         counts[window_bucket(d)] += 1;
     }
     let y_max = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (720, 340)).into_drawing_area();
-        let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
-            root.fill(&WHITE)?;
-            let mut chart = ChartBuilder::on(&root)
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(55)
-                .build_cartesian_2d(0f64..WINDOW_BUCKETS as f64, 0f64..y_max)?;
+    let label = |x: &f64| match x.fract() == 0.0 && (*x as usize) < WINDOW_BUCKETS {
+        true => window_label(*x as usize),
+        false => String::new(),
+    };
+    svg_chart(
+        WINDOW_BUCKETS as f64,
+        y_max,
+        (
+            "acks given after the lost record's before the crash (from; powers of two)",
+            "records lost",
+        ),
+        Some(&label),
+        |chart| {
             chart
-                .configure_mesh()
-                .x_labels(WINDOW_BUCKETS + 1)
-                .x_label_formatter(&|x| match x.fract() == 0.0 && (*x as usize) < WINDOW_BUCKETS {
-                    true => window_label(*x as usize),
-                    false => String::new(),
-                })
-                .x_desc("acks given after the lost record's before the crash (from; powers of two)")
-                .y_desc("records lost")
-                .light_line_style(WHITE)
-                .draw()?;
-            chart.draw_series(counts.iter().enumerate().filter(|(_, &n)| n > 0).map(|(i, &n)| {
-                Rectangle::new(
-                    [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, n as f64)],
-                    rgb(WINDOW_COLOUR).filled(),
-                )
-            }))?;
-            root.present()?;
-            Ok(())
-        };
-        draw().map_err(|e| format!("the plot could not be drawn: {e}"))?;
-    }
-    Ok(svg)
+                .draw_series(counts.iter().enumerate().filter(|(_, &n)| n > 0).map(|(i, &n)| {
+                    Rectangle::new(
+                        [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, n as f64)],
+                        rgb(WINDOW_COLOUR).filled(),
+                    )
+                }))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
 }
 
 /// Bins of the states-per-second plot.
@@ -380,30 +401,21 @@ fn plot_rate(finished_ms: &[u64]) -> Plot {
         .collect();
     let y_max = rates.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-3) * 1.15;
     let x_max = (RATE_BINS + 1) as f64 * bin_ms as f64 / 1000.0;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (720, 340)).into_drawing_area();
-        let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
-            root.fill(&WHITE)?;
-            let mut chart = ChartBuilder::on(&root)
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(55)
-                .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+    svg_chart(
+        x_max,
+        y_max,
+        ("seconds since the first verdict", "states verified per second"),
+        None,
+        |chart| {
             chart
-                .configure_mesh()
-                .x_desc("seconds since the first verdict")
-                .y_desc("states verified per second")
-                .light_line_style(WHITE)
-                .draw()?;
-            chart.draw_series(LineSeries::new(rates.iter().copied(), rgb(RATE_COLOUR).stroke_width(3)))?;
-            chart.draw_series(rates.iter().map(|&p| Circle::new(p, 3, rgb(RATE_COLOUR).filled())))?;
-            root.present()?;
-            Ok(())
-        };
-        draw().map_err(|e| format!("the plot could not be drawn: {e}"))?;
-    }
-    Ok(svg)
+                .draw_series(LineSeries::new(rates.iter().copied(), rgb(RATE_COLOUR).stroke_width(3)))
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series(rates.iter().map(|&p| Circle::new(p, 3, rgb(RATE_COLOUR).filled())))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
 }
 
 /// "@0x40: 00000000 11223344" → (offset, bytes).
