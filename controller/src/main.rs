@@ -536,6 +536,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exit code of a command that failed: 130 when the user interrupted
+/// it, else 2 with the error (setup or usage) on stderr.
+fn exit_for(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<controller::vm::Interrupted>().is_some() {
+        return ExitCode::from(130);
+    }
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
+}
+
 /// crashlab.1, and crashlab-SUB.1 for each visible subcommand.
 fn write_man_pages(out: &std::path::Path) -> std::io::Result<usize> {
     use clap::CommandFactory;
@@ -634,11 +644,7 @@ fn minimise(args: MinimiseArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => exit_for(&e),
     }
 }
 
@@ -655,11 +661,7 @@ fn doctor(args: DoctorArgs) -> ExitCode {
             let fails = findings.iter().any(|f| f.status == controller::doctor::Status::Fail);
             ExitCode::from(u8::from(fails))
         }
-        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => exit_for(&e),
     }
 }
 
@@ -801,11 +803,7 @@ fn conformance(args: ConformanceArgs) -> ExitCode {
             outln!("\nresults: {}", request.out_dir.display());
             ExitCode::SUCCESS
         }
-        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => exit_for(&e),
     }
 }
 
@@ -852,11 +850,7 @@ fn workload_rate(args: WorkloadRateArgs) -> ExitCode {
             outln!("{}", serde_json::to_string(&report).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => exit_for(&e),
     }
 }
 
@@ -943,11 +937,7 @@ fn recheck(args: RecheckArgs) -> ExitCode {
             }
             ExitCode::from(u8::from(!record.passed))
         }
-        Err(e) if e.downcast_ref::<controller::vm::Interrupted>().is_some() => ExitCode::from(130),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => exit_for(&e),
     }
 }
 
