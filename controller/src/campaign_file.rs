@@ -313,11 +313,8 @@ pub fn render(args: &[String], comment: &str) -> String {
         if !order.contains(&key) {
             order.push(key.clone());
         }
-        many.entry(key).or_default().extend(
-            value
-                .or(Some(String::new()))
-                .filter(|v| !v.is_empty() || flag.contains('=')),
-        );
+        // A switch (`--name`) has no value: it renders as `true`.
+        many.entry(key).or_default().extend(value);
     }
     for key in order {
         let values = &many[&key];
@@ -329,10 +326,11 @@ pub fn render(args: &[String], comment: &str) -> String {
                 _ => toml::Value::String(v.clone()).to_string(),
             })
             .collect();
-        out += &match (values.len(), key.as_str()) {
-            (0, _) => format!("{key} = true\n"),
-            (_, "workload-arg" | "checker-arg") => format!("{key} = [{}]\n", quoted.join(", ")),
-            _ => format!("{key} = {}\n", quoted.join(", ")),
+        // A repeated flag is a list; `parse` takes one value as a list of one.
+        out += &match values.len() {
+            0 => format!("{key} = true\n"),
+            1 => format!("{key} = {}\n", quoted[0]),
+            _ => format!("{key} = [{}]\n", quoted.join(", ")),
         };
     }
     out
