@@ -11,14 +11,26 @@ const PATTERNS: [&str; 6] = ["partial-msync", "invalidate", "ipc", "wal", "growt
 
 #[test]
 #[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
-fn every_pattern_is_clean_under_both_crash_models() {
+fn every_pattern_is_clean_under_a_kernel_crash() {
+    every_pattern_is_clean_under("kernel-crash");
+}
+
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn every_pattern_is_clean_under_power_loss() {
+    every_pattern_is_clean_under("power-loss");
+}
+
+/// One crash model's half of the matrix (two tests, so that lanes run the
+/// halves side by side).
+fn every_pattern_is_clean_under(model: &str) {
     let h = vm_harness("patterns");
     let out = util::crashlab()
         .args([
             "matrix",
             "--configs=ext4:data=ordered",
             &format!("--patterns={}", PATTERNS.join(",")),
-            "--crash-models=kernel-crash,power-loss",
+            &format!("--crash-models={model}"),
             "--id=m",
             "--results-dir",
         ])
@@ -45,7 +57,8 @@ fn every_pattern_is_clean_under_both_crash_models() {
     );
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(h.results.path().join("m/matrix.json")).unwrap()).unwrap();
-    for row in ["kernel-crash: ext4 data=ordered", "power-loss: ext4 data=ordered"] {
+    for row in [format!("{model}: ext4 data=ordered")] {
+        let row = row.as_str();
         for pattern in PATTERNS {
             let cell = &table["cells"][row][pattern];
             assert_eq!(cell["violations"], 0, "{row} {pattern}: {cell}");
@@ -62,7 +75,7 @@ fn every_pattern_is_clean_under_both_crash_models() {
     // One JUnit case per cell, all passing, valid against the schema.
     let junit = h.results.path().join("junit.xml");
     let xml = std::fs::read_to_string(&junit).unwrap();
-    assert!(xml.contains("tests=\"12\" failures=\"0\" errors=\"0\""), "{xml}");
+    assert!(xml.contains("tests=\"6\" failures=\"0\" errors=\"0\""), "{xml}");
     assert!(
         xml.contains("name=\"ext4 wal -o data=ordered mkfs -T default\""),
         "{xml}"
