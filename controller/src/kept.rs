@@ -73,6 +73,24 @@ impl KeptTrial {
         })
     }
 
+    /// The guest a check of this trial boots: the campaign's images (its
+    /// program's initramfs, for a program under test) and the accelerator.
+    pub fn guest(
+        &self,
+        campaign_dir: &Path,
+        work_dir: &Path,
+        interrupt: &std::sync::atomic::AtomicBool,
+    ) -> Result<(crate::images::GuestImages, crate::qemu::AccelUsed)> {
+        let images = crate::program::campaign_images(
+            crate::images::locate(&self.config.images_dir)?,
+            &self.config,
+            campaign_dir,
+            false,
+        )?;
+        let (accel, _) = crate::accel::choose(self.config.accel, &images, work_dir, interrupt)?;
+        Ok((images, accel))
+    }
+
     /// The trial's states, planned as the campaign planned them.
     pub fn states(&self) -> Vec<blocklog::CrashState> {
         let options = powerloss::plan_options(

@@ -184,20 +184,12 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
     let work = crate::lifetime::temp_dir("crashlab-minimise-", None)?;
     let mut kernel = None;
     let mut host = None;
-    // Outlives the checker VM that reads it.
-    let ctx_images;
     match checker {
         Checker::Kernel => {
-            ctx_images = crate::program::campaign_images(
-                crate::images::locate(&config.images_dir)?,
-                config,
-                req.campaign_dir,
-                false,
-            )?;
-            let (accel, _) = crate::accel::choose(config.accel, &ctx_images, work.path(), req.interrupt)?;
+            let (images, accel) = kept.guest(req.campaign_dir, work.path(), req.interrupt)?;
             let ctx = TrialContext {
                 config,
-                images: &ctx_images,
+                images: &images,
                 accel,
                 base_disk: &kept.base,
                 interrupt: req.interrupt,

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::accel;
 use crate::config::{Checker, FileRead};
 use crate::images::GuestImages;
 use crate::kept::KeptTrial;
@@ -59,16 +58,7 @@ pub fn recheck(req: &RecheckRequest, on_state: impl FnMut(&StateLine) -> Result<
             },
             AccelUsed::Tcg,
         ),
-        _ => {
-            let images = crate::program::campaign_images(
-                crate::images::locate(&config.images_dir)?,
-                &config,
-                req.campaign_dir,
-                false,
-            )?;
-            let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
-            (images, accel)
-        }
+        _ => kept.guest(req.campaign_dir, work.path(), req.interrupt)?,
     };
     let ctx = TrialContext {
         config: &config,

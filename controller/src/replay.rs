@@ -15,10 +15,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::Checker;
+use crate::images;
 use crate::kept::KeptTrial;
 use crate::powerloss;
 use crate::trial::TrialContext;
-use crate::{accel, images};
 use nbd::DiskView;
 
 pub struct ReplayRequest<'a> {
@@ -106,14 +106,8 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         _ => crate::config::FileRead::Both,
     };
     if req.checker != Checker::Host {
-        let images = crate::program::campaign_images(
-            crate::images::locate(&config.images_dir)?,
-            config,
-            req.campaign_dir,
-            false,
-        )?;
         let work = crate::lifetime::temp_dir("crashlab-replay-", None)?;
-        let (accel, _) = accel::choose(config.accel, &images, work.path(), req.interrupt)?;
+        let (images, accel) = kept.guest(req.campaign_dir, work.path(), req.interrupt)?;
         let ctx = TrialContext {
             config,
             images: &images,
