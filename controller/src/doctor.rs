@@ -306,7 +306,7 @@ fn check_space(dir: &Path, what: &str, found: &mut Vec<Finding>) {
     };
     let writable = nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).is_ok();
     let free = nix::sys::statvfs::statvfs(existing)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available() * s.fragment_size())
         .unwrap_or(0);
     let detail = format!("{} GiB free at {}", free >> 30, existing.display());
     found.push(match (writable, free) {

@@ -1511,7 +1511,7 @@ fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
         Ok(summary) => {
             out!("{}", summary.render());
             if let Some(path) = &args.junit {
-                if let Err(e) = controller::junit::write(path, &id, &[out.clone()]) {
+                if let Err(e) = controller::junit::write(path, &id, std::slice::from_ref(&out)) {
                     eprintln!("error: {e:#}");
                     return ExitCode::from(2);
                 }

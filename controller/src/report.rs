@@ -342,7 +342,7 @@ fn plot_loss_window(distances: &[u64]) -> Plot {
     if distances.is_empty() {
         return Err("no acked record was lost".into());
     }
-    let mut counts = vec![0u64; WINDOW_BUCKETS];
+    let mut counts = [0u64; WINDOW_BUCKETS];
     for &d in distances {
         counts[window_bucket(d)] += 1;
     }
@@ -385,7 +385,7 @@ fn plot_rate(finished_ms: &[u64]) -> Plot {
     let end = *finished_ms.iter().max().unwrap();
     let span_ms = (end - start).max(1);
     let bin_ms = span_ms.div_ceil(RATE_BINS as u64).max(1);
-    let mut counts = vec![0u64; RATE_BINS + 1];
+    let mut counts = [0u64; RATE_BINS + 1];
     for &t in finished_ms {
         counts[((t - start) / bin_ms) as usize] += 1;
     }
@@ -564,7 +564,7 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n",
         esc(title)
     );
-    let _ = write!(h, "<h1>crashlab report: {}</h1>\n", esc(title));
+    let _ = writeln!(h, "<h1>crashlab report: {}</h1>", esc(title));
     let total = |key: &str| -> u64 {
         campaigns
             .iter()
@@ -572,10 +572,10 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
             .sum()
     };
     let violations = total("violations");
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<p class=\"{}\"><b>{} campaign(s), {} crash states checked, {} failed, {} violation(s), {} observation(s).</b> \
-         Results schema {}.{}; crashlab {}.</p>\n",
+         Results schema {}.{}; crashlab {}.</p>",
         if violations > 0 { "bad" } else { "ok" },
         campaigns.len(),
         total("states_checked"),
@@ -596,9 +596,9 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         let made = c.meta["filesystem"]["mkfs_command"]
             .as_str()
             .unwrap_or("(not recorded)");
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<tr class=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr class=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             if s.is_none() { "none" } else if failed { "bad" } else { "ok" },
             esc(c.meta["campaign_id"].as_str().unwrap_or("?")),
             esc(&c.row()),
@@ -709,7 +709,7 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
 
     // Violations.
     let all: Vec<ShownViolation> = campaigns.iter().flat_map(violations_of).collect();
-    let _ = write!(h, "<h2>Violations ({} failing states or trials)</h2>\n", all.len());
+    let _ = writeln!(h, "<h2>Violations ({} failing states or trials)</h2>", all.len());
     if all.is_empty() {
         h += "<p class=\"ok\">None.</p>\n";
     }
@@ -727,7 +727,7 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         );
         h += &hex_diff(f["expected_hex"].as_str(), f["hex_excerpt"].as_str());
         if let Some(covered) = f["covered_by"].as_str() {
-            let _ = write!(h, "<p>Promised by: <code>{}</code></p>\n", esc(covered));
+            let _ = writeln!(h, "<p>Promised by: <code>{}</code></p>", esc(covered));
         }
         let said = kernel_messages(&v.campaign.dir, v.trial);
         if !said.is_empty() {
@@ -749,9 +749,9 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         h += "</div>\n";
     }
     if all.len() > VIOLATIONS_SHOWN_MAX {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p>… and {} more (see states.jsonl and trials.jsonl).</p>\n",
+            "<p>… and {} more (see states.jsonl and trials.jsonl).</p>",
             all.len() - VIOLATIONS_SHOWN_MAX
         );
     }
