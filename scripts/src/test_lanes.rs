@@ -381,7 +381,14 @@ fn run_unit(unit: &Unit, images: &Path, filters: &[String]) -> Result<Finished> 
         .to_string();
     let ran_none = unit.test.is_some() && summary.contains(" 0 passed; 0 failed");
     let passed = out.status.success() && !ran_none;
-    if !passed {
+    if passed {
+        // libtest's own lines ("running 1 test", "test x ... ok", "test
+        // result: ...") as `cargo test` prints them, so that readers and
+        // tools that look for them find every test that ran. One write: the
+        // lanes' outputs do not interleave.
+        use std::io::Write as _;
+        let _ = std::io::stdout().lock().write_all(stdout.as_bytes());
+    } else {
         // The whole output, in one piece, so the failure reads as cargo's would.
         eprintln!(
             "---- {} ({}) ----\n{stdout}{stderr}---- end of {} ----",
