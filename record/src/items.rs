@@ -1,6 +1,7 @@
-//! The workload protocol for programs crashlab did not write (version 1,
-//! docs/workload-protocol.md): the lines such a program prints on its
-//! stdout, and the lines its checker prints after recovery.
+//! The workload protocol (version 1.1, docs/workload-protocol.md): the
+//! lines a program under test prints on its stdout, and the lines its
+//! checker prints after recovery. crashlab's own record workload speaks it
+//! too, through the same relay.
 //!
 //! An *item* is whatever the program promises: a transaction, a record, a
 //! message. The program names each by an id and a digest (a fingerprint of
@@ -10,10 +11,12 @@
 //! |--------------------|------------------------------------------------------|
 //! | `READY`            | the program's initial state is durable; items start  |
 //! | `BEGIN id digest`  | about to make item `id` durable                      |
+//! | `BEGIN id digest key` | the same; item `id` replaces key `key`'s earlier items (1.1) |
 //! | `ACK id`           | the call that promised item `id` durable returned ok |
 //! | `DONE`             | every item written; the program exits 0              |
 //! | `ERR op errno`     | a call failed; the program exits non-zero            |
 //! | `NOTE text`        | free text, logged, never judged                      |
+//! | `EVENT line`       | a `record::protocol` line, passed to the host as it is; crashlab's own workload only (1.1) |
 //!
 //! | checker line       | meaning                                              |
 //! |--------------------|------------------------------------------------------|
@@ -26,9 +29,12 @@
 
 use std::fmt;
 
-/// The protocol version a program and its checker speak
-/// (`CRASHLAB_PROTOCOL` in their environment).
+/// The protocol's major version, which a program and its checker see in
+/// `CRASHLAB_PROTOCOL`. Minor versions only add what a program may use
+/// (1.1: item keys, `EVENT`, the ack reply); a 1.0 program runs unchanged.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// The minor version this crate speaks.
+pub const PROTOCOL_MINOR: u32 = 1;
 /// The longest line either may print, newline excluded.
 pub const LINE_MAX_BYTES: usize = 4096;
 /// Digests are 1 to this many lowercase hex digits.
@@ -73,6 +79,10 @@ pub fn parse_item_id(text: &str) -> Result<u64, &'static str> {
     }
 }
 
+pub fn parse_item_key(text: &str) -> Result<u64, &'static str> {
+    parse_item_id(text).map_err(|_| "an item key is a decimal number, at most 2^63 - 1")
+}
+
 /// Free text: the rest of the line, printable, without control characters.
 fn parse_text(text: &str) -> Result<String, &'static str> {
     if text.chars().any(char::is_control) {
@@ -104,11 +114,25 @@ fn fields<const N: usize>(rest: &str) -> Result<[&str; N], &'static str> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProgramLine {
     Ready,
-    Begin { id: u64, digest: Digest },
-    Ack { id: u64 },
+    /// `key`: the item replaces the earlier items of the same key (a slot
+    /// rewritten, a key overwritten); `None`: it replaces nothing.
+    Begin {
+        id: u64,
+        digest: Digest,
+        key: Option<u64>,
+    },
+    Ack {
+        id: u64,
+    },
     Done,
-    Err { op: String, errno: i32 },
+    Err {
+        op: String,
+        errno: i32,
+    },
     Note(String),
+    /// A line of crashlab's own vocabulary (`record::protocol`), for its
+    /// record workload: the relay checks and passes it on.
+    Event(String),
 }
 
 impl ProgramLine {
@@ -120,10 +144,20 @@ impl ProgramLine {
                 ProgramLine::Ready
             }
             "BEGIN" => {
-                let [id, digest] = fields(rest)?;
+                let (id, digest, key) = match rest.split(' ').count() {
+                    3 => {
+                        let [id, digest, key] = fields(rest)?;
+                        (id, digest, Some(parse_item_key(key)?))
+                    }
+                    _ => {
+                        let [id, digest] = fields(rest)?;
+                        (id, digest, None)
+                    }
+                };
                 ProgramLine::Begin {
                     id: parse_item_id(id)?,
                     digest: Digest::parse(digest)?,
+                    key,
                 }
             }
             "ACK" => {
@@ -145,7 +179,13 @@ impl ProgramLine {
                 }
             }
             "NOTE" => ProgramLine::Note(parse_text(rest)?),
-            _ => return Err("unknown tag (READY, BEGIN, ACK, DONE, ERR or NOTE)"),
+            "EVENT" => {
+                if rest.is_empty() {
+                    return Err("EVENT carries a line");
+                }
+                ProgramLine::Event(parse_text(rest)?)
+            }
+            _ => return Err("unknown tag (READY, BEGIN, ACK, DONE, ERR, NOTE or EVENT)"),
         })
     }
 }
@@ -154,11 +194,17 @@ impl fmt::Display for ProgramLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Ready => write!(f, "READY"),
-            Self::Begin { id, digest } => write!(f, "BEGIN {id} {digest}"),
+            Self::Begin { id, digest, key: None } => write!(f, "BEGIN {id} {digest}"),
+            Self::Begin {
+                id,
+                digest,
+                key: Some(key),
+            } => write!(f, "BEGIN {id} {digest} {key}"),
             Self::Ack { id } => write!(f, "ACK {id}"),
             Self::Done => write!(f, "DONE"),
             Self::Err { op, errno } => write!(f, "ERR {op} {errno}"),
             Self::Note(text) => write!(f, "NOTE {text}"),
+            Self::Event(line) => write!(f, "EVENT {line}"),
         }
     }
 }
@@ -281,7 +327,14 @@ mod tests {
             ProgramLine::Begin {
                 id: 7,
                 digest: Digest::parse("00ff").unwrap(),
+                key: None,
             },
+            ProgramLine::Begin {
+                id: 8,
+                digest: Digest::parse("01").unwrap(),
+                key: Some(3),
+            },
+            ProgramLine::Event("MSYNC 0 0 4096 MS_SYNC 0".into()),
             ProgramLine::Ack { id: ITEM_ID_MAX },
             ProgramLine::Done,
             ProgramLine::Err {
@@ -304,8 +357,11 @@ mod tests {
             ("BEGIN 1 AB", "a digest is lowercase hex digits"),
             ("BEGIN 1 ", "a digest is 1 to 64 hex digits"),
             ("ACK 1 2", "wrong number of fields"),
+            ("BEGIN 1 ab x", "an item key is a decimal number, at most 2^63 - 1"),
+            ("BEGIN 1 ab 2 3", "wrong number of fields"),
+            ("EVENT", "EVENT carries a line"),
             ("READY now", "wrong number of fields"),
-            ("COMMIT 1", "unknown tag (READY, BEGIN, ACK, DONE, ERR or NOTE)"),
+            ("COMMIT 1", "unknown tag (READY, BEGIN, ACK, DONE, ERR, NOTE or EVENT)"),
             ("NOTE a\tb", "text holds a control character"),
         ] {
             assert_eq!(ProgramLine::parse(line), Err(why), "{line}");

@@ -116,6 +116,14 @@ pub fn encode(header: &RecordHeader, out: &mut [u8]) {
     out[payload_end..].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The crc32c a record for `header` stores: its fingerprint (the digest
+/// the record workload gives each record under the workload protocol).
+pub fn stored_crc(header: &RecordHeader) -> u32 {
+    let bytes = encode_vec(header);
+    let tail: [u8; CRC_SIZE_BYTES] = bytes[bytes.len() - CRC_SIZE_BYTES..].try_into().expect("a crc's bytes");
+    u32::from_le_bytes(tail)
+}
+
 /// Returns a freshly allocated record.
 pub fn encode_vec(header: &RecordHeader) -> Vec<u8> {
     let mut out = vec![0u8; header.record_size_bytes as usize];

@@ -158,10 +158,12 @@ pub enum Event {
     Checked {
         nonce: u64,
     },
+    /// An item of a program under test; `key` as its `BEGIN` gave it.
     Item {
         seq: u64,
         id: u64,
         digest: crate::items::Digest,
+        key: Option<u64>,
     },
     CheckerOutput {
         line: String,
@@ -223,7 +225,18 @@ impl fmt::Display for Event {
             Self::Umount { rc } => write!(f, "UMOUNT {rc}"),
             Self::Fsck { tool, rc } => write!(f, "FSCK {tool} {rc}"),
             Self::Checked { nonce } => write!(f, "CHECKED {nonce}"),
-            Self::Item { seq, id, digest } => write!(f, "ITEM {seq} {id} {digest}"),
+            Self::Item {
+                seq,
+                id,
+                digest,
+                key: None,
+            } => write!(f, "ITEM {seq} {id} {digest}"),
+            Self::Item {
+                seq,
+                id,
+                digest,
+                key: Some(key),
+            } => write!(f, "ITEM {seq} {id} {digest} {key}"),
             Self::CheckerOutput { line } => write!(f, "CHECKER {line}"),
             Self::CheckerExit { rc } => write!(f, "CHECKEXIT {rc}"),
         }
@@ -359,6 +372,10 @@ impl Event {
                 seq: num(field()?)?,
                 id: crate::items::parse_item_id(field()?)?,
                 digest: crate::items::Digest::parse(field()?)?,
+                key: match words.next() {
+                    Some(key) => Some(crate::items::parse_item_key(key)?),
+                    None => None,
+                },
             },
             "CHECKEXIT" => Event::CheckerExit { rc: int(field()?)? },
             _ => return Err("unknown tag"),
@@ -487,6 +504,13 @@ mod tests {
                 seq: 3,
                 id: 1 << 40,
                 digest: crate::items::Digest::parse("c0ffee").unwrap(),
+                key: None,
+            },
+            Event::Item {
+                seq: 4,
+                id: 9,
+                digest: crate::items::Digest::parse("0").unwrap(),
+                key: Some(2),
             },
             Event::CheckerOutput {
                 line: "CORRUPT page 7: bad checksum".into(),

@@ -3,7 +3,10 @@
 //! after recovery. The rules are the record workload's, with an item in
 //! place of a slot's newest record:
 //! - [`Rule::AckedItemLost`]: every item acknowledged by the crash is found,
-//!   with the digest it was begun with;
+//!   with the digest it was begun with; an item with a key (protocol 1.1)
+//!   is replaced by the later items of its key, so only the newest acked
+//!   item of each key is promised, and a later item of the key found in
+//!   its place keeps that promise (as a slot's newer record does);
 //! - an item in flight (begun, not acknowledged) may be found or not:
 //!   counted, not judged;
 //! - [`Rule::ItemCorrupt`]: an item found with another digest than its own
@@ -39,6 +42,7 @@ pub struct ItemEvidence<'a> {
 struct Begun<'a> {
     id: u64,
     digest: &'a Digest,
+    key: Option<u64>,
     acked: bool,
 }
 
@@ -66,7 +70,7 @@ fn rebuild<'a>(protocol: &'a ProtocolLog, kept: Option<&[bool]>, items_max: u64)
     for event in events {
         match event {
             Event::Ready { .. } => h.ready = true,
-            Event::Item { seq, id, digest } => {
+            Event::Item { seq, id, digest, key } => {
                 if !h.ready {
                     return Err(format!("item {id} begun before READY"));
                 }
@@ -82,6 +86,7 @@ fn rebuild<'a>(protocol: &'a ProtocolLog, kept: Option<&[bool]>, items_max: u64)
                 h.items.push(Begun {
                     id: *id,
                     digest,
+                    key: *key,
                     acked: false,
                 });
             }
@@ -180,7 +185,43 @@ pub fn verify_items(evidence: &ItemEvidence) -> Verdict {
             }
         }
     }
-    for item in &history.items {
+    // Per key: the newest acked item (the promise) and the newest item
+    // found (in seq order: items are indexed by seq).
+    let mut newest_acked: HashMap<u64, usize> = HashMap::new();
+    let mut newest_found: HashMap<u64, usize> = HashMap::new();
+    for (seq, item) in history.items.iter().enumerate() {
+        if let Some(key) = item.key {
+            if item.acked {
+                newest_acked.insert(key, seq);
+            }
+            if found.contains_key(&item.id) {
+                newest_found.insert(key, seq);
+            }
+        }
+    }
+    for (seq, item) in history.items.iter().enumerate() {
+        // A keyed item replaced by a newer acked one promises nothing more,
+        // nor does the newest acked one once a later item of its key is
+        // found in its place: either may be found or not.
+        let replaced = item.key.is_some_and(|key| {
+            let newest = newest_acked.get(&key).copied();
+            newest.is_some_and(|n| n > seq) || (newest == Some(seq) && newest_found.get(&key).is_some_and(|&f| f > seq))
+        });
+        if replaced {
+            if let Some(digest) = found.remove(&item.id) {
+                if digest != item.digest {
+                    verdict.violation(item_finding(
+                        Rule::ItemCorrupt,
+                        item.id,
+                        format!(
+                            "item {} found with digest {digest}, begun with {}",
+                            item.id, item.digest
+                        ),
+                    ));
+                }
+            }
+            continue;
+        }
         match (found.remove(&item.id), item.acked) {
             (Some(digest), acked) if digest == item.digest => match acked {
                 true => verdict.counts.intact += 1,
@@ -294,6 +335,29 @@ mod tests {
         assert_eq!(rules(&v), [Rule::ForeignItem]);
         assert_eq!(v.violations[0].slot, Some(102));
         assert_eq!((v.counts.intact, v.counts.in_flight_new), (1, 1));
+    }
+
+    #[test]
+    fn a_keyed_item_is_promised_until_a_newer_one_of_its_key_is_acked_or_found() {
+        // Key 7: item 100 acked, then 101 acked, then 102 in flight; key 8: 103 acked.
+        let log =
+            "READY 0\nITEM 0 100 aa 7\nACK 0 0\nITEM 1 101 bb 7\nACK 1 1\nITEM 2 102 cc 7\nITEM 3 103 dd 8\nACK 3 3\n";
+        for checker in [
+            "ITEM 101 bb\nITEM 103 dd\nEND 2\n",
+            "ITEM 102 cc\nITEM 103 dd\nEND 2\n",
+            "ITEM 100 aa\nITEM 101 bb\nITEM 103 dd\nEND 3\n",
+        ] {
+            let v = judge(log, checker, 0);
+            assert!(v.passed, "{checker}: {:?}", v.violations);
+        }
+        // Only the replaced one, or nothing of key 7: the newest acked is lost.
+        for checker in ["ITEM 100 aa\nITEM 103 dd\nEND 2\n", "ITEM 103 dd\nEND 1\n"] {
+            let v = judge(log, checker, 0);
+            assert_eq!(rules(&v), [Rule::AckedItemLost], "{checker}");
+            assert_eq!(v.violations[0].slot, Some(101));
+        }
+        let corrupt = judge(log, "ITEM 100 ab\nITEM 101 bb\nITEM 103 dd\nEND 3\n", 0);
+        assert_eq!(rules(&corrupt), [Rule::ItemCorrupt]);
     }
 
     #[test]

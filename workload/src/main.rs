@@ -1,6 +1,8 @@
 //! `crashlab-workload`: runs inside the guest, started by /init.
 //!
-//! Usage: `crashlab-workload DATA_DIR CHANNEL_PATH [CMDLINE_PATH]`, or
+//! Usage: `crashlab-workload records DATA_DIR [CMDLINE_PATH]`, the record
+//! workload, run by `/init` under the relay like any program under test
+//! (it speaks the workload protocol on stdout), or
 //! `crashlab-workload conformance DATA_DIR CHANNEL_PATH` for the msync
 //! conformance suite (`conformance.rs`), or `crashlab-workload extents I
 //! PATH CHANNEL_PATH` for the checker's map of a recovered file
@@ -9,11 +11,17 @@
 //! relay DATA_DIR CHANNEL_PATH PROGRAM [ARGS...]` to run a program crashlab
 //! did not write under the workload protocol (`relay.rs`).
 //!
-//! Reads its parameters from the kernel command line (`/proc/cmdline` unless
-//! a path is given), creates and durably sizes its data files in `DATA_DIR`
-//! (`record::pattern::DATA_FILE_NAMES`), maps them MAP_SHARED and writes
-//! records the way its pattern says (`patterns.rs`), printing the protocol
-//! of `record::protocol` on `CHANNEL_PATH`.
+//! The record workload reads its parameters from the kernel command line
+//! (`/proc/cmdline` unless a path is given), creates and durably sizes its
+//! data files in `DATA_DIR` (`record::pattern::DATA_FILE_NAMES`), maps them
+//! MAP_SHARED and writes records the way its pattern says (`patterns.rs`).
+//! It prints the workload protocol (`record::items`, docs/workload-protocol.md)
+//! on stdout: a record is an item (id: its seq, key: its slot, digest: its
+//! crc32c), and what only it knows (msync calls, growth, a consumer's view)
+//! goes as `EVENT` lines in `record::protocol`'s vocabulary. The relay
+//! places its acks in the block log and holds it at the crash point; it
+//! waits for the relay's ack reply after each `ACK`, so that both happen
+//! exactly there.
 //!
 //! Invariants:
 //! - a record is acknowledged only after its durability call returned 0
@@ -37,10 +45,12 @@ use std::fs::File;
 use std::io::Write;
 use std::process::ExitCode;
 
-use record::layout::ack::AckRecord;
+use std::io::Read;
+
+use record::items::{Digest, ProgramLine};
+use record::layout::{self, RecordHeader};
 use record::{Event, WorkloadParams};
 
-use ack_log::AckLog;
 use mapped_file::{MsyncCall, SyscallError};
 
 fn main() -> ExitCode {
@@ -69,8 +79,11 @@ fn main() -> ExitCode {
         channel.emit(&Event::Done { records: 0 });
         return ExitCode::from(u8::from(result.is_err()));
     }
-    if args.len() < 3 || args.len() > 4 {
-        eprintln!("usage: crashlab-workload DATA_DIR CHANNEL_PATH [CMDLINE_PATH]");
+    if args.get(1).map(String::as_str) != Some("records") || args.len() < 3 || args.len() > 4 {
+        eprintln!(
+            "usage: crashlab-workload records DATA_DIR [CMDLINE_PATH] (under `crashlab-workload relay \
+             --record-events`), or conformance, extents, prefetch, relay"
+        );
         return ExitCode::from(2);
     }
     let cmdline_path = args.get(3).map(String::as_str).unwrap_or("/proc/cmdline");
@@ -84,10 +97,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let channel = match File::options().write(true).open(&args[2]) {
-        Ok(f) => Channel(f),
-        Err(e) => {
-            eprintln!("crashlab-workload: cannot open channel {}: {e}", args[2]);
+    let out = match ProtocolOut::from_environment() {
+        Ok(out) => out,
+        Err(msg) => {
+            eprintln!("crashlab-workload: {msg}");
             return ExitCode::from(2);
         }
     };
@@ -95,17 +108,11 @@ fn main() -> ExitCode {
         eprintln!("crashlab-workload: the patterns assume 4096-byte pages");
         return ExitCode::from(2);
     }
-    let mut ctx = Ctx {
-        params,
-        channel,
-        ack_log: None,
-        acks: 0,
-        writer: 0,
-    };
-    match patterns::run(&mut ctx, &args[1]) {
+    let mut ctx = Ctx { params, out, writer: 0 };
+    match patterns::run(&mut ctx, &args[2]) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            ctx.channel.emit(&Event::Error {
+            ctx.out.line(&ProgramLine::Err {
                 op: err.op.to_string(),
                 errno: err.errno,
             });
@@ -132,79 +139,124 @@ impl Channel {
     }
 }
 
-/// What every pattern shares: the parameters, the channel, the ack log, and
+/// The record workload's side of the workload protocol: its lines on
+/// stdout, one `write` each, so that lines from its processes never
+/// interleave (a pipe takes a write of at most 4096 bytes whole), and the
+/// relay's ack reply.
+pub struct ProtocolOut {
+    out: File,
+    /// `CRASHLAB_ACK_REPLY_FD`; `None` outside the relay (unit tests).
+    reply: Option<File>,
+}
+
+impl ProtocolOut {
+    fn from_environment() -> Result<ProtocolOut, String> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let reply = match std::env::var("CRASHLAB_ACK_REPLY_FD") {
+            Err(_) => None,
+            Ok(text) => {
+                let fd: i32 = text
+                    .parse()
+                    .map_err(|_| format!("CRASHLAB_ACK_REPLY_FD={text:?} is not a descriptor"))?;
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+                    .map_err(|e| format!("CRASHLAB_ACK_REPLY_FD={fd} is not open: {e}"))?;
+                // SAFETY: open (checked above), opened by the relay for this
+                // program alone; nothing else in this process uses it.
+                Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+            }
+        };
+        // SAFETY: descriptor 1 is this process's stdout, used only here.
+        let out = unsafe { File::from_raw_fd(1) };
+        Ok(ProtocolOut { out, reply })
+    }
+
+    #[cfg(test)]
+    pub fn to_file(out: File) -> ProtocolOut {
+        ProtocolOut { out, reply: None }
+    }
+
+    pub fn line(&mut self, line: &ProgramLine) {
+        // If the relay is gone the host cannot hear us anyway; keep going so
+        // the disk still receives the workload's writes.
+        let _ = self.out.write_all(format!("{line}\n").as_bytes());
+    }
+
+    /// What only the record workload knows, in the host's vocabulary.
+    pub fn emit(&mut self, event: &Event) {
+        match event {
+            Event::Done { .. } => self.line(&ProgramLine::Done),
+            _ => self.line(&ProgramLine::Event(event.to_string())),
+        }
+    }
+
+    /// Waits for the relay's reply to `READY` or an `ACK`: its marker is in
+    /// the block log, and the crash point, if it was this ack, has stopped
+    /// us.
+    fn wait_reply(&mut self) -> Result<(), SyscallError> {
+        let Some(reply) = self.reply.as_mut() else {
+            return Ok(());
+        };
+        let mut byte = [0u8; 1];
+        loop {
+            match reply.read(&mut byte) {
+                Ok(1) => return Ok(()),
+                Ok(_) => {
+                    return Err(SyscallError {
+                        op: "ack-reply",
+                        errno: nix::errno::Errno::EPIPE as i32,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(SyscallError {
+                        op: "ack-reply",
+                        errno: e.raw_os_error().unwrap_or(5),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// What every pattern shares: the parameters, the protocol's output, and
 /// this process's place among the writers.
 pub struct Ctx {
     pub params: WorkloadParams,
-    pub channel: Channel,
-    pub ack_log: Option<AckLog>,
-    /// Acks this writer gave.
-    pub acks: u64,
+    pub out: ProtocolOut,
     /// This process's writer number (0 for the first or only one).
     pub writer: u32,
 }
 
 impl Ctx {
-    /// Opens the ack log (power-loss capture) and places the ready marker,
-    /// then says READY. Called once, after the data files are durable.
+    /// Says READY and waits for the relay's reply (the ready marker is then
+    /// in the block log, before any record's write). Called once, after the
+    /// data files are durable.
     pub fn ready(&mut self) -> Result<(), SyscallError> {
-        if let Some(offset) = self.params.ack_area_offset_bytes {
-            let mut log = AckLog::open(record::params::ACK_DEVICE, offset)?;
-            log.write(&AckRecord {
-                ack_index: record::layout::ack::READY_MARKER_INDEX,
-                seq: 0,
-                slot: self.params.geometry().total_slots(),
-                seed: self.params.seed,
-            })?;
-            self.ack_log = Some(log);
-        }
-        self.channel.emit(&Event::Ready {
-            slots: self.params.geometry().total_slots(),
-        });
-        Ok(())
+        self.out.line(&ProgramLine::Ready);
+        self.out.wait_reply()
     }
 
+    /// `BEGIN seq crc slot`: record `seq` is an item keyed by its slot.
     pub fn begin(&mut self, seq: u64, slot: u64) {
-        self.channel.emit(&Event::Begin { seq, slot });
+        let crc = layout::stored_crc(&RecordHeader {
+            record_size_bytes: self.params.record_size_bytes,
+            seq,
+            slot,
+            seed: self.params.seed,
+        });
+        let digest = Digest::parse(&format!("{crc:08x}")).expect("eight hex digits are a digest");
+        self.out.line(&ProgramLine::Begin {
+            id: seq,
+            digest,
+            key: Some(slot),
+        });
     }
 
-    /// Acks a record (in the block log first, when capturing, then on the
-    /// channel); stops for good at the crash-point hook.
-    pub fn ack(&mut self, seq: u64, slot: u64) -> Result<(), SyscallError> {
-        if let Some(log) = self.ack_log.as_mut() {
-            log.write(&AckRecord {
-                ack_index: seq,
-                seq,
-                slot,
-                seed: self.params.seed,
-            })?;
-        }
-        self.channel.emit(&Event::Ack { seq, slot });
-        self.acks += 1;
-        // The first writer holds: with several writers the others run on
-        // until the kill, which comes at once.
-        if self.writer == 0 && self.params.hold_after_acks == Some(self.acks) {
-            self.hold();
-        }
-        Ok(())
-    }
-
-    /// The crash-point hook: says `HOLD` and waits for the kill. Waiting
-    /// rather than exiting keeps every later step from happening.
-    fn hold(&mut self) -> ! {
-        self.channel.emit(&Event::Hold { acks: self.acks });
-        loop {
-            nix::unistd::pause();
-        }
-    }
-
-    /// A run that acked fewer records than the crash point's count (a
-    /// pattern that leaves records unacked) holds at its end instead of
-    /// ending cleanly: the planned crash still happens.
-    pub fn hold_if_unreached(&mut self) {
-        if self.writer == 0 && self.params.hold_after_acks.is_some_and(|n| self.acks < n) {
-            self.hold();
-        }
+    /// Acks a record and waits for the relay's reply (the ack is then in
+    /// the block log; at the crash point the reply never comes).
+    pub fn ack(&mut self, seq: u64) -> Result<(), SyscallError> {
+        self.out.line(&ProgramLine::Ack { id: seq });
+        self.out.wait_reply()
     }
 
     /// Reports an msync call; a failed one ends the run (`ERR`).
@@ -214,7 +266,7 @@ impl Ctx {
         call: MsyncCall,
         result: Result<(), SyscallError>,
     ) -> Result<(), SyscallError> {
-        self.channel.emit(&Event::Msync {
+        self.out.emit(&Event::Msync {
             file,
             offset_bytes: call.offset_bytes as u64,
             len_bytes: call.len_bytes as u64,

@@ -1,16 +1,20 @@
-//! `crashlab-workload relay DATA_DIR CHANNEL_PATH PROGRAM [ARGS...]`: runs
-//! a program crashlab did not write (docs/workload-protocol.md) and passes
-//! its promises to the host.
+//! `crashlab-workload relay [--record-events] DATA_DIR CHANNEL_PATH PROGRAM
+//! [ARGS...]`: runs a workload under the workload protocol
+//! (docs/workload-protocol.md) and passes its promises to the host. Every
+//! workload goes through here: a program crashlab did not write, and
+//! crashlab's own record workload (`--record-events`).
 //!
-//! The program prints `READY`, `BEGIN id digest`, `ACK id`, `DONE`, `ERR`,
-//! `NOTE` on its stdout (`record::items`). The relay checks each line and
-//! turns it into the host's events: `BEGIN` into `ITEM seq id digest`,
-//! `ACK` into `ACK seq seq` after writing the item's ack sector (power
-//! loss: the same ordering argument as the record workload's, see the
-//! protocol's document), `READY` after writing the ready marker. At the
-//! crash point's ack count it stops the program's process group and says
-//! `HOLD`. A line that breaks the protocol, or a program that dies without
-//! `DONE`, ends the run with `ERR`, naming what happened on the console.
+//! The program prints `READY`, `BEGIN id digest [key]`, `ACK id`, `DONE`,
+//! `ERR`, `NOTE`, `EVENT` on its stdout (`record::items`). The relay checks
+//! each line and turns it into the host's events (`Vocabulary`), `ACK`
+//! after writing the item's ack sector (power loss: the ordering argument
+//! of the protocol's document), `READY` after writing the ready marker.
+//! After `READY` and each `ACK` it writes one byte to the ack reply pipe
+//! (`CRASHLAB_ACK_REPLY_FD`): a program that waits for it runs in lockstep
+//! with its promises. At the crash point's ack count it stops the program's
+//! process group, before that reply, and says `HOLD`. A line that breaks
+//! the protocol, or a program that dies without `DONE`, ends the run with
+//! `ERR`, naming what happened on the console.
 //!
 //! The decisions are a pure state machine (`Relay::line`), tested here;
 //! `run` only moves bytes and processes.
@@ -27,15 +31,35 @@ use record::{Event, WorkloadParams};
 use crate::ack_log::AckLog;
 use crate::Channel;
 
+/// The events the host is given for a program's items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vocabulary {
+    /// A program judged by its checker: `ITEM seq id digest [key]` and
+    /// `ACK seq seq`, `seq` counting items from 0; ack sector `seq`.
+    Items,
+    /// crashlab's record workload, whose data files the verifier reads
+    /// itself: an item is a record (id: its seq; key: its slot, required),
+    /// given as `BEGIN seq slot` and `ACK seq slot` (ack sector `seq`), and
+    /// its `EVENT` lines (msync calls, growth, what a consumer saw) passed
+    /// on in order.
+    Records,
+}
+
 /// What the relay does for one line, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Write the ready marker into the ack area (power loss).
-    ReadyMarker,
-    /// Write item `seq`'s ack sector (power loss).
-    AckSector {
-        seq: u64,
+    ReadyMarker {
+        slots: u64,
     },
+    /// Write an ack sector (power loss): `index` places it in the area.
+    AckSector {
+        index: u64,
+        seq: u64,
+        slot: u64,
+    },
+    /// Let the program go on past its `ACK` (the ack reply).
+    Reply,
     Emit(Event),
     /// The crash point: stop the program, pass on the items it began in
     /// the meantime (`Relay::drained`), say `HOLD acks`, wait for the kill.
@@ -58,22 +82,39 @@ pub struct Broken {
 /// EPROTO: the program broke the protocol.
 const EPROTO: i32 = 71;
 
+/// One item begun.
+struct Begun {
+    seq: u64,
+    key: Option<u64>,
+    acked: bool,
+}
+
 pub struct Relay {
+    vocabulary: Vocabulary,
     items_max: u64,
+    /// What `READY` and `DONE` say to the host (record events).
+    slots: u64,
+    records: u64,
     hold_after_acks: Option<u64>,
     capture: bool,
     ready: bool,
     done: bool,
-    /// item id → (seq, acked)
-    items: HashMap<u64, (u64, bool)>,
+    /// item id → what was begun
+    items: HashMap<u64, Begun>,
     acks: u64,
     line_number: u64,
 }
 
 impl Relay {
-    pub fn new(params: &WorkloadParams) -> Relay {
+    pub fn new(params: &WorkloadParams, vocabulary: Vocabulary) -> Relay {
         Relay {
+            vocabulary,
             items_max: params.records,
+            slots: match vocabulary {
+                Vocabulary::Items => 0,
+                Vocabulary::Records => params.geometry().total_slots(),
+            },
+            records: params.records,
             hold_after_acks: params.hold_after_acks,
             capture: params.ack_area_offset_bytes.is_some(),
             ready: false,
@@ -82,6 +123,35 @@ impl Relay {
             acks: 0,
             line_number: 0,
         }
+    }
+
+    /// The host's event for item `id` begun as the `seq`-th item.
+    fn begin_event(&self, seq: u64, id: u64, digest: items::Digest, key: Option<u64>) -> Event {
+        match self.vocabulary {
+            Vocabulary::Items => Event::Item { seq, id, digest, key },
+            Vocabulary::Records => Event::Begin {
+                seq: id,
+                slot: key.expect("record items have keys"),
+            },
+        }
+    }
+
+    /// Checks a `BEGIN` against the items so far; the item's seq.
+    fn check_begin(&self, id: u64, key: Option<u64>) -> Result<u64, String> {
+        let seq = self.items.len() as u64;
+        if !self.ready {
+            return Err(format!("BEGIN {id} before READY"));
+        }
+        if seq >= self.items_max {
+            return Err(format!("BEGIN {id}: more items than the {} asked for", self.items_max));
+        }
+        if self.items.contains_key(&id) {
+            return Err(format!("BEGIN {id} twice"));
+        }
+        if self.vocabulary == Vocabulary::Records && key.is_none() {
+            return Err(format!("BEGIN {id} without a key: a record names its slot"));
+        }
+        Ok(seq)
     }
 
     fn broken(&self, why: impl Into<String>) -> Broken {
@@ -108,45 +178,56 @@ impl Relay {
                 }
                 self.ready = true;
                 if self.capture {
-                    actions.push(Action::ReadyMarker);
+                    actions.push(Action::ReadyMarker { slots: self.slots });
                 }
-                actions.push(Action::Emit(Event::Ready { slots: 0 }));
+                actions.push(Action::Emit(Event::Ready { slots: self.slots }));
+                actions.push(Action::Reply);
             }
-            ProgramLine::Begin { id, digest } => {
-                if !self.ready {
-                    return Err(self.broken(format!("BEGIN {id} before READY")));
-                }
-                let seq = self.items.len() as u64;
-                if seq >= self.items_max {
-                    return Err(self.broken(format!("BEGIN {id}: more items than the {} asked for", self.items_max)));
-                }
-                if self.items.insert(id, (seq, false)).is_some() {
-                    return Err(self.broken(format!("BEGIN {id} twice")));
-                }
-                actions.push(Action::Emit(Event::Item { seq, id, digest }));
+            ProgramLine::Begin { id, digest, key } => {
+                let seq = self.check_begin(id, key).map_err(|why| self.broken(why))?;
+                self.items.insert(id, Begun { seq, key, acked: false });
+                actions.push(Action::Emit(self.begin_event(seq, id, digest, key)));
             }
             ProgramLine::Ack { id } => {
-                let Some((seq, acked)) = self.items.get_mut(&id) else {
+                let Some(item) = self.items.get_mut(&id) else {
                     return Err(self.broken(format!("ACK {id} for an item never begun")));
                 };
-                if std::mem::replace(acked, true) {
+                if std::mem::replace(&mut item.acked, true) {
                     return Err(self.broken(format!("ACK {id} twice")));
                 }
-                let seq = *seq;
+                // Items: the seq is the relay's count; records: their own.
+                let (seq, slot) = match self.vocabulary {
+                    Vocabulary::Items => (item.seq, item.seq),
+                    Vocabulary::Records => (id, item.key.expect("record items have keys")),
+                };
                 if self.capture {
-                    actions.push(Action::AckSector { seq });
+                    actions.push(Action::AckSector { index: seq, seq, slot });
                 }
-                actions.push(Action::Emit(Event::Ack { seq, slot: seq }));
+                actions.push(Action::Emit(Event::Ack { seq, slot }));
                 self.acks += 1;
-                if self.hold_after_acks == Some(self.acks) {
-                    actions.push(Action::Hold { acks: self.acks });
+                // At the crash point the program stays where it is: no reply.
+                match self.hold_after_acks == Some(self.acks) {
+                    true => actions.push(Action::Hold { acks: self.acks }),
+                    false => actions.push(Action::Reply),
                 }
             }
             ProgramLine::Done => {
                 self.done = true;
-                actions.push(Action::Emit(Event::Done {
-                    records: self.items.len() as u64,
-                }));
+                let records = match self.vocabulary {
+                    Vocabulary::Items => self.items.len() as u64,
+                    Vocabulary::Records => self.records,
+                };
+                actions.push(Action::Emit(Event::Done { records }));
+            }
+            ProgramLine::Event(line) => {
+                if self.vocabulary != Vocabulary::Records {
+                    return Err(self.broken("EVENT lines are for crashlab's own record workload"));
+                }
+                let event = Event::parse(&line).map_err(|why| self.broken(format!("EVENT {why}: {line:?}")))?;
+                if !record_event_passes(&event) {
+                    return Err(self.broken(format!("EVENT {line:?}: the relay gives that event itself")));
+                }
+                actions.push(Action::Emit(event));
             }
             ProgramLine::Err { op, errno } => {
                 actions.push(Action::Emit(Event::Error { op, errno }));
@@ -163,15 +244,12 @@ impl Relay {
     /// handled the last ack), so the verdict must know it was begun, as an
     /// item in flight. Nothing else counts any more: the crash came first.
     pub fn drained(&mut self, text: &str) -> Option<Event> {
-        let Ok(ProgramLine::Begin { id, digest }) = ProgramLine::parse(text) else {
+        let Ok(ProgramLine::Begin { id, digest, key }) = ProgramLine::parse(text) else {
             return None;
         };
-        let seq = self.items.len() as u64;
-        if !self.ready || seq >= self.items_max || self.items.contains_key(&id) {
-            return None;
-        }
-        self.items.insert(id, (seq, false));
-        Some(Event::Item { seq, id, digest })
+        let seq = self.check_begin(id, key).ok()?;
+        self.items.insert(id, Begun { seq, key, acked: false });
+        Some(self.begin_event(seq, id, digest, key))
     }
 
     /// The program's stdout ended and it exited with `status`: the run's
@@ -191,6 +269,22 @@ impl Relay {
             None => vec![Action::End],
         }
     }
+}
+
+/// The record workload's events that pass through `EVENT`: what it alone
+/// knows (its msync calls, growth, a consumer's view, readbacks). Promises,
+/// holds and the run's end are the relay's to give.
+fn record_event_passes(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Msync { .. }
+            | Event::Grow { .. }
+            | Event::Incoherent { .. }
+            | Event::Seen { .. }
+            | Event::SeenBad { .. }
+            | Event::Fsync { .. }
+            | Event::Readback { .. }
+    )
 }
 
 /// Reads one line of at most `items::LINE_MAX_BYTES`; `Ok(None)` at the end.
@@ -332,8 +426,12 @@ const READER_CAPACITY_BYTES: usize = 64 * 1024;
 
 /// Runs the relay; the exit code of `crashlab-workload`.
 pub fn run(args: &[String]) -> u8 {
+    let (vocabulary, args) = match args.split_first() {
+        Some((flag, rest)) if flag == "--record-events" => (Vocabulary::Records, rest),
+        _ => (Vocabulary::Items, args),
+    };
     let [data_dir, channel_path, program, program_args @ ..] = args else {
-        eprintln!("usage: crashlab-workload relay DATA_DIR CHANNEL_PATH PROGRAM [ARGS...]");
+        eprintln!("usage: crashlab-workload relay [--record-events] DATA_DIR CHANNEL_PATH PROGRAM [ARGS...]");
         return 2;
     };
     // The parameters come from the guest's kernel command line; a test on
@@ -364,8 +462,35 @@ pub fn run(args: &[String]) -> u8 {
         });
         1
     };
-    let mut child = match Command::new(program)
+    // The ack reply: the program reads one byte after each ACK it printed
+    // (if it wants lockstep). The relay's end never blocks: a program that
+    // does not read loses nothing but the bytes.
+    let (reply_read, reply_write) =
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+            Ok(ends) => ends,
+            Err(e) => return fail(&mut channel, "pipe", e as i32, "cannot make the ack reply pipe"),
+        };
+    let reply_fd = {
+        use std::os::fd::AsRawFd;
+        reply_read.as_raw_fd()
+    };
+    let mut reply_write = std::fs::File::from(reply_write);
+    let mut command = Command::new(program);
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl):
+    // the reply's read end stays open in the program, blocking.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::fcntl(reply_fd, nix::libc::F_SETFD, 0) == -1
+                || nix::libc::fcntl(reply_fd, nix::libc::F_SETFL, 0) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match command
         .args(program_args)
+        .env("CRASHLAB_ACK_REPLY_FD", reply_fd.to_string())
         .current_dir(data_dir)
         .env("CRASHLAB_PROTOCOL", items::PROTOCOL_VERSION.to_string())
         .env("CRASHLAB_DATA_DIR", data_dir)
@@ -384,11 +509,12 @@ pub fn run(args: &[String]) -> u8 {
             return fail(&mut channel, "program-start", e.raw_os_error().unwrap_or(2), &why);
         }
     };
+    drop(reply_read);
     let group = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut stdout = BufReader::with_capacity(READER_CAPACITY_BYTES, child.stdout.take().expect("stdout is piped"));
     // Lines read ahead of their turn (see Action::AckSector below).
     let mut pending: VecDeque<String> = VecDeque::new();
-    let mut relay = Relay::new(&params);
+    let mut relay = Relay::new(&params, vocabulary);
     let mut ack_log: Option<AckLog> = None;
     // The guest's test disk; a host test names a file.
     let ack_device = std::env::var("CRASHLAB_ACK_DEVICE").unwrap_or_else(|_| record::params::ACK_DEVICE.into());
@@ -428,13 +554,13 @@ pub fn run(args: &[String]) -> u8 {
         };
         for action in actions {
             match action {
-                Action::ReadyMarker => {
+                Action::ReadyMarker { slots } => {
                     let offset = params.ack_area_offset_bytes.expect("capture has an ack area");
                     let written = AckLog::open(&ack_device, offset).and_then(|mut log| {
                         log.write(&AckRecord {
                             ack_index: READY_MARKER_INDEX,
                             seq: 0,
-                            slot: 0,
+                            slot: slots,
                             seed: params.seed,
                         })
                         .map(|()| log)
@@ -444,12 +570,12 @@ pub fn run(args: &[String]) -> u8 {
                         Err(e) => return fail(&mut channel, e.op, e.errno, "cannot write the ready marker"),
                     }
                 }
-                Action::AckSector { seq } => {
+                Action::AckSector { index, seq, slot } => {
                     let log = ack_log.as_mut().expect("READY came first");
                     let record = AckRecord {
-                        ack_index: seq,
+                        ack_index: index,
                         seq,
-                        slot: seq,
+                        slot,
                         seed: params.seed,
                     };
                     if let Err(e) = log.write(&record) {
@@ -480,6 +606,11 @@ pub fn run(args: &[String]) -> u8 {
                             }
                         }
                     }
+                }
+                Action::Reply => {
+                    use std::io::Write as _;
+                    // Full (a program that never reads) or closed: nothing to wake.
+                    let _ = reply_write.write(b"A");
                 }
                 Action::Emit(event) => {
                     ended_in_error |= matches!(event, Event::Error { .. });
@@ -534,25 +665,35 @@ mod tests {
 
     #[test]
     fn lines_become_events_with_ack_sectors_first() {
-        let mut relay = Relay::new(&params(None, true));
+        let mut relay = Relay::new(&params(None, true), Vocabulary::Items);
         assert_eq!(
             relay.line("READY").unwrap(),
-            [Action::ReadyMarker, Action::Emit(Event::Ready { slots: 0 })]
+            [
+                Action::ReadyMarker { slots: 0 },
+                Action::Emit(Event::Ready { slots: 0 }),
+                Action::Reply
+            ]
         );
         assert_eq!(
             relay.line("BEGIN 70 ab").unwrap(),
             [Action::Emit(Event::Item {
                 seq: 0,
                 id: 70,
-                digest: digest("ab")
+                digest: digest("ab"),
+                key: None,
             })]
         );
-        relay.line("BEGIN 71 cd").unwrap();
+        relay.line("BEGIN 71 cd 4").unwrap();
         assert_eq!(
             relay.line("ACK 71").unwrap(),
             [
-                Action::AckSector { seq: 1 },
-                Action::Emit(Event::Ack { seq: 1, slot: 1 })
+                Action::AckSector {
+                    index: 1,
+                    seq: 1,
+                    slot: 1
+                },
+                Action::Emit(Event::Ack { seq: 1, slot: 1 }),
+                Action::Reply,
             ]
         );
         assert_eq!(relay.line("NOTE commit 2").unwrap(), []);
@@ -582,7 +723,7 @@ mod tests {
 
     #[test]
     fn the_crash_point_holds_after_the_nth_ack() {
-        let mut relay = Relay::new(&params(Some(1), false));
+        let mut relay = Relay::new(&params(Some(1), false), Vocabulary::Items);
         relay.line("READY").unwrap();
         relay.line("BEGIN 5 ab").unwrap();
         assert_eq!(
@@ -595,13 +736,14 @@ mod tests {
             Some(Event::Item {
                 seq: 1,
                 id: 6,
-                digest: digest("cd")
+                digest: digest("cd"),
+                key: None,
             })
         );
         assert_eq!(relay.drained("ACK 6"), None);
         assert_eq!(relay.drained("BEGIN 6 cd"), None);
         // A program that ends before the crash point holds at its end.
-        let mut early = Relay::new(&params(Some(2), false));
+        let mut early = Relay::new(&params(Some(2), false), Vocabulary::Items);
         early.line("READY").unwrap();
         early.line("DONE").unwrap();
         assert_eq!(
@@ -621,8 +763,9 @@ mod tests {
             &["READY", "BEGIN 1 a", "BEGIN 2 a", "BEGIN 3 a", "BEGIN 4 a"],
             &["READY", "DONE", "NOTE late"],
             &["READY", "COMMITTED 1"],
+            &["READY", "EVENT MSYNC 0 0 4096 MS_SYNC 0"],
         ] {
-            let mut relay = Relay::new(&params(None, false));
+            let mut relay = Relay::new(&params(None, false), Vocabulary::Items);
             let (last, first) = lines.split_last().unwrap();
             for line in first {
                 relay.line(line).unwrap();
@@ -631,7 +774,7 @@ mod tests {
             assert_eq!(broken.errno, EPROTO, "{lines:?}");
             assert_eq!(broken.op, format!("program-protocol-line-{}", lines.len()));
         }
-        let relay = Relay::new(&params(None, false));
+        let relay = Relay::new(&params(None, false), Vocabulary::Items);
         // Exit status 3 (a wait status holds it shifted left by 8).
         assert_eq!(
             relay.exited(std::process::ExitStatus::from_raw(3 << 8)),
@@ -650,6 +793,57 @@ mod tests {
                 errno: 9
             })
         );
+    }
+
+    #[test]
+    fn the_record_workload_gets_record_events_and_its_own_event_lines_pass() {
+        let mut p = params(Some(2), true);
+        p.records = 10;
+        let slots = p.geometry().total_slots();
+        let mut relay = Relay::new(&p, Vocabulary::Records);
+        assert_eq!(
+            relay.line("READY").unwrap(),
+            [
+                Action::ReadyMarker { slots },
+                Action::Emit(Event::Ready { slots }),
+                Action::Reply
+            ]
+        );
+        assert_eq!(
+            relay.line("BEGIN 0 1f 0").unwrap(),
+            [Action::Emit(Event::Begin { seq: 0, slot: 0 })]
+        );
+        let msync = "MSYNC 0 0 4096 MS_SYNC 0";
+        assert_eq!(
+            relay.line(&format!("EVENT {msync}")).unwrap(),
+            [Action::Emit(Event::parse(msync).unwrap())]
+        );
+        // Several writers: records begun out of seq order keep their seqs.
+        relay.line("BEGIN 3 aa 3").unwrap();
+        assert_eq!(
+            relay.line("ACK 3").unwrap(),
+            [
+                Action::AckSector {
+                    index: 3,
+                    seq: 3,
+                    slot: 3
+                },
+                Action::Emit(Event::Ack { seq: 3, slot: 3 }),
+                Action::Reply,
+            ]
+        );
+        assert_eq!(relay.line("ACK 0").unwrap().last(), Some(&Action::Hold { acks: 2 }));
+        assert_eq!(relay.drained("BEGIN 4 bb 4"), Some(Event::Begin { seq: 4, slot: 4 }));
+        // A record names its slot; the relay's own events are not passed.
+        for line in ["BEGIN 5 aa", "EVENT ACK 0 0", "EVENT HOLD 1", "EVENT DONE 10"] {
+            let mut relay = Relay::new(&p, Vocabulary::Records);
+            relay.line("READY").unwrap();
+            let broken = relay.line(line).unwrap_err();
+            assert_eq!(broken.errno, EPROTO, "{line}");
+        }
+        let mut done = Relay::new(&p, Vocabulary::Records);
+        done.line("READY").unwrap();
+        assert_eq!(done.line("DONE").unwrap(), [Action::Emit(Event::Done { records: 10 })]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The relay on the host, with real processes: a program that follows the
-//! workload protocol (a shell script here) and ones that break it. The
-//! channel is a plain file; the capture (ack sectors) is off, as there is
-//! no guest disk.
+//! workload protocol (a shell script here), ones that break it, and
+//! crashlab's own record workload. The channel is a plain file; so is the
+//! ack device when the capture (ack sectors) is on.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,10 +16,24 @@ fn relay(script: &str, hold: Option<u64>) -> (Vec<String>, i32) {
 /// ext4 and xfs, where the tests' temporary directory lies).
 fn relay_with(script: &str, hold: Option<u64>, capture: bool) -> (Vec<String>, i32) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut params = "crashlab.mode=ms-sync crashlab.record_size=4096 crashlab.file_size=4194304 \
-                      crashlab.records=3 crashlab.seed=77 crashlab.pattern=records"
-        .to_string();
-    let ack_device = dir.path().join("ack-device");
+    let (lines, code) = relay_in(dir.path(), &[], 3, script, hold, capture);
+    (lines, code)
+}
+
+/// The relay in `dir` (flags `relay_flags`), `records` items asked for.
+fn relay_in(
+    dir: &Path,
+    relay_flags: &[&str],
+    records: u64,
+    script: &str,
+    hold: Option<u64>,
+    capture: bool,
+) -> (Vec<String>, i32) {
+    let mut params = format!(
+        "crashlab.mode=ms-sync crashlab.record_size=4096 crashlab.file_size=4194304 \
+         crashlab.records={records} crashlab.seed=77 crashlab.pattern=records"
+    );
+    let ack_device = dir.join("ack-device");
     if capture {
         params += " crashlab.ack_offset=0";
         std::fs::write(&ack_device, vec![0u8; 1 << 20]).unwrap();
@@ -27,23 +41,24 @@ fn relay_with(script: &str, hold: Option<u64>, capture: bool) -> (Vec<String>, i
     if let Some(n) = hold {
         params += &format!(" crashlab.hold_after_acks={n}");
     }
-    let cmdline = dir.path().join("cmdline");
+    let cmdline = dir.join("cmdline");
     std::fs::write(&cmdline, params).unwrap();
-    let program = dir.path().join("program.sh");
+    let program = dir.join("program.sh");
     // The script notes its pid (its process group's): a held program is
     // stopped, and is killed here once the test is done with it.
-    let pidfile = dir.path().join("pid");
+    let pidfile = dir.join("pid");
     std::fs::write(
         &program,
         format!("#!/bin/sh\necho $$ > {}\n{script}", pidfile.display()),
     )
     .unwrap();
     Command::new("chmod").arg("755").arg(&program).status().unwrap();
-    let channel = dir.path().join("channel");
+    let channel = dir.join("channel");
     std::fs::write(&channel, "").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_crashlab-workload"))
         .arg("relay")
-        .arg(dir.path())
+        .args(relay_flags)
+        .arg(dir)
         .arg(&channel)
         .arg(&program)
         .env("CRASHLAB_CMDLINE_PATH", &cmdline)
@@ -168,4 +183,61 @@ fn a_broken_line_a_crash_or_a_missing_done_ends_the_run_with_err() {
         (lines.last().unwrap().as_str(), code),
         ("ERR program-exited-without-done 0", 1)
     );
+}
+
+/// crashlab's record workload, run by the relay as in the guest (`/init`):
+/// a record per item, its slot as the key, its msync calls as `EVENT`s.
+fn record_workload(dir: &Path, records: u64, hold: Option<u64>) -> (Vec<String>, i32) {
+    let script = format!(
+        "exec {} records {} {}\n",
+        env!("CARGO_BIN_EXE_crashlab-workload"),
+        dir.display(),
+        dir.join("cmdline").display()
+    );
+    relay_in(dir, &["--record-events"], records, &script, hold, true)
+}
+
+#[test]
+fn the_record_workload_is_one_more_program_under_the_relay() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (lines, code) = record_workload(dir.path(), 20, None);
+    assert_eq!(code, 0, "{lines:?}");
+    let log = record::protocol::parse_log(&(lines.join("\n") + "\n")).unwrap();
+    let acks: Vec<(u64, u64)> = log
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            record::Event::Ack { seq, slot } => Some((*seq, *slot)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks.len(), 20, "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("MSYNC ")), "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "DONE 20");
+    // Every ack is in the ack area, where the host's capture looks for it.
+    let area = std::fs::read(dir.path().join("ack-device")).unwrap();
+    let sector = |index: u64| {
+        let at = record::layout::ack::sector_offset_bytes(index) as usize;
+        record::layout::ack::decode(&area[at..at + record::layout::ack::ACK_SIZE_BYTES])
+    };
+    for (seq, slot) in acks {
+        let found = sector(seq).unwrap_or_else(|| panic!("no ack sector for record {seq}"));
+        assert_eq!((found.seq, found.slot, found.seed), (seq, slot, 77));
+    }
+    let ready = sector(record::layout::ack::READY_MARKER_INDEX).expect("the ready marker");
+    assert_eq!(ready.seed, 77);
+}
+
+#[test]
+fn the_record_workload_waits_for_the_ack_reply_so_the_crash_point_is_exact() {
+    // The workload waits after each ACK until the relay has placed it: at
+    // the crash point it never gets the reply, so no record is begun after
+    // the held ack.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (lines, code) = record_workload(dir.path(), 50, Some(7));
+    assert_eq!(code, -9, "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "HOLD 7");
+    let last_ack = lines.iter().rposition(|l| l.starts_with("ACK ")).unwrap();
+    assert_eq!(lines[last_ack], "ACK 6 6");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("BEGIN ")).count(), 7, "{lines:?}");
 }

@@ -90,6 +90,38 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// Waits for the relay's ack reply (protocol 1.1) after `READY` and each
+/// `ACK`: the promise is then in the block log, and at the crash point the
+/// program is stopped right there. Without `CRASHLAB_ACK_REPLY_FD` (a 1.0
+/// relay, or by hand) there is nothing to wait for.
+fn wait_reply() -> Result<(), Failure> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    use std::sync::OnceLock;
+    static REPLY: OnceLock<Option<std::sync::Mutex<std::fs::File>>> = OnceLock::new();
+    let reply = REPLY.get_or_init(|| {
+        let fd: i32 = std::env::var("CRASHLAB_ACK_REPLY_FD").ok()?.parse().ok()?;
+        // SAFETY: the relay opened this descriptor for the program; nothing
+        // else here uses it.
+        Some(std::sync::Mutex::new(unsafe { std::fs::File::from_raw_fd(fd) }))
+    });
+    let Some(reply) = reply else {
+        return Ok(());
+    };
+    let mut byte = [0u8; 1];
+    match reply.lock().expect("one thread").read(&mut byte) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(Failure {
+            message: "the relay closed the ack reply".into(),
+            protocol_err: Some(("ack-reply".into(), 32)),
+        }),
+        Err(e) => Err(Failure {
+            message: format!("cannot read the ack reply: {e}"),
+            protocol_err: Some(("ack-reply".into(), e.raw_os_error().unwrap_or(5))),
+        }),
+    }
+}
+
 fn env_number(name: &str) -> Result<u64, Failure> {
     std::env::var(name)
         .ok()
@@ -238,6 +270,7 @@ fn workload(args: &[String]) -> Result<(), Failure> {
         fsync_dir(&data.to_string_lossy())?;
     }
     say("READY");
+    wait_reply()?;
     for id in 1..=items {
         let pairs = item_pairs(seed, id);
         let sum = digest(&pairs);
@@ -263,12 +296,14 @@ fn workload(args: &[String]) -> Result<(), Failure> {
         }
         if lie {
             say(&format!("ACK {id}"));
+            wait_reply()?;
             // The lie's window made wide: the commit comes a while after.
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         lmdb("mdb_txn_commit", unsafe { ffi::mdb_txn_commit(txn) })?;
         if !lie {
             say(&format!("ACK {id}"));
+            wait_reply()?;
         }
         if exit_after == Some(id) {
             std::process::exit(3);
