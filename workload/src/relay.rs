@@ -819,16 +819,16 @@ mod tests {
             [Action::Emit(Event::parse(msync).unwrap())]
         );
         // Several writers: records begun out of seq order keep their seqs.
-        relay.line("BEGIN 3 aa 3").unwrap();
+        relay.line("BEGIN 3 aa 9").unwrap();
         assert_eq!(
             relay.line("ACK 3").unwrap(),
             [
                 Action::AckSector {
                     index: 3,
                     seq: 3,
-                    slot: 3
+                    slot: 9
                 },
-                Action::Emit(Event::Ack { seq: 3, slot: 3 }),
+                Action::Emit(Event::Ack { seq: 3, slot: 9 }),
                 Action::Reply,
             ]
         );
