@@ -189,9 +189,9 @@ impl ProtocolOut {
         }
     }
 
-    /// Waits for the relay's reply to `READY` or an `ACK`: its marker is in
-    /// the block log, and the crash point, if it was this ack, has stopped
-    /// us.
+    /// Waits for the relay's reply to `READY`, a `BEGIN` or an `ACK`: the
+    /// line is on the channel, its marker in the block log, and the crash
+    /// point, if it was this ack, has stopped us.
     fn wait_reply(&mut self) -> Result<(), SyscallError> {
         let Some(reply) = self.reply.as_mut() else {
             return Ok(());
@@ -236,8 +236,11 @@ impl Ctx {
         self.out.wait_reply()
     }
 
-    /// `BEGIN seq crc slot`: record `seq` is an item keyed by its slot.
-    pub fn begin(&mut self, seq: u64, slot: u64) {
+    /// `BEGIN seq crc slot` (record `seq` is an item keyed by its slot),
+    /// then waits for the relay's reply: the record's `BEGIN` is on the
+    /// channel before any of its bytes can reach the disk, so a kernel
+    /// crash at any moment never finds a record the host was not told of.
+    pub fn begin(&mut self, seq: u64, slot: u64) -> Result<(), SyscallError> {
         let crc = layout::stored_crc(&RecordHeader {
             record_size_bytes: self.params.record_size_bytes,
             seq,
@@ -250,6 +253,7 @@ impl Ctx {
             digest,
             key: Some(slot),
         });
+        self.out.wait_reply()
     }
 
     /// Acks a record and waits for the relay's reply (the ack is then in

@@ -174,7 +174,7 @@ fn write_sync_ack(
     after_sync: impl FnOnce(),
 ) -> Result<(), SyscallError> {
     let record_size = ctx.params.record_size_bytes as usize;
-    ctx.begin(seq, slot);
+    ctx.begin(seq, slot)?;
     write_record(mapping, offset, seq, slot, ctx);
     let call = sync_call(ctx, call_number);
     if call == SyncCall::AfterAck {
@@ -200,7 +200,7 @@ fn records(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
     let mut pending: Vec<(u64, u64)> = Vec::with_capacity(batch);
     for seq in 0..params.records {
         let slot = seq % slots;
-        ctx.begin(seq, slot);
+        ctx.begin(seq, slot)?;
         write_record(file.mapping(0), slot as usize * record_size, seq, slot, ctx);
         pending.push((seq, slot));
         if pending.len() < batch && seq + 1 < params.records {
@@ -329,7 +329,7 @@ fn partial_msync(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
                 break;
             }
             let slot = rng.below(slots);
-            ctx.begin(seq, slot);
+            ctx.begin(seq, slot)?;
             write_record(file.mapping(0), slot as usize * record_size, seq, slot, ctx);
             dirty.insert(slot, seq);
             seq += 1;
@@ -404,7 +404,7 @@ fn invalidate(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
     for seq in 0..params.records {
         let slot = seq % slots;
         let offset = slot as usize * record_size;
-        ctx.begin(seq, slot);
+        ctx.begin(seq, slot)?;
         let call = sync_call(ctx, seq);
         if call == SyncCall::AfterAck {
             ctx.ack(seq)?;

@@ -9,9 +9,9 @@
 //! each line and turns it into the host's events (`Vocabulary`), `ACK`
 //! after writing the item's ack sector (power loss: the ordering argument
 //! of the protocol's document), `READY` after writing the ready marker.
-//! After `READY` and each `ACK` it writes one byte to the ack reply pipe
-//! (`CRASHLAB_ACK_REPLY_FD`): a program that waits for it runs in lockstep
-//! with its promises. At the crash point's ack count it stops the program's
+//! After `READY`, each `BEGIN` and each `ACK` it writes one byte to the
+//! reply pipe (`CRASHLAB_ACK_REPLY_FD`): a program that waits for it runs
+//! in lockstep with the host's log. At the crash point's ack count it stops the program's
 //! process group, before that reply, and says `HOLD`. A line that breaks
 //! the protocol, or a program that dies without `DONE`, ends the run with
 //! `ERR`, naming what happened on the console.
@@ -58,7 +58,7 @@ pub enum Action {
         seq: u64,
         slot: u64,
     },
-    /// Let the program go on past its `ACK` (the ack reply).
+    /// Let the program go on past its `READY`, `BEGIN` or `ACK` (the reply).
     Reply,
     Emit(Event),
     /// The crash point: stop the program, pass on the items it began in
@@ -187,6 +187,9 @@ impl Relay {
                 let seq = self.check_begin(id, key).map_err(|why| self.broken(why))?;
                 self.items.insert(id, Begun { seq, key, acked: false });
                 actions.push(Action::Emit(self.begin_event(seq, id, digest, key)));
+                // A program in lockstep writes the item only now: its BEGIN
+                // is on the channel first, as a crash may come at any time.
+                actions.push(Action::Reply);
             }
             ProgramLine::Ack { id } => {
                 let Some(item) = self.items.get_mut(&id) else {
@@ -593,8 +596,13 @@ pub fn run(args: &[String]) -> u8 {
                         match relay.line(&line) {
                             Ok(begun) => {
                                 for action in begun {
-                                    if let Action::Emit(event) = action {
-                                        channel.emit(&event);
+                                    match action {
+                                        Action::Emit(event) => channel.emit(&event),
+                                        Action::Reply => {
+                                            use std::io::Write as _;
+                                            let _ = reply_write.write(b"A");
+                                        }
+                                        _ => {}
                                     }
                                 }
                             }
@@ -676,12 +684,15 @@ mod tests {
         );
         assert_eq!(
             relay.line("BEGIN 70 ab").unwrap(),
-            [Action::Emit(Event::Item {
-                seq: 0,
-                id: 70,
-                digest: digest("ab"),
-                key: None,
-            })]
+            [
+                Action::Emit(Event::Item {
+                    seq: 0,
+                    id: 70,
+                    digest: digest("ab"),
+                    key: None,
+                }),
+                Action::Reply
+            ]
         );
         relay.line("BEGIN 71 cd 4").unwrap();
         assert_eq!(
@@ -811,7 +822,7 @@ mod tests {
         );
         assert_eq!(
             relay.line("BEGIN 0 1f 0").unwrap(),
-            [Action::Emit(Event::Begin { seq: 0, slot: 0 })]
+            [Action::Emit(Event::Begin { seq: 0, slot: 0 }), Action::Reply]
         );
         let msync = "MSYNC 0 0 4096 MS_SYNC 0";
         assert_eq!(

@@ -90,9 +90,10 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// Waits for the relay's ack reply (protocol 1.1) after `READY` and each
-/// `ACK`: the promise is then in the block log, and at the crash point the
-/// program is stopped right there. Without `CRASHLAB_ACK_REPLY_FD` (a 1.0
+/// Waits for the relay's reply (protocol 1.1) after `READY`, each `BEGIN`
+/// and each `ACK`: the line is then on the channel (a kernel crash never
+/// finds a transaction the host was not told of), the promise in the block
+/// log, and at the crash point the program is stopped right there. Without `CRASHLAB_ACK_REPLY_FD` (a 1.0
 /// relay, or by hand) there is nothing to wait for.
 fn wait_reply() -> Result<(), Failure> {
     use std::io::Read;
@@ -275,6 +276,7 @@ fn workload(args: &[String]) -> Result<(), Failure> {
         let pairs = item_pairs(seed, id);
         let sum = digest(&pairs);
         say(&format!("BEGIN {id} {sum}"));
+        wait_reply()?;
         let mut txn = std::ptr::null_mut();
         // SAFETY: env is open; txn is committed (which frees it) or the
         // process ends.
