@@ -31,7 +31,7 @@ use std::fmt;
 
 /// The protocol's major version, which a program and its checker see in
 /// `CRASHLAB_PROTOCOL`. Minor versions only add what a program may use
-/// (1.1: item keys, `EVENT`, the ack reply); a 1.0 program runs unchanged.
+/// (1.1: item keys, `EVENT`, the reply); a 1.0 program runs unchanged.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The minor version this crate speaks.
 pub const PROTOCOL_MINOR: u32 = 1;

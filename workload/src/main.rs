@@ -20,8 +20,9 @@
 //! crc32c), and what only it knows (msync calls, growth, a consumer's view)
 //! goes as `EVENT` lines in `record::protocol`'s vocabulary. The relay
 //! places its acks in the block log and holds it at the crash point; it
-//! waits for the relay's ack reply after each `ACK`, so that both happen
-//! exactly there.
+//! waits for the relay's reply after `READY`, each `BEGIN` and each `ACK`,
+//! so that the host hears of a record before its bytes are written and
+//! both happen exactly there.
 //!
 //! Invariants:
 //! - a record is acknowledged only after its durability call returned 0
@@ -142,24 +143,24 @@ impl Channel {
 /// The record workload's side of the workload protocol: its lines on
 /// stdout, one `write` each, so that lines from its processes never
 /// interleave (a pipe takes a write of at most 4096 bytes whole), and the
-/// relay's ack reply.
+/// relay's reply.
 pub struct ProtocolOut {
     out: File,
-    /// `CRASHLAB_ACK_REPLY_FD`; `None` outside the relay (unit tests).
+    /// `CRASHLAB_REPLY_FD`; `None` outside the relay (unit tests).
     reply: Option<File>,
 }
 
 impl ProtocolOut {
     fn from_environment() -> Result<ProtocolOut, String> {
         use std::os::fd::{FromRawFd, OwnedFd};
-        let reply = match std::env::var("CRASHLAB_ACK_REPLY_FD") {
+        let reply = match std::env::var("CRASHLAB_REPLY_FD") {
             Err(_) => None,
             Ok(text) => {
                 let fd: i32 = text
                     .parse()
-                    .map_err(|_| format!("CRASHLAB_ACK_REPLY_FD={text:?} is not a descriptor"))?;
+                    .map_err(|_| format!("CRASHLAB_REPLY_FD={text:?} is not a descriptor"))?;
                 nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
-                    .map_err(|e| format!("CRASHLAB_ACK_REPLY_FD={fd} is not open: {e}"))?;
+                    .map_err(|e| format!("CRASHLAB_REPLY_FD={fd} is not open: {e}"))?;
                 // SAFETY: open (checked above), opened by the relay for this
                 // program alone; nothing else in this process uses it.
                 Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
@@ -202,14 +203,14 @@ impl ProtocolOut {
                 Ok(1) => return Ok(()),
                 Ok(_) => {
                     return Err(SyscallError {
-                        op: "ack-reply",
+                        op: "relay-reply",
                         errno: nix::errno::Errno::EPIPE as i32,
                     })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     return Err(SyscallError {
-                        op: "ack-reply",
+                        op: "relay-reply",
                         errno: e.raw_os_error().unwrap_or(5),
                     })
                 }

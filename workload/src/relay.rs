@@ -10,7 +10,7 @@
 //! after writing the item's ack sector (power loss: the ordering argument
 //! of the protocol's document), `READY` after writing the ready marker.
 //! After `READY`, each `BEGIN` and each `ACK` it writes one byte to the
-//! reply pipe (`CRASHLAB_ACK_REPLY_FD`): a program that waits for it runs
+//! reply pipe (`CRASHLAB_REPLY_FD`): a program that waits for it runs
 //! in lockstep with the host's log. At the crash point's ack count it stops the program's
 //! process group, before that reply, and says `HOLD`. A line that breaks
 //! the protocol, or a program that dies without `DONE`, ends the run with
@@ -465,13 +465,13 @@ pub fn run(args: &[String]) -> u8 {
         });
         1
     };
-    // The ack reply: the program reads one byte after each ACK it printed
-    // (if it wants lockstep). The relay's end never blocks: a program that
-    // does not read loses nothing but the bytes.
+    // The reply: the program reads one byte after each READY, BEGIN and ACK
+    // it printed (if it wants lockstep). The relay's end never blocks: a
+    // program that does not read loses nothing but the bytes.
     let (reply_read, reply_write) =
         match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
             Ok(ends) => ends,
-            Err(e) => return fail(&mut channel, "pipe", e as i32, "cannot make the ack reply pipe"),
+            Err(e) => return fail(&mut channel, "pipe", e as i32, "cannot make the reply pipe"),
         };
     let reply_fd = {
         use std::os::fd::AsRawFd;
@@ -493,7 +493,7 @@ pub fn run(args: &[String]) -> u8 {
     }
     let mut child = match command
         .args(program_args)
-        .env("CRASHLAB_ACK_REPLY_FD", reply_fd.to_string())
+        .env("CRASHLAB_REPLY_FD", reply_fd.to_string())
         .current_dir(data_dir)
         .env("CRASHLAB_PROTOCOL", items::PROTOCOL_VERSION.to_string())
         .env("CRASHLAB_DATA_DIR", data_dir)

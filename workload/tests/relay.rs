@@ -229,7 +229,7 @@ fn the_record_workload_is_one_more_program_under_the_relay() {
 }
 
 #[test]
-fn the_record_workload_waits_for_the_ack_reply_so_the_crash_point_is_exact() {
+fn the_record_workload_waits_for_the_reply_so_the_crash_point_is_exact() {
     // The workload waits after each ACK until the relay has placed it: at
     // the crash point it never gets the reply, so no record is begun after
     // the held ack.

@@ -93,15 +93,16 @@ fn say(line: &str) {
 /// Waits for the relay's reply (protocol 1.1) after `READY`, each `BEGIN`
 /// and each `ACK`: the line is then on the channel (a kernel crash never
 /// finds a transaction the host was not told of), the promise in the block
-/// log, and at the crash point the program is stopped right there. Without `CRASHLAB_ACK_REPLY_FD` (a 1.0
-/// relay, or by hand) there is nothing to wait for.
+/// log, and at the crash point the program is stopped right there.
+/// Without `CRASHLAB_REPLY_FD` (a 1.0 relay, or by hand) there is nothing
+/// to wait for.
 fn wait_reply() -> Result<(), Failure> {
     use std::io::Read;
     use std::os::fd::FromRawFd;
     use std::sync::OnceLock;
     static REPLY: OnceLock<Option<std::sync::Mutex<std::fs::File>>> = OnceLock::new();
     let reply = REPLY.get_or_init(|| {
-        let fd: i32 = std::env::var("CRASHLAB_ACK_REPLY_FD").ok()?.parse().ok()?;
+        let fd: i32 = std::env::var("CRASHLAB_REPLY_FD").ok()?.parse().ok()?;
         // SAFETY: the relay opened this descriptor for the program; nothing
         // else here uses it.
         Some(std::sync::Mutex::new(unsafe { std::fs::File::from_raw_fd(fd) }))
@@ -113,12 +114,12 @@ fn wait_reply() -> Result<(), Failure> {
     match reply.lock().expect("one thread").read(&mut byte) {
         Ok(1) => Ok(()),
         Ok(_) => Err(Failure {
-            message: "the relay closed the ack reply".into(),
-            protocol_err: Some(("ack-reply".into(), 32)),
+            message: "the relay closed the reply pipe".into(),
+            protocol_err: Some(("relay-reply".into(), 32)),
         }),
         Err(e) => Err(Failure {
-            message: format!("cannot read the ack reply: {e}"),
-            protocol_err: Some(("ack-reply".into(), e.raw_os_error().unwrap_or(5))),
+            message: format!("cannot read the relay's reply: {e}"),
+            protocol_err: Some(("relay-reply".into(), e.raw_os_error().unwrap_or(5))),
         }),
     }
 }
