@@ -10,9 +10,9 @@
 //! after writing the item's ack sector (power loss: the ordering argument
 //! of the protocol's document), `READY` after writing the ready marker.
 //! After `READY`, each `BEGIN` and each `ACK` it writes one byte to the
-//! reply pipe (`CRASHLAB_REPLY_FD`): a program that waits for it runs
-//! in lockstep with the host's log. At the crash point's ack count it stops the program's
-//! process group, before that reply, and says `HOLD`. A line that breaks
+//! reply pipe (`CRASHLAB_REPLY_FD`): a program that waits for it runs in
+//! lockstep with the host's log. At the crash point's ack count it stops
+//! the program's process group, before that reply, and says `HOLD`. A line that breaks
 //! the protocol, or a program that dies without `DONE`, ends the run with
 //! `ERR`, naming what happened on the console.
 //!
@@ -52,9 +52,8 @@ pub enum Action {
     ReadyMarker {
         slots: u64,
     },
-    /// Write an ack sector (power loss): `index` places it in the area.
+    /// Write the ack sector of `seq` (power loss), which names `slot`.
     AckSector {
-        index: u64,
         seq: u64,
         slot: u64,
     },
@@ -92,9 +91,8 @@ struct Begun {
 pub struct Relay {
     vocabulary: Vocabulary,
     items_max: u64,
-    /// What `READY` and `DONE` say to the host (record events).
+    /// What `READY` says to the host (record events).
     slots: u64,
-    records: u64,
     hold_after_acks: Option<u64>,
     capture: bool,
     ready: bool,
@@ -114,7 +112,6 @@ impl Relay {
                 Vocabulary::Items => 0,
                 Vocabulary::Records => params.geometry().total_slots(),
             },
-            records: params.records,
             hold_after_acks: params.hold_after_acks,
             capture: params.ack_area_offset_bytes.is_some(),
             ready: false,
@@ -204,7 +201,7 @@ impl Relay {
                     Vocabulary::Records => (id, item.key.expect("record items have keys")),
                 };
                 if self.capture {
-                    actions.push(Action::AckSector { index: seq, seq, slot });
+                    actions.push(Action::AckSector { seq, slot });
                 }
                 actions.push(Action::Emit(Event::Ack { seq, slot }));
                 self.acks += 1;
@@ -216,9 +213,11 @@ impl Relay {
             }
             ProgramLine::Done => {
                 self.done = true;
+                // Records: the run's record count (the workload's own
+                // DONE said so before it ran under the relay).
                 let records = match self.vocabulary {
                     Vocabulary::Items => self.items.len() as u64,
-                    Vocabulary::Records => self.records,
+                    Vocabulary::Records => self.items_max,
                 };
                 actions.push(Action::Emit(Event::Done { records }));
             }
@@ -424,6 +423,13 @@ fn complete_lines_now(reader: &mut BufReader<std::process::ChildStdout>) -> Vec<
     lines
 }
 
+/// One byte on the reply pipe: the program in lockstep goes on.
+fn reply(pipe: &mut std::fs::File) {
+    use std::io::Write as _;
+    // Full (a program that never reads) or closed: nothing to wake.
+    let _ = pipe.write(b"A");
+}
+
 /// The reader's buffer: a whole pipe's worth (Linux: 64 KiB).
 const READER_CAPACITY_BYTES: usize = 64 * 1024;
 
@@ -573,10 +579,10 @@ pub fn run(args: &[String]) -> u8 {
                         Err(e) => return fail(&mut channel, e.op, e.errno, "cannot write the ready marker"),
                     }
                 }
-                Action::AckSector { index, seq, slot } => {
+                Action::AckSector { seq, slot } => {
                     let log = ack_log.as_mut().expect("READY came first");
                     let record = AckRecord {
-                        ack_index: index,
+                        ack_index: seq,
                         seq,
                         slot,
                         seed: params.seed,
@@ -598,10 +604,7 @@ pub fn run(args: &[String]) -> u8 {
                                 for action in begun {
                                     match action {
                                         Action::Emit(event) => channel.emit(&event),
-                                        Action::Reply => {
-                                            use std::io::Write as _;
-                                            let _ = reply_write.write(b"A");
-                                        }
+                                        Action::Reply => reply(&mut reply_write),
                                         _ => {}
                                     }
                                 }
@@ -615,11 +618,7 @@ pub fn run(args: &[String]) -> u8 {
                         }
                     }
                 }
-                Action::Reply => {
-                    use std::io::Write as _;
-                    // Full (a program that never reads) or closed: nothing to wake.
-                    let _ = reply_write.write(b"A");
-                }
+                Action::Reply => reply(&mut reply_write),
                 Action::Emit(event) => {
                     ended_in_error |= matches!(event, Event::Error { .. });
                     channel.emit(&event)
@@ -698,11 +697,7 @@ mod tests {
         assert_eq!(
             relay.line("ACK 71").unwrap(),
             [
-                Action::AckSector {
-                    index: 1,
-                    seq: 1,
-                    slot: 1
-                },
+                Action::AckSector { seq: 1, slot: 1 },
                 Action::Emit(Event::Ack { seq: 1, slot: 1 }),
                 Action::Reply,
             ]
@@ -834,11 +829,7 @@ mod tests {
         assert_eq!(
             relay.line("ACK 3").unwrap(),
             [
-                Action::AckSector {
-                    index: 3,
-                    seq: 3,
-                    slot: 9
-                },
+                Action::AckSector { seq: 3, slot: 9 },
                 Action::Emit(Event::Ack { seq: 3, slot: 9 }),
                 Action::Reply,
             ]
