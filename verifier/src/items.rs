@@ -207,35 +207,25 @@ pub fn verify_items(evidence: &ItemEvidence) -> Verdict {
             let newest = newest_acked.get(&key).copied();
             newest.is_some_and(|n| n > seq) || (newest == Some(seq) && newest_found.get(&key).is_some_and(|&f| f > seq))
         });
-        if replaced {
-            if let Some(digest) = found.remove(&item.id) {
-                if digest != item.digest {
-                    verdict.violation(item_finding(
-                        Rule::ItemCorrupt,
-                        item.id,
-                        format!(
-                            "item {} found with digest {digest}, begun with {}",
-                            item.id, item.digest
-                        ),
-                    ));
-                }
-            }
-            continue;
-        }
-        match (found.remove(&item.id), item.acked) {
-            (Some(digest), acked) if digest == item.digest => match acked {
-                true => verdict.counts.intact += 1,
-                false => verdict.counts.in_flight_new += 1,
-            },
-            (Some(digest), _) => verdict.violation(item_finding(
+        let found_here = found.remove(&item.id);
+        if let Some(digest) = found_here.filter(|d| *d != item.digest) {
+            verdict.violation(item_finding(
                 Rule::ItemCorrupt,
                 item.id,
                 format!(
                     "item {} found with digest {digest}, begun with {}: neither the old state nor the new",
                     item.id, item.digest
                 ),
-            )),
-            (None, true) => {
+            ));
+            continue;
+        }
+        if replaced {
+            continue;
+        }
+        match (found_here.is_some(), item.acked) {
+            (true, true) => verdict.counts.intact += 1,
+            (true, false) => verdict.counts.in_flight_new += 1,
+            (false, true) => {
                 verdict.counts.lost += 1;
                 verdict.violation(item_finding(
                     Rule::AckedItemLost,
@@ -243,7 +233,7 @@ pub fn verify_items(evidence: &ItemEvidence) -> Verdict {
                     format!("item {} was acknowledged before the crash and is not there", item.id),
                 ));
             }
-            (None, false) => verdict.counts.in_flight_old += 1,
+            (false, false) => verdict.counts.in_flight_old += 1,
         }
     }
     let mut foreign: Vec<u64> = found.into_keys().collect();
