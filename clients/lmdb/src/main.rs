@@ -90,37 +90,42 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// Waits for the relay's reply (protocol 1.1) after `READY`, each `BEGIN`
-/// and each `ACK`: the line is then on the channel (a kernel crash never
-/// finds a transaction the host was not told of), the promise in the block
-/// log, and at the crash point the program is stopped right there.
-/// Without `CRASHLAB_REPLY_FD` (a 1.0 relay, or by hand) there is nothing
-/// to wait for.
-fn wait_reply() -> Result<(), Failure> {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
-    use std::sync::OnceLock;
-    static REPLY: OnceLock<Option<std::sync::Mutex<std::fs::File>>> = OnceLock::new();
-    let reply = REPLY.get_or_init(|| {
-        let fd: i32 = std::env::var("CRASHLAB_REPLY_FD").ok()?.parse().ok()?;
+/// The relay's reply pipe (protocol 1.1): one byte after `READY`, each
+/// `BEGIN` and each `ACK`. Waiting for it, the line is on the channel (a
+/// kernel crash never finds a transaction the host was not told of), the
+/// promise in the block log, and at the crash point the program is stopped
+/// right there. Without `CRASHLAB_REPLY_FD` (a 1.0 relay, or by hand)
+/// there is nothing to wait for.
+struct Reply(Option<std::fs::File>);
+
+impl Reply {
+    fn from_env() -> Reply {
+        use std::os::fd::FromRawFd;
+        let fd = std::env::var("CRASHLAB_REPLY_FD")
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok());
         // SAFETY: the relay opened this descriptor for the program; nothing
         // else here uses it.
-        Some(std::sync::Mutex::new(unsafe { std::fs::File::from_raw_fd(fd) }))
-    });
-    let Some(reply) = reply else {
-        return Ok(());
-    };
-    let mut byte = [0u8; 1];
-    match reply.lock().expect("one thread").read(&mut byte) {
-        Ok(1) => Ok(()),
-        Ok(_) => Err(Failure {
-            message: "the relay closed the reply pipe".into(),
-            protocol_err: Some(("relay-reply".into(), 32)),
-        }),
-        Err(e) => Err(Failure {
-            message: format!("cannot read the relay's reply: {e}"),
-            protocol_err: Some(("relay-reply".into(), e.raw_os_error().unwrap_or(5))),
-        }),
+        Reply(fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }))
+    }
+
+    fn wait(&mut self) -> Result<(), Failure> {
+        use std::io::Read;
+        let Some(pipe) = self.0.as_mut() else {
+            return Ok(());
+        };
+        let mut byte = [0u8; 1];
+        match pipe.read(&mut byte) {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(Failure {
+                message: "the relay closed the reply pipe".into(),
+                protocol_err: Some(("relay-reply".into(), 32)),
+            }),
+            Err(e) => Err(Failure {
+                message: format!("cannot read the relay's reply: {e}"),
+                protocol_err: Some(("relay-reply".into(), e.raw_os_error().unwrap_or(5))),
+            }),
+        }
     }
 }
 
@@ -271,13 +276,14 @@ fn workload(args: &[String]) -> Result<(), Failure> {
     if let Some(data) = std::env::var_os("CRASHLAB_DATA_DIR") {
         fsync_dir(&data.to_string_lossy())?;
     }
+    let mut reply = Reply::from_env();
     say("READY");
-    wait_reply()?;
+    reply.wait()?;
     for id in 1..=items {
         let pairs = item_pairs(seed, id);
         let sum = digest(&pairs);
         say(&format!("BEGIN {id} {sum}"));
-        wait_reply()?;
+        reply.wait()?;
         let mut txn = std::ptr::null_mut();
         // SAFETY: env is open; txn is committed (which frees it) or the
         // process ends.
@@ -299,14 +305,14 @@ fn workload(args: &[String]) -> Result<(), Failure> {
         }
         if lie {
             say(&format!("ACK {id}"));
-            wait_reply()?;
+            reply.wait()?;
             // The lie's window made wide: the commit comes a while after.
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         lmdb("mdb_txn_commit", unsafe { ffi::mdb_txn_commit(txn) })?;
         if !lie {
             say(&format!("ACK {id}"));
-            wait_reply()?;
+            reply.wait()?;
         }
         if exit_after == Some(id) {
             std::process::exit(3);
