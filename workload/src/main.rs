@@ -43,10 +43,8 @@ mod relay;
 mod rng;
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::ExitCode;
-
-use std::io::Read;
 
 use record::items::{Digest, ProgramLine};
 use record::layout::{self, RecordHeader};
