@@ -85,7 +85,7 @@ fn busybox_is_static(sh: &Shell) -> bool {
     matches!(status, Ok(s) if s.contains("install ok installed"))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     effective_uid() == 0
 }
 

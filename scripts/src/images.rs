@@ -27,6 +27,8 @@ use xshell::{cmd, Shell};
 
 use cpio::CpioWriter;
 
+use crate::kernel;
+
 const CACHE_DIR: &str = "vm-images/cache";
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 const GNU_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -34,10 +36,28 @@ const GNU_TARGET: &str = "x86_64-unknown-linux-gnu";
 pub struct Kernel {
     pub image: PathBuf,
     pub release: String,
-    /// Where its modules live: `<root>/lib/modules/<release>`.
-    pub modules_root: PathBuf,
+    pub modules: Modules,
     /// How it was chosen, for the manifest.
     pub choice: String,
+    /// A kernel `cargo xtask kernel` built: what it was built from
+    /// (`kernel.json`), for the manifest and so for every result.
+    pub build: Option<serde_json::Value>,
+}
+
+/// Where the kernel's drivers and filesystems come from.
+pub enum Modules {
+    /// A module tree: `<root>/lib/modules/<release>`.
+    Tree(PathBuf),
+    /// Built in, as its `.config` says (a kernel built from source).
+    BuiltIn(kernel::config::Options),
+}
+
+/// A kernel from `cargo xtask kernel`, everything built in.
+pub struct BuiltKernelImage {
+    pub image: PathBuf,
+    pub config: PathBuf,
+    pub release: String,
+    pub identity: serde_json::Value,
 }
 
 /// What `cargo xtask images` is asked to build.
@@ -46,6 +66,7 @@ pub struct ImageRequest {
     pub kernel: Option<PathBuf>,
     pub modules: Option<PathBuf>,
     pub out: Option<PathBuf>,
+    pub built: Option<BuiltKernelImage>,
 }
 
 impl ImageRequest {
@@ -77,6 +98,20 @@ impl ImageRequest {
 
 /// The kernel under test: the one asked for, or the distro's default.
 pub fn find_kernel(sh: &Shell, req: &ImageRequest) -> Result<Kernel> {
+    if let Some(built) = &req.built {
+        let config = std::fs::read_to_string(&built.config)
+            .with_context(|| format!("cannot read {}", built.config.display()))?;
+        return Ok(Kernel {
+            image: built.image.clone(),
+            release: built.release.clone(),
+            modules: Modules::BuiltIn(kernel::config::parse(&config)),
+            choice: format!(
+                "built from source by `cargo xtask kernel` ({})",
+                built.identity["rebuild"].as_str().unwrap_or("")
+            ),
+            build: Some(built.identity.clone()),
+        });
+    }
     if let (Some(image), Some(modules)) = (&req.kernel, &req.modules) {
         anyhow::ensure!(image.is_file(), "--kernel {}: no such file", image.display());
         let modules = modules
@@ -108,8 +143,9 @@ pub fn find_kernel(sh: &Shell, req: &ImageRequest) -> Result<Kernel> {
         return Ok(Kernel {
             image: image.clone(),
             release,
-            modules_root: root,
+            modules: Modules::Tree(root),
             choice: format!("--kernel {} --modules {}", image.display(), modules.display()),
+            build: None,
         });
     }
     // The distro's default: linux-image-amd64 depends on exactly one image.
@@ -133,8 +169,9 @@ pub fn find_kernel(sh: &Shell, req: &ImageRequest) -> Result<Kernel> {
     Ok(Kernel {
         image: PathBuf::from(format!("/boot/vmlinuz-{release}")),
         release,
-        modules_root: PathBuf::from("/"),
+        modules: Modules::Tree(PathBuf::from("/")),
         choice: "the distro's default kernel (linux-image-amd64)".into(),
+        build: None,
     })
 }
 
@@ -205,9 +242,6 @@ struct ResolvedModules {
 /// The virtio drivers are required; a filesystem the kernel lacks only
 /// rules that filesystem out (the controller says so if it is asked for).
 fn resolve_modules(sh: &Shell, kernel: &Kernel, names: &[String]) -> Result<ResolvedModules> {
-    let dir = kernel.modules_root.join("lib/modules").join(&kernel.release);
-    let base = &kernel.modules_root;
-    let release = &kernel.release;
     let mut resolved = ResolvedModules {
         files: Vec::new(),
         present: Vec::new(),
@@ -215,16 +249,18 @@ fn resolve_modules(sh: &Shell, kernel: &Kernel, names: &[String]) -> Result<Reso
     };
     let mut seen = BTreeSet::new();
     for name in names {
-        let Ok(out) = cmd!(sh, "modprobe -d {base} -S {release} --show-depends {name}")
-            .quiet()
-            .ignore_stderr()
-            .read()
-        else {
+        let files = match &kernel.modules {
+            Modules::Tree(root) => module_files(sh, root, &kernel.release, name)?,
+            Modules::BuiltIn(config) => {
+                (config.get(config_option(name)).map(String::as_str) == Some("y")).then(Vec::new)
+            }
+        };
+        let Some(files) = files else {
             if name.starts_with("virtio") {
                 bail!(
-                    "kernel {release} has no {name}, neither built in nor as a module in {}: build it with \
-                     {}=y or =m",
-                    dir.display(),
+                    "kernel {} has no {name}, neither built in nor as a module: build it with {}=y (or =m \
+                     with its module tree)",
+                    kernel.release,
                     config_option(name)
                 );
             }
@@ -232,21 +268,38 @@ fn resolve_modules(sh: &Shell, kernel: &Kernel, names: &[String]) -> Result<Reso
             continue;
         };
         resolved.present.push(name.clone());
-        for line in out.lines() {
-            let Some(path) = line.strip_prefix("insmod ") else {
-                continue; // "builtin NAME": nothing to load
-            };
-            let rel = Path::new(path.trim())
-                .strip_prefix(&dir)
-                .context("module outside the kernel's tree")?
-                .display()
-                .to_string();
+        for rel in files {
             if seen.insert(rel.clone()) {
                 resolved.files.push(rel);
             }
         }
     }
     Ok(resolved)
+}
+
+/// The module files (relative to the release's module directory) that
+/// load `name` and its dependencies, in order; `None` when the tree has
+/// it neither built in nor as a module.
+fn module_files(sh: &Shell, root: &Path, release: &str, name: &str) -> Result<Option<Vec<String>>> {
+    let dir = root.join("lib/modules").join(release);
+    let Ok(out) = cmd!(sh, "modprobe -d {root} -S {release} --show-depends {name}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+    else {
+        return Ok(None);
+    };
+    let mut files = Vec::new();
+    for line in out.lines() {
+        let Some(path) = line.strip_prefix("insmod ") else {
+            continue; // "builtin NAME": nothing to load
+        };
+        let rel = Path::new(path.trim())
+            .strip_prefix(&dir)
+            .context("module outside the kernel's tree")?;
+        files.push(rel.display().to_string());
+    }
+    Ok(Some(files))
 }
 
 /// A module's bytes as insmod wants them: decompressed.
@@ -322,9 +375,57 @@ pub fn build(sh: &Shell, req: &ImageRequest) -> Result<PathBuf> {
             kernel.release
         );
     }
-    let modules = &resolved.files;
-    let module_dir = kernel.modules_root.join("lib/modules").join(&kernel.release);
+    let archive = initramfs(sh, &kernel, &resolved, &workload)?;
 
+    let cache = match &req.out {
+        Some(out) => sh.current_dir().join(out),
+        None => sh.current_dir().join(CACHE_DIR),
+    };
+    sh.create_dir(&cache)?;
+    let kernel_bytes =
+        std::fs::read(&kernel.image).with_context(|| format!("cannot read {}", kernel.image.display()))?;
+    let changed = write_if_changed(&cache.join("initramfs.cpio"), &archive)?
+        | write_if_changed(&cache.join("vmlinuz"), &kernel_bytes)?;
+    // LMDB, the first program under the workload protocol, beside the
+    // images (`crashlab run --workload <cache>/crashlab-lmdb ...`): not part
+    // of the initramfs, which a campaign extends with it when asked.
+    let lmdb = build_static(sh, "crashlab-lmdb", false)?;
+    write_if_changed(&cache.join("crashlab-lmdb"), &std::fs::read(&lmdb)?)?;
+    std::fs::set_permissions(
+        cache.join("crashlab-lmdb"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let manifest = serde_json::json!({
+        "kernel": "vmlinuz",
+        "initramfs": "initramfs.cpio",
+        "kernel_release": kernel.release,
+        "kernel_choice": kernel.choice,
+        "kernel_digest": format!("blake3:{}", blake3::hash(&kernel_bytes).to_hex()),
+        "kernel_build": kernel.build,
+        "modules_present": resolved.present,
+        "modules_missing": resolved.missing.iter().map(|(name, option)| format!("{name} ({option})")).collect::<Vec<_>>(),
+        "modules": resolved.files.len(),
+        "initramfs_bytes": archive.len(),
+    });
+    write_if_changed(
+        &cache.join("manifest.json"),
+        (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
+    )?;
+    eprintln!(
+        "xtask: guest images {} at {} ({} modules, initramfs {} KiB, kernel {})",
+        if changed { "rebuilt" } else { "up to date" },
+        cache.display(),
+        resolved.files.len(),
+        archive.len() / 1024,
+        kernel.release
+    );
+    Ok(cache)
+}
+
+/// The guest's initramfs, in memory: /init, busybox, the workload, the
+/// modules to load (none for a kernel with everything built in), the fsck
+/// tools with their libraries.
+fn initramfs(sh: &Shell, kernel: &Kernel, resolved: &ResolvedModules, workload: &Path) -> Result<Vec<u8>> {
     let mut w = CpioWriter::new();
     let mut dirs = BTreeSet::new();
     for d in [
@@ -349,21 +450,9 @@ pub fn build(sh: &Shell, req: &ImageRequest) -> Result<PathBuf> {
         0o755,
         &std::fs::read("/bin/busybox").context("install busybox-static")?,
     );
-    w.file("/bin/crashlab-workload", 0o755, &std::fs::read(&workload)?);
-    let mut loaded = Vec::new();
-    for rel in modules {
-        let (plain, bytes) = module_bytes(sh, &module_dir.join(rel))?;
-        let plain_rel = Path::new(&plain)
-            .strip_prefix(&module_dir)
-            .context("module outside the kernel's tree")?
-            .display()
-            .to_string();
-        let dest = format!("/lib/modules/{plain_rel}");
-        add_parents(&mut w, &mut dirs, &dest);
-        w.file(&dest, 0o644, &bytes);
-        loaded.push(plain_rel);
-    }
-    w.file("/etc/crashlab/modules", 0o644, (loaded.join("\n") + "\n").as_bytes());
+    w.file("/bin/crashlab-workload", 0o755, &std::fs::read(workload)?);
+    let loaded = add_modules(sh, &mut w, &mut dirs, kernel, &resolved.files)?;
+    w.file("/etc/crashlab/modules", 0o644, loaded.as_bytes());
 
     let mut libs = BTreeSet::new();
     for tool in list_file(sh, "vm-images/guest-tools.txt")? {
@@ -377,48 +466,41 @@ pub fn build(sh: &Shell, req: &ImageRequest) -> Result<PathBuf> {
         add_parents(&mut w, &mut dirs, &dest);
         w.file(&dest, 0o755, &std::fs::read(lib)?);
     }
-    let archive = w.finish();
+    Ok(w.finish())
+}
 
-    let cache = match &req.out {
-        Some(out) => sh.current_dir().join(out),
-        None => sh.current_dir().join(CACHE_DIR),
+/// The module files, decompressed, under /lib/modules; returns the load
+/// list /init reads (empty for a kernel with everything built in).
+fn add_modules(
+    sh: &Shell,
+    w: &mut CpioWriter,
+    dirs: &mut BTreeSet<String>,
+    kernel: &Kernel,
+    files: &[String],
+) -> Result<String> {
+    let Modules::Tree(root) = &kernel.modules else {
+        assert!(
+            files.is_empty(),
+            "a kernel with everything built in loads no module file"
+        );
+        return Ok(String::new());
     };
-    sh.create_dir(&cache)?;
-    let initramfs = cache.join("initramfs.cpio");
-    let kernel_bytes =
-        std::fs::read(&kernel.image).with_context(|| format!("cannot read {}", kernel.image.display()))?;
-    let changed = write_if_changed(&initramfs, &archive)? | write_if_changed(&cache.join("vmlinuz"), &kernel_bytes)?;
-    // LMDB, the first program under the workload protocol, beside the
-    // images (`crashlab run --workload <cache>/crashlab-lmdb ...`): not part
-    // of the initramfs, which a campaign extends with it when asked.
-    let lmdb = build_static(sh, "crashlab-lmdb", false)?;
-    write_if_changed(&cache.join("crashlab-lmdb"), &std::fs::read(&lmdb)?)?;
-    std::fs::set_permissions(
-        cache.join("crashlab-lmdb"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let manifest = serde_json::json!({
-        "kernel": "vmlinuz",
-        "initramfs": "initramfs.cpio",
-        "kernel_release": kernel.release,
-        "kernel_choice": kernel.choice,
-        "modules_present": resolved.present,
-        "modules_missing": resolved.missing.iter().map(|(name, option)| format!("{name} ({option})")).collect::<Vec<_>>(),
-        "modules": modules.len(),
-        "initramfs_bytes": archive.len(),
-    });
-    write_if_changed(
-        &cache.join("manifest.json"),
-        (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
-    )?;
-    eprintln!(
-        "xtask: guest images {} ({} modules, initramfs {} KiB, kernel {})",
-        if changed { "rebuilt" } else { "up to date" },
-        modules.len(),
-        archive.len() / 1024,
-        kernel.release
-    );
-    Ok(cache)
+    let module_dir = root.join("lib/modules").join(&kernel.release);
+    let mut loaded = String::new();
+    for rel in files {
+        let (plain, bytes) = module_bytes(sh, &module_dir.join(rel))?;
+        let plain_rel = Path::new(&plain)
+            .strip_prefix(&module_dir)
+            .context("module outside the kernel's tree")?
+            .display()
+            .to_string();
+        let dest = format!("/lib/modules/{plain_rel}");
+        add_parents(w, dirs, &dest);
+        w.file(&dest, 0o644, &bytes);
+        loaded += &plain_rel;
+        loaded.push('\n');
+    }
+    Ok(loaded)
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
@@ -470,8 +552,9 @@ mod tests {
         Kernel {
             image: root.join("vmlinuz"),
             release: release.into(),
-            modules_root: root.to_path_buf(),
+            modules: Modules::Tree(root.to_path_buf()),
             choice: "test".into(),
+            build: None,
         }
     }
 
@@ -517,6 +600,7 @@ mod tests {
             kernel: Some("/etc/hostname".into()),
             modules: Some(elsewhere.path().to_path_buf()),
             out: None,
+            built: None,
         };
         let err = find_kernel(&sh, &req).err().unwrap();
         assert!(err.to_string().contains("lib/modules/<release>"), "{err}");

@@ -2,6 +2,7 @@
 //!
 //! - `deps`      install the missing Debian packages (as root) or print the line
 //! - `images`    build the static workload and the guest initramfs (cached)
+//! - `kernel`    a guest kernel from source (+ patches, config fragments), cached, into an images directory
 //! - `campaign`  deps + images + the default campaign (extra args go to `crashlab run`)
 //! - `test`      deps + images + every test, unit and VM integration, in lanes ([--lanes N] [FILTER...])
 //! - `bench`     deps + images + the benchmark figures
@@ -18,6 +19,7 @@ mod children;
 mod deps;
 mod fuzz;
 mod images;
+mod kernel;
 mod lmdb;
 mod sensitivity;
 mod soak;
@@ -31,7 +33,9 @@ use xshell::{cmd, Shell};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <deps|images|campaign|test|bench|sensitivity|fuzz|soak|lmdb|man> [args...]");
+        eprintln!(
+            "usage: cargo xtask <deps|images|kernel|campaign|test|bench|sensitivity|fuzz|soak|lmdb|man> [args...]"
+        );
         return ExitCode::from(2);
     };
     let result = (|| -> Result<i32> {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         match task.as_str() {
             "deps" => deps::ensure(&sh).map(|()| 0),
             "images" => images::build(&sh, &images::ImageRequest::parse(rest)?).map(|_| 0),
+            "kernel" => kernel::run(&sh, rest),
             "campaign" => campaign(&sh, rest),
             "test" => test(&sh, rest),
             "bench" => bench::run(&sh, rest),
@@ -61,7 +66,7 @@ fn main() -> ExitCode {
             }
             other => {
                 anyhow::bail!(
-                    "unknown task {other:?}: use deps, images, campaign, test, bench, sensitivity, fuzz, soak, lmdb or man"
+                    "unknown task {other:?}: use deps, images, kernel, campaign, test, bench, sensitivity, fuzz, soak, lmdb or man"
                 )
             }
         }
