@@ -31,6 +31,9 @@ struct CampaignMeta<'a> {
     crashlab_version: &'static str,
     qemu_version: String,
     kernel_release: &'a str,
+    /// The kernel's identity: its image's digest and, for a kernel built
+    /// from source, the source, patches and config it was built from.
+    kernel: &'a images::KernelIdentity,
     accel: AccelUsed,
     accel_reason: &'a str,
     /// How the filesystem under test was made, and its parameters.
@@ -45,6 +48,9 @@ pub struct Summary {
     pub results_dir: PathBuf,
     /// The mkfs command line and the filesystem's parameters, in one line.
     pub filesystem: String,
+    /// The guest kernel: release and, for a kernel built from source, what
+    /// it was built from, in one line.
+    pub kernel: String,
     pub trials_run: u64,
     pub trials_passed: u64,
     pub trials_failed: u64,
@@ -172,6 +178,9 @@ impl Summary {
         if !self.filesystem.is_empty() {
             s += &format!("filesystem: {}\n", self.filesystem);
         }
+        if !self.kernel.is_empty() {
+            s += &format!("kernel: {}\n", self.kernel);
+        }
         s += &format!(
             "trials: {} run, {} passed, {} failed{}\n",
             self.trials_run,
@@ -242,8 +251,14 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     if let Some(program) = &config.program {
         program.check_binaries()?;
     }
-    let images = images::locate(&config.images_dir)?;
+    let images = images::locate_build(&config.images_dir, config.kernel_build.as_deref())?;
     images.check_supports(config.fs)?;
+    // A kernel built from source is named in the results and the rerun.
+    let pinned = CampaignConfig {
+        kernel_build: images.identity.build_key_short(),
+        ..config.clone()
+    };
+    let config = &pinned;
     let dir = req.results_root.join(&req.campaign_id);
     if req.resume {
         anyhow::ensure!(
@@ -286,7 +301,8 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         config,
         crashlab_version: env!("CARGO_PKG_VERSION"),
         qemu_version: qemu::qemu_version(),
-        kernel_release: &images.kernel_release,
+        kernel_release: &images.identity.release,
+        kernel: &images.identity,
         accel,
         accel_reason: &accel_reason,
         filesystem: &made,
@@ -347,6 +363,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         campaign_id: req.campaign_id.clone(),
         results_dir: dir.clone(),
         filesystem: made.summary_line(),
+        kernel: images.identity.summary_line(),
         ..Default::default()
     };
     for (_, totals) in &finished {

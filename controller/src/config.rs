@@ -173,6 +173,12 @@ pub struct CampaignConfig {
     pub stall_timeout_ms: u64,
     pub trial_timeout_ms: u64,
     pub images_dir: PathBuf,
+    /// The kernel built from source that the campaign runs on (the first
+    /// digits of its build key, `cargo xtask kernel`): the images directory
+    /// must hold exactly that build, so a rerun never runs another kernel
+    /// under the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_build: Option<String>,
     pub keep_images: bool,
     /// Power loss: crash states to verify over the whole campaign.
     pub state_budget: u64,
@@ -542,6 +548,11 @@ impl CampaignConfig {
         if let Some(shard) = self.shard {
             args.push(format!("--shard={shard}"));
         }
+        if let Some(build) = &self.kernel_build {
+            // A built kernel lives where the user put it: the rerun says where.
+            args.push(format!("--images-dir={}", self.images_dir.display()));
+            args.push(format!("--kernel-build={build}"));
+        }
         if let Some(program) = &self.program {
             args.push(format!("--workload={}", program.workload.display()));
             args.push(format!("--checker-cmd={}", program.checker.display()));
@@ -583,8 +594,10 @@ impl CampaignConfig {
     /// the campaign file, and the command line of each `--jobs` shard.
     pub fn full_run_args(&self) -> Vec<String> {
         let mut args: Vec<String> = self.to_cli_args().into_iter().skip(1).collect();
+        if self.kernel_build.is_none() {
+            args.push(format!("--images-dir={}", self.images_dir.display()));
+        }
         args.extend([
-            format!("--images-dir={}", self.images_dir.display()),
             format!("--guest-memory-mib={}", self.guest_memory_mib),
             format!("--accel={}", kebab(&self.accel)),
             format!("--boot-timeout-ms={}", self.boot_timeout_ms),
@@ -651,6 +664,7 @@ pub(crate) fn sample_config() -> CampaignConfig {
         stall_timeout_ms: 30_000,
         trial_timeout_ms: 300_000,
         images_dir: "vm-images/cache".into(),
+        kernel_build: None,
         keep_images: false,
         state_budget: 1000,
         checker: Checker::Kernel,

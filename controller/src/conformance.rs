@@ -239,7 +239,7 @@ pub fn run_conformance(req: &ConformanceRequest) -> Result<ConformanceTable> {
         }
     }
     Ok(ConformanceTable {
-        kernel_release: images.kernel_release.clone(),
+        kernel_release: images.identity.release.clone(),
         accel,
         rows,
     })

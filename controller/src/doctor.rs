@@ -153,7 +153,7 @@ pub fn examine(req: &DoctorRequest) -> Result<Vec<Finding>> {
             found.push(finding(
                 "guest kernel",
                 Status::Ok,
-                format!("{} ({})", images.kernel_release, req.images_dir.display()),
+                format!("{} ({})", images.identity.summary_line(), req.images_dir.display()),
                 None,
             ));
             for fs in [Filesystem::Ext4, Filesystem::Xfs, Filesystem::Btrfs, Filesystem::F2fs] {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Filesystem;
 
@@ -16,14 +16,104 @@ struct Manifest {
     initramfs: String,
     kernel_release: String,
     #[serde(default)]
+    kernel_choice: String,
+    #[serde(default)]
+    kernel_digest: String,
+    #[serde(default)]
+    kernel_build: Option<KernelBuild>,
+    #[serde(default)]
     modules_missing: Vec<String>,
+}
+
+/// Which kernel the guest runs, as results record it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelIdentity {
+    pub release: String,
+    /// blake3 of the kernel image (images built before it was recorded
+    /// have none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// How it was chosen: the distro's default, an installed one, or
+    /// built from source.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub choice: String,
+    /// What a kernel built from source was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<KernelBuild>,
+}
+
+/// A kernel built by `cargo xtask kernel` (its `kernel.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelBuild {
+    /// The digest of every input: source, patches, fragments, toolchain.
+    pub build_key: String,
+    pub source: NamedDigest,
+    #[serde(default)]
+    pub patches: Vec<NamedDigest>,
+    #[serde(default)]
+    pub config_base: String,
+    #[serde(default)]
+    pub config_fragments: Vec<NamedDigest>,
+    /// Of the `.config` it was built with.
+    pub config_digest: String,
+    #[serde(default)]
+    pub toolchain: String,
+    /// The command that builds it again (or finds it in the cache).
+    #[serde(default)]
+    pub rebuild: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NamedDigest {
+    pub name: String,
+    pub digest: String,
+}
+
+impl KernelIdentity {
+    /// One line for summaries and tables: the release and, for a built
+    /// kernel, what it was built from.
+    pub fn summary_line(&self) -> String {
+        let Some(build) = &self.build else {
+            return match self.digest.is_empty() {
+                true => self.release.clone(),
+                false => format!("{} ({})", self.release, short(&self.digest)),
+            };
+        };
+        let name = |n: &NamedDigest| {
+            let file = Path::new(&n.name).file_name().map_or(n.name.clone(), |f| f.to_string_lossy().to_string());
+            format!("{file} {}", short(&n.digest))
+        };
+        let patches: Vec<String> = build.patches.iter().map(name).collect();
+        format!(
+            "{} built from {}, patches: {}, config {}",
+            self.release,
+            name(&build.source),
+            if patches.is_empty() { "none".into() } else { patches.join(", ") },
+            short(&build.config_digest)
+        )
+    }
+
+    /// The build key's first hex digits: how a rerun names the build.
+    pub fn build_key_short(&self) -> Option<String> {
+        self.build.as_ref().map(|b| short(&b.build_key).trim_start_matches("blake3:").to_string())
+    }
+}
+
+/// "blake3:0123456789ab" from a full digest.
+pub fn short(digest: &str) -> String {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or(("", digest));
+    let hex = &hex[..hex.len().min(12)];
+    match algorithm {
+        "" => hex.to_string(),
+        a => format!("{a}:{hex}"),
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct GuestImages {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
-    pub kernel_release: String,
+    pub identity: KernelIdentity,
     /// Modules crashlab wants that the kernel lacks, each as
     /// "name (CONFIG_OPTION)".
     pub modules_missing: Vec<String>,
@@ -38,7 +128,7 @@ impl GuestImages {
             bail!(
                 "the guest kernel {} has no {missing}: build the kernel with it (=y, or =m and \
                  `cargo xtask images --kernel PATH --modules DIR` again), or test another filesystem",
-                self.kernel_release
+                self.identity.release
             );
         }
         Ok(())
@@ -62,7 +152,12 @@ pub fn locate(dir: &Path) -> Result<GuestImages> {
     let images = GuestImages {
         kernel: dir.join(&m.kernel),
         initramfs: dir.join(&m.initramfs),
-        kernel_release: m.kernel_release,
+        identity: KernelIdentity {
+            release: m.kernel_release,
+            digest: m.kernel_digest,
+            choice: m.kernel_choice,
+            build: m.kernel_build,
+        },
         modules_missing: m.modules_missing,
     };
     for p in [&images.kernel, &images.initramfs] {
@@ -72,6 +167,35 @@ pub fn locate(dir: &Path) -> Result<GuestImages> {
                 p.display()
             );
         }
+    }
+    Ok(images)
+}
+
+/// The guest images in `dir`, which must hold kernel build `wanted` when
+/// one is named (a campaign on a kernel built from source, rerun or
+/// resumed): never another kernel under the same directory name.
+pub fn locate_build(dir: &Path, wanted: Option<&str>) -> Result<GuestImages> {
+    let rebuild = "rebuild it with the command under kernel.build.rebuild in the campaign's campaign.json \
+                   (`cargo xtask kernel ...`: the same inputs find it in the kernel cache), or point --images-dir \
+                   at the images it wrote";
+    let images = match (locate(dir), wanted) {
+        (Ok(images), _) => images,
+        (Err(e), None) => return Err(e),
+        (Err(e), Some(key)) => bail!("{e:#}; the campaign ran on kernel build {key}: {rebuild}"),
+    };
+    let Some(key) = wanted else {
+        return Ok(images);
+    };
+    let found = images.identity.build_key_short();
+    if found.as_deref() != Some(key) {
+        bail!(
+            "the campaign ran on kernel build {key}, but {} holds {}: {rebuild}",
+            dir.display(),
+            match found {
+                Some(other) => format!("kernel build {other} ({})", images.identity.summary_line()),
+                None => format!("{} ({})", images.identity.release, images.identity.choice),
+            }
+        );
     }
     Ok(images)
 }

@@ -20,6 +20,9 @@ pub struct Case {
     pub classname: String,
     pub time_s: f64,
     pub outcome: Outcome,
+    /// What the case ran on, as name and value (the guest kernel's
+    /// identity): `<properties>`, which Jenkins and most readers show.
+    pub properties: Vec<(String, String)>,
     /// The campaign's summary and where its results are.
     pub system_out: String,
 }
@@ -80,6 +83,7 @@ pub fn case_from_campaign(dir: &Path) -> Result<Case> {
         name += &format!(" {}", text(&config["mode"]));
     }
     let classname = format!("crashlab.{model}");
+    let properties = kernel_properties(&meta);
     let summary = match read_json(&dir.join("summary.json")) {
         Ok(summary) => summary,
         Err(_) => {
@@ -95,6 +99,7 @@ pub fn case_from_campaign(dir: &Path) -> Result<Case> {
                         dir.display()
                     ),
                 },
+                properties,
                 system_out: String::new(),
             })
         }
@@ -124,8 +129,40 @@ pub fn case_from_campaign(dir: &Path) -> Result<Case> {
         classname,
         time_s,
         outcome,
+        properties,
         system_out,
     })
+}
+
+/// The guest kernel a campaign ran on (campaign.json's `kernel`; older
+/// results have only `kernel_release`).
+fn kernel_properties(meta: &serde_json::Value) -> Vec<(String, String)> {
+    let mut properties = Vec::new();
+    let mut add = |name: &str, value: &serde_json::Value| {
+        if let Some(text) = value.as_str().filter(|t| !t.is_empty()) {
+            properties.push((format!("kernel.{name}"), text.to_string()));
+        }
+    };
+    let kernel = &meta["kernel"];
+    add("release", if kernel.is_null() { &meta["kernel_release"] } else { &kernel["release"] });
+    add("digest", &kernel["digest"]);
+    let build = &kernel["build"];
+    add("build_key", &build["build_key"]);
+    add("source", &build["source"]["name"]);
+    add("source_digest", &build["source"]["digest"]);
+    add("config_digest", &build["config_digest"]);
+    let patches: Vec<String> = build["patches"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|p| format!("{} {}", p["name"].as_str().unwrap_or(""), p["digest"].as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !build.is_null() {
+        properties.push(("kernel.patches".into(), patches.join(", ")));
+    }
+    properties
 }
 
 fn first_violation(dir: &Path, model: &str, violations: u64) -> Outcome {
@@ -224,6 +261,17 @@ pub fn render(suite: &str, cases: &[Case]) -> String {
             escape(&case.classname),
             case.time_s
         );
+        if !case.properties.is_empty() {
+            xml += "      <properties>\n";
+            for (name, value) in &case.properties {
+                xml += &format!(
+                    "        <property name=\"{}\" value=\"{}\"/>\n",
+                    escape(name),
+                    escape(value)
+                );
+            }
+            xml += "      </properties>\n";
+        }
         match &case.outcome {
             Outcome::Passed => {}
             Outcome::Failed { message, rule, detail } => {
@@ -262,6 +310,7 @@ pub fn error_case(dir: &Path, message: &str) -> Case {
         classname: "crashlab".into(),
         time_s: 0.0,
         outcome: Outcome::Passed,
+        properties: Vec::new(),
         system_out: String::new(),
     });
     if !matches!(case.outcome, Outcome::Failed { .. }) {
@@ -305,6 +354,7 @@ mod tests {
             classname: "crashlab.power-loss".into(),
             time_s: 1.5,
             outcome,
+            properties: vec![("kernel.release".into(), "6.12.118-crashlab".into())],
             system_out: String::new(),
         };
         let xml = render(
@@ -328,6 +378,36 @@ mod tests {
             "{xml}"
         );
         assert_eq!(xml.matches("<testcase ").count(), 3);
+        assert_eq!(
+            xml.matches("<property name=\"kernel.release\" value=\"6.12.118-crashlab\"/>").count(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_built_kernel_is_named_by_its_build_and_an_old_campaign_by_its_release() {
+        let built = serde_json::json!({
+            "kernel_release": "6.12.118-crashlab",
+            "kernel": {
+                "release": "6.12.118-crashlab",
+                "digest": "blake3:aa",
+                "build": {
+                    "build_key": "blake3:bb",
+                    "source": { "name": "/usr/src/linux-source-6.12.tar.xz", "digest": "blake3:cc" },
+                    "patches": [{ "name": "fix.patch", "digest": "blake3:dd" }],
+                    "config_digest": "blake3:ee",
+                },
+            },
+        });
+        let properties = kernel_properties(&built);
+        let get = |name: &str| properties.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("kernel.release"), Some("6.12.118-crashlab"));
+        assert_eq!(get("kernel.build_key"), Some("blake3:bb"));
+        assert_eq!(get("kernel.source_digest"), Some("blake3:cc"));
+        assert_eq!(get("kernel.patches"), Some("fix.patch blake3:dd"));
+        assert_eq!(get("kernel.config_digest"), Some("blake3:ee"));
+        let old = kernel_properties(&serde_json::json!({ "kernel_release": "6.1.0-57-amd64" }));
+        assert_eq!(old, vec![("kernel.release".to_string(), "6.1.0-57-amd64".to_string())]);
     }
 
     #[test]

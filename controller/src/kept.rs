@@ -37,7 +37,9 @@ impl KeptTrial {
             config.trials
         );
         if let Some(dir) = images_dir {
+            // Another kernel on purpose (recheck, compare): not the campaign's build.
             config.images_dir = dir.to_path_buf();
+            config.kernel_build = None;
         }
         let trial_dir = campaign_dir.join("trials").join(trial.to_string());
         let (log_path, base) = (trial_dir.join("blocklog.bin"), trial_dir.join("base-disk.img"));
@@ -82,7 +84,7 @@ impl KeptTrial {
         interrupt: &std::sync::atomic::AtomicBool,
     ) -> Result<(crate::images::GuestImages, crate::qemu::AccelUsed)> {
         let images = crate::program::campaign_images(
-            crate::images::locate(&self.config.images_dir)?,
+            crate::images::locate_build(&self.config.images_dir, self.config.kernel_build.as_deref())?,
             &self.config,
             campaign_dir,
             false,

@@ -382,9 +382,15 @@ struct RunArgs {
     stall_timeout_ms: u64,
     #[arg(long, default_value_t = 300_000)]
     trial_timeout_ms: u64,
-    /// Guest kernel and initramfs, as built by `cargo xtask images`.
+    /// Guest kernel and initramfs, as built by `cargo xtask images` (or
+    /// `cargo xtask kernel --out DIR`, a kernel built from source).
     #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value = "vm-images/cache")]
     images_dir: PathBuf,
+    /// The kernel build (the first digits of its build key, as campaign.json
+    /// records it) that --images-dir must hold; a campaign on a built kernel
+    /// records it in its rerun command. Default: whatever the images hold.
+    #[arg(long, value_name = "KEY")]
+    kernel_build: Option<String>,
     /// Where campaign directories are created.
     #[arg(long, default_value = "results")]
     results_dir: PathBuf,
@@ -984,6 +990,7 @@ fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
         stall_timeout_ms: args.stall_timeout_ms,
         trial_timeout_ms: args.trial_timeout_ms,
         images_dir: args.images_dir.clone(),
+        kernel_build: args.kernel_build.clone(),
         keep_images: args.keep_images,
         state_budget: args.state_budget,
         checker: args.checker,

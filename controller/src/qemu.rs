@@ -289,7 +289,7 @@ mod tests {
             images: GuestImages {
                 kernel: "/k".into(),
                 initramfs: "/i".into(),
-                kernel_release: "r".into(),
+                identity: Default::default(),
                 modules_missing: vec![],
             },
             accel: AccelUsed::Tcg,

@@ -53,7 +53,7 @@ pub fn recheck(req: &RecheckRequest, on_state: impl FnMut(&StateLine) -> Result<
             GuestImages {
                 kernel: PathBuf::new(),
                 initramfs: PathBuf::new(),
-                kernel_release: String::new(),
+                identity: Default::default(),
                 modules_missing: Vec::new(),
             },
             AccelUsed::Tcg,

@@ -263,7 +263,7 @@ pub(crate) fn run_workload(
         let what = what.split(':').next().unwrap_or(what);
         bail!(
             "the guest kernel ({}) lacks {what}: build it with {} (=y, or =m and in its module tree)",
-            ctx.images.kernel_release,
+            ctx.images.identity.release,
             kernel_config_option(what)
         );
     }
@@ -280,7 +280,7 @@ pub(crate) fn run_workload(
                 false => said.join(" | "),
             },
             ctx.config.mkfs_opts,
-            ctx.images.kernel_release,
+            ctx.images.identity.release,
             files.console_log.display()
         );
     }
