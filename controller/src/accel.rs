@@ -17,6 +17,8 @@ use crate::qemu::{AccelUsed, VmSpec};
 use crate::vm::{self, Action, Limits, RunFiles, VmOutcome};
 
 pub const PROBE_TIMEOUT_MS: u64 = 20_000;
+/// Lines of the console quoted when a probe boot fails.
+const CONSOLE_TAIL_LINES: usize = 8;
 
 /// Returns the accelerator to use and why.
 pub fn choose(
@@ -103,13 +105,19 @@ pub fn probe_boot(
         Err(e) => return Ok(Err(format!("{e:#}"))),
     };
     vm::bail_if_interrupted(run.outcome)?;
+    // A kernel that does not boot says why on its console (a panic, a
+    // missing driver): its last lines go with the answer.
+    let console = match vm::tail_of(&files.console_log, CONSOLE_TAIL_LINES) {
+        tail if tail.trim().is_empty() => "the console is empty".to_string(),
+        tail => format!("the console's last lines:\n{tail}"),
+    };
     Ok(match run.outcome {
         VmOutcome::Killed => Ok(()),
         VmOutcome::Exited { code } => Err(format!(
-            "QEMU exited with status {code}: {}",
+            "QEMU exited with status {code} before /init said BOOTED ({}); {console}",
             vm::tail_of(&files.stderr_log, 1)
         )),
-        other => Err(format!("{other:?} after {} ms", run.elapsed_ms)),
+        other => Err(format!("{other:?} after {} ms; {console}", run.elapsed_ms)),
     })
 }
 

@@ -218,6 +218,10 @@ pub struct Shard {
     pub count: u32,
 }
 
+/// The hex digits of a kernel build key a campaign records
+/// (`images::short`).
+pub const KERNEL_BUILD_KEY_CHARS: usize = 12;
+
 /// Upper bound on shards of one campaign.
 pub const SHARDS_MAX: u32 = 4096;
 
@@ -359,6 +363,14 @@ impl CampaignConfig {
             .map_err(|e| e.to_string())?;
         if self.trials == 0 || self.trials > TRIALS_MAX {
             return Err(format!("--trials must be between 1 and {TRIALS_MAX}"));
+        }
+        if let Some(key) = &self.kernel_build {
+            if key.len() != KERNEL_BUILD_KEY_CHARS || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "--kernel-build {key:?}: give the first {KERNEL_BUILD_KEY_CHARS} hex digits of the build key, \
+                     as campaign.json's config.kernel_build records it"
+                ));
+            }
         }
         if self.disk_size_bytes > DISK_SIZE_MAX_BYTES {
             return Err(format!(
@@ -829,6 +841,37 @@ mod tests {
                 ..sample_config()
             };
             assert!(c.validate().unwrap_err().starts_with("--mkfs-opts"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_built_kernel_is_named_in_the_rerun_with_where_its_images_are() {
+        let distro = sample_config();
+        assert!(!distro
+            .to_cli_args()
+            .iter()
+            .any(|a| a.starts_with("--kernel-build") || a.starts_with("--images-dir")));
+        let built = CampaignConfig {
+            kernel_build: Some("0123456789ab".into()),
+            images_dir: "/images/fix".into(),
+            ..sample_config()
+        };
+        built.validate().unwrap();
+        let args = built.to_cli_args();
+        assert!(args.contains(&"--kernel-build=0123456789ab".to_string()), "{args:?}");
+        assert!(args.contains(&"--images-dir=/images/fix".to_string()), "{args:?}");
+        let full = built.full_run_args();
+        assert_eq!(
+            full.iter().filter(|a| a.starts_with("--images-dir")).count(),
+            1,
+            "{full:?}"
+        );
+        for bad in ["0123", "0123456789ag", "blake3:0123456789ab"] {
+            let c = CampaignConfig {
+                kernel_build: Some(bad.into()),
+                ..sample_config()
+            };
+            assert!(c.validate().unwrap_err().starts_with("--kernel-build"), "{bad}");
         }
     }
 

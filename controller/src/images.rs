@@ -80,7 +80,9 @@ impl KernelIdentity {
             };
         };
         let name = |n: &NamedDigest| {
-            let file = Path::new(&n.name).file_name().map_or(n.name.clone(), |f| f.to_string_lossy().to_string());
+            let file = Path::new(&n.name)
+                .file_name()
+                .map_or(n.name.clone(), |f| f.to_string_lossy().to_string());
             format!("{file} {}", short(&n.digest))
         };
         let patches: Vec<String> = build.patches.iter().map(name).collect();
@@ -88,14 +90,20 @@ impl KernelIdentity {
             "{} built from {}, patches: {}, config {}",
             self.release,
             name(&build.source),
-            if patches.is_empty() { "none".into() } else { patches.join(", ") },
+            if patches.is_empty() {
+                "none".into()
+            } else {
+                patches.join(", ")
+            },
             short(&build.config_digest)
         )
     }
 
     /// The build key's first hex digits: how a rerun names the build.
     pub fn build_key_short(&self) -> Option<String> {
-        self.build.as_ref().map(|b| short(&b.build_key).trim_start_matches("blake3:").to_string())
+        self.build
+            .as_ref()
+            .map(|b| short(&b.build_key).trim_start_matches("blake3:").to_string())
     }
 }
 

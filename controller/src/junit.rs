@@ -144,7 +144,14 @@ fn kernel_properties(meta: &serde_json::Value) -> Vec<(String, String)> {
         }
     };
     let kernel = &meta["kernel"];
-    add("release", if kernel.is_null() { &meta["kernel_release"] } else { &kernel["release"] });
+    add(
+        "release",
+        if kernel.is_null() {
+            &meta["kernel_release"]
+        } else {
+            &kernel["release"]
+        },
+    );
     add("digest", &kernel["digest"]);
     let build = &kernel["build"];
     add("build_key", &build["build_key"]);
@@ -155,7 +162,13 @@ fn kernel_properties(meta: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .map(|list| {
             list.iter()
-                .map(|p| format!("{} {}", p["name"].as_str().unwrap_or(""), p["digest"].as_str().unwrap_or("")))
+                .map(|p| {
+                    format!(
+                        "{} {}",
+                        p["name"].as_str().unwrap_or(""),
+                        p["digest"].as_str().unwrap_or("")
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -379,7 +392,8 @@ mod tests {
         );
         assert_eq!(xml.matches("<testcase ").count(), 3);
         assert_eq!(
-            xml.matches("<property name=\"kernel.release\" value=\"6.12.118-crashlab\"/>").count(),
+            xml.matches("<property name=\"kernel.release\" value=\"6.12.118-crashlab\"/>")
+                .count(),
             3
         );
     }

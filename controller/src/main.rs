@@ -66,6 +66,13 @@ enum Command {
     /// its kept capture (no workload boot), with another checker, budget or
     /// number of workers.
     Recheck(RecheckArgs),
+    /// The same crash states judged on two kernels: a kept power-loss
+    /// capture's states recovered by kernel A (the campaign's) and by kernel
+    /// B (--images-dir), or with --recapture (always under kernel crash)
+    /// the campaign run again on B with the same seeds. Prints the states
+    /// whose verdicts differ (fixed, regression, another rule); exit 1 when
+    /// B fails what A passes.
+    Compare(CompareArgs),
     /// For comparison (`cargo xtask bench`): check a kept ext4 trial's log
     /// the way a shell loop around xfstests' replay-log would (replay to a
     /// flush, cp --sparse, e2fsck -fy, debugfs dump), and print the time.
@@ -306,6 +313,36 @@ struct RecheckArgs {
 }
 
 #[derive(Args)]
+struct CompareArgs {
+    /// The campaign directory (results/<campaign-id>). Recovery mode needs
+    /// its captures kept (--keep-images, or a failed state).
+    #[arg(long)]
+    campaign: PathBuf,
+    /// Kernel B's guest images (`cargo xtask kernel --out DIR`, or `cargo
+    /// xtask images --kernel ... --out DIR`).
+    #[arg(long)]
+    images_dir: PathBuf,
+    /// Kernel A's guest images (default: the campaign's own).
+    #[arg(long)]
+    baseline_images_dir: Option<PathBuf>,
+    /// Only these trials (repeatable; default: every kept trial, or every
+    /// finished one with --recapture).
+    #[arg(long)]
+    trial: Vec<u64>,
+    /// States per trial (default: the campaign's), the same for A and B.
+    #[arg(long)]
+    state_budget: Option<u64>,
+    #[arg(long)]
+    check_workers: Option<u32>,
+    /// Run the campaign's configuration again on B (same seeds) and compare
+    /// trials: bugs in the write path too, but not the same bytes.
+    #[arg(long)]
+    recapture: bool,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// A campaign file (TOML): the flags of `run` as keys, and a [sweep]
     /// of lists that expands into a matrix (examples/ has some). Flags
@@ -505,6 +542,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::ReplayState(args) => replay(args),
         Command::Recheck(args) => recheck(args),
+        Command::Compare(args) => compare(args),
         Command::ReplayLoop(args) => replay_loop(args),
         Command::WorkloadRate(args) => workload_rate(args),
         Command::Conformance(args) => conformance(args),
@@ -876,6 +914,27 @@ fn replay_loop(args: ReplayLoopArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn compare(args: CompareArgs) -> ExitCode {
+    let request = controller::compare::CompareRequest {
+        campaign_dir: &args.campaign,
+        images_b: args.images_dir,
+        images_a: args.baseline_images_dir,
+        trials: args.trial,
+        state_budget: args.state_budget,
+        check_workers: args.check_workers,
+        recapture: args.recapture,
+        show_progress: !args.quiet,
+        interrupt: &controller::signals::INTERRUPTED,
+    };
+    match controller::compare::compare(&request) {
+        Ok((comparison, dir)) => {
+            out!("{}", controller::compare::render(&comparison, &dir));
+            ExitCode::from(comparison.exit_code())
+        }
+        Err(e) => exit_for(&e),
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 /// The results schema this crashlab writes: (major, minor). A report reads
 /// any minor version of its major; results without a version are 1.0.
-pub const RESULTS_SCHEMA: (u64, u64) = (1, 1);
+pub const RESULTS_SCHEMA: (u64, u64) = (1, 2);
 
 /// At most this many violations are shown in full (the rest are counted).
 const VIOLATIONS_SHOWN_MAX: usize = 50;
@@ -51,6 +51,18 @@ impl CampaignResults {
 
     fn model(&self) -> &str {
         self.config()["crash_model"].as_str().unwrap_or("?")
+    }
+
+    /// The guest kernel, in a line: its identity (results schema 1.2) or
+    /// its release.
+    fn kernel(&self) -> String {
+        match serde_json::from_value::<crate::images::KernelIdentity>(self.meta["kernel"].clone()) {
+            Ok(kernel) => kernel.summary_line(),
+            Err(_) => self.meta["kernel_release"]
+                .as_str()
+                .unwrap_or("(not recorded)")
+                .to_string(),
+        }
     }
 
     /// The matrix row: crash model, filesystem, its options.
@@ -589,7 +601,7 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
 
     // Summary, a row per campaign.
     h += "<h2>Campaigns</h2>\n<table><tr><th>campaign</th><th>configuration</th><th>workload</th><th>filesystem made with</th>\
-          <th>states</th><th>failed</th><th>violations</th><th>observations</th><th>lost</th><th>seconds</th></tr>\n";
+          <th>kernel</th><th>states</th><th>failed</th><th>violations</th><th>observations</th><th>lost</th><th>seconds</th></tr>\n";
     for c in campaigns {
         let s = c.summary.as_ref();
         let failed = s.and_then(|s| s["violations"].as_u64()).unwrap_or(0) > 0;
@@ -598,12 +610,13 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
             .unwrap_or("(not recorded)");
         let _ = writeln!(
             h,
-            "<tr class=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             if s.is_none() { "none" } else if failed { "bad" } else { "ok" },
             esc(c.meta["campaign_id"].as_str().unwrap_or("?")),
             esc(&c.row()),
             esc(&c.column()),
             esc(made),
+            esc(&c.kernel()),
             summary_cell(s, "states_checked"),
             summary_cell(s, "states_failed"),
             summary_cell(s, "violations"),
@@ -653,6 +666,8 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         h += "</tr>\n";
     }
     h += "</table>\n";
+
+    h += &comparisons_section(campaigns);
 
     // Plots, over every campaign's states.
     let points: Vec<StatePoint> = campaigns.iter().flat_map(CampaignResults::state_points).collect();
@@ -757,6 +772,82 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
     }
     h += "</body></html>\n";
     h
+}
+
+/// `crashlab compare`'s results under each campaign (`compare/*/
+/// comparison.json`): A and B, the counts, the differing states.
+fn comparisons_section(campaigns: &[CampaignResults]) -> String {
+    let mut found = Vec::new();
+    for c in campaigns {
+        let Ok(entries) = std::fs::read_dir(c.dir.join("compare")) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| Some(e.ok()?.path().join("comparison.json")))
+            .collect();
+        paths.sort();
+        for path in paths {
+            if let Ok(comparison) = read_json(&path).and_then(|v| Ok(serde_json::from_value(v)?)) {
+                found.push(comparison);
+            }
+        }
+    }
+    if found.is_empty() {
+        return String::new();
+    }
+    let mut h = String::from("<h2>Kernels compared</h2>\n");
+    for c in &found {
+        h += &comparison_html(c);
+    }
+    h
+}
+
+fn comparison_html(c: &crate::compare::Comparison) -> String {
+    let k = &c.counts;
+    let mut h = format!(
+        "<p class=\"{}\"><b>A</b> {} <b>B</b> {}: {} compared, A failed {}, B failed {}; fixed {}, regressions {}, \
+         both fail with another rule {}. <i>{}</i></p>\n",
+        if k.regressions > 0 { "bad" } else { "ok" },
+        esc(&c.a.kernel.summary_line()),
+        esc(&c.b.kernel.summary_line()),
+        k.compared,
+        k.a_failed,
+        k.b_failed,
+        k.fixed,
+        k.regressions,
+        k.other_rule,
+        esc(&c.scope)
+    );
+    if c.differences.is_empty() {
+        return h;
+    }
+    h += "<table><tr><th>trial</th><th>state</th><th>crash position</th><th>difference</th><th>A</th><th>B</th></tr>\n";
+    let cell = |v: &crate::compare::Verdict| match v.passed {
+        true => "pass".to_string(),
+        false => format!(
+            "{}: {}",
+            v.rule.as_deref().unwrap_or("fail"),
+            v.reason.as_deref().unwrap_or("")
+        ),
+    };
+    for p in c.differences.iter().take(VIOLATIONS_SHOWN_MAX) {
+        let opt = |v: Option<u64>| v.map_or("-".into(), |n| n.to_string());
+        let class = match p.difference {
+            crate::compare::Difference::Regression => "bad",
+            _ => "ok",
+        };
+        let _ = writeln!(
+            h,
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            p.trial,
+            opt(p.state),
+            opt(p.crash_position),
+            p.difference.name(),
+            esc(&cell(&p.a)),
+            esc(&cell(&p.b))
+        );
+    }
+    h + "</table>\n"
 }
 
 /// Writes `report.html` into `dir` for the campaigns under it; its path.

@@ -80,3 +80,31 @@ fn doctor_passes_here_and_names_what_is_missing() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("warn  mkfs.f2fs") && text.contains("--fs f2fs"), "{text}");
 }
+
+/// A kernel that does not get to /init (here: an initramfs that is not an
+/// archive, so the kernel finds no root and panics) fails the doctor's boot,
+/// quoting the console: what `cargo xtask kernel` shows for a built kernel
+/// that does not boot.
+#[test]
+#[ignore = "boots a QEMU guest: `cargo xtask test` runs it"]
+fn a_kernel_that_does_not_boot_is_named_with_its_console() {
+    let h = vm_harness("doctor-unbootable");
+    let broken = tempfile::tempdir().unwrap();
+    for name in ["vmlinuz", "manifest.json"] {
+        std::fs::copy(h.images_dir.join(name), broken.path().join(name)).unwrap();
+    }
+    std::fs::write(broken.path().join("initramfs.cpio"), vec![0x5a; 4096]).unwrap();
+    let out = util::crashlab()
+        .arg("doctor")
+        .arg("--images-dir")
+        .arg(broken.path())
+        .arg("--results-dir")
+        .arg(h.results.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("fail  TCG boot") || text.contains("fail  KVM"), "{text}");
+    assert!(text.contains("the console's last lines"), "{text}");
+    assert!(text.contains("Kernel panic"), "the kernel's own words: {text}");
+}

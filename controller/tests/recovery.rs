@@ -65,6 +65,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         stall_timeout_ms: 4_000,
         trial_timeout_ms: 300_000,
         images_dir: images_dir.to_path_buf(),
+        kernel_build: None,
         keep_images: false,
         state_budget: 1,
         checker: Checker::Kernel,

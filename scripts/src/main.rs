@@ -3,6 +3,7 @@
 //! - `deps`      install the missing Debian packages (as root) or print the line
 //! - `images`    build the static workload and the guest initramfs (cached)
 //! - `kernel`    a guest kernel from source (+ patches, config fragments), cached, into an images directory
+//! - `kernel-check` build one (linux-source-6.12), build it again (cached), campaigns and the VM test on it
 //! - `campaign`  deps + images + the default campaign (extra args go to `crashlab run`)
 //! - `test`      deps + images + every test, unit and VM integration, in lanes ([--lanes N] [FILTER...])
 //! - `bench`     deps + images + the benchmark figures
@@ -20,6 +21,7 @@ mod deps;
 mod fuzz;
 mod images;
 mod kernel;
+mod kernel_check;
 mod lmdb;
 mod sensitivity;
 mod soak;
@@ -34,7 +36,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
         eprintln!(
-            "usage: cargo xtask <deps|images|kernel|campaign|test|bench|sensitivity|fuzz|soak|lmdb|man> [args...]"
+            "usage: cargo xtask <deps|images|kernel|kernel-check|campaign|test|bench|sensitivity|fuzz|soak|lmdb|man> [args...]"
         );
         return ExitCode::from(2);
     };
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
             "deps" => deps::ensure(&sh).map(|()| 0),
             "images" => images::build(&sh, &images::ImageRequest::parse(rest)?).map(|_| 0),
             "kernel" => kernel::run(&sh, rest),
+            "kernel-check" => kernel_check::run(&sh, rest),
             "campaign" => campaign(&sh, rest),
             "test" => test(&sh, rest),
             "bench" => bench::run(&sh, rest),
@@ -66,7 +69,7 @@ fn main() -> ExitCode {
             }
             other => {
                 anyhow::bail!(
-                    "unknown task {other:?}: use deps, images, kernel, campaign, test, bench, sensitivity, fuzz, soak, lmdb or man"
+                    "unknown task {other:?}: use deps, images, kernel, kernel-check, campaign, test, bench, sensitivity, fuzz, soak, lmdb or man"
                 )
             }
         }

@@ -39,6 +39,13 @@ pub fn vm_harness(test: &str) -> Harness {
     }
 }
 
+impl Harness {
+    /// The same harness on other guest images (a kernel built from source).
+    pub fn with_images(self, images_dir: PathBuf) -> Harness {
+        Harness { images_dir, ..self }
+    }
+}
+
 pub fn crashlab() -> Command {
     Command::new(env!("CARGO_BIN_EXE_crashlab"))
 }
