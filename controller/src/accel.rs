@@ -107,18 +107,37 @@ pub fn probe_boot(
     vm::bail_if_interrupted(run.outcome)?;
     // A kernel that does not boot says why on its console (a panic, a
     // missing driver): its last lines go with the answer.
-    let console = match vm::tail_of(&files.console_log, CONSOLE_TAIL_LINES) {
-        tail if tail.trim().is_empty() => "the console is empty".to_string(),
-        tail => format!("the console's last lines:\n{tail}"),
-    };
+    let console = console_excerpt(&std::fs::read_to_string(&files.console_log).unwrap_or_default());
     Ok(match run.outcome {
         VmOutcome::Killed => Ok(()),
         VmOutcome::Exited { code } => Err(format!(
-            "QEMU exited with status {code} before /init said BOOTED ({}); {console}",
-            vm::tail_of(&files.stderr_log, 1)
+            "QEMU exited with status {code} before /init said BOOTED{}; {console}",
+            match vm::tail_of(&files.stderr_log, 1) {
+                said if said.trim().is_empty() => String::new(),
+                said => format!(" ({said})"),
+            }
         )),
         other => Err(format!("{other:?} after {} ms; {console}", run.elapsed_ms)),
     })
+}
+
+/// What a failed boot's console says: its last lines, and before them the
+/// kernel's panic or oops line when the stack trace pushed it out.
+fn console_excerpt(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    if lines.iter().all(|l| l.trim().is_empty()) {
+        return "the console is empty".into();
+    }
+    let tail_start = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
+    let cause = lines[..tail_start]
+        .iter()
+        .rev()
+        .find(|l| ["Kernel panic", "BUG:", "Oops", "Unable to mount root"].iter().any(|k| l.contains(k)));
+    let mut excerpt = String::from("the console's last lines:\n");
+    if let Some(cause) = cause {
+        excerpt += &format!("{cause}\n[...]\n");
+    }
+    excerpt + &lines[tail_start..].join("\n")
 }
 
 /// The remembered outcome of a KVM sanity boot.
@@ -154,5 +173,25 @@ impl ProbeMemo {
             "why": verdict.as_ref().err(),
         });
         let _ = std::fs::write(path, memo.to_string() + "\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failed_boots_console_names_the_panic_above_its_stack_trace() {
+        let mut console = String::from(
+            "[    1.0] Initramfs unpacking failed\n[    2.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n",
+        );
+        for i in 0..20 {
+            console += &format!("[    2.{i}]  frame_{i}+0x10/0x20\n");
+        }
+        let excerpt = super::console_excerpt(&console);
+        assert!(
+            excerpt.starts_with("the console's last lines:\n[    2.0] Kernel panic - not syncing"),
+            "{excerpt}"
+        );
+        assert!(excerpt.ends_with("frame_19+0x10/0x20"), "{excerpt}");
+        assert_eq!(super::console_excerpt("\n"), "the console is empty");
     }
 }

@@ -292,7 +292,14 @@ fn check_accel(
             "TCG boot",
             Status::Fail,
             format!("the guest did not boot: {why}"),
-            Some("rebuild the guest images with `cargo xtask images`; the console log says more".into()),
+            Some(match &images.identity.build {
+                Some(build) => format!(
+                    "the kernel built from source does not boot: check its configuration (vm-images/kernel.config, \
+                     your --config-fragment files) and patches, then rebuild it ({})",
+                    build.rebuild
+                ),
+                None => "rebuild the guest images with `cargo xtask images`".into(),
+            }),
         )),
     }
     Ok(())

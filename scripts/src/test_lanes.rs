@@ -50,6 +50,7 @@ const EXPECTED_SECONDS: &[(&str, u32)] = &[
     ("patterns", 220),
     ("program", 160),
     ("minimise", 75),
+    ("compare", 120),
     ("report", 45),
     ("recovery", 20),
     ("doctor", 10),
