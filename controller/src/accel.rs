@@ -129,10 +129,11 @@ fn console_excerpt(console: &str) -> String {
         return "the console is empty".into();
     }
     let tail_start = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
-    let cause = lines[..tail_start]
-        .iter()
-        .rev()
-        .find(|l| ["Kernel panic", "BUG:", "Oops", "Unable to mount root"].iter().any(|k| l.contains(k)));
+    let cause = lines[..tail_start].iter().rev().find(|l| {
+        ["Kernel panic", "BUG:", "Oops", "Unable to mount root"]
+            .iter()
+            .any(|k| l.contains(k))
+    });
     let mut excerpt = String::from("the console's last lines:\n");
     if let Some(cause) = cause {
         excerpt += &format!("{cause}\n[...]\n");

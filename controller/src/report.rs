@@ -775,7 +775,8 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
 }
 
 /// `crashlab compare`'s results under each campaign (`compare/*/
-/// comparison.json`): A and B, the counts, the differing states.
+/// comparison.json`, read as results files like the rest): A and B, the
+/// counts, the differing states.
 fn comparisons_section(campaigns: &[CampaignResults]) -> String {
     let mut found = Vec::new();
     for c in campaigns {
@@ -786,11 +787,7 @@ fn comparisons_section(campaigns: &[CampaignResults]) -> String {
             .filter_map(|e| Some(e.ok()?.path().join("comparison.json")))
             .collect();
         paths.sort();
-        for path in paths {
-            if let Ok(comparison) = read_json(&path).and_then(|v| Ok(serde_json::from_value(v)?)) {
-                found.push(comparison);
-            }
-        }
+        found.extend(paths.iter().filter_map(|p| read_json(p).ok()));
     }
     if found.is_empty() {
         return String::new();
@@ -802,49 +799,53 @@ fn comparisons_section(campaigns: &[CampaignResults]) -> String {
     h
 }
 
-fn comparison_html(c: &crate::compare::Comparison) -> String {
-    let k = &c.counts;
+fn comparison_html(c: &Value) -> String {
+    let kernel = |side: &str| match serde_json::from_value::<crate::images::KernelIdentity>(c[side]["kernel"].clone()) {
+        Ok(kernel) => kernel.summary_line(),
+        Err(_) => "(not recorded)".into(),
+    };
+    let k = &c["counts"];
+    let n = |key: &str| k[key].as_u64().unwrap_or(0);
     let mut h = format!(
         "<p class=\"{}\"><b>A</b> {} <b>B</b> {}: {} compared, A failed {}, B failed {}; fixed {}, regressions {}, \
          both fail with another rule {}. <i>{}</i></p>\n",
-        if k.regressions > 0 { "bad" } else { "ok" },
-        esc(&c.a.kernel.summary_line()),
-        esc(&c.b.kernel.summary_line()),
-        k.compared,
-        k.a_failed,
-        k.b_failed,
-        k.fixed,
-        k.regressions,
-        k.other_rule,
-        esc(&c.scope)
+        if n("regressions") > 0 { "bad" } else { "ok" },
+        esc(&kernel("a")),
+        esc(&kernel("b")),
+        n("compared"),
+        n("a_failed"),
+        n("b_failed"),
+        n("fixed"),
+        n("regressions"),
+        n("other_rule"),
+        esc(c["scope"].as_str().unwrap_or(""))
     );
-    if c.differences.is_empty() {
+    let differences = c["differences"].as_array().cloned().unwrap_or_default();
+    if differences.is_empty() {
         return h;
     }
     h += "<table><tr><th>trial</th><th>state</th><th>crash position</th><th>difference</th><th>A</th><th>B</th></tr>\n";
-    let cell = |v: &crate::compare::Verdict| match v.passed {
-        true => "pass".to_string(),
-        false => format!(
+    let cell = |v: &Value| match v["passed"].as_bool() {
+        Some(true) => "pass".to_string(),
+        _ => format!(
             "{}: {}",
-            v.rule.as_deref().unwrap_or("fail"),
-            v.reason.as_deref().unwrap_or("")
+            v["rule"].as_str().unwrap_or("fail"),
+            v["reason"].as_str().unwrap_or("")
         ),
     };
-    for p in c.differences.iter().take(VIOLATIONS_SHOWN_MAX) {
-        let opt = |v: Option<u64>| v.map_or("-".into(), |n| n.to_string());
-        let class = match p.difference {
-            crate::compare::Difference::Regression => "bad",
-            _ => "ok",
-        };
+    for p in differences.iter().take(VIOLATIONS_SHOWN_MAX) {
+        let opt = |v: &Value| v.as_u64().map_or("-".into(), |n| n.to_string());
+        let difference = p["difference"].as_str().unwrap_or("?");
         let _ = writeln!(
             h,
-            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            p.trial,
-            opt(p.state),
-            opt(p.crash_position),
-            p.difference.name(),
-            esc(&cell(&p.a)),
-            esc(&cell(&p.b))
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if difference == "regression" { "bad" } else { "ok" },
+            opt(&p["trial"]),
+            opt(&p["state"]),
+            opt(&p["crash_position"]),
+            esc(difference),
+            esc(&cell(&p["a"])),
+            esc(&cell(&p["b"]))
         );
     }
     h + "</table>\n"

@@ -54,7 +54,7 @@ pub fn apt_line() -> String {
 fn missing(sh: &Shell) -> Vec<String> {
     let mut missing: Vec<String> = REQUIRED_COMMANDS
         .iter()
-        .filter(|c| find_command(c).is_none())
+        .filter(|c| crate::host::find_command(c).is_none())
         .map(|c| c.to_string())
         .collect();
     if !busybox_is_static(sh) {
@@ -66,16 +66,6 @@ fn missing(sh: &Shell) -> Vec<String> {
     missing
 }
 
-pub fn find_command(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|dir| std::path::Path::new(dir).join(name))
-        .find(|p| p.is_file());
-    found
-}
-
 fn busybox_is_static(sh: &Shell) -> bool {
     let format = "${Status}";
     let status = cmd!(sh, "dpkg-query -W -f={format} busybox-static")
@@ -83,22 +73,6 @@ fn busybox_is_static(sh: &Shell) -> bool {
         .ignore_stderr()
         .read();
     matches!(status, Ok(s) if s.contains("install ok installed"))
-}
-
-pub fn is_root() -> bool {
-    effective_uid() == 0
-}
-
-/// From /proc, to keep xtask free of a libc binding.
-fn effective_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).and_then(|u| u.parse().ok()))
-        })
-        .unwrap_or(u32::MAX)
 }
 
 /// Installs what is missing (as root) or prints the exact line and stops
@@ -109,7 +83,7 @@ pub fn ensure(sh: &Shell) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: missing: {}", missing.join(", "));
-    if !is_root() {
+    if !crate::host::is_root() {
         eprintln!("run as root:\n  {}", apt_line());
         std::process::exit(2);
     }

@@ -27,8 +27,6 @@ use xshell::{cmd, Shell};
 
 use cpio::CpioWriter;
 
-use crate::kernel;
-
 const CACHE_DIR: &str = "vm-images/cache";
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 const GNU_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -48,14 +46,16 @@ pub struct Kernel {
 pub enum Modules {
     /// A module tree: `<root>/lib/modules/<release>`.
     Tree(PathBuf),
-    /// Built in, as its `.config` says (a kernel built from source).
-    BuiltIn(kernel::config::Options),
+    /// Built in, as its `.config` says (a kernel built from source): each
+    /// option's value.
+    BuiltIn(std::collections::BTreeMap<String, String>),
 }
 
 /// A kernel from `cargo xtask kernel`, everything built in.
 pub struct BuiltKernelImage {
     pub image: PathBuf,
-    pub config: PathBuf,
+    /// Its `.config`, option by option.
+    pub config: std::collections::BTreeMap<String, String>,
     pub release: String,
     pub identity: serde_json::Value,
 }
@@ -99,18 +99,7 @@ impl ImageRequest {
 /// The kernel under test: the one asked for, or the distro's default.
 pub fn find_kernel(sh: &Shell, req: &ImageRequest) -> Result<Kernel> {
     if let Some(built) = &req.built {
-        let config = std::fs::read_to_string(&built.config)
-            .with_context(|| format!("cannot read {}", built.config.display()))?;
-        return Ok(Kernel {
-            image: built.image.clone(),
-            release: built.release.clone(),
-            modules: Modules::BuiltIn(kernel::config::parse(&config)),
-            choice: format!(
-                "built from source by `cargo xtask kernel` ({})",
-                built.identity["rebuild"].as_str().unwrap_or("")
-            ),
-            build: Some(built.identity.clone()),
-        });
+        return Ok(built_kernel(built));
     }
     if let (Some(image), Some(modules)) = (&req.kernel, &req.modules) {
         anyhow::ensure!(image.is_file(), "--kernel {}: no such file", image.display());
@@ -173,6 +162,19 @@ pub fn find_kernel(sh: &Shell, req: &ImageRequest) -> Result<Kernel> {
         choice: "the distro's default kernel (linux-image-amd64)".into(),
         build: None,
     })
+}
+
+fn built_kernel(built: &BuiltKernelImage) -> Kernel {
+    Kernel {
+        image: built.image.clone(),
+        release: built.release.clone(),
+        modules: Modules::BuiltIn(built.config.clone()),
+        choice: format!(
+            "built from source by `cargo xtask kernel` ({})",
+            built.identity["rebuild"].as_str().unwrap_or("")
+        ),
+        build: Some(built.identity.clone()),
+    }
 }
 
 /// The config option that provides each module crashlab needs, for the
@@ -456,7 +458,7 @@ fn initramfs(sh: &Shell, kernel: &Kernel, resolved: &ResolvedModules, workload: 
 
     let mut libs = BTreeSet::new();
     for tool in list_file(sh, "vm-images/guest-tools.txt")? {
-        let path = crate::deps::find_command(&tool)
+        let path = crate::host::find_command(&tool)
             .with_context(|| format!("{tool} not installed: run `cargo xtask deps`"))?;
         w.file(&format!("/sbin/{tool}"), 0o755, &std::fs::read(&path)?);
         libs.extend(shared_libraries(sh, &path)?);

@@ -100,7 +100,7 @@ fn ensure_source_package() -> Result<()> {
     }
     let line = format!("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y {SOURCE_PACKAGE}");
     anyhow::ensure!(
-        crate::deps::is_root(),
+        crate::host::is_root(),
         "{SOURCE_DEFAULT} is missing: install it as root with\n  {line}\nor give --source PATH"
     );
     let status = std::process::Command::new("sh").arg("-c").arg(&line).status()?;

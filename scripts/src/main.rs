@@ -19,6 +19,7 @@ mod bench;
 mod children;
 mod deps;
 mod fuzz;
+mod host;
 mod images;
 mod kernel;
 mod kernel_check;

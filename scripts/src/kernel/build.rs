@@ -48,12 +48,23 @@ impl Make<'_> {
     /// Runs make with its output appended to the log; a failure is an
     /// error quoting the log's tail.
     pub fn run(&self, what: &str, targets: &[&str]) -> Result<()> {
+        self.run_command(what, self.command(targets), targets)
+    }
+
+    /// `make mrproper` in the tree itself: a tree built in place (a
+    /// `.config` in it) is one that `make O=` refuses.
+    pub fn clean_source_tree(&self) -> Result<()> {
+        let mut command = Command::new("make");
+        command.arg("-C").arg(self.tree).arg("mrproper").stdin(Stdio::null());
+        self.run_command("make mrproper (the source was built in place)", command, &["mrproper"])
+    }
+
+    fn run_command(&self, what: &str, mut command: Command, targets: &[&str]) -> Result<()> {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log)
             .with_context(|| format!("cannot write {} (disk full?)", self.log.display()))?;
-        let mut command = self.command(targets);
         command.stdout(log.try_clone()?).stderr(log);
         let status = with_progress(what, self.log, || crate::children::status(command))?;
         if status != 0 {

@@ -7,7 +7,8 @@
 //! in), then the user's fragments, then `make olddefconfig`; a fragment
 //! line that did not take is an error naming it.
 //!
-//! The cache (`vm-images/kernels/`, or `--cache DIR`):
+//! The cache (`$CRASHLAB_KERNEL_CACHE`, or `~/.cache/crashlab/kernels`
+//! after XDG, or `--cache DIR`; gigabytes, kept out of the checkout):
 //! - `builds/<key>/`: a finished build (bzImage, config, build.log,
 //!   kernel.json), keyed by a digest of every input (source, patches,
 //!   fragments, compiler, this builder's version). The same inputs never
@@ -35,7 +36,6 @@ use source::Source;
 /// Bumped when the build procedure changes what it makes from the same
 /// inputs: old cache entries are then not reused.
 const BUILDER_VERSION: u32 = 1;
-const CACHE_DIR: &str = "vm-images/kernels";
 const CRASHLAB_FRAGMENT: &str = "vm-images/kernel.config";
 
 /// What `cargo xtask kernel` is asked to build.
@@ -62,7 +62,7 @@ impl KernelRequest {
             fragments: Vec::new(),
             out: None,
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            cache: PathBuf::from(CACHE_DIR),
+            cache: default_cache(),
             no_boot: false,
         };
         let mut it = args.iter();
@@ -93,6 +93,19 @@ impl KernelRequest {
         anyhow::ensure!(!req.source.as_os_str().is_empty(), "--source is required: {USAGE}");
         Ok(req)
     }
+}
+
+/// `$CRASHLAB_KERNEL_CACHE`, else `$XDG_CACHE_HOME/crashlab/kernels`, else
+/// `~/.cache/crashlab/kernels`.
+fn default_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CRASHLAB_KERNEL_CACHE") {
+        return dir.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("vm-images"));
+    base.join("crashlab/kernels")
 }
 
 /// A kernel in the cache.
@@ -273,6 +286,7 @@ fn build_in_tree(req: &KernelRequest, inputs: &Inputs, trees: &Path) -> Result<(
     }
     patches::set_patches(&work, &inputs.patches)?;
     let build_dir = trees.join(format!("build-{}", &inputs.config_key()[..16]));
+    forget_if_moved(&build_dir, &work.tree)?;
     let log = trees.join(format!("build-{}.log", &inputs.build_key()[..16]));
     let _ = std::fs::remove_file(&log);
     let make = build::Make {
@@ -282,8 +296,7 @@ fn build_in_tree(req: &KernelRequest, inputs: &Inputs, trees: &Path) -> Result<(
         jobs: req.jobs,
     };
     if work.tree.join(".config").exists() || work.tree.join("include/config").exists() {
-        // Built in place before it was given to us: make O= refuses such a tree.
-        make.run("make mrproper (the source was built in place)", &["mrproper"])?;
+        make.clean_source_tree()?;
     }
     eprintln!(
         "xtask kernel: building {} ({} patch(es), -j{}); log: {}",
@@ -300,6 +313,24 @@ fn build_in_tree(req: &KernelRequest, inputs: &Inputs, trees: &Path) -> Result<(
         release: make.release()?,
     };
     Ok((log, made))
+}
+
+/// A `make O=` directory names its source tree by absolute path (in its
+/// Makefile and every dependency file): after the cache moved, it is
+/// cleared rather than trusted.
+fn forget_if_moved(build_dir: &Path, tree: &Path) -> Result<()> {
+    let marker = build_dir.join("crashlab-source-tree");
+    let recorded = std::fs::read_to_string(&marker).ok();
+    let here = tree.display().to_string();
+    if build_dir.exists() && recorded.as_deref() != Some(&here) {
+        eprintln!(
+            "xtask kernel: {} was made for another tree path: starting it afresh",
+            build_dir.display()
+        );
+        std::fs::remove_dir_all(build_dir).with_context(|| format!("cannot clear {}", build_dir.display()))?;
+    }
+    std::fs::create_dir_all(build_dir)?;
+    std::fs::write(&marker, here).with_context(|| format!("cannot write {} (disk full?)", marker.display()))
 }
 
 /// What results record of a built kernel.
@@ -428,7 +459,10 @@ pub fn run(sh: &xshell::Shell, args: &[String]) -> Result<i32> {
         &crate::images::ImageRequest {
             built: Some(crate::images::BuiltKernelImage {
                 image: built.image.clone(),
-                config: built.config.clone(),
+                config: config::parse(
+                    &std::fs::read_to_string(&built.config)
+                        .with_context(|| format!("cannot read {}", built.config.display()))?,
+                ),
                 release: built.release.clone(),
                 identity: built.identity.clone(),
             }),

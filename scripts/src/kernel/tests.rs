@@ -218,3 +218,34 @@ fn bad_requests_are_refused_with_their_fix() {
     let err = format!("{:#}", setup.build(&[&missing], &[]).err().unwrap());
     assert!(err.contains("nope.patch: cannot read it"), "{err}");
 }
+
+#[test]
+fn a_tree_built_in_place_is_cleaned_and_a_moved_cache_starts_its_build_directory_afresh() {
+    let setup = Setup::new();
+    std::fs::write(setup.source.join(".config"), "CONFIG_STALE=y\n").unwrap();
+    let built = setup.build(&[], &[]).unwrap();
+    assert!(!std::fs::read_to_string(&built.image).unwrap().contains("STALE"));
+    assert!(
+        setup.source.join(".config").exists(),
+        "the user's tree is never touched"
+    );
+
+    let moved = setup.dir.path().join("moved");
+    std::fs::rename(setup.dir.path().join("cache"), &moved).unwrap();
+    let one = setup.file("one.patch", SRC_PATCH);
+    let req = KernelRequest {
+        cache: moved.clone(),
+        ..setup.request(&[&one], &[])
+    };
+    let patched = build_kernel(&req, &setup.crashlab_fragment).unwrap();
+    assert!(std::fs::read_to_string(&patched.image).unwrap().contains("return 1"));
+    let marker = std::fs::read_dir(moved.join("trees"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path().join("crashlab-source-tree"))
+        .find(|p| p.is_file())
+        .unwrap();
+    assert!(std::fs::read_to_string(marker)
+        .unwrap()
+        .starts_with(&moved.display().to_string()));
+}

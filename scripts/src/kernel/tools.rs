@@ -59,7 +59,7 @@ pub fn apt_line() -> String {
 
 fn missing_here() -> Vec<String> {
     missing(
-        |c| crate::deps::find_command(c).is_some(),
+        |c| crate::host::find_command(c).is_some(),
         |p| std::path::Path::new(p).exists(),
     )
 }
@@ -70,7 +70,7 @@ pub fn ensure() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !crate::deps::is_root() {
+    if !crate::host::is_root() {
         bail!(
             "a kernel build needs {}: install them as root with\n  {}",
             missing.join(", "),
