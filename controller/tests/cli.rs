@@ -165,3 +165,76 @@ fn man_pages_cover_every_subcommand() {
         "crashlab-run.1 lacks options"
     );
 }
+
+/// Guest images as `cargo xtask images` or `cargo xtask kernel` record them
+/// (empty kernel and initramfs: nothing here boots them).
+fn fake_images(manifest_extra: &str) -> tempfile::TempDir {
+    let images = tempfile::tempdir().unwrap();
+    std::fs::write(images.path().join("vmlinuz"), b"").unwrap();
+    std::fs::write(images.path().join("initramfs.cpio"), b"").unwrap();
+    std::fs::write(
+        images.path().join("manifest.json"),
+        format!(r#"{{"kernel":"vmlinuz","initramfs":"initramfs.cpio","kernel_release":"6.12.118-crashlab"{manifest_extra}}}"#),
+    )
+    .unwrap();
+    images
+}
+
+#[test]
+fn a_campaign_on_a_kernel_build_refuses_images_of_another() {
+    let other = fake_images(
+        r#","kernel_build":{"build_key":"blake3:ffffffffffff00","source":{"name":"linux.tar.xz","digest":"blake3:aa"},
+            "config_digest":"blake3:bb"}"#,
+    );
+    let distro = fake_images("");
+    let results = tempfile::tempdir().unwrap();
+    let results_arg = format!("--results-dir={}", results.path().display());
+    for images in [&other, &distro] {
+        let images_arg = format!("--images-dir={}", images.path().display());
+        run_expecting_usage_error(
+            &["run", "--kernel-build=0123456789ab", &images_arg, &results_arg],
+            "the campaign ran on kernel build 0123456789ab",
+        );
+    }
+    let gone = format!("--images-dir={}/gone", results.path().display());
+    run_expecting_usage_error(
+        &["run", "--kernel-build=0123456789ab", &gone, &results_arg],
+        "kernel.build.rebuild",
+    );
+    run_expecting_usage_error(&["run", "--kernel-build=blake3:01234"], "hex digits of the build key");
+}
+
+#[test]
+fn compare_names_what_it_needs_before_any_vm() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/results");
+    let a = fake_images("");
+    let a_arg = a.path().display().to_string();
+    // Recovery mode needs a kept capture.
+    let campaign = fixtures.join("power-loss-barrier0").display().to_string();
+    run_expecting_usage_error(
+        &[
+            "compare",
+            "--campaign",
+            &campaign,
+            "--images-dir",
+            &a_arg,
+            "--baseline-images-dir",
+            &a_arg,
+        ],
+        "--keep-images",
+    );
+    // Kernel B must be there.
+    let campaign = fixtures.join("kernel-crash-clean").display().to_string();
+    run_expecting_usage_error(
+        &[
+            "compare",
+            "--campaign",
+            &campaign,
+            "--images-dir",
+            "/nonexistent/images",
+            "--baseline-images-dir",
+            &a_arg,
+        ],
+        "no guest images at /nonexistent/images",
+    );
+}
