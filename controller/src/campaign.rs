@@ -311,7 +311,15 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     };
     let finished = match req.resume {
         // The campaign's record of itself stays as it was written.
-        true => keep_finished(&dir, config.crash_model, config.trials)?,
+        true => {
+            let seal = verify_for_resume(&dir, &images)?;
+            let finished = keep_finished(&dir, config.crash_model, config.trials)?;
+            // The results files were cut back: sealed again at the end.
+            if let Some(seal) = seal {
+                crate::seal::write_campaign_seal(&dir, &seal)?;
+            }
+            finished
+        }
         false => {
             // campaign.json is what a resume reads back: written whole or
             // not at all, and durable before any trial runs.
@@ -324,6 +332,12 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             if config.crash_model == CrashModel::PowerLoss {
                 crate::durable::write_atomically(&dir.join("states.jsonl"), b"")?;
             }
+            let program: Vec<PathBuf> = config
+                .program
+                .iter()
+                .flat_map(|p| [p.workload.clone(), p.checker.clone()])
+                .collect();
+            crate::seal::write_campaign_seal(&dir, &crate::seal::CampaignSeal::at_start(&dir, &images, &program)?)?;
             Vec::new()
         }
     };
@@ -406,6 +420,8 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             })
             .and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?))),
         };
+        // The trial's evidence sealed, the line naming its seal.
+        let outcome = outcome.and_then(|(totals, json)| Ok((totals, sealed_line(&trial_dir, trial, &json)?)));
         match outcome {
             Ok((totals, json)) => {
                 if !totals.passed && summary.first_failure_after_s.is_none() {
@@ -464,6 +480,8 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")
                 .with_context(|| cannot_write(&dir, "summary.json"))
         });
+    // What a later command reads, sealed as the campaign leaves it.
+    let summary_written = summary_written.and_then(|()| seal_results(&dir));
     match failure {
         Some(e) if !summary.interrupted => {
             let resume = match req.only_trial {
@@ -484,6 +502,45 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         }
         _ => summary_written.map(|()| summary),
     }
+}
+
+/// A trial's line with the digest of its evidence's seal (`seal`).
+fn sealed_line(trial_dir: &Path, trial: u64, json: &str) -> Result<String> {
+    let mut line: serde_json::Value = serde_json::from_str(json)?;
+    std::fs::create_dir_all(trial_dir).with_context(|| format!("cannot create {}", trial_dir.display()))?;
+    let log_entries = line["log"]["entries"].as_u64();
+    let digest = crate::seal::seal_trial(trial_dir, trial, log_entries)?;
+    line["seal"] = serde_json::Value::String(digest);
+    Ok(serde_json::to_string(&line)?)
+}
+
+/// The results files added to the campaign's seal.
+fn seal_results(dir: &Path) -> Result<()> {
+    let Some(seal) = crate::seal::read_campaign_seal(dir)? else {
+        return Ok(());
+    };
+    crate::seal::write_campaign_seal(dir, &seal.with_results(dir)?)
+}
+
+/// `--resume` reads campaign.json, the results files and the program's
+/// layer, and runs the guest images: each as sealed, or a refusal. The
+/// seal without the results files comes back, to be sealed anew.
+fn verify_for_resume(dir: &Path, images: &images::GuestImages) -> Result<Option<crate::seal::CampaignSeal>> {
+    let Some(seal) = crate::seal::read_campaign_seal(dir)? else {
+        return Ok(None); // results from before sealing
+    };
+    let mut found = seal.check(dir, None);
+    found.extend(seal.check_images(images));
+    if !found.is_empty() {
+        return Err(crate::seal::refusal(
+            &format!("cannot resume {}", dir.display()),
+            &found,
+        ));
+    }
+    let mut seal = seal;
+    seal.files
+        .retain(|f| !crate::seal::RESULTS_FILES.contains(&f.name.as_str()));
+    Ok(Some(seal))
 }
 
 /// The context of a failed write to a campaign's results file.

@@ -185,6 +185,13 @@ const CAPTURE_SCOPE: &str = "the same configuration and seeds run on each kernel
 /// Runs the comparison and writes its results under the campaign.
 pub fn compare(req: &CompareRequest) -> Result<(Comparison, PathBuf)> {
     let start = std::time::Instant::now();
+    let found = crate::verify::check_for_reading(req.campaign_dir);
+    if !found.is_empty() {
+        return Err(crate::seal::refusal(
+            &format!("cannot compare {}", req.campaign_dir.display()),
+            &found,
+        ));
+    }
     let (_, config) = crate::campaign::read_campaign_json(req.campaign_dir)?;
     let recapture = req.recapture || config.crash_model == CrashModel::KernelCrash;
     let trials = match (recapture, req.trials.is_empty()) {

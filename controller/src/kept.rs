@@ -12,6 +12,11 @@ use crate::powerloss::{self, Capture};
 
 pub struct KeptTrial {
     pub config: CampaignConfig,
+    /// The campaign's seal (`None`: results from before sealing).
+    pub seal: Option<crate::seal::CampaignSeal>,
+    /// The guest images were given on purpose (another kernel): not held
+    /// to the campaign's.
+    pub images_overridden: bool,
     pub plan: TrialPlan,
     pub trial_dir: PathBuf,
     pub log_path: PathBuf,
@@ -48,6 +53,11 @@ impl KeptTrial {
             "{} lacks blocklog.bin and base-disk.img: they are kept when a state fails, or with --keep-images",
             trial_dir.display()
         );
+        let seal = crate::seal::read_campaign_seal(campaign_dir)?;
+        let log_entries = match &seal {
+            Some(seal) => verify_evidence(campaign_dir, trial, seal)?,
+            None => None,
+        };
         let plan = plan_trial(&config, trial);
         let ack_area_offset_bytes = config.ack_area_offset_bytes();
         let params = config.workload_params(
@@ -63,8 +73,18 @@ impl KeptTrial {
             seed: params.seed,
             device_bug: config.device_bug,
         })?;
+        if let Some(sealed) = log_entries.filter(|n| *n != capture.log.entries.len() as u64) {
+            anyhow::bail!(
+                "{}: the campaign parsed {sealed} entries from it, this crashlab parses {}: the log is read \
+                 differently than when it was judged; replay it with the crashlab version in campaign.json",
+                log_path.display(),
+                capture.log.entries.len()
+            );
+        }
         Ok(KeptTrial {
             config,
+            seal,
+            images_overridden: images_dir.is_some(),
             plan,
             trial_dir,
             log_path,
@@ -73,6 +93,46 @@ impl KeptTrial {
             params,
             capture,
         })
+    }
+
+    /// The identities the campaign recorded for this trial's states, in
+    /// state order (empty for results from before identities).
+    pub fn recorded_identities(&self, campaign_dir: &Path) -> Result<Vec<String>> {
+        let (lines, _) = crate::campaign::read_jsonl(&campaign_dir.join("states.jsonl"))?;
+        Ok(lines
+            .iter()
+            .filter(|l| l["trial"].as_u64() == Some(self.plan.trial))
+            .filter_map(|l| l["identity"].as_str().map(String::from))
+            .collect())
+    }
+
+    /// States rebuilt from the evidence must be the states the campaign
+    /// judged, state for state (checked where the campaign recorded
+    /// identities).
+    pub fn check_identities(&self, campaign_dir: &Path, states: &[(u64, &blocklog::CrashState)]) -> Result<()> {
+        let recorded = self.recorded_identities(campaign_dir)?;
+        if recorded.is_empty() {
+            return Ok(());
+        }
+        for (index, state) in states {
+            let rebuilt = crate::seal::state_identity(state);
+            let Some(expected) = recorded.get(*index as usize) else {
+                anyhow::bail!(
+                    "state {index} of trial {} was not judged by the campaign ({} states): nothing to replay",
+                    self.plan.trial,
+                    recorded.len()
+                );
+            };
+            anyhow::ensure!(
+                *expected == rebuilt,
+                "state {index} of trial {}, rebuilt from the evidence, is not the state the campaign judged \
+                 (identity {expected}, rebuilt {rebuilt}): the plan differs (another crashlab version, or edited \
+                 evidence); `crashlab verify {}` checks the evidence",
+                self.plan.trial,
+                campaign_dir.display()
+            );
+        }
+        Ok(())
     }
 
     /// The guest a check of this trial boots: the campaign's images (its
@@ -89,6 +149,16 @@ impl KeptTrial {
             campaign_dir,
             false,
         )?;
+        if let (Some(seal), false) = (&self.seal, self.images_overridden) {
+            let found = seal.check_images(&images);
+            if !found.is_empty() {
+                return Err(crate::seal::refusal(
+                    "the campaign's guest images changed since it ran (its states would be recovered by \
+                     another kernel or initramfs; give --images-dir to check with other images on purpose)",
+                    &found,
+                ));
+            }
+        }
         let (accel, _) = crate::accel::choose(self.config.accel, &images, work_dir, interrupt)?;
         Ok((images, accel))
     }
@@ -103,6 +173,41 @@ impl KeptTrial {
         );
         blocklog::plan_states(&self.capture.log, &options)
     }
+}
+
+/// What a kept trial is read from, checked against the seals: the
+/// campaign's configuration and program layer, the trial's line's seal
+/// digest, and the trial's log, base image and protocol. Returns the log's
+/// sealed entry count.
+fn verify_evidence(campaign_dir: &Path, trial: u64, seal: &crate::seal::CampaignSeal) -> Result<Option<u64>> {
+    let mut found = seal.check(campaign_dir, Some(&["campaign.json", crate::program::CAMPAIGN_INITRD]));
+    let trial_dir = campaign_dir.join("trials").join(trial.to_string());
+    let line_seal = trial_line(campaign_dir, trial)?.and_then(|l| l["seal"].as_str().map(String::from));
+    let mut log_entries = None;
+    match crate::seal::read_trial_seal(&trial_dir, line_seal.as_deref()) {
+        Ok(trial_seal) => {
+            log_entries = trial_seal.log_entries;
+            found.extend(crate::seal::check_trial(
+                &trial_dir,
+                &trial_seal,
+                Some(&["blocklog.bin", "base-disk.img", "workload.protocol.log"]),
+            ));
+        }
+        Err(mismatch) => found.push(mismatch),
+    }
+    match found.is_empty() {
+        true => Ok(log_entries),
+        false => Err(crate::seal::refusal(
+            &format!("trial {trial} of {}", campaign_dir.display()),
+            &found,
+        )),
+    }
+}
+
+/// The trial's line in trials.jsonl, if it finished.
+pub fn trial_line(campaign_dir: &Path, trial: u64) -> Result<Option<serde_json::Value>> {
+    let (lines, _torn) = crate::campaign::read_jsonl(&campaign_dir.join("trials.jsonl"))?;
+    Ok(lines.into_iter().find(|l| l["trial"].as_u64() == Some(trial)))
 }
 
 #[cfg(test)]

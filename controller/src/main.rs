@@ -104,6 +104,14 @@ enum Command {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Check a results directory (a campaign's or a sweep's) against its
+    /// seals: every sealed file's digest, each trial line's seal, the state
+    /// lines and the summary against the trial lines. Each problem named;
+    /// exit 0 only when everything holds, 1 when something does not.
+    Verify {
+        /// A campaign directory, or a sweep's.
+        dir: PathBuf,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -562,6 +570,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Report { dir, junit } => report(&dir, junit.as_deref()),
+        Command::Verify { dir } => match controller::verify::verify(&dir) {
+            Ok(verification) => {
+                out!("{}", verification.render());
+                ExitCode::from(u8::from(!verification.problems.is_empty()))
+            }
+            Err(e) => exit_for(&e),
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "crashlab", &mut std::io::stdout());

@@ -22,6 +22,24 @@ struct ShardDir {
     summary: serde_json::Value,
 }
 
+/// The merged campaign sealed as a campaign run in one piece would be: its
+/// own files, the shards' guest images and program (verified the same on
+/// every shard by `check_set`'s configuration match and each shard's own
+/// verification).
+fn seal_merged(out: &Path, first_shard: &Path) -> Result<()> {
+    let Some(shard_seal) = crate::seal::read_campaign_seal(first_shard)? else {
+        return Ok(());
+    };
+    let mut files = Vec::new();
+    for name in ["campaign.json", "campaign.toml", crate::program::CAMPAIGN_INITRD] {
+        if out.join(name).is_file() {
+            files.push(crate::seal::seal_file(out, name)?);
+        }
+    }
+    let seal = crate::seal::CampaignSeal { files, ..shard_seal };
+    crate::seal::write_campaign_seal(out, &seal.with_results(out)?)
+}
+
 /// The first configuration key where two differ, for the message.
 fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> String {
     match (a.as_object(), b.as_object()) {
@@ -132,6 +150,9 @@ fn link_or_copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<Summary> {
+    for dir in dirs {
+        crate::verify::refuse_unless_clean(dir, "shard")?;
+    }
     let shards = dirs.iter().map(|d| load(d)).collect::<Result<Vec<_>>>()?;
     let config = check_set(&shards)?;
     let model = config.crash_model;
@@ -225,6 +246,7 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<Summary> {
         campaign_id: id,
         results_dir: out.to_path_buf(),
         filesystem: shards[0].summary["filesystem"].as_str().unwrap_or("").to_string(),
+        kernel: shards[0].summary["kernel"].as_str().unwrap_or("").to_string(),
         ..Default::default()
     };
     for (_, totals) in &point.finished {
@@ -258,6 +280,7 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<Summary> {
         &out.join("summary.json"),
         (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
     )?;
+    seal_merged(out, &shards[0].dir)?;
     crate::durable::sync_tree(out)?;
     Ok(summary)
 }
@@ -286,9 +309,38 @@ mod tests {
         }
         std::fs::write(dir.join("trials.jsonl"), lines).unwrap();
         if finished {
-            std::fs::write(dir.join("summary.json"), r#"{"elapsed_s": 10.0, "interrupted": false}"#).unwrap();
+            let n = shard_trials(config.seed, config.trials, config.shard.unwrap()).len();
+            let summary = serde_json::json!({
+                "elapsed_s": 10.0, "interrupted": false, "trials_run": n, "states_checked": n,
+            });
+            std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
         }
+        seal_shard(&dir);
         dir
+    }
+
+    /// Seals a hand-made shard as a campaign seals its results: each
+    /// trial's evidence (here one log), its line naming the seal.
+    fn seal_shard(dir: &Path) {
+        let text = std::fs::read_to_string(dir.join("trials.jsonl")).unwrap();
+        let mut lines = String::new();
+        for line in text.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let trial = v["trial"].as_u64().unwrap();
+            let trial_dir = dir.join("trials").join(trial.to_string());
+            std::fs::create_dir_all(&trial_dir).unwrap();
+            std::fs::write(trial_dir.join("workload.protocol.log"), format!("READY {trial}\n")).unwrap();
+            v["seal"] = crate::seal::seal_trial(&trial_dir, trial, None).unwrap().into();
+            lines += &format!("{v}\n");
+        }
+        std::fs::write(dir.join("trials.jsonl"), lines).unwrap();
+        let seal = crate::seal::CampaignSeal {
+            seal_format: crate::seal::SEAL_FORMAT,
+            files: vec![crate::seal::seal_file(dir, "campaign.json").unwrap()],
+            images: None,
+            program: Vec::new(),
+        };
+        crate::seal::write_campaign_seal(dir, &seal.with_results(dir).unwrap()).unwrap();
     }
 
     fn sharded(index: u32) -> CampaignConfig {
@@ -323,6 +375,9 @@ mod tests {
         assert_eq!(trials, (0..7).collect::<Vec<_>>());
         let meta = std::fs::read_to_string(root.path().join("all/campaign.json")).unwrap();
         assert!(!meta.contains("\"shard\"") && meta.contains("merged_from"), "{meta}");
+        // The merged campaign is sealed like one run whole.
+        let verified = crate::verify::verify(&root.path().join("all")).unwrap();
+        assert!(verified.problems.is_empty(), "{}", verified.render());
         // The merged directory is not a target twice.
         let again = merge(&root.path().join("all"), &dirs).unwrap_err().to_string();
         assert!(again.contains("not empty"), "{again}");
@@ -352,12 +407,33 @@ mod tests {
             serde_json::json!({"config": CampaignConfig { shard: None, ..sharded(1) }}).to_string(),
         )
         .unwrap();
+        seal_shard(&whole);
         assert!(err(&[&s0, &whole, &s2]).contains("is not a shard"));
         // A shard that lacks a trial of its share.
         let short = shard_dir(root.path(), "short", &sharded(1), true);
         let text = std::fs::read_to_string(short.join("trials.jsonl")).unwrap();
         let first_line_dropped: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
         std::fs::write(short.join("trials.jsonl"), first_line_dropped).unwrap();
+        std::fs::remove_dir_all(short.join("trials")).unwrap();
+        std::fs::write(
+            short.join("summary.json"),
+            r#"{"interrupted": false, "trials_run": 1, "states_checked": 1}"#,
+        )
+        .unwrap();
+        seal_shard(&short);
         assert!(err(&[&s0, &short, &s2]).contains("not its share"));
+        // A shard whose results changed after they were sealed.
+        let edited = shard_dir(root.path(), "edited", &sharded(1), true);
+        let text = std::fs::read_to_string(edited.join("trials.jsonl")).unwrap();
+        std::fs::write(
+            edited.join("trials.jsonl"),
+            text.replace("\"passed\":true", "\"passed\":false"),
+        )
+        .unwrap();
+        let e = err(&[&s0, &edited, &s2]);
+        assert!(
+            e.contains("results do not verify") && e.contains("edited/trials.jsonl: sealed as"),
+            "{e}"
+        );
     }
 }

@@ -165,6 +165,7 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
             )
         })?
         .clone();
+    kept.check_identities(req.campaign_dir, &[(req.state, &original)])?;
     let config = &kept.config;
     let checker = req.checker.unwrap_or(match config.checker {
         Checker::Host => Checker::Host,

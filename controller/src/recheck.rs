@@ -45,6 +45,13 @@ pub fn recheck(req: &RecheckRequest, on_state: impl FnMut(&StateLine) -> Result<
     config.read_files = req.read_files.unwrap_or(config.read_files);
     config.validate().map_err(anyhow::Error::msg)?;
     let run = kept_run(req.campaign_dir, req.trial)?;
+    if req.state_budget.is_none() {
+        // The campaign's own plan: every state must be the one it judged.
+        let states = kept.states();
+        let indexed: Vec<(u64, &blocklog::CrashState)> =
+            states.iter().enumerate().map(|(i, s)| (i as u64, s)).collect();
+        kept.check_identities(req.campaign_dir, &indexed)?;
+    }
 
     let work = crate::lifetime::temp_dir("crashlab-recheck-", None)?;
     // The host path starts no VM: no guest images needed.

@@ -82,6 +82,9 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         })?,
     };
 
+    if from_file.is_none() {
+        kept.check_identities(req.campaign_dir, &[(req.state, state)])?;
+    }
     let image = req.out.clone().unwrap_or_else(|| match &req.state_file {
         Some(file) => file.with_extension("img"),
         None => trial_dir.join(format!("state-{}.img", req.state)),

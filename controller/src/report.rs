@@ -22,7 +22,7 @@ use serde_json::Value;
 
 /// The results schema this crashlab writes: (major, minor). A report reads
 /// any minor version of its major; results without a version are 1.0.
-pub const RESULTS_SCHEMA: (u64, u64) = (1, 2);
+pub const RESULTS_SCHEMA: (u64, u64) = (1, 3);
 
 /// At most this many violations are shown in full (the rest are counted).
 const VIOLATIONS_SHOWN_MAX: usize = 50;
@@ -193,59 +193,7 @@ pub fn load_campaign(dir: &Path) -> Result<CampaignResults> {
     })
 }
 
-/// The campaigns under `dir`: itself, or the cells of a sweep (any
-/// `*.json` table with `cells`), or its subdirectories that are campaigns.
-pub fn find_campaigns(dir: &Path) -> Result<Vec<PathBuf>> {
-    if dir.join("campaign.json").is_file() {
-        return Ok(vec![dir.to_path_buf()]);
-    }
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    let mut found = Vec::new();
-    for table in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
-        let Ok(value) = read_json(table) else { continue };
-        let Some(rows) = value["cells"].as_object() else {
-            continue;
-        };
-        for cell in rows
-            .values()
-            .flat_map(|r| r.as_object().into_iter().flat_map(|c| c.values()))
-        {
-            let Some(recorded) = cell["results_dir"].as_str() else {
-                continue;
-            };
-            // Recorded as the run saw it; the sweep may have moved since.
-            let here = dir.join(Path::new(recorded).file_name().unwrap_or_default());
-            let path = if Path::new(recorded).join("campaign.json").is_file() {
-                PathBuf::from(recorded)
-            } else {
-                here
-            };
-            if path.join("campaign.json").is_file() && !found.contains(&path) {
-                found.push(path);
-            }
-        }
-    }
-    if found.is_empty() {
-        let mut subdirs: Vec<PathBuf> = entries
-            .into_iter()
-            .filter(|p| p.join("campaign.json").is_file())
-            .collect();
-        subdirs.sort();
-        found = subdirs;
-    }
-    if found.is_empty() {
-        bail!(
-            "{} holds no campaign results (no campaign.json, no sweep table): give a directory that \
-             `crashlab run` or `crashlab matrix` wrote",
-            dir.display()
-        );
-    }
-    Ok(found)
-}
+pub use crate::results::find_campaigns;
 
 fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -853,6 +801,15 @@ fn comparison_html(c: &Value) -> String {
 
 /// Writes `report.html` into `dir` for the campaigns under it; its path.
 pub fn write_report(dir: &Path) -> Result<PathBuf> {
+    for campaign in find_campaigns(dir)? {
+        let found = crate::verify::check_for_reading(&campaign);
+        if !found.is_empty() {
+            return Err(crate::seal::refusal(
+                &format!("cannot report on {}", campaign.display()),
+                &found,
+            ));
+        }
+    }
     let campaigns = find_campaigns(dir)?
         .iter()
         .map(|d| load_campaign(d))

@@ -165,6 +165,10 @@ pub struct StateLine {
     pub lost_seqs: Vec<u64>,
     /// When the verdict was reached (ms since the Unix epoch).
     pub finished_at_unix_ms: u64,
+    /// The digest of the state's plan entry (`seal::state_identity`): a
+    /// replay rebuilds exactly this state or refuses.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub identity: String,
     /// With `--checker both`: how the two paths' verdicts differed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disagreement: Option<String>,
@@ -348,6 +352,7 @@ impl PowerLossRecord {
             first_violation: verdict.violations.first().cloned(),
             lost_seqs: lost_seqs(verdict),
             finished_at_unix_ms: crate::trial::unix_ms_now(),
+            identity: crate::seal::state_identity(state),
             disagreement: judged.disagreement.as_ref().map(|d| d.text().to_string()),
         }
     }

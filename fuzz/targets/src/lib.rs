@@ -63,6 +63,16 @@ pub const TARGETS: &[Target] = &[
         run: msync_trace,
         max_len_bytes: 64 << 10,
     },
+    Target {
+        name: "evidence",
+        run: evidence,
+        max_len_bytes: 256 << 10,
+    },
+    Target {
+        name: "compare_table",
+        run: compare_table,
+        max_len_bytes: 64 << 10,
+    },
 ];
 
 /// The block-write log as the guest's disk traffic wrote it: parse, plan
@@ -256,4 +266,46 @@ pub fn msync_trace(data: &[u8]) {
     let summary = controller::trace::summarize(&calls);
     assert!(summary.last_calls.len() <= controller::trace::LAST_CALLS_KEPT);
     assert!(summary.failed_calls + summary.unreturned_calls <= summary.calls);
+}
+
+/// A results directory's seals and lines as a damaged or edited copy may
+/// hold them (parts split at NUL: the campaign's seal.json, trials.jsonl,
+/// states.jsonl, trial 0's seal.json), under a real campaign.json:
+/// `crashlab verify` names problems and never panics, and an untouched
+/// input is one it can read.
+pub fn evidence(data: &[u8]) {
+    const CAMPAIGN_JSON: &str =
+        include_str!("../../../controller/tests/fixtures/results/power-loss-barrier0/campaign.json");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut parts = data.splitn(4, |&b| b == 0);
+    let mut write = |name: &str| {
+        let bytes = parts.next().unwrap_or_default();
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("under the directory")).expect("mkdir");
+        std::fs::write(path, bytes).expect("write");
+    };
+    for name in ["seal.json", "trials.jsonl", "states.jsonl", "trials/0/seal.json"] {
+        write(name);
+    }
+    std::fs::write(dir.path().join("campaign.json"), CAMPAIGN_JSON).expect("write");
+    let verification = controller::verify::verify(dir.path()).expect("a campaign directory verifies or names problems");
+    assert!(verification.campaigns.len() == 1);
+    let _ = controller::verify::check_for_reading(dir.path());
+    let _ = verification.render();
+}
+
+/// `crashlab compare`'s comparison.json, edited or damaged: read back, its
+/// table renders whatever it holds.
+pub fn compare_table(data: &[u8]) {
+    let Ok(comparison) = serde_json::from_slice::<controller::compare::Comparison>(data) else {
+        return;
+    };
+    let table = controller::compare::render(&comparison, std::path::Path::new("/results"));
+    assert!(
+        table.lines().count()
+            >= comparison
+                .differences
+                .len()
+                .min(controller::compare::DIFFERENCES_KEPT_MAX)
+    );
 }
