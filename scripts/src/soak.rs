@@ -1,10 +1,12 @@
-//! `cargo xtask soak [--states N] [--kernel-trials N] [--seed S]`: a long
-//! run, not part of CI. Every correct configuration (ext4 in its three
+//! `cargo xtask soak [--states N] [--kernel-trials N] [--seed S]
+//! [--images-dir DIR]`: a long run, not part of CI, on the distro kernel's
+//! images or those in DIR (a kernel built by `cargo xtask kernel`). Every correct configuration (ext4 in its three
 //! data modes, xfs, btrfs, f2fs) under power loss (at least N crash states,
 //! default 1,000) and under the kernel-crash model (default 20 trials);
 //! then the negative controls, each of which must be caught. Prints the
 //! table (also `results/soak-<pid>/table.txt`) and fails (exit 1) on any
-//! violation in a correct configuration or any control not caught.
+//! violation in a correct configuration or any control not caught. Each
+//! campaign's results must verify against their seals (`crashlab verify`).
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -32,6 +34,7 @@ const STATES_PER_TRIAL: u64 = 500;
 const STATES_MAX: u64 = 10_000_000;
 
 pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32> {
+    let mut images = images.to_path_buf();
     let mut states = 1000u64;
     let mut kernel_trials = 20u64;
     let mut seed = 1u64;
@@ -46,7 +49,8 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
                     .context("--kernel-trials takes a number")?
             }
             "--seed" => seed = value("--seed")?.parse().context("--seed takes a number")?,
-            other => bail!("unknown flag {other:?}: use --states N, --kernel-trials N, --seed S"),
+            "--images-dir" => images = value("--images-dir")?.into(),
+            other => bail!("unknown flag {other:?}: use --states N, --kernel-trials N, --seed S, --images-dir DIR"),
         }
     }
     if states == 0 || states > STATES_MAX || kernel_trials == 0 || kernel_trials > 100_000 {
@@ -58,7 +62,13 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     )
     .run()?;
     let out_dir = format!("results/soak-{}", std::process::id());
+    let kernel = std::fs::read_to_string(images.join("manifest.json"))
+        .ok()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+        .and_then(|m| m["kernel_release"].as_str().map(String::from))
+        .with_context(|| format!("no guest images at {}", images.display()))?;
     let images = images.display().to_string();
+    let start = std::time::Instant::now();
     let seed_arg = format!("--seed={seed}");
     let pl_trials = states.div_ceil(STATES_PER_TRIAL).to_string();
     let pl_budget = states.to_string();
@@ -89,9 +99,10 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
             let violations = s["violations"].as_u64().unwrap_or(u64::MAX);
             ok &= violations == 0;
             rows.push(format!(
-                "{fs:<6} {opts:<14} {model:<13} {:>8} states {:>6} violations  {}",
+                "{fs:<6} {opts:<14} {model:<13} {:>8} states {:>6} violations {:>7.0} s  {}",
                 s["states_checked"],
                 violations,
+                s["elapsed_s"].as_f64().unwrap_or(0.0),
                 if violations == 0 { "ok" } else { "VIOLATIONS" }
             ));
         }
@@ -109,16 +120,20 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         let failed = s["states_failed"].as_u64().unwrap_or(0);
         ok &= failed > 0;
         rows.push(format!(
-            "control {name:<22} {model:<13} {:>8} states {:>6} failing    {}",
+            "control {name:<22} {model:<13} {:>8} states {:>6} failing {:>7.0} s  {}",
             s["states_checked"],
             failed,
+            s["elapsed_s"].as_f64().unwrap_or(0.0),
             if failed > 0 { "caught" } else { "NOT CAUGHT" }
         ));
     }
     write_table(
         &out_dir,
         &format!(
-            "crashlab soak (seed {seed}): {states} power-loss states and {kernel_trials} kernel-crash trials per configuration"
+            "crashlab soak (seed {seed}, kernel {kernel}): {states} power-loss states and {kernel_trials} \
+             kernel-crash trials per configuration; {:.0} min wall; every campaign's results verified against \
+             their seals",
+            start.elapsed().as_secs_f64() / 60.0
         ),
         &rows,
     )?;
@@ -155,6 +170,11 @@ pub fn run_campaign(
     let code = crate::children::status(command)?;
     if code > 1 {
         bail!("{id}: crashlab exited {code}; see {out_dir}/{id}");
+    }
+    let campaign_dir = format!("{out_dir}/{id}");
+    let verified = crate::children::status(cmd!(sh, "{crashlab} verify {campaign_dir}").quiet())?;
+    if verified != 0 {
+        bail!("{id}: its results do not verify against their seals (`crashlab verify {campaign_dir}`)");
     }
     let summary = std::fs::read_to_string(format!("{out_dir}/{id}/summary.json"))?;
     Ok(serde_json::from_str(&summary)?)
