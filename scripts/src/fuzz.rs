@@ -20,6 +20,8 @@ const TARGETS: &[(&str, u64)] = &[
     ("kernel_cmdline", 4 << 10),
     ("results_jsonl", 64 << 10),
     ("msync_trace", 64 << 10),
+    ("evidence", 256 << 10),
+    ("compare_table", 64 << 10),
 ];
 /// libFuzzer stops a target whose process grows past this.
 const RSS_LIMIT_MB: u32 = 2048;
@@ -102,4 +104,24 @@ fn ensure_tools(sh: &Shell) -> Result<()> {
             .context("installing cargo-fuzz")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every libFuzzer binary of fuzz/Cargo.toml is run by this task, and
+    /// nothing else: a new target cannot be left out of the long runs.
+    #[test]
+    fn the_task_runs_every_fuzz_binary() {
+        let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/Cargo.toml")).unwrap();
+        let mut binaries: Vec<&str> = manifest
+            .lines()
+            .filter_map(|l| l.strip_prefix("name = \""))
+            .filter_map(|l| l.strip_suffix('"'))
+            .filter(|n| *n != "crashlab-fuzz")
+            .collect();
+        let mut ours: Vec<&str> = super::TARGETS.iter().map(|(name, _)| *name).collect();
+        binaries.sort_unstable();
+        ours.sort_unstable();
+        assert_eq!(binaries, ours);
+    }
 }
