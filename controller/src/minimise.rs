@@ -488,10 +488,14 @@ pub fn render(o: &MinimiseOutcome) -> String {
         "lost writes of the open epoch: {} in the state, {} that matter{} ({} candidates checked{})\n",
         o.lost_before,
         o.lost.len(),
-        if o.one_minimal {
-            "; keeping any one of them makes it pass"
-        } else {
-            ""
+        match (o.lost.is_empty(), o.one_minimal) {
+            // Nothing the crash dropped matters: the state fails with every
+            // write of its open epoch, so the cause is in what was flushed.
+            (true, _) =>
+                "; the state fails with every write of its open epoch kept: the failure is in its \
+                          prefix (what a completed flush had made durable), not in what the crash dropped",
+            (false, true) => "; keeping any one of them makes it pass",
+            (false, false) => "",
         },
         o.candidates_checked,
         if o.complete { "" } else { ", stopped at the limit" }
@@ -516,6 +520,45 @@ mod tests {
     /// A failure that needs all of `needed` lost.
     fn needs(needed: &'static [u64]) -> impl FnMut(&[u64]) -> Result<bool, ()> {
         move |set: &[u64]| Ok(needed.iter().all(|n| set.contains(n)))
+    }
+
+    fn outcome(lost: Vec<LostWrite>) -> MinimiseOutcome {
+        MinimiseOutcome {
+            trial: 0,
+            state: 16,
+            rule: "mountable".into(),
+            prefix_entries: 408,
+            lost_before: 3,
+            lost,
+            candidates_checked: 5,
+            complete: true,
+            one_minimal: true,
+            state_file: PathBuf::from("s.json"),
+            replay: "crashlab replay-state".into(),
+        }
+    }
+
+    /// Found on an ext4 fast-commit state: no lost write mattered, and the
+    /// summary said "keeping any one of them makes it pass" of none.
+    #[test]
+    fn a_failure_no_lost_write_explains_is_put_on_the_prefix() {
+        let said = render(&outcome(Vec::new()));
+        assert!(
+            said.contains("0 that matter; the state fails with every write of its open epoch kept"),
+            "{said}"
+        );
+        assert!(!said.contains("keeping any one"), "{said}");
+        let one = LostWrite {
+            log_index: 410,
+            sector: 8552,
+            sectors: 32,
+            holds: "journal".into(),
+        };
+        let said = render(&outcome(vec![one]));
+        assert!(
+            said.contains("1 that matter; keeping any one of them makes it pass"),
+            "{said}"
+        );
     }
 
     #[test]
