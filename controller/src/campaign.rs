@@ -280,6 +280,16 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     // Before the accelerator's sanity boot: mkfs options it refuses fail fast.
     let base_disk = dir.join("base-disk.img");
     let made = images::make_and_describe(config.fs, &config.mkfs_words(), &base_disk, config.disk_size_bytes)?;
+    if config.checker == crate::config::Checker::Host && made.has_feature("fast_commit") {
+        // docs/findings/ext4-fast-commit: e2fsck 1.47.0 to 1.47.4 cannot
+        // recover most fast-commit crash states; every one would fail.
+        anyhow::bail!(
+            "--checker host cannot judge an ext4 made with fast_commit: e2fsprogs (1.47.0 to 1.47.4) fails to \
+             recover most of its crash states (docs/findings/ext4-fast-commit), so every state would be \
+             e2fsprogs' failure, not the filesystem's. Use --checker kernel (the kernel's own recovery), or \
+             --checker both to see e2fsprogs' answer beside the kernel's"
+        );
+    }
     let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
     let ack_area_offset_bytes = config.ack_area_offset_bytes();
     if config.crash_model == CrashModel::PowerLoss {

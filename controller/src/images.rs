@@ -251,6 +251,14 @@ pub struct MadeFilesystem {
 }
 
 impl MadeFilesystem {
+    /// Whether the filesystem was made with `feature` (ext4: as dumpe2fs
+    /// lists its features).
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.parameters
+            .get("filesystem_features")
+            .is_some_and(|f| f.split_whitespace().any(|w| w == feature))
+    }
+
     /// One line for the campaign's summary.
     pub fn summary_line(&self) -> String {
         let facts: Vec<String> = self.parameters.iter().map(|(k, v)| format!("{k} {v}")).collect();

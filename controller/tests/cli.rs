@@ -238,3 +238,25 @@ fn compare_names_what_it_needs_before_any_vm() {
         "no guest images at /nonexistent/images",
     );
 }
+
+/// e2fsprogs cannot recover most fast-commit crash states
+/// (docs/findings/ext4-fast-commit): the host checker would blame ext4 for
+/// each, so it is refused before any VM, naming the finding.
+#[test]
+fn the_host_checker_refuses_an_ext4_with_fast_commit() {
+    let images = fake_images("");
+    let results = tempfile::tempdir().unwrap();
+    let images_arg = format!("--images-dir={}", images.path().display());
+    let results_arg = format!("--results-dir={}", results.path().display());
+    run_expecting_usage_error(
+        &[
+            "run",
+            "--crash-model=power-loss",
+            "--checker=host",
+            "--mkfs-opts=-O fast_commit",
+            &images_arg,
+            &results_arg,
+        ],
+        "docs/findings/ext4-fast-commit",
+    );
+}

@@ -11,6 +11,7 @@
 //! - `fuzz`      every fuzz target of `fuzz/` for a while (nightly, cargo-fuzz)
 //! - `soak`      deps + images + every correct configuration at length, and the controls
 //! - `lmdb`      deps + images + LMDB under both crash models on ext4, xfs, btrfs, and its control
+//! - `findings`  every finding of docs/findings/ rerun per kernel (--images-dir DIR...): present, fixed or changed
 //! - `man`       the man pages, from crashlab's command-line definition, into target/man
 //!
 //! Exit codes: those of the task; 2 for setup errors.
@@ -18,6 +19,7 @@
 mod bench;
 mod children;
 mod deps;
+mod findings;
 mod fuzz;
 mod host;
 mod images;
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
         eprintln!(
-            "usage: cargo xtask <deps|images|kernel|kernel-check|campaign|test|bench|sensitivity|fuzz|soak|lmdb|man> [args...]"
+            "usage: cargo xtask <deps|images|kernel|kernel-check|campaign|test|bench|sensitivity|fuzz|soak|lmdb|findings|man> [args...]"
         );
         return ExitCode::from(2);
     };
@@ -59,6 +61,10 @@ fn main() -> ExitCode {
                 let images = setup(&sh)?;
                 soak::run(&sh, &images, rest)
             }
+            "findings" => {
+                let images = setup(&sh)?;
+                findings::run(&sh, &images, rest)
+            }
             "lmdb" => {
                 let images = setup(&sh)?;
                 lmdb::run(&sh, &images, rest)
@@ -70,7 +76,7 @@ fn main() -> ExitCode {
             }
             other => {
                 anyhow::bail!(
-                    "unknown task {other:?}: use deps, images, kernel, kernel-check, campaign, test, bench, sensitivity, fuzz, soak, lmdb or man"
+                    "unknown task {other:?}: use deps, images, kernel, kernel-check, campaign, test, bench, sensitivity, fuzz, soak, lmdb, findings or man"
                 )
             }
         }
