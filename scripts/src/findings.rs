@@ -23,10 +23,16 @@ pub struct Finding {
     pub rule: &'static str,
 }
 
-pub const FINDINGS: &[Finding] = &[Finding {
-    name: "ext4-fast-commit",
-    rule: "mountable",
-}];
+pub const FINDINGS: &[Finding] = &[
+    Finding {
+        name: "ext4-fast-commit",
+        rule: "mountable",
+    },
+    Finding {
+        name: "f2fs-first-fsync",
+        rule: "acked-record-lost",
+    },
+];
 
 pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
     let mut kernels: Vec<PathBuf> = Vec::new();

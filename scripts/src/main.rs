@@ -11,6 +11,7 @@
 //! - `fuzz`      every fuzz target of `fuzz/` for a while (nightly, cargo-fuzz)
 //! - `soak`      deps + images + every correct configuration at length, and the controls
 //! - `lmdb`      deps + images + LMDB under both crash models on ext4, xfs, btrfs, and its control
+//! - `hunt`      features and mount options people deploy x records and wal, under power loss: the findings to chase
 //! - `findings`  every finding of docs/findings/ rerun per kernel (--images-dir DIR...): present, fixed or changed
 //! - `man`       the man pages, from crashlab's command-line definition, into target/man
 //!
@@ -21,6 +22,7 @@ mod children;
 mod deps;
 mod findings;
 mod fuzz;
+mod hunt;
 mod host;
 mod images;
 mod kernel;
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
         eprintln!(
-            "usage: cargo xtask <deps|images|kernel|kernel-check|campaign|test|bench|sensitivity|fuzz|soak|lmdb|findings|man> [args...]"
+            "usage: cargo xtask <deps|images|kernel|kernel-check|campaign|test|bench|sensitivity|fuzz|soak|lmdb|findings|hunt|man> [args...]"
         );
         return ExitCode::from(2);
     };
@@ -61,6 +63,10 @@ fn main() -> ExitCode {
                 let images = setup(&sh)?;
                 soak::run(&sh, &images, rest)
             }
+            "hunt" => {
+                let images = setup(&sh)?;
+                hunt::run(&sh, &images, rest)
+            }
             "findings" => {
                 let images = setup(&sh)?;
                 findings::run(&sh, &images, rest)
@@ -76,7 +82,7 @@ fn main() -> ExitCode {
             }
             other => {
                 anyhow::bail!(
-                    "unknown task {other:?}: use deps, images, kernel, kernel-check, campaign, test, bench, sensitivity, fuzz, soak, lmdb, findings or man"
+                    "unknown task {other:?}: use deps, images, kernel, kernel-check, campaign, test, bench, sensitivity, fuzz, soak, lmdb, findings, hunt or man"
                 )
             }
         }

@@ -1,0 +1,132 @@
+//! `cargo xtask hunt [--states N] [--images-dir DIR] [--seed S]`: a sweep
+//! of the filesystem features and mount options people deploy, each under
+//! power loss with the `records` pattern (`ms-sync` and `batch:8`) and
+//! `wal`, N states a cell (default 400), checked by the kernel's own
+//! recovery. Long (about 1.5 hours under TCG), not CI. Prints the table
+//! (also `results/hunt-<pid>/table.txt`; docs/findings/hunt.md keeps the
+//! last one). A failing cell is a finding to chase, unless the table names
+//! the finding it already is. Exit 1 when a cell fails that is not a known
+//! finding.
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::soak::{run_campaign, write_table};
+
+/// A configuration: filesystem, mount options, mkfs options, and the
+/// finding its failures are known as.
+struct Config {
+    fs: &'static str,
+    mount: &'static str,
+    mkfs: &'static str,
+    known: Option<&'static str>,
+}
+
+const fn config(fs: &'static str, mount: &'static str, mkfs: &'static str) -> Config {
+    Config {
+        fs,
+        mount,
+        mkfs,
+        known: None,
+    }
+}
+
+const CONFIGS: &[Config] = &[
+    Config {
+        known: Some("ext4-fast-commit"),
+        ..config("ext4", "data=ordered", "-T default -O fast_commit")
+    },
+    config("ext4", "data=journal", "-T default"),
+    config("ext4", "data=ordered,journal_checksum", "-T default"),
+    config("ext4", "data=ordered", "-T default -O inline_data"),
+    config("ext4", "data=ordered", "-T default -O bigalloc"),
+    config("ext4", "data=ordered,nodelalloc", "-T default"),
+    config("ext4", "data=ordered,dioread_nolock", "-T default"),
+    config("xfs", "defaults", "-m reflink=1"),
+    config("xfs", "defaults", "-l size=1368b"),
+    config("xfs", "logbsize=256k", ""),
+    config("btrfs", "compress=zstd", ""),
+    config("btrfs", "nodatacow", ""),
+    config("btrfs", "flushoncommit", ""),
+    config("btrfs", "space_cache=v2", ""),
+    config("f2fs", "compress_algorithm=lz4,compress_extension=dat", "-O extra_attr,compression"),
+    config("f2fs", "checkpoint_merge", ""),
+    config("f2fs", "fsync_mode=strict", ""),
+    config("f2fs", "atgc", ""),
+];
+
+/// (column name, run flags): the workloads of each cell.
+const WORKLOADS: &[(&str, &[&str])] = &[
+    ("records ms-sync", &["--pattern=records", "--mode=ms-sync"]),
+    ("records batch:8", &["--pattern=records", "--mode=batch:8"]),
+    ("wal", &["--pattern=wal"]),
+];
+
+pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32> {
+    let (mut states, mut seed, mut images) = (400u64, 1u64, images.to_path_buf());
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| it.next().cloned().with_context(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--states" => states = value("--states")?.parse().context("--states takes a number")?,
+            "--seed" => seed = value("--seed")?.parse().context("--seed takes a number")?,
+            "--images-dir" => images = value("--images-dir")?.into(),
+            other => bail!("unknown flag {other:?}: use --states N, --seed S, --images-dir DIR"),
+        }
+    }
+    anyhow::ensure!((1..=100_000).contains(&states), "--states must be 1..=100000");
+    cmd!(sh, "cargo build --quiet --release -p crashlab-controller --bin crashlab").run()?;
+    let out_dir = format!("results/hunt-{}", std::process::id());
+    let images = images.display().to_string();
+    let start = std::time::Instant::now();
+    let (mut rows, mut unexplained) = (Vec::new(), 0);
+    for (c, config) in CONFIGS.iter().enumerate() {
+        for (w, (workload, flags)) in WORKLOADS.iter().enumerate() {
+            let id = format!("{c:02}-{}-{w}", config.fs);
+            let flags = cell_flags(config, flags, states, seed);
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let summary = run_campaign(sh, "hunt", &images, &out_dir, &id, &flags)?;
+            let failed = summary["states_failed"].as_u64().unwrap_or(0);
+            let verdict = match (failed, config.known) {
+                (0, _) => "clean".to_string(),
+                (_, Some(finding)) => format!("known: docs/findings/{finding}"),
+                (_, None) => {
+                    unexplained += 1;
+                    format!("FAILS: chase it ({out_dir}/{id})")
+                }
+            };
+            rows.push(format!(
+                "{:<6} {:<46} {:<28} {:<16} {:>5} states {:>4} failing  {verdict}",
+                config.fs, config.mount, config.mkfs, workload, summary["states_checked"], failed
+            ));
+        }
+    }
+    write_table(
+        &out_dir,
+        &format!(
+            "crashlab hunt (seed {seed}, {states} power-loss states a cell, kernel checker, images {images}): {:.0} min wall",
+            start.elapsed().as_secs_f64() / 60.0
+        ),
+        &rows,
+    )?;
+    Ok(i32::from(unexplained > 0))
+}
+
+fn cell_flags(config: &Config, workload: &[&str], states: u64, seed: u64) -> Vec<String> {
+    let mut flags = vec![
+        format!("--fs={}", config.fs),
+        format!("--mount-opts={}", config.mount),
+        "--crash-model=power-loss".into(),
+        "--checker=kernel".into(),
+        "--crash-points=end".into(),
+        "--trials=1".into(),
+        "--records=400".into(),
+        format!("--state-budget={states}"),
+        format!("--seed={seed}"),
+    ];
+    if !config.mkfs.is_empty() {
+        flags.push(format!("--mkfs-opts={}", config.mkfs));
+    }
+    flags.extend(workload.iter().map(|f| f.to_string()));
+    flags
+}
