@@ -482,7 +482,8 @@ impl CampaignConfig {
             ];
             if let Some((_, flag)) = conflicts.iter().find(|(set, _)| *set) {
                 return Err(format!(
-                    "{flag} applies to crashlab's record workload, not to a program given with --workload                      (its checker runs in the guest: use --checker kernel)"
+                    "{flag} applies to crashlab's record workload, not to a program given with --workload \
+                     (its checker runs in the guest: use --checker kernel)"
                 ));
             }
         }

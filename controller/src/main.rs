@@ -883,10 +883,7 @@ fn replay(args: ReplayArgs) -> ExitCode {
             let failed = outcome.verdicts.iter().any(|(_, v)| !v.passed);
             ExitCode::from(u8::from(failed))
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => exit_for(&e),
     }
 }
 
@@ -1424,7 +1421,8 @@ fn slurm(args: SlurmArgs) -> ExitCode {
             config.images_dir = std::path::absolute(&config.images_dir).unwrap_or(config.images_dir.clone());
             if let Err(e) = controller::images::locate(&config.images_dir) {
                 return fail(format!(
-                    "{e:#}: build the guest images once, before the array, into a directory every node reads                      (`cargo xtask images --out DIR`, then --images-dir DIR)"
+                    "{e:#}: build the guest images once, before the array, into a directory every node reads \
+                     (`cargo xtask images --out DIR`, then --images-dir DIR)"
                 ));
             }
             let results = std::path::absolute(&args.run.results_dir).unwrap_or(args.run.results_dir.clone());
@@ -1573,7 +1571,8 @@ fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
     }
     if !failed.is_empty() {
         eprintln!(
-            "error: {}; see {}/shard-*.log, continue each with `crashlab run --resume {}/shard-I`, then              `crashlab merge`",
+            "error: {}; see {}/shard-*.log, continue each with `crashlab run --resume {}/shard-I`, then \
+             `crashlab merge`",
             failed.join("; "),
             shards_root.display(),
             shards_root.display()

@@ -49,7 +49,11 @@ const CONFIGS: &[Config] = &[
     config("btrfs", "nodatacow", ""),
     config("btrfs", "flushoncommit", ""),
     config("btrfs", "space_cache=v2", ""),
-    config("f2fs", "compress_algorithm=lz4,compress_extension=dat", "-O extra_attr,compression"),
+    config(
+        "f2fs",
+        "compress_algorithm=lz4,compress_extension=dat",
+        "-O extra_attr,compression",
+    ),
     config("f2fs", "checkpoint_merge", ""),
     config("f2fs", "fsync_mode=strict", ""),
     config("f2fs", "atgc", ""),
@@ -75,7 +79,11 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         }
     }
     anyhow::ensure!((1..=100_000).contains(&states), "--states must be 1..=100000");
-    cmd!(sh, "cargo build --quiet --release -p crashlab-controller --bin crashlab").run()?;
+    cmd!(
+        sh,
+        "cargo build --quiet --release -p crashlab-controller --bin crashlab"
+    )
+    .run()?;
     let out_dir = format!("results/hunt-{}", std::process::id());
     let images = images.display().to_string();
     let start = std::time::Instant::now();
