@@ -108,6 +108,22 @@ fn ensure_tools(sh: &Shell) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// fuzz/Cargo.lock holds what fuzz/Cargo.toml needs: `cargo fuzz` must
+    /// not rewrite a tracked file (it added 158 lines in a fresh clone).
+    #[test]
+    fn the_fuzz_workspaces_lockfile_is_current() {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/Cargo.toml");
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--locked", "--format-version", "1", "--manifest-path", manifest])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fuzz/Cargo.lock is stale: run `cargo metadata --manifest-path fuzz/Cargo.toml` and commit it\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Every libFuzzer binary of fuzz/Cargo.toml is run by this task, and
     /// nothing else: a new target cannot be left out of the long runs.
     #[test]
