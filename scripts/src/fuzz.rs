@@ -114,7 +114,14 @@ mod tests {
     fn the_fuzz_workspaces_lockfile_is_current() {
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/Cargo.toml");
         let out = std::process::Command::new(env!("CARGO"))
-            .args(["metadata", "--locked", "--format-version", "1", "--manifest-path", manifest])
+            .args([
+                "metadata",
+                "--locked",
+                "--format-version",
+                "1",
+                "--manifest-path",
+                manifest,
+            ])
             .output()
             .unwrap();
         assert!(

@@ -7,7 +7,7 @@ use std::time::Instant;
 use blocklog::CrashState;
 use record::{Event, ProtocolLog};
 
-use super::capture::{Capture, CapturedRun};
+use super::capture::{Capture, CapturedRun, LoggedPromises};
 use super::check::StateChecks;
 use super::judge::{Disagreement, JudgedState};
 use super::{ms_since, PowerLossContext};
@@ -102,6 +102,57 @@ pub struct LogFacts {
     /// ACKs on the channel whose log entry lay past the usable log's end:
     /// not judged.
     pub acks_past_log_end: u64,
+    /// Acks logged while a write of the filesystem's logged after the last
+    /// flush had not been flushed: the durability call returned before a
+    /// flush covered that write. An observation (the write may not be the
+    /// synced file's); the states that drop it say whether it mattered.
+    /// How the f2fs first-fsync race showed (docs/findings/f2fs-first-fsync).
+    pub acks_after_unflushed_writes: u64,
+    /// The first such ack: its record and the unflushed log entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_ack_after_unflushed_writes: Option<UnflushedAck>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UnflushedAck {
+    pub seq: u64,
+    pub ack_entry: u64,
+    /// At most `UNFLUSHED_LISTED_MAX` entries.
+    pub unflushed_entries: Vec<u64>,
+}
+
+/// Unflushed entries listed for the first ack after them.
+pub const UNFLUSHED_LISTED_MAX: usize = 16;
+
+/// Each ack with the filesystem writes logged after the last flush before
+/// it (the ready marker and the acks themselves left out), in log order.
+pub fn acks_after_unflushed_writes(log: &blocklog::ParsedLog, promises: &LoggedPromises) -> Vec<UnflushedAck> {
+    let markers: std::collections::BTreeSet<u64> = promises
+        .acks
+        .iter()
+        .map(|a| a.entry_index)
+        .chain(promises.ready_entry)
+        .collect();
+    let mut found = Vec::new();
+    let mut pending: Vec<u64> = Vec::new();
+    let mut acks = promises.acks.iter().peekable();
+    for (index, entry) in log.entries.iter().enumerate() {
+        let index = index as u64;
+        if let Some(ack) = acks.next_if(|a| a.entry_index == index) {
+            if !pending.is_empty() {
+                found.push(UnflushedAck {
+                    seq: ack.seq,
+                    ack_entry: index,
+                    unflushed_entries: pending.iter().copied().take(UNFLUSHED_LISTED_MAX).collect(),
+                });
+            }
+        } else if entry.flags.is_flush() {
+            pending.clear();
+        } else if entry.changes_data() && !markers.contains(&index) {
+            pending.push(index);
+        }
+    }
+    found
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -177,6 +228,7 @@ pub struct StateLine {
 impl LogFacts {
     pub fn of(capture: &Capture, log_bytes: u64) -> LogFacts {
         let log = &capture.log;
+        let unflushed = acks_after_unflushed_writes(log, &capture.promises);
         LogFacts {
             entries: log.entries.len() as u64,
             writes: log.entries.iter().filter(|e| e.is_data_write()).count() as u64,
@@ -187,6 +239,8 @@ impl LogFacts {
             truncated: log.truncated.is_some(),
             hole: log.stray_data_offset_bytes.is_some(),
             acks_past_log_end: capture.acks_past_log_end,
+            acks_after_unflushed_writes: unflushed.len() as u64,
+            first_ack_after_unflushed_writes: unflushed.into_iter().next(),
         }
     }
 }

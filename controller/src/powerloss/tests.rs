@@ -396,3 +396,21 @@ fn a_device_without_flushes_loses_acked_records_in_most_states() {
     let (failed, total) = judge_all(&w, &serial, Some("drop-flush:1"));
     assert!(failed * 2 > total, "caught in {failed} of {total} states");
 }
+
+/// The f2fs first-fsync race as it logs: record 1's second write lands
+/// after the flush and before its ack. It is counted, with the entry.
+#[test]
+fn an_ack_after_an_unflushed_write_is_counted_and_named() {
+    let mut w = three_records();
+    let clean = promises_of(&w);
+    assert!(super::report::acks_after_unflushed_writes(&clean.0, &clean.1).is_empty());
+    // Record 3: data, flush, node write, ack (no flush between).
+    w.write_fill(3, 1, 4).flush();
+    w.write_fill(60, 1, 5);
+    write_ack(&mut w, 3, 3);
+    let (log, promises) = promises_of(&w);
+    let found = super::report::acks_after_unflushed_writes(&log, &promises);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].seq, 3);
+    assert_eq!(found[0].unflushed_entries, vec![log.entries.len() as u64 - 2]);
+}
