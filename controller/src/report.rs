@@ -129,7 +129,12 @@ impl CampaignResults {
                         .into_iter()
                         .flatten()
                         .chain(t["observations"].as_array().into_iter().flatten())
-                        .filter(|f| matches!(f["rule"].as_str(), Some("acked-record-lost" | "acked-item-lost")))
+                        .filter(|f| {
+                            matches!(
+                                serde_json::from_value::<verifier::Rule>(f["rule"].clone()),
+                                Ok(verifier::Rule::AckedRecordLost | verifier::Rule::AckedItemLost)
+                            )
+                        })
                         .filter_map(|f| f["expected_seq"].as_u64())
                         .collect(),
                     in_flight: t["counts"]["in_flight"].as_u64().unwrap_or(0),

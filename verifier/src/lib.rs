@@ -92,7 +92,7 @@ pub struct Evidence<'a> {
     pub recovered: Recovered<'a>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rule {
     /// The protocol log breaks its own rules; nothing else can be judged.

@@ -565,3 +565,23 @@ mod properties {
         }
     }
 }
+
+/// Results name rules in kebab-case (`acked-record-lost`); readers of
+/// results (the report) read them back as `Rule`s, not as strings.
+#[test]
+fn rules_read_back_from_their_results_spelling() {
+    for rule in [
+        Rule::AckedRecordLost,
+        Rule::AckedItemLost,
+        Rule::RecoveryCompletes,
+        Rule::FilePresent,
+    ] {
+        let text = serde_json::to_value(rule).unwrap();
+        assert_eq!(serde_json::from_value::<Rule>(text.clone()).unwrap(), rule, "{text}");
+    }
+    assert_eq!(
+        serde_json::to_value(Rule::AckedRecordLost).unwrap(),
+        "acked-record-lost"
+    );
+    assert!(serde_json::from_value::<Rule>("acked-record-found".into()).is_err());
+}
