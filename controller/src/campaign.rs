@@ -304,8 +304,8 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let meta = CampaignMeta {
         results_schema: format!(
             "{}.{}",
-            crate::report::RESULTS_SCHEMA.0,
-            crate::report::RESULTS_SCHEMA.1
+            crate::results::RESULTS_SCHEMA.0,
+            crate::results::RESULTS_SCHEMA.1
         ),
         campaign_id: &req.campaign_id,
         config,

@@ -204,11 +204,49 @@ pub struct CampaignConfig {
     /// workload (docs/workload-protocol.md); `records_per_trial` is how
     /// many items it writes.
     #[serde(default)]
-    pub program: Option<crate::program::ProgramSpec>,
+    pub program: Option<ProgramSpec>,
     /// Run only this shard's trials (`--shard I/N`); `crashlab merge`
     /// puts the shards together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+}
+
+/// The program and its checker, as `crashlab run --workload PATH
+/// --checker-cmd PATH` gave them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramSpec {
+    pub workload: PathBuf,
+    pub checker: PathBuf,
+    #[serde(default)]
+    pub workload_args: Vec<String>,
+    #[serde(default)]
+    pub checker_args: Vec<String>,
+}
+
+/// Arguments per program, at most, and their length.
+const ARGS_MAX: usize = 64;
+const ARG_MAX_BYTES: usize = 256;
+
+impl ProgramSpec {
+    /// What can be checked without reading the binaries.
+    pub fn validate(&self) -> Result<(), String> {
+        for (flag, args) in [
+            ("--workload-arg", &self.workload_args),
+            ("--checker-arg", &self.checker_args),
+        ] {
+            if args.len() > ARGS_MAX {
+                return Err(format!("at most {ARGS_MAX} {flag} values"));
+            }
+            if let Some(bad) = args.iter().find(|a| {
+                a.is_empty() || a.len() > ARG_MAX_BYTES || a.contains(|c: char| c.is_whitespace() || c.is_control())
+            }) {
+                return Err(format!(
+                    "{flag} {bad:?}: each argument is one word of at most {ARG_MAX_BYTES} bytes, without spaces"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Shard `index` of `count` (from 0): a share of a campaign's trials.
@@ -776,7 +814,7 @@ mod tests {
     #[test]
     fn a_program_refuses_the_record_workloads_flags_and_renders_its_own() {
         let program = CampaignConfig {
-            program: Some(crate::program::ProgramSpec {
+            program: Some(ProgramSpec {
                 workload: "/opt/lmdb".into(),
                 checker: "/opt/lmdb".into(),
                 workload_args: vec!["workload".into(), "--nosync".into()],

@@ -151,67 +151,6 @@ pub fn error_reported(facts: &IoErrorFacts) -> Option<verifier::Finding> {
     })
 }
 
-/// The io-errors table: per filesystem and error, without and with a
-/// crash, what the application was told and what the verdict was. Read
-/// back from each cell's trial record.
-pub fn write_table(table: &crate::matrix::Table, out_dir: &Path) -> Result<String> {
-    let mut text = format!(
-        "{}: the disk fails the write carrying one record (once); the workload goes on\n\n",
-        table.title
-    );
-    text += &format!(
-        "{:<16} {:<13} {:>8} {:<26} {:<16} {:>14} {:>10}\n",
-        "filesystem", "run", "injected", "reported to the app by", "read back", "acked after", "verdict"
-    );
-    let mut json = Vec::new();
-    for row in &table.rows {
-        for column in &table.columns {
-            let Some(cell) = table.cells.get(row).and_then(|r| r.get(column)) else {
-                continue;
-            };
-            let trials = std::fs::read_to_string(cell.results_dir.join("trials.jsonl"))?;
-            let trial: serde_json::Value =
-                serde_json::from_str(trials.lines().next().unwrap_or("{}")).unwrap_or_default();
-            let facts = &trial["io_error"];
-            let list = |key: &str| {
-                facts[key]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "-".into())
-            };
-            let verdict = match (trial["passed"].as_bool(), cell.violations) {
-                (Some(true), _) => "passed".to_string(),
-                (_, n) => format!("{n} violations"),
-            };
-            text += &format!(
-                "{:<16} {:<13} {:>8} {:<26} {:<16} {:>14} {:>10}\n",
-                row,
-                column,
-                facts["injected"].to_string(),
-                list("reported_by"),
-                list("readback").replace("record ", "#"),
-                facts["acked_after_error"].to_string(),
-                verdict
-            );
-            json.push(serde_json::json!({
-                "filesystem_error": row,
-                "run": column,
-                "io_error": facts,
-                "passed": trial["passed"],
-                "violations": trial["violations"],
-                "results_dir": cell.results_dir,
-            }));
-        }
-    }
-    std::fs::write(out_dir.join("io-errors.txt"), &text)?;
-    std::fs::write(
-        out_dir.join("io-errors.json"),
-        serde_json::to_string_pretty(&json)? + "\n",
-    )?;
-    Ok(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

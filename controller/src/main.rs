@@ -809,7 +809,7 @@ fn sweep(cells: Cells, name: &str, args: &SweepArgs) -> ExitCode {
     let interrupt = &controller::signals::INTERRUPTED;
     let result = controller::matrix::run_cells(&title, &cells, &out_dir, interrupt).and_then(|table| {
         let text = match name {
-            "io-errors" => controller::io_errors::write_table(&table, &out_dir)?,
+            "io-errors" => controller::matrix::write_io_errors_table(&table, &out_dir)?,
             _ => controller::matrix::write(&table, &out_dir, name)?,
         };
         if let Some(path) = &args.junit {

@@ -8,51 +8,17 @@
 //! their arguments, one per line. The combined image is written once per
 //! campaign into its results directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
-/// The program and its checker, as `crashlab run --workload PATH
-/// --checker-cmd PATH` gave them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProgramSpec {
-    pub workload: PathBuf,
-    pub checker: PathBuf,
-    #[serde(default)]
-    pub workload_args: Vec<String>,
-    #[serde(default)]
-    pub checker_args: Vec<String>,
-}
+pub use crate::config::ProgramSpec;
 
 /// A program or checker larger than this is refused: it is copied into
 /// every guest's memory.
 pub const BINARY_MAX_BYTES: u64 = 256 << 20;
-/// Arguments per program, at most, and their length.
-const ARGS_MAX: usize = 64;
-const ARG_MAX_BYTES: usize = 256;
 
 impl ProgramSpec {
-    /// What can be checked without reading the binaries.
-    pub fn validate(&self) -> Result<(), String> {
-        for (flag, args) in [
-            ("--workload-arg", &self.workload_args),
-            ("--checker-arg", &self.checker_args),
-        ] {
-            if args.len() > ARGS_MAX {
-                return Err(format!("at most {ARGS_MAX} {flag} values"));
-            }
-            if let Some(bad) = args.iter().find(|a| {
-                a.is_empty() || a.len() > ARG_MAX_BYTES || a.contains(|c: char| c.is_whitespace() || c.is_control())
-            }) {
-                return Err(format!(
-                    "{flag} {bad:?}: each argument is one word of at most {ARG_MAX_BYTES} bytes, without spaces"
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Checks both binaries can run in the guest; the error names the file
     /// and the fix.
     pub fn check_binaries(&self) -> Result<()> {

@@ -20,9 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-/// The results schema this crashlab writes: (major, minor). A report reads
-/// any minor version of its major; results without a version are 1.0.
-pub const RESULTS_SCHEMA: (u64, u64) = (1, 3);
+pub use crate::results::RESULTS_SCHEMA;
 
 /// At most this many violations are shown in full (the rest are counted).
 const VIOLATIONS_SHOWN_MAX: usize = 50;
