@@ -137,48 +137,6 @@ pub fn write(table: &Table, out_dir: &Path, name: &str) -> Result<String> {
     Ok(text)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cells_render_in_the_order_given_and_missing_ones_show_a_dash() {
-        let result = |states, violations| CellResult {
-            states_checked: states,
-            states_failed: 0,
-            violations,
-            observations: 0,
-            results_dir: PathBuf::new(),
-        };
-        let mut cells = BTreeMap::new();
-        cells.insert(
-            "ext4 data=ordered".to_string(),
-            BTreeMap::from([
-                ("wal".to_string(), result(200, 0)),
-                ("records".to_string(), result(210, 1)),
-            ]),
-        );
-        let table = Table {
-            title: "t".into(),
-            rows: vec!["ext4 data=ordered".into(), "xfs".into()],
-            columns: vec!["records".into(), "wal".into()],
-            cells,
-        };
-        let text = table.render();
-        let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[2].find("records").unwrap() < lines[2].find("wal").unwrap());
-        assert!(
-            lines[3].contains("210 / 1 / 0") && lines[3].contains("200 / 0 / 0"),
-            "{text}"
-        );
-        assert!(
-            lines[4].starts_with("xfs") && lines[4].trim_end().ends_with('-'),
-            "{text}"
-        );
-        assert_eq!(slug("ext4 data=ordered"), "ext4_data_ordered");
-    }
-}
-
 /// The io-errors table: per filesystem and error, without and with a
 /// crash, what the application was told and what the verdict was. Read
 /// back from each cell's trial record.
@@ -238,4 +196,46 @@ pub fn write_io_errors_table(table: &Table, out_dir: &Path) -> Result<String> {
         serde_json::to_string_pretty(&json)? + "\n",
     )?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_render_in_the_order_given_and_missing_ones_show_a_dash() {
+        let result = |states, violations| CellResult {
+            states_checked: states,
+            states_failed: 0,
+            violations,
+            observations: 0,
+            results_dir: PathBuf::new(),
+        };
+        let mut cells = BTreeMap::new();
+        cells.insert(
+            "ext4 data=ordered".to_string(),
+            BTreeMap::from([
+                ("wal".to_string(), result(200, 0)),
+                ("records".to_string(), result(210, 1)),
+            ]),
+        );
+        let table = Table {
+            title: "t".into(),
+            rows: vec!["ext4 data=ordered".into(), "xfs".into()],
+            columns: vec!["records".into(), "wal".into()],
+            cells,
+        };
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].find("records").unwrap() < lines[2].find("wal").unwrap());
+        assert!(
+            lines[3].contains("210 / 1 / 0") && lines[3].contains("200 / 0 / 0"),
+            "{text}"
+        );
+        assert!(
+            lines[4].starts_with("xfs") && lines[4].trim_end().ends_with('-'),
+            "{text}"
+        );
+        assert_eq!(slug("ext4 data=ordered"), "ext4_data_ordered");
+    }
 }
