@@ -276,6 +276,9 @@ pub fn order_units(mut units: Vec<Unit>, times: &Times) -> Vec<Unit> {
 
 pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
     let options = Options::parse(args)?;
+    // The whole suite keeps the code's habits too; a filtered run is for
+    // the tests it names.
+    let lints_passed = !options.filters.is_empty() || lints(sh)?;
     // Doctests have no executable of their own: cargo runs them (few, quick).
     let filters = &options.filters;
     let doc = children::status(cmd!(sh, "cargo test --workspace --doc --quiet -- {filters...}"))?;
@@ -350,7 +353,54 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
     for f in &failed {
         eprintln!("xtask test: FAILED {}", f.name);
     }
-    Ok(if failed.is_empty() && doc == 0 { 0 } else { 1 })
+    if !lints_passed {
+        eprintln!("xtask test: FAILED the lints (cargo fmt --check, cargo clippy -D warnings): see above");
+    }
+    Ok(if failed.is_empty() && doc == 0 && lints_passed {
+        0
+    } else {
+        1
+    })
+}
+
+/// `cargo fmt --check` and `cargo clippy --all-targets -D warnings` on the
+/// workspace (the lints chosen are `[workspace.lints]` in Cargo.toml).
+/// Both run even when the first fails, so one run names every problem.
+fn lints(sh: &Shell) -> Result<bool> {
+    ensure_component(sh, "rustfmt")?;
+    ensure_component(sh, "clippy")?;
+    let fmt = children::status(cmd!(sh, "cargo fmt --all --check"))?;
+    if fmt != 0 {
+        eprintln!("xtask test: the code is not formatted as rustfmt.toml says: run `cargo fmt --all`");
+    }
+    let clippy = children::status(cmd!(
+        sh,
+        "cargo clippy --quiet --workspace --all-targets -- -D warnings"
+    ))?;
+    if clippy != 0 {
+        eprintln!("xtask test: clippy warned (denied here): fix each, or allow it where it is wrong, saying why");
+    }
+    eprintln!(
+        "xtask test: lints: fmt {}, clippy {}",
+        if fmt == 0 { "clean" } else { "FAILED" },
+        if clippy == 0 { "clean" } else { "FAILED" }
+    );
+    Ok(fmt == 0 && clippy == 0)
+}
+
+/// rustup's minimal profile leaves out rustfmt and clippy.
+fn ensure_component(sh: &Shell, component: &str) -> Result<()> {
+    let present = cmd!(sh, "rustup component list --installed")
+        .quiet()
+        .read()
+        .map(|list| list.lines().any(|l| l.starts_with(component)))
+        .unwrap_or(true);
+    if !present {
+        cmd!(sh, "rustup component add {component}")
+            .run()
+            .with_context(|| format!("installing the {component} component (rustup component add {component})"))?;
+    }
+    Ok(())
 }
 
 fn run_unit(unit: &Unit, images: &Path, filters: &[String]) -> Result<Finished> {
