@@ -9,6 +9,7 @@
 pub mod accel;
 pub mod campaign;
 pub mod campaign_file;
+pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod conformance;

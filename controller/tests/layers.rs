@@ -14,20 +14,24 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        let text = if path.is_dir() {
-            // A module directory (powerloss/): all its files are one module.
+        // Each file's non-test code: what precedes its `#[cfg(test)]`.
+        let code_of = |file: &Path| {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            text.split("#[cfg(test)]").next().unwrap_or("").to_string()
+        };
+        let code = if path.is_dir() {
+            // A module directory (powerloss/, cli/): all its files are one module.
             std::fs::read_dir(&path)
                 .unwrap()
-                .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap_or_default())
+                .map(|f| code_of(&f.unwrap().path()))
                 .collect::<Vec<_>>()
                 .join("\n")
         } else {
-            std::fs::read_to_string(&path).unwrap()
+            code_of(&path)
         };
         if name == "main" || name == "lib" {
             continue;
         }
-        let code = text.split("#[cfg(test)]").next().unwrap_or("").to_string();
         modules.entry(name).or_default().push_str(&code);
     }
     let names: BTreeSet<String> = modules.keys().cloned().collect();
@@ -128,6 +132,20 @@ fn the_controllers_modules_import_one_way() {
         Vec::<Vec<String>>::new(),
         "modules that import each other, round"
     );
+}
+
+/// The command line is the top layer: the library's other modules never
+/// name it (they take plain data; the CLI turns flags into that data).
+#[test]
+fn nothing_below_the_command_line_names_it() {
+    let graph = module_graph();
+    assert!(graph["cli"].contains("campaign"), "cli's edges are read: {:?}", graph["cli"]);
+    let users: Vec<&String> = graph
+        .iter()
+        .filter(|(name, uses)| *name != "cli" && uses.contains("cli"))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(users.is_empty(), "modules that reach up into cli: {users:?}");
 }
 
 #[test]

@@ -1,0 +1,372 @@
+//! `crashlab run`: one campaign, resumed, or sharded over `--jobs`
+//! children; `crashlab slurm`: the same sharded over a Slurm array.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::args::*;
+use super::commands::minimise_first_failure;
+use super::sweeps::run_file;
+use crate::campaign::{self, CampaignRequest};
+use crate::config::CampaignConfig;
+
+pub fn run(args: RunArgs) -> ExitCode {
+    // A file's cells never hold --config (files cannot set it): no loop.
+    if let Some(path) = &args.config {
+        return run_file(path);
+    }
+    if let Some(jobs) = args.jobs {
+        return run_jobs(&args, jobs);
+    }
+    if let Some(dir) = &args.resume {
+        return match resume_request(dir, &args) {
+            Ok((config, root, id)) => run_request(
+                &CampaignRequest {
+                    config: &config,
+                    results_root: &root,
+                    campaign_id: id,
+                    only_trial: None,
+                    resume: true,
+                    show_progress: !args.quiet,
+                    interrupt: &crate::signals::INTERRUPTED,
+                },
+                args.junit.as_deref(),
+                args.minimise,
+            ),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match config_from(&args) {
+        Ok(config) => config,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let campaign_id = args.campaign_id.unwrap_or_else(|| {
+        format!(
+            "{}-{}-{}-seed{}",
+            campaign::utc_timestamp(),
+            config.fs.name(),
+            config.mode,
+            config.seed
+        )
+        .replace(':', "")
+    });
+    let request = CampaignRequest {
+        config: &config,
+        results_root: &args.results_dir,
+        campaign_id,
+        only_trial: args.only_trial,
+        resume: false,
+        show_progress: !args.quiet,
+        interrupt: &crate::signals::INTERRUPTED,
+    };
+    run_request(&request, args.junit.as_deref(), args.minimise)
+}
+
+/// `crashlab slurm`: the scripts of a sharded campaign, or (with
+/// --resume DIR) the resubmission of its unfinished shards.
+pub fn slurm(args: SlurmArgs) -> ExitCode {
+    use crate::slurm;
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let (dir, array, merge, tasks) = match &args.run.resume {
+        Some(dir) => {
+            let state = match std::fs::read_to_string(dir.join("slurm/slurm.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            {
+                Some(state) => state,
+                None => {
+                    return fail(format!(
+                        "{} holds no slurm/slurm.json: was it written by `crashlab slurm`?",
+                        dir.display()
+                    ))
+                }
+            };
+            let shards = state["shards"].as_u64().unwrap_or(0) as u32;
+            let todo = slurm::unfinished_shards(dir, shards);
+            if todo.is_empty() {
+                outln!(
+                    "every shard of {} has finished; the merge job (or `crashlab merge`) does the rest",
+                    dir.display()
+                );
+            }
+            (
+                dir.clone(),
+                dir.join("slurm/array.sbatch"),
+                dir.join("slurm/merge.sbatch"),
+                Some(todo),
+            )
+        }
+        None => {
+            let shards = args.shards.unwrap_or(1);
+            if !(1..=crate::config::SHARDS_MAX).contains(&shards) {
+                return fail(format!(
+                    "--shards {shards}: give 1 to {}",
+                    crate::config::SHARDS_MAX
+                ));
+            }
+            let mut config = match config_from(&args.run) {
+                Ok(config) => config,
+                Err(msg) => return fail(msg),
+            };
+            // Tasks run elsewhere, in other directories: every path absolute.
+            config.images_dir = std::path::absolute(&config.images_dir).unwrap_or(config.images_dir.clone());
+            if let Err(e) = crate::images::locate(&config.images_dir) {
+                return fail(format!(
+                    "{e:#}: build the guest images once, before the array, into a directory every node reads \
+                     (`cargo xtask images --out DIR`, then --images-dir DIR)"
+                ));
+            }
+            let results = std::path::absolute(&args.run.results_dir).unwrap_or(args.run.results_dir.clone());
+            let id = args.run.campaign_id.clone().unwrap_or_else(|| {
+                format!("{}-slurm-{}", campaign::utc_timestamp(), config.fs.name()).replace(':', "")
+            });
+            let dir = results.join(&id);
+            if dir.exists() {
+                return fail(format!(
+                    "{} exists: choose another --campaign-id, or --resume it",
+                    dir.display()
+                ));
+            }
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => return fail(format!("cannot find this program's own path: {e}")),
+            };
+            let run_args = config.full_run_args();
+            let plan = slurm::SlurmPlan {
+                crashlab: &exe,
+                run_args: &run_args,
+                shards,
+                dir: &dir,
+                sbatch_args: &args.sbatch_args,
+                name: &id,
+            };
+            let (array, merge) = match slurm::write_scripts(&plan) {
+                Ok(paths) => paths,
+                Err(e) => return fail(format!("{e:#}")),
+            };
+            let state = serde_json::json!({ "shards": shards, "campaign_id": id, "config": config });
+            if let Err(e) = std::fs::write(dir.join("slurm/slurm.json"), state.to_string() + "\n") {
+                return fail(format!("cannot write {}/slurm/slurm.json: {e}", dir.display()));
+            }
+            (dir, array, merge, None)
+        }
+    };
+    if tasks.as_ref().is_some_and(Vec::is_empty) {
+        return ExitCode::SUCCESS;
+    }
+    let (first, second) = slurm::submit_commands(&array, &merge, tasks.as_deref());
+    if !args.submit {
+        outln!("scripts in {}/slurm; submit with:", dir.display());
+        outln!("  jobid=$({})", crate::config::shell_join(&first));
+        outln!(
+            "  {}",
+            crate::config::shell_join(&second).replace("ARRAY_JOB_ID", "$jobid")
+        );
+        outln!(
+            "the merged campaign will be {}/campaign (report.html, junit.xml)",
+            dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match slurm::submit(&first, &second) {
+        Ok((array_job, merge_job)) => {
+            outln!("submitted: array job {array_job}, merge job {merge_job} (after the array)");
+            outln!("the merged campaign will be {}/campaign", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+/// Upper bound on `--jobs`: guests at once on one machine.
+pub const JOBS_MAX: u32 = 64;
+
+/// `run --jobs K`: the campaign as K shards, each a `crashlab run --shard
+/// i/K` child with its own QEMU and results under `<id>.shards/`, run at
+/// once, then merged into `<id>/`. Ctrl-C reaches the children too (one
+/// process group); each stops cleanly and the merge is not attempted.
+pub fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
+    if !(1..=JOBS_MAX).contains(&jobs) {
+        eprintln!("error: --jobs {jobs}: give 1 to {JOBS_MAX}");
+        return ExitCode::from(2);
+    }
+    let config = match config_from(args) {
+        Ok(config) => config,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let id = args.campaign_id.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}-{}-seed{}",
+            campaign::utc_timestamp(),
+            config.fs.name(),
+            config.mode,
+            config.seed
+        )
+        .replace(':', "")
+    });
+    let shards_root = args.results_dir.join(format!("{id}.shards"));
+    // The resolved configuration, every flag explicit (a campaign file's
+    // too), then the shard's own flags.
+    let mut base = config.full_run_args();
+    if args.minimise {
+        base.push("--minimise".into());
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot find this program's own path to start the shards: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut children = Vec::new();
+    for i in 0..jobs {
+        let log = shards_root.join(format!("shard-{i}.log"));
+        let spawned = std::fs::create_dir_all(&shards_root)
+            .and_then(|()| std::fs::File::create(&log))
+            .and_then(|log_file| {
+                std::process::Command::new(&exe)
+                    .arg("run")
+                    .args(&base)
+                    .arg(format!("--shard={i}/{jobs}"))
+                    .arg(format!("--campaign-id=shard-{i}"))
+                    .arg("--results-dir")
+                    .arg(&shards_root)
+                    .arg("--quiet")
+                    .stdout(log_file.try_clone()?)
+                    .stderr(log_file)
+                    .spawn()
+            });
+        match spawned {
+            Ok(child) => children.push((i, child)),
+            Err(e) => {
+                eprintln!("error: cannot start shard {i}/{jobs} (its log: {}): {e}", log.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    eprintln!(
+        "{jobs} shards running; their logs: {}/shard-*.log",
+        shards_root.display()
+    );
+    let mut failed = Vec::new();
+    for (i, mut child) in children {
+        match child.wait().map(|s| s.code()) {
+            // 0: no violation, 1: violations; both finished.
+            Ok(Some(0 | 1)) => {}
+            Ok(code) => failed.push(format!("shard {i}/{jobs} ended with {code:?}")),
+            Err(e) => failed.push(format!("shard {i}/{jobs}: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "error: {}; see {}/shard-*.log, continue each with `crashlab run --resume {}/shard-I`, then \
+             `crashlab merge`",
+            failed.join("; "),
+            shards_root.display(),
+            shards_root.display()
+        );
+        return ExitCode::from(
+            if crate::signals::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                130
+            } else {
+                2
+            },
+        );
+    }
+    let dirs: Vec<PathBuf> = (0..jobs).map(|i| shards_root.join(format!("shard-{i}"))).collect();
+    let out = args.results_dir.join(&id);
+    match crate::merge::merge(&out, &dirs) {
+        Ok(summary) => {
+            out!("{}", summary.render());
+            if let Some(path) = &args.junit {
+                if let Err(e) = crate::junit::write(path, &id, std::slice::from_ref(&out)) {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+            ExitCode::from(u8::from(summary.violations > 0))
+        }
+        Err(e) => {
+            eprintln!("error: merging the shards: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--resume DIR`: the campaign's own configuration (validated), the
+/// images directory given now (the old one may have moved), where it is.
+pub fn resume_request(dir: &std::path::Path, args: &RunArgs) -> anyhow::Result<(CampaignConfig, PathBuf, String)> {
+    use anyhow::Context;
+    // Validated as read; the images directory does not enter validation.
+    let (meta, mut config) = campaign::read_campaign_json(dir)?;
+    anyhow::ensure!(
+        meta["only_trial"].is_null(),
+        "{} ran one trial (--only-trial): nothing to resume",
+        dir.display()
+    );
+    config.images_dir = args.images_dir.clone();
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no usable name", dir.display()))?
+        .to_string();
+    let root = dir.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    Ok((config, root, id))
+}
+
+pub fn run_request(request: &CampaignRequest, junit: Option<&std::path::Path>, minimise: bool) -> ExitCode {
+    let result = campaign::run_campaign(request);
+    if let (true, Ok(summary)) = (minimise, &result) {
+        if summary.violations > 0 && !summary.interrupted {
+            minimise_first_failure(&summary.results_dir);
+        }
+    }
+    if let Some(path) = junit {
+        let dir = request.results_root.join(&request.campaign_id);
+        let written = match &result {
+            Ok(_) => crate::junit::write(path, &request.campaign_id, &[dir]),
+            Err(e) => crate::junit::write_cases(
+                path,
+                &request.campaign_id,
+                &[crate::junit::error_case(&dir, &format!("{e:#}"))],
+            ),
+        };
+        if let Err(e) = written {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
+    match result {
+        Ok(summary) => {
+            out!("{}", summary.render());
+            if summary.interrupted {
+                eprintln!(
+                    "interrupted: {} finished trials kept in {}",
+                    summary.trials_run,
+                    summary.results_dir.display()
+                );
+                ExitCode::from(130)
+            } else if summary.violations > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
