@@ -139,7 +139,11 @@ fn the_controllers_modules_import_one_way() {
 #[test]
 fn nothing_below_the_command_line_names_it() {
     let graph = module_graph();
-    assert!(graph["cli"].contains("campaign"), "cli's edges are read: {:?}", graph["cli"]);
+    assert!(
+        graph["cli"].contains("campaign"),
+        "cli's edges are read: {:?}",
+        graph["cli"]
+    );
     let users: Vec<&String> = graph
         .iter()
         .filter(|(name, uses)| *name != "cli" && uses.contains("cli"))

@@ -598,8 +598,8 @@ pub fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
 /// The `run` flags (without dashes) and how each takes its value, from
 /// the command line's own definition: a campaign file takes exactly these.
 pub fn run_flag_kinds() -> std::collections::BTreeMap<String, crate::campaign_file::FlagKind> {
-    use clap::CommandFactory;
     use crate::campaign_file::FlagKind;
+    use clap::CommandFactory;
     const PATHS: [&str; 5] = ["images-dir", "results-dir", "workload", "checker-cmd", "junit"];
     let cli = Cli::command();
     let run = cli.find_subcommand("run").expect("run is a subcommand");
@@ -684,11 +684,26 @@ mod tests {
         ("mkfs-opts", &["-T small", "-b 4096", "-O fast_commit -b 4096"]),
         (
             "pattern",
-            &["records", "partial-msync", "invalidate", "ipc", "wal", "growth", "several"],
+            &[
+                "records",
+                "partial-msync",
+                "invalidate",
+                "ipc",
+                "wal",
+                "growth",
+                "several",
+            ],
         ),
         (
             "mode",
-            &["ms-sync", "batch:8", "ms-async", "ms-async-fsync", "ms-async-fdatasync", "none"],
+            &[
+                "ms-sync",
+                "batch:8",
+                "ms-async",
+                "ms-async-fsync",
+                "ms-async-fdatasync",
+                "none",
+            ],
         ),
         ("record-size", &["512", "4096", "64K"]),
         ("file-size", &["1M", "4M", "16M"]),
@@ -698,7 +713,12 @@ mod tests {
         ("crash-delay-max-ms", &["0", "3000"]),
         (
             "planted-bug",
-            &["ack-before-sync", "skip-sync:3", "async-instead-of-sync", "data-before-log"],
+            &[
+                "ack-before-sync",
+                "skip-sync:3",
+                "async-instead-of-sync",
+                "data-before-log",
+            ],
         ),
         ("disk-size", &["64M", "1G"]),
         ("guest-memory-mib", &["256", "1024"]),
@@ -771,6 +791,9 @@ mod tests {
             assert_eq!(again, config, "{flags:?} rendered as {rendered:?}");
         }
         // Enough of the random lines are campaigns for the test to mean something.
-        assert!(valid > cases / 10, "only {valid} of {cases} random command lines were valid");
+        assert!(
+            valid > cases / 10,
+            "only {valid} of {cases} random command lines were valid"
+        );
     }
 }

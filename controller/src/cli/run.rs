@@ -1,7 +1,7 @@
 //! `crashlab run`: one campaign, resumed, or sharded over `--jobs`
 //! children; `crashlab slurm`: the same sharded over a Slurm array.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::args::*;
@@ -9,6 +9,7 @@ use super::commands::minimise_first_failure;
 use super::sweeps::run_file;
 use crate::campaign::{self, CampaignRequest};
 use crate::config::CampaignConfig;
+use crate::slurm;
 
 pub fn run(args: RunArgs) -> ExitCode {
     // A file's cells never hold --config (files cannot set it): no loop.
@@ -46,16 +47,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let campaign_id = args.campaign_id.unwrap_or_else(|| {
-        format!(
-            "{}-{}-{}-seed{}",
-            campaign::utc_timestamp(),
-            config.fs.name(),
-            config.mode,
-            config.seed
-        )
-        .replace(':', "")
-    });
+    let campaign_id = args.campaign_id.unwrap_or_else(|| campaign_id_of(&config));
     let request = CampaignRequest {
         config: &config,
         results_root: &args.results_dir,
@@ -71,96 +63,28 @@ pub fn run(args: RunArgs) -> ExitCode {
 /// `crashlab slurm`: the scripts of a sharded campaign, or (with
 /// --resume DIR) the resubmission of its unfinished shards.
 pub fn slurm(args: SlurmArgs) -> ExitCode {
-    use crate::slurm;
     let fail = |msg: String| {
         eprintln!("error: {msg}");
         ExitCode::from(2)
     };
-    let (dir, array, merge, tasks) = match &args.run.resume {
-        Some(dir) => {
-            let state = match std::fs::read_to_string(dir.join("slurm/slurm.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            {
-                Some(state) => state,
-                None => {
-                    return fail(format!(
-                        "{} holds no slurm/slurm.json: was it written by `crashlab slurm`?",
-                        dir.display()
-                    ))
-                }
-            };
-            let shards = state["shards"].as_u64().unwrap_or(0) as u32;
-            let todo = slurm::unfinished_shards(dir, shards);
-            if todo.is_empty() {
-                outln!(
-                    "every shard of {} has finished; the merge job (or `crashlab merge`) does the rest",
-                    dir.display()
-                );
-            }
-            (
-                dir.clone(),
-                dir.join("slurm/array.sbatch"),
-                dir.join("slurm/merge.sbatch"),
-                Some(todo),
-            )
-        }
-        None => {
-            let shards = args.shards.unwrap_or(1);
-            if !(1..=crate::config::SHARDS_MAX).contains(&shards) {
-                return fail(format!(
-                    "--shards {shards}: give 1 to {}",
-                    crate::config::SHARDS_MAX
-                ));
-            }
-            let mut config = match config_from(&args.run) {
-                Ok(config) => config,
-                Err(msg) => return fail(msg),
-            };
-            // Tasks run elsewhere, in other directories: every path absolute.
-            config.images_dir = std::path::absolute(&config.images_dir).unwrap_or(config.images_dir.clone());
-            if let Err(e) = crate::images::locate(&config.images_dir) {
-                return fail(format!(
-                    "{e:#}: build the guest images once, before the array, into a directory every node reads \
-                     (`cargo xtask images --out DIR`, then --images-dir DIR)"
-                ));
-            }
-            let results = std::path::absolute(&args.run.results_dir).unwrap_or(args.run.results_dir.clone());
-            let id = args.run.campaign_id.clone().unwrap_or_else(|| {
-                format!("{}-slurm-{}", campaign::utc_timestamp(), config.fs.name()).replace(':', "")
-            });
-            let dir = results.join(&id);
-            if dir.exists() {
-                return fail(format!(
-                    "{} exists: choose another --campaign-id, or --resume it",
-                    dir.display()
-                ));
-            }
-            let exe = match std::env::current_exe() {
-                Ok(exe) => exe,
-                Err(e) => return fail(format!("cannot find this program's own path: {e}")),
-            };
-            let run_args = config.full_run_args();
-            let plan = slurm::SlurmPlan {
-                crashlab: &exe,
-                run_args: &run_args,
-                shards,
-                dir: &dir,
-                sbatch_args: &args.sbatch_args,
-                name: &id,
-            };
-            let (array, merge) = match slurm::write_scripts(&plan) {
-                Ok(paths) => paths,
-                Err(e) => return fail(format!("{e:#}")),
-            };
-            let state = serde_json::json!({ "shards": shards, "campaign_id": id, "config": config });
-            if let Err(e) = std::fs::write(dir.join("slurm/slurm.json"), state.to_string() + "\n") {
-                return fail(format!("cannot write {}/slurm/slurm.json: {e}", dir.display()));
-            }
-            (dir, array, merge, None)
-        }
+    let scripts = match &args.run.resume {
+        Some(dir) => slurm_resumed(dir),
+        None => slurm_written(&args),
+    };
+    let SlurmScripts {
+        dir,
+        array,
+        merge,
+        tasks,
+    } = match scripts {
+        Ok(scripts) => scripts,
+        Err(msg) => return fail(msg),
     };
     if tasks.as_ref().is_some_and(Vec::is_empty) {
+        outln!(
+            "every shard of {} has finished; the merge job (or `crashlab merge`) does the rest",
+            dir.display()
+        );
         return ExitCode::SUCCESS;
     }
     let (first, second) = slurm::submit_commands(&array, &merge, tasks.as_deref());
@@ -187,6 +111,85 @@ pub fn slurm(args: SlurmArgs) -> ExitCode {
     }
 }
 
+/// A sharded campaign's Slurm scripts, and the array tasks to submit
+/// (`None`: all of them).
+struct SlurmScripts {
+    dir: PathBuf,
+    array: PathBuf,
+    merge: PathBuf,
+    tasks: Option<Vec<u32>>,
+}
+
+/// `slurm --resume DIR`: the scripts written before, the shards unfinished.
+fn slurm_resumed(dir: &Path) -> Result<SlurmScripts, String> {
+    let state = std::fs::read_to_string(dir.join("slurm/slurm.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .ok_or_else(|| {
+            format!(
+                "{} holds no slurm/slurm.json: was it written by `crashlab slurm`?",
+                dir.display()
+            )
+        })?;
+    let shards = state["shards"].as_u64().unwrap_or(0) as u32;
+    Ok(SlurmScripts {
+        dir: dir.to_path_buf(),
+        array: dir.join("slurm/array.sbatch"),
+        merge: dir.join("slurm/merge.sbatch"),
+        tasks: Some(slurm::unfinished_shards(dir, shards)),
+    })
+}
+
+/// A new sharded campaign: its directory, scripts and slurm.json.
+fn slurm_written(args: &SlurmArgs) -> Result<SlurmScripts, String> {
+    let shards = args.shards.unwrap_or(1);
+    if !(1..=crate::config::SHARDS_MAX).contains(&shards) {
+        return Err(format!("--shards {shards}: give 1 to {}", crate::config::SHARDS_MAX));
+    }
+    let mut config = config_from(&args.run)?;
+    // Tasks run elsewhere, in other directories: every path absolute.
+    config.images_dir = std::path::absolute(&config.images_dir).unwrap_or(config.images_dir.clone());
+    crate::images::locate(&config.images_dir).map_err(|e| {
+        format!(
+            "{e:#}: build the guest images once, before the array, into a directory every node reads \
+             (`cargo xtask images --out DIR`, then --images-dir DIR)"
+        )
+    })?;
+    let results = std::path::absolute(&args.run.results_dir).unwrap_or(args.run.results_dir.clone());
+    let id = args
+        .run
+        .campaign_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-slurm-{}", campaign::utc_timestamp(), config.fs.name()).replace(':', ""));
+    let dir = results.join(&id);
+    if dir.exists() {
+        return Err(format!(
+            "{} exists: choose another --campaign-id, or --resume it",
+            dir.display()
+        ));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program's own path: {e}"))?;
+    let run_args = config.full_run_args();
+    let plan = slurm::SlurmPlan {
+        crashlab: &exe,
+        run_args: &run_args,
+        shards,
+        dir: &dir,
+        sbatch_args: &args.sbatch_args,
+        name: &id,
+    };
+    let (array, merge) = slurm::write_scripts(&plan).map_err(|e| format!("{e:#}"))?;
+    let state = serde_json::json!({ "shards": shards, "campaign_id": id, "config": config });
+    std::fs::write(dir.join("slurm/slurm.json"), state.to_string() + "\n")
+        .map_err(|e| format!("cannot write {}/slurm/slurm.json: {e}", dir.display()))?;
+    Ok(SlurmScripts {
+        dir,
+        array,
+        merge,
+        tasks: None,
+    })
+}
+
 /// Upper bound on `--jobs`: guests at once on one machine.
 pub const JOBS_MAX: u32 = 64;
 
@@ -206,16 +209,7 @@ pub fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let id = args.campaign_id.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}-{}-seed{}",
-            campaign::utc_timestamp(),
-            config.fs.name(),
-            config.mode,
-            config.seed
-        )
-        .replace(':', "")
-    });
+    let id = args.campaign_id.clone().unwrap_or_else(|| campaign_id_of(&config));
     let shards_root = args.results_dir.join(format!("{id}.shards"));
     // The resolved configuration, every flag explicit (a campaign file's
     // too), then the shard's own flags.
@@ -223,39 +217,13 @@ pub fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
     if args.minimise {
         base.push("--minimise".into());
     }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("error: cannot find this program's own path to start the shards: {e}");
+    let children = match spawn_shards(&base, jobs, &shards_root) {
+        Ok(children) => children,
+        Err(msg) => {
+            eprintln!("error: {msg}");
             return ExitCode::from(2);
         }
     };
-    let mut children = Vec::new();
-    for i in 0..jobs {
-        let log = shards_root.join(format!("shard-{i}.log"));
-        let spawned = std::fs::create_dir_all(&shards_root)
-            .and_then(|()| std::fs::File::create(&log))
-            .and_then(|log_file| {
-                std::process::Command::new(&exe)
-                    .arg("run")
-                    .args(&base)
-                    .arg(format!("--shard={i}/{jobs}"))
-                    .arg(format!("--campaign-id=shard-{i}"))
-                    .arg("--results-dir")
-                    .arg(&shards_root)
-                    .arg("--quiet")
-                    .stdout(log_file.try_clone()?)
-                    .stderr(log_file)
-                    .spawn()
-            });
-        match spawned {
-            Ok(child) => children.push((i, child)),
-            Err(e) => {
-                eprintln!("error: cannot start shard {i}/{jobs} (its log: {}): {e}", log.display());
-                return ExitCode::from(2);
-            }
-        }
-    }
     eprintln!(
         "{jobs} shards running; their logs: {}/shard-*.log",
         shards_root.display()
@@ -303,6 +271,54 @@ pub fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A campaign's default id: when, what, which seed.
+fn campaign_id_of(config: &CampaignConfig) -> String {
+    format!(
+        "{}-{}-{}-seed{}",
+        campaign::utc_timestamp(),
+        config.fs.name(),
+        config.mode,
+        config.seed
+    )
+    .replace(':', "")
+}
+
+/// Starts shard i of `jobs` for each i: this program, `run` with `base`
+/// and the shard's flags, its output in `shard-i.log`.
+fn spawn_shards(base: &[String], jobs: u32, shards_root: &Path) -> Result<Vec<(u32, std::process::Child)>, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find this program's own path to start the shards: {e}"))?;
+    let mut children = Vec::new();
+    for i in 0..jobs {
+        let log = shards_root.join(format!("shard-{i}.log"));
+        let spawned = std::fs::create_dir_all(shards_root)
+            .and_then(|()| std::fs::File::create(&log))
+            .and_then(|log_file| {
+                std::process::Command::new(&exe)
+                    .arg("run")
+                    .args(base)
+                    .arg(format!("--shard={i}/{jobs}"))
+                    .arg(format!("--campaign-id=shard-{i}"))
+                    .arg("--results-dir")
+                    .arg(shards_root)
+                    .arg("--quiet")
+                    .stdout(log_file.try_clone()?)
+                    .stderr(log_file)
+                    .spawn()
+            });
+        match spawned {
+            Ok(child) => children.push((i, child)),
+            Err(e) => {
+                return Err(format!(
+                    "cannot start shard {i}/{jobs} (its log: {}): {e}",
+                    log.display()
+                ))
+            }
+        }
+    }
+    Ok(children)
 }
 
 /// `--resume DIR`: the campaign's own configuration (validated), the

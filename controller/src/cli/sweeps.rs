@@ -1,11 +1,13 @@
 //! Sweeps: `matrix`, `io-errors` and a campaign file with a [sweep],
 //! each a table of campaigns (`matrix::run_cells`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::args::*;
 use crate::campaign;
+use crate::campaign_file::{self, CampaignFile, FileCell};
+use crate::matrix::Cell;
 use clap::Parser;
 
 use super::run::run;
@@ -120,35 +122,14 @@ pub fn sweep(cells: Cells, name: &str, args: &SweepArgs) -> ExitCode {
 
 /// `crashlab run --config FILE [flags]`: one campaign, or the matrix of
 /// the file's [sweep].
-pub fn run_file(path: &std::path::Path) -> ExitCode {
-    use crate::campaign_file;
+pub fn run_file(path: &Path) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("error: {msg}");
         ExitCode::from(2)
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => return fail(format!("cannot read the campaign file {}: {e}", path.display())),
-    };
-    // One key's value, on its own: a flag that needs another one (the
-    // checker's arguments need --workload) is checked with the whole cell.
-    let validate = |args: &[String]| {
-        let argv = ["crashlab", "run"]
-            .into_iter()
-            .map(String::from)
-            .chain(args.iter().cloned());
-        match Cli::try_parse_from(argv) {
-            Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => Ok(()),
-            _ => parse_run_args(args).map(|_| ()),
-        }
-    };
-    let file = match campaign_file::parse(path, &text, &run_flag_kinds(), &validate) {
-        Ok(file) => file,
-        Err(msg) => return fail(msg),
-    };
     let overrides = overrides_of_command_line();
-    let cells = match campaign_file::expand(&file, &overrides) {
-        Ok(cells) => cells,
+    let (file, cells) = match read_campaign_file(path, &overrides) {
+        Ok(read) => read,
         Err(msg) => return fail(msg),
     };
     // Where a configuration error comes from: the file's line for a flag it set.
@@ -160,53 +141,21 @@ pub fn run_file(path: &std::path::Path) -> ExitCode {
         Some(s) => format!("{msg} (set by {}:{})", path.display(), s.line),
         None => msg,
     };
-    if cells.len() == 1 && cells[0].axes.is_empty() {
-        let args = match parse_run_args(&cells[0].args) {
-            Ok(args) => args,
-            Err(msg) => return fail(locate(msg)),
-        };
-        if let Err(msg) = config_from(&args) {
-            return fail(locate(msg));
-        }
-        return run(args);
-    }
-    // A sweep: each cell a campaign, as `crashlab matrix` runs them.
     let first = match parse_run_args(&cells[0].args) {
         Ok(args) => args,
         Err(msg) => return fail(locate(msg)),
     };
-    const ROW_KEYS: [&str; 6] = ["crash-model", "fs", "mkfs-opts", "mount-opts", "images-dir", "seed"];
-    let mut matrix_cells = Vec::new();
-    for cell in &cells {
-        let label = |row: bool| {
-            let parts: Vec<String> = cell
-                .axes
-                .iter()
-                .filter(|(k, _)| ROW_KEYS.contains(&k.as_str()) == row)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            match parts.is_empty() {
-                true => "campaign".to_string(),
-                false => parts.join(" "),
-            }
+    if cells.len() == 1 && cells[0].axes.is_empty() {
+        return match config_from(&first) {
+            Ok(_) => run(first),
+            Err(msg) => fail(locate(msg)),
         };
-        let config = match parse_run_args(&cell.args).and_then(|a| config_from(&a)) {
-            Ok(config) => config,
-            Err(msg) => {
-                return fail(format!(
-                    "{} ({}): {}",
-                    path.display(),
-                    label(true) + " " + &label(false),
-                    locate(msg)
-                ))
-            }
-        };
-        matrix_cells.push(crate::matrix::Cell {
-            row: label(true),
-            column: label(false),
-            config,
-        });
     }
+    // A sweep: each cell a campaign, as `crashlab matrix` runs them.
+    let matrix_cells = match sweep_cells(path, &cells, &locate) {
+        Ok(cells) => cells,
+        Err(msg) => return fail(msg),
+    };
     let id = first.campaign_id.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",
@@ -214,37 +163,9 @@ pub fn run_file(path: &std::path::Path) -> ExitCode {
             path.file_stem().map_or("campaign".into(), |s| s.to_string_lossy())
         )
     });
-    // The sweep as resolved (settings with the command line's overrides
-    // applied, the remaining axes): rerunnable with --config.
+    // The sweep as resolved: rerunnable with --config.
     let out_dir = first.results_dir.join(&id);
-    let mut resolved = campaign_file::render(
-        &campaign_file::expand(
-            &crate::campaign_file::CampaignFile {
-                sweep: vec![],
-                ..file.clone()
-            },
-            &overrides,
-        )
-        .map(|c| c[0].args.clone())
-        .unwrap_or_default(),
-        &format!(
-            "crashlab sweep {id}, resolved from {}; rerun with crashlab run --config sweep.toml",
-            path.display()
-        ),
-    );
-    resolved += "\n[sweep]\n";
-    for axis in file
-        .sweep
-        .iter()
-        .filter(|a| !campaign_file::flags_in(&overrides).contains(&a.key))
-    {
-        let values: Vec<String> = axis
-            .values
-            .iter()
-            .map(|v| toml::Value::String(v.clone()).to_string())
-            .collect();
-        resolved += &format!("{} = [{}]\n", axis.key, values.join(", "));
-    }
+    let resolved = resolved_sweep(path, &file, &overrides, &id);
     if let Err(e) =
         std::fs::create_dir_all(&out_dir).and_then(|()| std::fs::write(out_dir.join("sweep.toml"), resolved))
     {
@@ -261,4 +182,99 @@ pub fn run_file(path: &std::path::Path) -> ExitCode {
             run_flags: Vec::new(),
         },
     )
+}
+
+/// The campaign file, each of its settings checked as a `run` flag, and
+/// its cells with the command line's overrides applied (at least one).
+fn read_campaign_file(path: &Path, overrides: &[String]) -> Result<(CampaignFile, Vec<FileCell>), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the campaign file {}: {e}", path.display()))?;
+    // One key's value, on its own: a flag that needs another one (the
+    // checker's arguments need --workload) is checked with the whole cell.
+    let validate = |args: &[String]| {
+        let argv = ["crashlab", "run"]
+            .into_iter()
+            .map(String::from)
+            .chain(args.iter().cloned());
+        match Cli::try_parse_from(argv) {
+            Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => Ok(()),
+            _ => parse_run_args(args).map(|_| ()),
+        }
+    };
+    let file = campaign_file::parse(path, &text, &run_flag_kinds(), &validate)?;
+    let cells = campaign_file::expand(&file, overrides)?;
+    assert!(!cells.is_empty(), "a campaign file expands to at least one cell");
+    Ok((file, cells))
+}
+
+/// A sweep's cells as the matrix runs them: the axes that name the disk
+/// and the model (`ROW_KEYS`) label rows, the others columns.
+fn sweep_cells(path: &Path, cells: &[FileCell], locate: &dyn Fn(String) -> String) -> Result<Vec<Cell>, String> {
+    const ROW_KEYS: [&str; 6] = ["crash-model", "fs", "mkfs-opts", "mount-opts", "images-dir", "seed"];
+    let mut matrix_cells = Vec::new();
+    for cell in cells {
+        let label = |row: bool| {
+            let parts: Vec<String> = cell
+                .axes
+                .iter()
+                .filter(|(k, _)| ROW_KEYS.contains(&k.as_str()) == row)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            match parts.is_empty() {
+                true => "campaign".to_string(),
+                false => parts.join(" "),
+            }
+        };
+        let config = parse_run_args(&cell.args)
+            .and_then(|a| config_from(&a))
+            .map_err(|msg| {
+                format!(
+                    "{} ({}): {}",
+                    path.display(),
+                    label(true) + " " + &label(false),
+                    locate(msg)
+                )
+            })?;
+        matrix_cells.push(Cell {
+            row: label(true),
+            column: label(false),
+            config,
+        });
+    }
+    Ok(matrix_cells)
+}
+
+/// The sweep as resolved, as a campaign file: the settings with the
+/// command line's overrides applied, and the axes it did not override.
+fn resolved_sweep(path: &Path, file: &CampaignFile, overrides: &[String], id: &str) -> String {
+    let settings = campaign_file::expand(
+        &CampaignFile {
+            sweep: vec![],
+            ..file.clone()
+        },
+        overrides,
+    )
+    .map(|c| c[0].args.clone())
+    .unwrap_or_default();
+    let mut resolved = campaign_file::render(
+        &settings,
+        &format!(
+            "crashlab sweep {id}, resolved from {}; rerun with crashlab run --config sweep.toml",
+            path.display()
+        ),
+    );
+    resolved += "\n[sweep]\n";
+    for axis in file
+        .sweep
+        .iter()
+        .filter(|a| !campaign_file::flags_in(overrides).contains(&a.key))
+    {
+        let values: Vec<String> = axis
+            .values
+            .iter()
+            .map(|v| toml::Value::String(v.clone()).to_string())
+            .collect();
+        resolved += &format!("{} = [{}]\n", axis.key, values.join(", "));
+    }
+    resolved
 }
