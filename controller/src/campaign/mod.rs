@@ -6,14 +6,16 @@
 //! `trials/<n>/` (protocol and console logs, and the crashed disk when it
 //! broke a rule).
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+
+mod events;
+
+use events::{emit, Event, Progress, ResultsLog, Sink, SummarySink};
 
 use crate::config::{CampaignConfig, CrashModel};
 use crate::plan::plan_trial;
@@ -239,6 +241,55 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     // The campaign's clock includes its setup (accelerator choice, mkfs):
     // `elapsed_s` and `first_failure_after_s` are wall time a user waits.
     let start = Instant::now();
+    let setup = set_up(req)?;
+    let finished = match req.resume {
+        true => resume_results(&setup)?,
+        false => start_results(req, &setup)?,
+    };
+    let (config, dir) = (&setup.config, &setup.dir);
+    let trial_ids = trials_to_run(req, config, &finished, dir)?;
+    let mut summary = Summary {
+        campaign_id: req.campaign_id.clone(),
+        results_dir: dir.clone(),
+        filesystem: setup.made.summary_line(),
+        kernel: setup.images.identity.summary_line(),
+        ..Default::default()
+    };
+    for (_, totals) in &finished {
+        summary.add(totals);
+    }
+    // Rates are of this run's own trials: a resumed run's clock started now.
+    let before = (summary.trials_run, summary.states_checked);
+    let mut results = ResultsLog::open(dir, config.crash_model)?;
+    let mut progress = Progress::new(trial_ids.len() as u64, req.show_progress, start);
+    let ran = {
+        let mut totals = SummarySink {
+            summary: &mut summary,
+            start,
+        };
+        run_trials(req, &setup, &trial_ids, &mut [&mut results, &mut totals, &mut progress])
+    };
+    progress.finish();
+    let _ = std::fs::remove_file(&setup.base_disk);
+    finish(req, dir, summary, ran.err(), start, before)
+}
+
+/// Everything a campaign's trials stand on, made before the first.
+struct SetUp {
+    /// The request's configuration, pinned to the kernel build found.
+    config: CampaignConfig,
+    images: images::GuestImages,
+    dir: PathBuf,
+    base_disk: PathBuf,
+    made: images::MadeFilesystem,
+    accel: AccelUsed,
+    accel_reason: String,
+    rerun: String,
+}
+
+/// Checks the request, finds the images, makes the results directory, the
+/// base disk and the accelerator choice.
+fn set_up(req: &CampaignRequest) -> Result<SetUp> {
     let config = req.config;
     config.validate().map_err(anyhow::Error::msg)?;
     if let Some(t) = req.only_trial {
@@ -254,11 +305,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let images = images::locate_build(&config.images_dir, config.kernel_build.as_deref())?;
     images.check_supports(config.fs)?;
     // A kernel built from source is named in the results and the rerun.
-    let pinned = CampaignConfig {
+    let config = CampaignConfig {
         kernel_build: images.identity.build_key_short(),
         ..config.clone()
     };
-    let config = &pinned;
     let dir = req.results_root.join(&req.campaign_id);
     if req.resume {
         anyhow::ensure!(
@@ -275,7 +325,7 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     })?;
     // A resumed campaign runs the program it started with.
     let fresh = !(req.resume && dir.join(crate::program::CAMPAIGN_INITRD).is_file());
-    let images = crate::program::campaign_images(images, config, &dir, fresh)?;
+    let images = crate::program::campaign_images(images, &config, &dir, fresh)?;
 
     // Before the accelerator's sanity boot: mkfs options it refuses fail fast.
     let base_disk = dir.join("base-disk.img");
@@ -291,16 +341,31 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         );
     }
     let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
-    let ack_area_offset_bytes = config.ack_area_offset_bytes();
     if config.crash_model == CrashModel::PowerLoss {
         std::fs::OpenOptions::new()
             .write(true)
             .open(&base_disk)?
-            .set_len(ack_area_offset_bytes + config.ack_area_size_bytes())
+            .set_len(config.ack_area_offset_bytes() + config.ack_area_size_bytes())
             .context("cannot grow the base disk for the ack area (disk full?)")?;
     }
-
     let rerun = format!("crashlab {}", crate::config::shell_join(&config.to_cli_args()));
+    Ok(SetUp {
+        config,
+        images,
+        dir,
+        base_disk,
+        made,
+        accel,
+        accel_reason,
+        rerun,
+    })
+}
+
+/// A new campaign's record of itself: campaign.json (what a resume reads
+/// back: written whole or not at all, and durable before any trial runs),
+/// campaign.toml, empty logs and the seal of its start.
+fn start_results(req: &CampaignRequest, setup: &SetUp) -> Result<Vec<(u64, TrialTotals)>> {
+    let (config, dir) = (&setup.config, &setup.dir);
     let meta = CampaignMeta {
         results_schema: format!(
             "{}.{}",
@@ -311,66 +376,53 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         config,
         crashlab_version: env!("CARGO_PKG_VERSION"),
         qemu_version: qemu::qemu_version(),
-        kernel_release: &images.identity.release,
-        kernel: &images.identity,
-        accel,
-        accel_reason: &accel_reason,
-        filesystem: &made,
+        kernel_release: &setup.images.identity.release,
+        kernel: &setup.images.identity,
+        accel: setup.accel,
+        accel_reason: &setup.accel_reason,
+        filesystem: &setup.made,
         only_trial: req.only_trial,
-        rerun: &rerun,
+        rerun: &setup.rerun,
     };
-    let finished = match req.resume {
-        // The campaign's record of itself stays as it was written.
-        true => {
-            let seal = verify_for_resume(&dir, &images)?;
-            let finished = keep_finished(&dir, config.crash_model, config.trials)?;
-            // The results files were cut back: sealed again at the end.
-            if let Some(seal) = seal {
-                crate::seal::write_campaign_seal(&dir, &seal)?;
-            }
-            finished
-        }
-        false => {
-            // campaign.json is what a resume reads back: written whole or
-            // not at all, and durable before any trial runs.
-            crate::durable::write_atomically(
-                &dir.join("campaign.json"),
-                (serde_json::to_string_pretty(&meta)? + "\n").as_bytes(),
-            )?;
-            crate::durable::write_atomically(&dir.join("campaign.toml"), config.to_toml(&req.campaign_id).as_bytes())?;
-            crate::durable::write_atomically(&dir.join("trials.jsonl"), b"")?;
-            if config.crash_model == CrashModel::PowerLoss {
-                crate::durable::write_atomically(&dir.join("states.jsonl"), b"")?;
-            }
-            let program: Vec<PathBuf> = config
-                .program
-                .iter()
-                .flat_map(|p| [p.workload.clone(), p.checker.clone()])
-                .collect();
-            crate::seal::write_campaign_seal(&dir, &crate::seal::CampaignSeal::at_start(&dir, &images, &program)?)?;
-            Vec::new()
-        }
-    };
-    let append = |name: &str| -> Result<File> {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join(name))
-            .with_context(|| format!("cannot open {}", dir.join(name).display()))
-    };
-    let mut trials_log = append("trials.jsonl")?;
-    let mut states_log = match config.crash_model {
-        CrashModel::PowerLoss => Some(append("states.jsonl")?),
-        CrashModel::KernelCrash => None,
-    };
+    crate::durable::write_atomically(
+        &dir.join("campaign.json"),
+        (serde_json::to_string_pretty(&meta)? + "\n").as_bytes(),
+    )?;
+    crate::durable::write_atomically(&dir.join("campaign.toml"), config.to_toml(&req.campaign_id).as_bytes())?;
+    crate::durable::write_atomically(&dir.join("trials.jsonl"), b"")?;
+    if config.crash_model == CrashModel::PowerLoss {
+        crate::durable::write_atomically(&dir.join("states.jsonl"), b"")?;
+    }
+    let program: Vec<PathBuf> = config
+        .program
+        .iter()
+        .flat_map(|p| [p.workload.clone(), p.checker.clone()])
+        .collect();
+    crate::seal::write_campaign_seal(dir, &crate::seal::CampaignSeal::at_start(dir, &setup.images, &program)?)?;
+    Ok(Vec::new())
+}
 
-    let ctx = TrialContext {
-        config,
-        images: &images,
-        accel,
-        base_disk: &base_disk,
-        interrupt: req.interrupt,
-        rerun_command: &rerun,
-    };
+/// A resumed campaign: its record of itself stays as it was written; its
+/// seal verified, its finished trials kept (the results files cut back to
+/// them are sealed again at the end).
+fn resume_results(setup: &SetUp) -> Result<Vec<(u64, TrialTotals)>> {
+    let seal = verify_for_resume(&setup.dir, &setup.images)?;
+    let finished = keep_finished(&setup.dir, setup.config.crash_model, setup.config.trials)?;
+    if let Some(seal) = seal {
+        crate::seal::write_campaign_seal(&setup.dir, &seal)?;
+    }
+    Ok(finished)
+}
+
+/// The trials this run runs (this shard's, or the one asked for, less the
+/// finished), each one's leftover directory from a killed run cleared:
+/// what a killed run left of an unfinished trial is not evidence.
+fn trials_to_run(
+    req: &CampaignRequest,
+    config: &CampaignConfig,
+    finished: &[(u64, TrialTotals)],
+    dir: &Path,
+) -> Result<Vec<u64>> {
     let mine: Vec<u64> = match config.shard {
         Some(shard) => crate::config::shard_trials(config.seed, config.trials, shard),
         None => (0..config.trials).collect(),
@@ -382,94 +434,72 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             .filter(|t| !finished.iter().any(|(done, _)| done == t))
             .collect(),
     };
-    let progress = Progress::new(trial_ids.len() as u64, req.show_progress);
-    let mut summary = Summary {
-        campaign_id: req.campaign_id.clone(),
-        results_dir: dir.clone(),
-        filesystem: made.summary_line(),
-        kernel: images.identity.summary_line(),
-        ..Default::default()
-    };
-    for (_, totals) in &finished {
-        summary.add(totals);
-    }
-    // Rates are of this run's own trials: a resumed run's clock started now.
-    let (trials_before, states_before) = (summary.trials_run, summary.states_checked);
     for &trial in &trial_ids {
-        // What a killed run left of an unfinished trial is not evidence.
+        assert!(trial < config.trials, "trial {trial} is one of the campaign's");
         let trial_dir = dir.join("trials").join(trial.to_string());
         if trial_dir.exists() {
             std::fs::remove_dir_all(&trial_dir).with_context(|| format!("cannot clear {}", trial_dir.display()))?;
         }
     }
-    let mut failure = None;
+    Ok(trial_ids)
+}
+
+/// The loop: each trial run, its states and its end emitted to the sinks.
+/// The first error (a trial's, a sink's, too little disk) ends it.
+fn run_trials(req: &CampaignRequest, setup: &SetUp, trial_ids: &[u64], sinks: &mut [&mut dyn Sink]) -> Result<()> {
+    let config = &setup.config;
+    let ctx = TrialContext {
+        config,
+        images: &setup.images,
+        accel: setup.accel,
+        base_disk: &setup.base_disk,
+        interrupt: req.interrupt,
+        rerun_command: &setup.rerun,
+    };
     let pctx = PowerLossContext {
         trial: &ctx,
-        base_disk: &base_disk,
-        ack_area_offset_bytes,
+        base_disk: &setup.base_disk,
+        ack_area_offset_bytes: config.ack_area_offset_bytes(),
     };
-    for &trial in &trial_ids {
-        if let Err(e) = ensure_space_for_a_trial(&dir, config) {
-            failure = Some(e);
-            break;
-        }
+    for &trial in trial_ids {
+        ensure_space_for_a_trial(&setup.dir, config)?;
         let plan = plan_trial(config, trial);
-        let trial_dir = dir.join("trials").join(trial.to_string());
-        let outcome = match config.crash_model {
+        let trial_dir = setup.dir.join("trials").join(trial.to_string());
+        let (totals, json) = match config.crash_model {
             CrashModel::KernelCrash => {
-                run_trial(&ctx, &plan, &trial_dir).and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?)))
+                let record = run_trial(&ctx, &plan, &trial_dir)?;
+                (TrialTotals::from(&record), serde_json::to_string(&record)?)
             }
-            CrashModel::PowerLoss => run_powerloss_trial(&pctx, &plan, &trial_dir, |line| {
-                if !line.passed && summary.first_failure_after_s.is_none() {
-                    summary.first_failure_after_s = Some(start.elapsed().as_secs_f64());
-                }
-                let log = states_log.as_mut().expect("power-loss campaigns have a states log");
-                writeln!(log, "{}", serde_json::to_string(line)?)
-                    .with_context(|| cannot_write(&dir, "states.jsonl"))?;
-                Ok(())
-            })
-            .and_then(|r| Ok((TrialTotals::from(&r), serde_json::to_string(&r)?))),
+            CrashModel::PowerLoss => {
+                let record =
+                    run_powerloss_trial(&pctx, &plan, &trial_dir, |line| emit(sinks, &Event::StateJudged(line)))?;
+                (TrialTotals::from(&record), serde_json::to_string(&record)?)
+            }
         };
         // The trial's evidence sealed, the line naming its seal.
-        let outcome = outcome.and_then(|(totals, json)| Ok((totals, sealed_line(&trial_dir, trial, &json)?)));
-        match outcome {
-            Ok((totals, json)) => {
-                if !totals.passed && summary.first_failure_after_s.is_none() {
-                    summary.first_failure_after_s = Some(start.elapsed().as_secs_f64());
-                }
-                // The trial's line says it finished, so what it stands on is
-                // made durable first (its evidence, its state lines); the line
-                // itself is synced at once. A kill or a reboot of the machine
-                // keeps every trial that has a line; resume redoes the rest.
-                let evidence_synced = match trial_dir.exists() {
-                    true => crate::durable::sync_tree(&trial_dir),
-                    false => Ok(()),
-                };
-                let written = evidence_synced
-                    .and_then(|()| match states_log.as_mut() {
-                        Some(log) => log.sync_data().with_context(|| cannot_write(&dir, "states.jsonl")),
-                        None => Ok(()),
-                    })
-                    .and_then(|()| {
-                        writeln!(trials_log, "{json}")
-                            .and_then(|()| trials_log.sync_data())
-                            .with_context(|| cannot_write(&dir, "trials.jsonl"))
-                    });
-                if let Err(e) = written {
-                    failure = Some(e);
-                    break;
-                }
-                summary.add(&totals);
-                progress.trial_done(trial, &totals, &summary, start);
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
+        let line = sealed_line(&trial_dir, trial, &json)?;
+        let event = Event::TrialFinished {
+            trial,
+            trial_dir: &trial_dir,
+            line: &line,
+            totals: &totals,
+        };
+        emit(sinks, &event)?;
     }
-    progress.finish();
-    let _ = std::fs::remove_file(&base_disk);
+    Ok(())
+}
+
+/// The campaign's end: its rates, the summary written and the results
+/// sealed; an error that stopped it (not an interruption) returned with
+/// where its results are and how to continue.
+fn finish(
+    req: &CampaignRequest,
+    dir: &Path,
+    mut summary: Summary,
+    failure: Option<anyhow::Error>,
+    start: Instant,
+    (trials_before, states_before): (u64, u64),
+) -> Result<Summary> {
     summary.elapsed_s = start.elapsed().as_secs_f64();
     let (trials_now, states_now) = (
         summary.trials_run - trials_before,
@@ -485,13 +515,13 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         summary.interrupted = e.downcast_ref::<vm::Interrupted>().is_some();
     }
     let summary_written = std::fs::write(dir.join("summary.txt"), summary.render())
-        .with_context(|| cannot_write(&dir, "summary.txt"))
+        .with_context(|| cannot_write(dir, "summary.txt"))
         .and_then(|()| {
             std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")
-                .with_context(|| cannot_write(&dir, "summary.json"))
+                .with_context(|| cannot_write(dir, "summary.json"))
         });
     // What a later command reads, sealed as the campaign leaves it.
-    let summary_written = summary_written.and_then(|()| seal_results(&dir));
+    let summary_written = summary_written.and_then(|()| seal_results(dir));
     match failure {
         Some(e) if !summary.interrupted => {
             let resume = match req.only_trial {
@@ -676,54 +706,6 @@ pub fn resume_point(trials: &[u8], states: Option<&[u8]>, model: CrashModel, tri
         trials_jsonl,
         states_jsonl,
     })
-}
-
-/// The progress bar on a terminal; one line per trial otherwise (CI logs).
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    total: u64,
-}
-
-impl Progress {
-    fn new(total: u64, show: bool) -> Progress {
-        let tty = show && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let bar = tty.then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {msg}  ETA {eta}")
-                    .expect("static template"),
-            );
-            bar
-        });
-        Progress { bar, total }
-    }
-
-    fn trial_done(&self, trial: u64, totals: &TrialTotals, summary: &Summary, start: Instant) {
-        let per_min = summary.states_checked as f64 * 60.0 / start.elapsed().as_secs_f64().max(1e-9);
-        let msg = format!("{per_min:.1} states/min, {} violations", summary.violations);
-        match &self.bar {
-            Some(bar) => {
-                bar.set_message(msg);
-                bar.inc(1);
-            }
-            None => eprintln!(
-                "trial {trial} ({}/{}): {} states, {} acked, {} lost, {} violations, {:?}; {msg}",
-                summary.trials_run,
-                self.total,
-                totals.states,
-                totals.counts.acked,
-                totals.counts.lost,
-                totals.violations,
-                totals.run_end,
-            ),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 /// ru_maxrss: for RUSAGE_CHILDREN, that of the largest child waited for.
