@@ -519,8 +519,20 @@ th{background:#f4f4f4}.ok{background:#e6f4e6}.bad{background:#fbe3e3}.none{color
 pre{background:#f7f7f7;padding:6px 8px;overflow-x:auto;font-size:12px}b.d{color:#c00}\
 .plot{margin:8px 0 20px}.v{border-left:4px solid #d62728;padding-left:12px;margin:16px 0}code{font-size:12px}";
 
-/// The page for the campaigns in `dirs`.
+/// The page for the campaigns in `dirs`: one section after another.
 pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
+    let mut h = header(title, campaigns);
+    h += &campaigns_table(campaigns);
+    h += &configuration_table(campaigns);
+    h += &comparisons_section(campaigns);
+    h += &plots_section(campaigns);
+    h += &violations_section(campaigns);
+    h += "</body></html>\n";
+    h
+}
+
+/// The page's head and its one-line verdict over every campaign.
+fn header(title: &str, campaigns: &[CampaignResults]) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -549,8 +561,12 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         RESULTS_SCHEMA.1,
         env!("CARGO_PKG_VERSION"),
     );
+    h
+}
 
-    // Summary, a row per campaign.
+/// A row per campaign.
+fn campaigns_table(campaigns: &[CampaignResults]) -> String {
+    let mut h = String::new();
     h += "<h2>Campaigns</h2>\n<table><tr><th>campaign</th><th>configuration</th><th>workload</th><th>filesystem made with</th>\
           <th>kernel</th><th>states</th><th>failed</th><th>violations</th><th>observations</th><th>lost</th><th>seconds</th></tr>\n";
     for c in campaigns {
@@ -577,8 +593,12 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         );
     }
     h += "</table>\n";
+    h
+}
 
-    // Configuration by pattern.
+/// Configuration by workload: states checked / violations per cell.
+fn configuration_table(campaigns: &[CampaignResults]) -> String {
+    let mut h = String::new();
     let mut rows: Vec<String> = Vec::new();
     let mut columns: Vec<String> = Vec::new();
     for c in campaigns {
@@ -617,10 +637,12 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         h += "</tr>\n";
     }
     h += "</table>\n";
+    h
+}
 
-    h += &comparisons_section(campaigns);
-
-    // Plots, over every campaign's states.
+/// The plots, over every campaign's states.
+fn plots_section(campaigns: &[CampaignResults]) -> String {
+    let mut h = String::new();
     let points: Vec<StatePoint> = campaigns.iter().flat_map(CampaignResults::state_points).collect();
     let lost: Vec<(u64, u64)> = points.iter().map(|p| (p.acked, p.lost)).collect();
     let distances: Vec<u64> = points
@@ -672,8 +694,13 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
         }
         h += "</div>\n";
     }
+    h
+}
 
-    // Violations.
+/// Each failing state or trial (at most `VIOLATIONS_SHOWN_MAX`): its rule,
+/// reason, replay command, bytes, the kernel's words and the last msyncs.
+fn violations_section(campaigns: &[CampaignResults]) -> String {
+    let mut h = String::new();
     let all: Vec<ShownViolation> = campaigns.iter().flat_map(violations_of).collect();
     let _ = writeln!(h, "<h2>Violations ({} failing states or trials)</h2>", all.len());
     if all.is_empty() {
@@ -721,7 +748,6 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
             all.len() - VIOLATIONS_SHOWN_MAX
         );
     }
-    h += "</body></html>\n";
     h
 }
 
