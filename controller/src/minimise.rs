@@ -167,13 +167,6 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         .clone();
     kept.check_identities(req.campaign_dir, &[(req.state, &original)])?;
     let config = &kept.config;
-    let checker = req.checker.unwrap_or(match config.checker {
-        Checker::Host => Checker::Host,
-        _ => Checker::Kernel,
-    });
-    if checker == Checker::Both {
-        bail!("--checker both: minimise with one checker (kernel or host); replay-state compares them");
-    }
     let log = &kept.capture.log;
     let builder = powerloss::StateBuilder::new(
         log,
@@ -183,37 +176,8 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
     );
     let read = crate::config::FileRead::Extents;
     let work = crate::lifetime::temp_dir("crashlab-minimise-", None)?;
-    let mut kernel = None;
-    let mut host = None;
-    match checker {
-        Checker::Kernel => {
-            let (images, accel) = kept.guest(req.campaign_dir, work.path(), req.interrupt)?;
-            let ctx = TrialContext {
-                config,
-                images: &images,
-                accel,
-                base_disk: &kept.base,
-                interrupt: req.interrupt,
-                rerun_command: "",
-            };
-            let first: Arc<dyn DiskView> = Arc::new(builder.view(&original));
-            kernel = Some(powerloss::KernelChecker::start(
-                &ctx,
-                work.path(),
-                "minimise",
-                first,
-                config.fsck_states,
-            )?);
-        }
-        _ => {
-            host = Some(powerloss::HostChecker::new(
-                &kept.base,
-                work.path(),
-                config.fsck_states,
-                config.data_files(),
-            )?);
-        }
-    }
+    let first: Arc<dyn DiskView> = Arc::new(builder.view(&original));
+    let (mut kernel, mut host) = start_checker(req, &kept, first, work.path())?;
     let mut checked = 0usize;
     // The verdict's first violated rule, or None when it passed.
     let mut judge = |state: &CrashState| -> Result<Option<String>> {
@@ -275,7 +239,6 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
     let state = state_losing(log, &original, &minimal).expect("the minimised set was checked as a valid state");
     let state_file = kept.trial_dir.join(format!("state-{}-minimised.json", req.state));
     crate::durable::write_atomically(&state_file, (serde_json::to_string_pretty(&state)? + "\n").as_bytes())?;
-    let described = describe_writes(config.fs, &kept, &state, &minimal);
     let abs = std::fs::canonicalize(req.campaign_dir).unwrap_or_else(|_| req.campaign_dir.to_path_buf());
     Ok(MinimiseOutcome {
         trial: req.trial,
@@ -283,7 +246,7 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         rule,
         prefix_entries: original.prefix_entries,
         lost_before: lost_before.len(),
-        lost: described,
+        lost: describe_writes(config.fs, &kept, &state, &minimal),
         candidates_checked: checked,
         complete,
         one_minimal,
@@ -295,6 +258,44 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         ),
         state_file,
     })
+}
+
+/// The one checker minimise judges with (the campaign's, kernel unless it
+/// was host; `--checker` chooses), started once: a checker VM whose first
+/// disk is `first`, or the host checker.
+fn start_checker(
+    req: &MinimiseRequest,
+    kept: &KeptTrial,
+    first: Arc<dyn DiskView>,
+    work: &Path,
+) -> Result<(Option<powerloss::KernelChecker>, Option<powerloss::HostChecker>)> {
+    let config = &kept.config;
+    let checker = req.checker.unwrap_or(match config.checker {
+        Checker::Host => Checker::Host,
+        _ => Checker::Kernel,
+    });
+    match checker {
+        Checker::Both => {
+            bail!("--checker both: minimise with one checker (kernel or host); replay-state compares them")
+        }
+        Checker::Kernel => {
+            let (images, accel) = kept.guest(req.campaign_dir, work, req.interrupt)?;
+            let ctx = TrialContext {
+                config,
+                images: &images,
+                accel,
+                base_disk: &kept.base,
+                interrupt: req.interrupt,
+                rerun_command: "",
+            };
+            let kernel = powerloss::KernelChecker::start(&ctx, work, "minimise", first, config.fsck_states)?;
+            Ok((Some(kernel), None))
+        }
+        Checker::Host => {
+            let host = powerloss::HostChecker::new(&kept.base, work, config.fsck_states, config.data_files())?;
+            Ok((None, Some(host)))
+        }
+    }
 }
 
 fn kebab<T: Serialize>(value: &T) -> String {
