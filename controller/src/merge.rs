@@ -156,51 +156,11 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<Summary> {
     let shards = dirs.iter().map(|d| load(d)).collect::<Result<Vec<_>>>()?;
     let config = check_set(&shards)?;
     let model = config.crash_model;
-    // Each shard holds exactly its share: no trial twice, none skipped.
-    let mut trial_lines: Vec<(u64, String)> = Vec::new();
-    let mut state_lines: Vec<(u64, u64, String)> = Vec::new();
-    for s in &shards {
-        let trials = std::fs::read(s.dir.join("trials.jsonl"))?;
-        let states = match model {
-            crate::config::CrashModel::PowerLoss => Some(std::fs::read(s.dir.join("states.jsonl"))?),
-            crate::config::CrashModel::KernelCrash => None,
-        };
-        let point = resume_point(&trials, states.as_deref(), model, config.trials)
-            .with_context(|| format!("shard {} ({})", s.shard, s.dir.display()))?;
-        let mut have: Vec<u64> = point.finished.iter().map(|(t, _)| *t).collect();
-        have.sort_unstable();
-        let want = shard_trials(config.seed, config.trials, s.shard);
-        if have != want {
-            bail!(
-                "shard {} ({}) holds trials {have:?}, not its share {want:?}: was it run with another seed, \
-                 or cut short? Resume or rerun it",
-                s.shard,
-                s.dir.display()
-            );
-        }
-        for line in point.trials_jsonl.lines() {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            trial_lines.push((v["trial"].as_u64().unwrap_or(0), line.to_string()));
-        }
-        for line in point.states_jsonl.as_deref().unwrap_or("").lines() {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            state_lines.push((
-                v["trial"].as_u64().unwrap_or(0),
-                v["state"].as_u64().unwrap_or(0),
-                line.to_string(),
-            ));
-        }
-    }
-    trial_lines.sort_by_key(|(t, _)| *t);
-    state_lines.sort_by_key(|(t, s, _)| (*t, *s));
-
+    let (trials_jsonl, states_jsonl) = merged_lines(&shards, &config)?;
     if out.exists() && std::fs::read_dir(out).map_or(true, |mut d| d.next().is_some()) {
         bail!("{} exists and is not empty: merge into a new directory", out.display());
     }
     std::fs::create_dir_all(out.join("trials")).with_context(|| format!("cannot create {}", out.display()))?;
-    let join = |lines: Vec<String>| lines.into_iter().map(|l| l + "\n").collect::<String>();
-    let trials_jsonl = join(trial_lines.into_iter().map(|(_, l)| l).collect());
-    let states_jsonl = join(state_lines.into_iter().map(|(_, _, l)| l).collect());
     for s in &shards {
         for trial in shard_trials(config.seed, config.trials, s.shard) {
             let from = s.dir.join("trials").join(trial.to_string());
@@ -234,8 +194,75 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<Summary> {
     if model == crate::config::CrashModel::PowerLoss {
         crate::durable::write_atomically(&out.join("states.jsonl"), states_jsonl.as_bytes())?;
     }
+    let summary = merged_summary(out, id, &shards, &config, &trials_jsonl, &states_jsonl)?;
+    crate::durable::write_atomically(&out.join("summary.txt"), summary.render().as_bytes())?;
+    crate::durable::write_atomically(
+        &out.join("summary.json"),
+        (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
+    )?;
+    seal_merged(out, &shards[0].dir)?;
+    crate::durable::sync_tree(out)?;
+    Ok(summary)
+}
 
-    // The summary, counted again from the merged trial lines.
+/// The shards' trial and state lines, each shard holding exactly its share
+/// (no trial twice, none skipped), in trial (and state) order.
+fn merged_lines(shards: &[ShardDir], config: &CampaignConfig) -> Result<(String, String)> {
+    let model = config.crash_model;
+    let mut trial_lines: Vec<(u64, String)> = Vec::new();
+    let mut state_lines: Vec<(u64, u64, String)> = Vec::new();
+    for s in shards {
+        let trials = std::fs::read(s.dir.join("trials.jsonl"))?;
+        let states = match model {
+            crate::config::CrashModel::PowerLoss => Some(std::fs::read(s.dir.join("states.jsonl"))?),
+            crate::config::CrashModel::KernelCrash => None,
+        };
+        let point = resume_point(&trials, states.as_deref(), model, config.trials)
+            .with_context(|| format!("shard {} ({})", s.shard, s.dir.display()))?;
+        let mut have: Vec<u64> = point.finished.iter().map(|(t, _)| *t).collect();
+        have.sort_unstable();
+        let want = shard_trials(config.seed, config.trials, s.shard);
+        if have != want {
+            bail!(
+                "shard {} ({}) holds trials {have:?}, not its share {want:?}: was it run with another seed, \
+                 or cut short? Resume or rerun it",
+                s.shard,
+                s.dir.display()
+            );
+        }
+        for line in point.trials_jsonl.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            trial_lines.push((v["trial"].as_u64().unwrap_or(0), line.to_string()));
+        }
+        for line in point.states_jsonl.as_deref().unwrap_or("").lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            state_lines.push((
+                v["trial"].as_u64().unwrap_or(0),
+                v["state"].as_u64().unwrap_or(0),
+                line.to_string(),
+            ));
+        }
+    }
+    trial_lines.sort_by_key(|(t, _)| *t);
+    state_lines.sort_by_key(|(t, s, _)| (*t, *s));
+    let join = |lines: Vec<String>| lines.into_iter().map(|l| l + "\n").collect::<String>();
+    Ok((
+        join(trial_lines.into_iter().map(|(_, l)| l).collect()),
+        join(state_lines.into_iter().map(|(_, _, l)| l).collect()),
+    ))
+}
+
+/// The summary, counted again from the merged trial lines; times and
+/// memory from the shards (they ran side by side).
+fn merged_summary(
+    out: &Path,
+    id: String,
+    shards: &[ShardDir],
+    config: &CampaignConfig,
+    trials_jsonl: &str,
+    states_jsonl: &str,
+) -> Result<Summary> {
+    let model = config.crash_model;
     let point = resume_point(
         trials_jsonl.as_bytes(),
         (model == crate::config::CrashModel::PowerLoss).then_some(states_jsonl.as_bytes()),
@@ -252,7 +279,7 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<Summary> {
     for (_, totals) in &point.finished {
         summary.add(totals);
     }
-    // The shards ran side by side: the campaign took as long as the longest.
+    // The campaign took as long as the longest shard.
     summary.elapsed_s = shards
         .iter()
         .filter_map(|s| s.summary["elapsed_s"].as_f64())
@@ -265,23 +292,9 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<Summary> {
         summary.seconds_per_trial = summary.elapsed_s / summary.trials_run as f64;
         summary.states_per_minute = summary.states_checked as f64 * 60.0 / summary.elapsed_s;
     }
-    summary.peak_rss_kib = shards
-        .iter()
-        .filter_map(|s| s.summary["peak_rss_kib"].as_u64())
-        .max()
-        .unwrap_or(0);
-    summary.peak_rss_largest_child_kib = shards
-        .iter()
-        .filter_map(|s| s.summary["peak_rss_largest_child_kib"].as_u64())
-        .max()
-        .unwrap_or(0);
-    crate::durable::write_atomically(&out.join("summary.txt"), summary.render().as_bytes())?;
-    crate::durable::write_atomically(
-        &out.join("summary.json"),
-        (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
-    )?;
-    seal_merged(out, &shards[0].dir)?;
-    crate::durable::sync_tree(out)?;
+    let peak = |key: &str| shards.iter().filter_map(|s| s.summary[key].as_u64()).max().unwrap_or(0);
+    summary.peak_rss_kib = peak("peak_rss_kib");
+    summary.peak_rss_largest_child_kib = peak("peak_rss_largest_child_kib");
     Ok(summary)
 }
 
