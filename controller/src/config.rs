@@ -410,6 +410,18 @@ impl CampaignConfig {
                 ));
             }
         }
+        self.validate_disk()?;
+        if !(128..=16384).contains(&self.guest_memory_mib) {
+            return Err("--guest-memory-mib must be between 128 and 16384".into());
+        }
+        if self.crash_model == CrashModel::PowerLoss {
+            self.validate_power_loss()?;
+        }
+        self.validate_combinations()
+    }
+
+    /// The disk, the file on it, and the words given to mount and mkfs.
+    fn validate_disk(&self) -> Result<(), String> {
         if self.disk_size_bytes > DISK_SIZE_MAX_BYTES {
             return Err(format!(
                 "--disk-size {} is above the limit of {} GiB",
@@ -460,33 +472,38 @@ impl CampaignConfig {
                 self.mkfs_opts
             ));
         }
-        if !(128..=16384).contains(&self.guest_memory_mib) {
-            return Err("--guest-memory-mib must be between 128 and 16384".into());
+        Ok(())
+    }
+
+    /// Power loss's own limits: the state budget, the log, the checkers.
+    fn validate_power_loss(&self) -> Result<(), String> {
+        if self.state_budget == 0 || self.state_budget > STATE_BUDGET_MAX {
+            return Err(format!("--state-budget must be between 1 and {STATE_BUDGET_MAX}"));
         }
-        if self.crash_model == CrashModel::PowerLoss {
-            if self.state_budget == 0 || self.state_budget > STATE_BUDGET_MAX {
-                return Err(format!("--state-budget must be between 1 and {STATE_BUDGET_MAX}"));
-            }
-            let records_max = blocklog::DEFAULT_MAX_ENTRIES / LOG_ENTRIES_PER_RECORD_MAX;
-            if self.records_per_trial > records_max {
-                return Err(format!(
-                    "--records {} is too many for --crash-model power-loss: its block-write log holds at \
-                     most {} entries, about {LOG_ENTRIES_PER_RECORD_MAX} per record at worst; use at most \
-                     {records_max} records per trial (or --crash-model kernel-crash)",
-                    self.records_per_trial,
-                    blocklog::DEFAULT_MAX_ENTRIES
-                ));
-            }
-            if !(1..=CHECK_WORKERS_MAX).contains(&self.check_workers) {
-                return Err(format!("--check-workers must be between 1 and {CHECK_WORKERS_MAX}"));
-            }
-            if self.checker != Checker::Kernel && self.fs != Filesystem::Ext4 {
-                return Err(format!(
-                    "--checker host needs ext4 (e2fsck + debugfs); use --checker kernel for {}",
-                    self.fs.name()
-                ));
-            }
+        let records_max = blocklog::DEFAULT_MAX_ENTRIES / LOG_ENTRIES_PER_RECORD_MAX;
+        if self.records_per_trial > records_max {
+            return Err(format!(
+                "--records {} is too many for --crash-model power-loss: its block-write log holds at \
+                 most {} entries, about {LOG_ENTRIES_PER_RECORD_MAX} per record at worst; use at most \
+                 {records_max} records per trial (or --crash-model kernel-crash)",
+                self.records_per_trial,
+                blocklog::DEFAULT_MAX_ENTRIES
+            ));
         }
+        if !(1..=CHECK_WORKERS_MAX).contains(&self.check_workers) {
+            return Err(format!("--check-workers must be between 1 and {CHECK_WORKERS_MAX}"));
+        }
+        if self.checker != Checker::Kernel && self.fs != Filesystem::Ext4 {
+            return Err(format!(
+                "--checker host needs ext4 (e2fsck + debugfs); use --checker kernel for {}",
+                self.fs.name()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Flags that need another model, pattern or workload, and timeouts.
+    fn validate_combinations(&self) -> Result<(), String> {
         if self.inject_write_error.is_some() && self.crash_model != CrashModel::KernelCrash {
             return Err(
                 "--inject-write-error runs under --crash-model kernel-crash (the disk the guest writes \
