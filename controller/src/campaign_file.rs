@@ -102,10 +102,9 @@ pub fn parse(
     known: &BTreeMap<String, FlagKind>,
     validate: &dyn Fn(&[String]) -> Result<(), String>,
 ) -> Result<CampaignFile, String> {
-    let at = |line: usize| format!("{}:{line}", path.display());
     let spans = toml::de::DeTable::parse(text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(text, s.start));
-        format!("{}: not valid TOML: {}", at(line), e.message())
+        format!("{}:{line}: not valid TOML: {}", path.display(), e.message())
     })?;
     let table: toml::Table = toml::from_str(text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
     // Key → line, for the top level and for [sweep].
@@ -121,20 +120,11 @@ pub fn parse(
             }
         }
     }
-    let line = |key: &str| lines.get(key).copied().unwrap_or(1);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let resolve = |kind: FlagKind, value: String| match kind {
-        FlagKind::Path if Path::new(&value).is_relative() => dir.join(&value).display().to_string(),
-        _ => value,
-    };
-    let keys_list = || {
-        let mut keys: Vec<&str> = known
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !NOT_IN_FILES.contains(k))
-            .collect();
-        keys.push("[sweep]");
-        keys.join(", ")
+    let reader = Reader {
+        path,
+        lines,
+        known,
+        validate,
     };
     let mut file = CampaignFile {
         path: path.to_path_buf(),
@@ -142,91 +132,142 @@ pub fn parse(
         sweep: Vec::new(),
     };
     for (key, value) in &table {
-        let here = at(line(key));
         if key == "sweep" {
-            let toml::Value::Table(axes) = value else {
-                return Err(format!("{here}: `sweep` must be a table: [sweep] with lists under it"));
-            };
-            for (axis, values) in axes {
-                let here = at(line(&format!("sweep.{axis}")));
-                if !SWEEPABLE.contains(&axis.as_str()) {
-                    return Err(format!(
-                        "{here}: `{axis}` cannot be swept; [sweep] takes {}",
-                        SWEEPABLE.join(", ")
-                    ));
-                }
-                let toml::Value::Array(items) = values else {
-                    return Err(format!(
-                        "{here}: [sweep] {axis} must be a list, e.g. {axis} = [\"a\", \"b\"]"
-                    ));
-                };
-                let kind = known.get(axis).copied().unwrap_or(FlagKind::Value);
-                let mut list = Vec::new();
-                for item in items {
-                    let v = scalar(item)
-                        .ok_or_else(|| format!("{here}: [sweep] {axis} holds {item}: use strings or numbers"))?;
-                    let v = resolve(kind, v);
-                    validate(&[format!("--{axis}={v}")]).map_err(|e| format!("{here}: [sweep] {axis} = {v:?}: {e}"))?;
-                    list.push(v);
-                }
-                if list.is_empty() {
-                    return Err(format!("{here}: [sweep] {axis} is an empty list"));
-                }
-                file.sweep.push(SweepAxis {
-                    key: axis.clone(),
-                    values: list,
-                    line: line(&format!("sweep.{axis}")),
-                });
-            }
-            continue;
+            file.sweep = reader.sweep(value)?;
+        } else if let Some(setting) = reader.setting(key, value)? {
+            file.settings.push(setting);
         }
-        if NOT_IN_FILES.contains(&key.as_str()) {
+    }
+    // In the order written: the matrix's rows and columns follow it.
+    file.sweep.sort_by_key(|a| a.line);
+    Ok(file)
+}
+
+/// What reading a campaign file's keys needs: where each key is, the
+/// flags there are, and how a value is checked.
+struct Reader<'a> {
+    path: &'a Path,
+    lines: BTreeMap<String, usize>,
+    known: &'a BTreeMap<String, FlagKind>,
+    validate: &'a dyn Fn(&[String]) -> Result<(), String>,
+}
+
+impl Reader<'_> {
+    fn line(&self, key: &str) -> usize {
+        self.lines.get(key).copied().unwrap_or(1)
+    }
+
+    /// `FILE:LINE` of a key, for messages.
+    fn at(&self, key: &str) -> String {
+        format!("{}:{}", self.path.display(), self.line(key))
+    }
+
+    /// A relative path is relative to the file's directory.
+    fn resolve(&self, kind: FlagKind, value: String) -> String {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match kind {
+            FlagKind::Path if Path::new(&value).is_relative() => dir.join(&value).display().to_string(),
+            _ => value,
+        }
+    }
+
+    fn keys_list(&self) -> String {
+        let mut keys: Vec<&str> = self
+            .known
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !NOT_IN_FILES.contains(k))
+            .collect();
+        keys.push("[sweep]");
+        keys.join(", ")
+    }
+
+    /// `[sweep]`: each axis a list of values of a sweepable flag.
+    fn sweep(&self, value: &toml::Value) -> Result<Vec<SweepAxis>, String> {
+        let toml::Value::Table(axes) = value else {
+            return Err(format!(
+                "{}: `sweep` must be a table: [sweep] with lists under it",
+                self.at("sweep")
+            ));
+        };
+        let mut sweep = Vec::new();
+        for (axis, values) in axes {
+            let here = self.at(&format!("sweep.{axis}"));
+            if !SWEEPABLE.contains(&axis.as_str()) {
+                return Err(format!(
+                    "{here}: `{axis}` cannot be swept; [sweep] takes {}",
+                    SWEEPABLE.join(", ")
+                ));
+            }
+            let toml::Value::Array(items) = values else {
+                return Err(format!(
+                    "{here}: [sweep] {axis} must be a list, e.g. {axis} = [\"a\", \"b\"]"
+                ));
+            };
+            let kind = self.known.get(axis).copied().unwrap_or(FlagKind::Value);
+            let mut list = Vec::new();
+            for item in items {
+                let v = scalar(item)
+                    .ok_or_else(|| format!("{here}: [sweep] {axis} holds {item}: use strings or numbers"))?;
+                let v = self.resolve(kind, v);
+                (self.validate)(&[format!("--{axis}={v}")])
+                    .map_err(|e| format!("{here}: [sweep] {axis} = {v:?}: {e}"))?;
+                list.push(v);
+            }
+            if list.is_empty() {
+                return Err(format!("{here}: [sweep] {axis} is an empty list"));
+            }
+            sweep.push(SweepAxis {
+                key: axis.clone(),
+                values: list,
+                line: self.line(&format!("sweep.{axis}")),
+            });
+        }
+        Ok(sweep)
+    }
+
+    /// A top-level key: a `run` flag's setting (`None`: a switch set false).
+    fn setting(&self, key: &str, value: &toml::Value) -> Result<Option<Setting>, String> {
+        let here = self.at(key);
+        if NOT_IN_FILES.contains(&key) {
             return Err(format!(
                 "{here}: `{key}` is not a campaign setting: give it on the command line"
             ));
         }
-        let Some(&kind) = known.get(key) else {
+        let Some(&kind) = self.known.get(key) else {
             return Err(format!(
                 "{here}: unknown key `{key}`; a campaign file takes the flags of `crashlab run` without \
                  their dashes: {}",
-                keys_list()
+                self.keys_list()
             ));
         };
         let values = match (kind, value) {
-            (FlagKind::Switch, toml::Value::Boolean(true)) => Some(vec![]),
-            (FlagKind::Switch, toml::Value::Boolean(false)) => None,
+            (FlagKind::Switch, toml::Value::Boolean(true)) => vec![],
+            (FlagKind::Switch, toml::Value::Boolean(false)) => return Ok(None),
             (FlagKind::Switch, other) => {
                 return Err(format!("{here}: `{key}` is a switch: true or false, not {other}"));
             }
-            (FlagKind::Many, toml::Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|i| scalar(i).ok_or_else(|| format!("{here}: `{key}` holds {i}: use strings")))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
+            (FlagKind::Many, toml::Value::Array(items)) => items
+                .iter()
+                .map(|i| scalar(i).ok_or_else(|| format!("{here}: `{key}` holds {i}: use strings")))
+                .collect::<Result<Vec<_>, _>>()?,
             (_, toml::Value::Array(_)) => {
                 return Err(format!(
                     "{here}: `{key}` takes one value; to try several, list them under [sweep]"
                 ));
             }
-            (_, v) => Some(vec![scalar(v).ok_or_else(|| {
-                format!("{here}: `{key}` = {v}: give a string or a number, as on the command line")
-            })?]),
+            (_, v) => vec![scalar(v)
+                .ok_or_else(|| format!("{here}: `{key}` = {v}: give a string or a number, as on the command line"))?],
         };
-        let Some(values) = values else { continue };
-        let values: Vec<String> = values.into_iter().map(|v| resolve(kind, v)).collect();
         let setting = Setting {
-            key: key.clone(),
-            values,
+            key: key.to_string(),
+            values: values.into_iter().map(|v| self.resolve(kind, v)).collect(),
             kind,
-            line: line(key),
+            line: self.line(key),
         };
-        validate(&setting.args()).map_err(|e| format!("{here}: {key}: {e}"))?;
-        file.settings.push(setting);
+        (self.validate)(&setting.args()).map_err(|e| format!("{here}: {key}: {e}"))?;
+        Ok(Some(setting))
     }
-    // In the order written: the matrix's rows and columns follow it.
-    file.sweep.sort_by_key(|a| a.line);
-    Ok(file)
 }
 
 impl Setting {
