@@ -153,18 +153,7 @@ pub fn state_losing(log: &blocklog::ParsedLog, original: &CrashState, lost: &[u6
 
 pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
     let kept = KeptTrial::load(req.campaign_dir, req.trial, req.images_dir.as_deref())?;
-    let states = kept.states();
-    let original = states
-        .get(req.state as usize)
-        .with_context(|| {
-            format!(
-                "state {} does not exist: trial {} has {} states",
-                req.state,
-                req.trial,
-                states.len()
-            )
-        })?
-        .clone();
+    let original = state_to_minimise(req, &kept)?;
     kept.check_identities(req.campaign_dir, &[(req.state, &original)])?;
     let config = &kept.config;
     let log = &kept.capture.log;
@@ -221,18 +210,7 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         }
     };
     let (minimal, complete) = ddmin(&lost_before, CANDIDATES_MAX, &mut fails)?;
-    // Check what ddmin promises: it fails, and keeping any one write passes.
-    anyhow::ensure!(
-        fails(&minimal)?,
-        "the minimised state no longer violates {rule}: a checker that is not deterministic?"
-    );
-    let mut one_minimal = true;
-    for w in &minimal {
-        let without: Vec<u64> = minimal.iter().copied().filter(|x| x != w).collect();
-        if fails(&without)? {
-            one_minimal = false;
-        }
-    }
+    let one_minimal = check_minimal(&minimal, &rule, &mut fails)?;
     if let Some(k) = kernel.take() {
         k.stop()?;
     }
@@ -258,6 +236,38 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         ),
         state_file,
     })
+}
+
+/// The state asked for, as the trial planned it.
+fn state_to_minimise(req: &MinimiseRequest, kept: &KeptTrial) -> Result<CrashState> {
+    let states = kept.states();
+    let state = states.get(req.state as usize).with_context(|| {
+        format!(
+            "state {} does not exist: trial {} has {} states",
+            req.state,
+            req.trial,
+            states.len()
+        )
+    })?;
+    Ok(state.clone())
+}
+
+/// What ddmin promises, checked: losing `minimal` fails (else an error:
+/// the checker is not deterministic), and whether keeping any one of its
+/// writes passes (one-minimal).
+fn check_minimal(minimal: &[u64], rule: &str, fails: &mut dyn FnMut(&[u64]) -> Result<bool>) -> Result<bool> {
+    anyhow::ensure!(
+        fails(minimal)?,
+        "the minimised state no longer violates {rule}: a checker that is not deterministic?"
+    );
+    let mut one_minimal = true;
+    for w in minimal {
+        let without: Vec<u64> = minimal.iter().copied().filter(|x| x != w).collect();
+        if fails(&without)? {
+            one_minimal = false;
+        }
+    }
+    Ok(one_minimal)
 }
 
 /// The one checker minimise judges with (the campaign's, kernel unless it

@@ -259,31 +259,7 @@ pub(crate) fn run_workload(
         Action::Continue
     })?;
     vm::bail_if_interrupted(run.outcome)?;
-    if let Some(what) = error.as_deref().and_then(|e| e.strip_prefix("kernel-lacks-")) {
-        let what = what.split(':').next().unwrap_or(what);
-        bail!(
-            "the guest kernel ({}) lacks {what}: build it with {} (=y, or =m and in its module tree)",
-            ctx.images.identity.release,
-            kernel_config_option(what)
-        );
-    }
-    if let Some(rc) = mount_rc {
-        let said = kernel_said(&files.console_log, ctx.config.fs);
-        bail!(
-            "the guest could not mount the fresh {} filesystem with -o {} (mount exit status {rc}); \
-             the guest kernel said: {}. Check --mount-opts and --mkfs-opts ({:?}: a feature this \
-             kernel, {}, does not know refuses the mount); console: {}",
-            ctx.config.fs.name(),
-            ctx.config.mount_opts,
-            match said.is_empty() {
-                true => "nothing".to_string(),
-                false => said.join(" | "),
-            },
-            ctx.config.mkfs_opts,
-            ctx.images.identity.release,
-            files.console_log.display()
-        );
-    }
+    refuse_a_guest_that_cannot_run_it(ctx, files, error.as_deref(), mount_rc)?;
     let end = match run.outcome {
         VmOutcome::Killed => RunEnd::Crashed,
         VmOutcome::Exited { .. } if error.is_some() => RunEnd::WorkloadError,
@@ -313,6 +289,43 @@ pub(crate) fn run_workload(
         workload_error: error,
         workload_rate: rate,
     })
+}
+
+/// The errors of a guest that could not run the workload at all (not a
+/// verdict): a kernel without something the workload needs, a fresh
+/// filesystem it would not mount.
+fn refuse_a_guest_that_cannot_run_it(
+    ctx: &TrialContext,
+    files: &RunFiles,
+    error: Option<&str>,
+    mount_rc: Option<i32>,
+) -> Result<()> {
+    if let Some(what) = error.and_then(|e| e.strip_prefix("kernel-lacks-")) {
+        let what = what.split(':').next().unwrap_or(what);
+        bail!(
+            "the guest kernel ({}) lacks {what}: build it with {} (=y, or =m and in its module tree)",
+            ctx.images.identity.release,
+            kernel_config_option(what)
+        );
+    }
+    if let Some(rc) = mount_rc {
+        let said = kernel_said(&files.console_log, ctx.config.fs);
+        bail!(
+            "the guest could not mount the fresh {} filesystem with -o {} (mount exit status {rc}); \
+             the guest kernel said: {}. Check --mount-opts and --mkfs-opts ({:?}: a feature this \
+             kernel, {}, does not know refuses the mount); console: {}",
+            ctx.config.fs.name(),
+            ctx.config.mount_opts,
+            match said.is_empty() {
+                true => "nothing".to_string(),
+                false => said.join(" | "),
+            },
+            ctx.config.mkfs_opts,
+            ctx.images.identity.release,
+            files.console_log.display()
+        );
+    }
+    Ok(())
 }
 
 /// The guest kernel's messages about the filesystem that `/init` put on
