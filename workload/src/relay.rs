@@ -433,6 +433,24 @@ fn reply(pipe: &mut std::fs::File) {
 /// The reader's buffer: a whole pipe's worth (Linux: 64 KiB).
 const READER_CAPACITY_BYTES: usize = 64 * 1024;
 
+/// Why the relay ends a run with `ERR`: the operation, its errno, and
+/// what the console is told.
+struct Failure {
+    op: String,
+    errno: i32,
+    why: String,
+}
+
+impl Failure {
+    fn new(op: &str, errno: i32, why: impl Into<String>) -> Failure {
+        Failure {
+            op: op.to_string(),
+            errno,
+            why: why.into(),
+        }
+    }
+}
+
 /// Runs the relay; the exit code of `crashlab-workload`.
 pub fn run(args: &[String]) -> u8 {
     let (vocabulary, args) = match args.split_first() {
@@ -443,13 +461,7 @@ pub fn run(args: &[String]) -> u8 {
         eprintln!("usage: crashlab-workload relay [--record-events] DATA_DIR CHANNEL_PATH PROGRAM [ARGS...]");
         return 2;
     };
-    // The parameters come from the guest's kernel command line; a test on
-    // the host names another file.
-    let cmdline = std::env::var("CRASHLAB_CMDLINE_PATH").unwrap_or_else(|_| "/proc/cmdline".into());
-    let params = match std::fs::read_to_string(&cmdline)
-        .map_err(|e| format!("cannot read {cmdline}: {e}"))
-        .and_then(|text| WorkloadParams::from_kernel_cmdline(&text).map_err(|e| e.to_string()))
-    {
+    let params = match read_params() {
         Ok(params) => params,
         Err(msg) => {
             eprintln!("crashlab-workload relay: {msg}");
@@ -463,27 +475,57 @@ pub fn run(args: &[String]) -> u8 {
             return 2;
         }
     };
-    let fail = |channel: &mut Channel, op: &str, errno: i32, why: &str| {
-        eprintln!("crashlab-workload relay: {why}");
-        channel.emit(&Event::Error {
-            op: op.to_string(),
-            errno,
-        });
-        1
+    let spawned = spawn_program(program, program_args, data_dir, &params);
+    let mut session = match spawned {
+        Ok((child, reply_write)) => Session::new(child, reply_write, params, vocabulary),
+        Err(failure) => return fail(&mut channel, &failure),
     };
-    // The reply: the program reads one byte after each READY, BEGIN and ACK
-    // it printed (if it wants lockstep). The relay's end never blocks: a
-    // program that does not read loses nothing but the bytes.
-    let (reply_read, reply_write) =
-        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
-            Ok(ends) => ends,
-            Err(e) => return fail(&mut channel, "pipe", e as i32, "cannot make the reply pipe"),
-        };
+    match session.relay_all(&mut channel) {
+        Ok(code) => code,
+        Err(failure) => {
+            session.kill_program();
+            fail(&mut channel, &failure)
+        }
+    }
+}
+
+/// The run ends in `ERR`: said on the console and to the host.
+fn fail(channel: &mut Channel, failure: &Failure) -> u8 {
+    eprintln!("crashlab-workload relay: {}", failure.why);
+    channel.emit(&Event::Error {
+        op: failure.op.clone(),
+        errno: failure.errno,
+    });
+    1
+}
+
+/// The parameters, from the guest's kernel command line (a test on the
+/// host names another file: `CRASHLAB_CMDLINE_PATH`).
+fn read_params() -> Result<WorkloadParams, String> {
+    let cmdline = std::env::var("CRASHLAB_CMDLINE_PATH").unwrap_or_else(|_| "/proc/cmdline".into());
+    std::fs::read_to_string(&cmdline)
+        .map_err(|e| format!("cannot read {cmdline}: {e}"))
+        .and_then(|text| WorkloadParams::from_kernel_cmdline(&text).map_err(|e| e.to_string()))
+}
+
+/// Starts the program in its own process group (the crash point stops it
+/// and all it started), its stdout piped to the relay, and the reply
+/// pipe's read end open in it as `CRASHLAB_REPLY_FD`. The program reads
+/// one byte after each READY, BEGIN and ACK it printed (if it wants
+/// lockstep); the relay's end never blocks: a program that does not read
+/// loses nothing but the bytes.
+fn spawn_program(
+    program: &str,
+    program_args: &[String],
+    data_dir: &str,
+    params: &WorkloadParams,
+) -> Result<(std::process::Child, std::fs::File), Failure> {
+    let (reply_read, reply_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| Failure::new("pipe", e as i32, "cannot make the reply pipe"))?;
     let reply_fd = {
         use std::os::fd::AsRawFd;
         reply_read.as_raw_fd()
     };
-    let mut reply_write = std::fs::File::from(reply_write);
     let mut command = Command::new(program);
     // SAFETY: between fork and exec only async-signal-safe calls (fcntl):
     // the reply's read end stays open in the program, blocking.
@@ -497,7 +539,7 @@ pub fn run(args: &[String]) -> u8 {
             Ok(())
         });
     }
-    let mut child = match command
+    let child = command
         .args(program_args)
         .env("CRASHLAB_REPLY_FD", reply_fd.to_string())
         .current_dir(data_dir)
@@ -508,141 +550,176 @@ pub fn run(args: &[String]) -> u8 {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        // Its own group: the crash point stops it and all it started.
         .process_group(0)
         .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
+        .map_err(|e| {
             let why = format!("cannot start {program}: {e} (a static binary for x86_64 Linux?)");
-            return fail(&mut channel, "program-start", e.raw_os_error().unwrap_or(2), &why);
-        }
-    };
+            Failure::new("program-start", e.raw_os_error().unwrap_or(2), why)
+        })?;
     drop(reply_read);
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut stdout = BufReader::with_capacity(READER_CAPACITY_BYTES, child.stdout.take().expect("stdout is piped"));
-    // Lines read ahead of their turn (see Action::AckSector below).
-    let mut pending: VecDeque<String> = VecDeque::new();
-    let mut relay = Relay::new(&params, vocabulary);
-    let mut ack_log: Option<AckLog> = None;
-    // The guest's test disk; a host test names a file.
-    let ack_device = std::env::var("CRASHLAB_ACK_DEVICE").unwrap_or_else(|_| record::params::ACK_DEVICE.into());
-    // The relay's exit code: 1 once the run ended with an ERR.
-    let mut ended_in_error = false;
-    loop {
-        let next = match pending.pop_front() {
-            Some(line) => Ok(Some(line)),
-            None => read_line(&mut stdout),
-        };
-        let actions = match next {
-            Ok(Some(line)) => match relay.line(&line) {
-                Ok(actions) => actions,
-                Err(broken) => {
-                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                    let _ = child.wait();
-                    let why = format!("the program broke the protocol: {}", broken.why);
-                    return fail(&mut channel, &broken.op, broken.errno, &why);
-                }
-            },
-            Ok(None) => match child.wait() {
-                Ok(status) => relay.exited(status),
-                Err(e) => {
-                    return fail(
-                        &mut channel,
-                        "program-wait",
-                        e.raw_os_error().unwrap_or(5),
-                        "cannot wait",
-                    )
-                }
-            },
-            Err(why) => {
-                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                let _ = child.wait();
-                return fail(&mut channel, "program-protocol", EPROTO, &why);
-            }
-        };
-        for action in actions {
-            match action {
-                Action::ReadyMarker { slots } => {
-                    let offset = params.ack_area_offset_bytes.expect("capture has an ack area");
-                    let written = AckLog::open(&ack_device, offset).and_then(|mut log| {
-                        log.write(&AckRecord {
-                            ack_index: READY_MARKER_INDEX,
-                            seq: 0,
-                            slot: slots,
-                            seed: params.seed,
-                        })
-                        .map(|()| log)
-                    });
-                    match written {
-                        Ok(log) => ack_log = Some(log),
-                        Err(e) => return fail(&mut channel, e.op, e.errno, "cannot write the ready marker"),
+    Ok((child, std::fs::File::from(reply_write)))
+}
+
+/// What the relay holds while the program runs: the program, its output,
+/// the decisions (`Relay`) and what they act on (the ack area, the reply).
+struct Session {
+    child: std::process::Child,
+    group: nix::unistd::Pid,
+    stdout: BufReader<std::process::ChildStdout>,
+    /// Lines read ahead of their turn (see `Action::AckSector` in `apply`).
+    pending: VecDeque<String>,
+    relay: Relay,
+    params: WorkloadParams,
+    ack_log: Option<AckLog>,
+    /// The guest's test disk; a host test names a file.
+    ack_device: String,
+    reply_write: std::fs::File,
+    /// The relay's exit code is 1 once the run ended with an ERR.
+    ended_in_error: bool,
+}
+
+impl Session {
+    fn new(
+        mut child: std::process::Child,
+        reply_write: std::fs::File,
+        params: WorkloadParams,
+        vocabulary: Vocabulary,
+    ) -> Session {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        Session {
+            group: nix::unistd::Pid::from_raw(child.id() as i32),
+            child,
+            stdout: BufReader::with_capacity(READER_CAPACITY_BYTES, stdout),
+            pending: VecDeque::new(),
+            relay: Relay::new(&params, vocabulary),
+            params,
+            ack_log: None,
+            ack_device: std::env::var("CRASHLAB_ACK_DEVICE").unwrap_or_else(|_| record::params::ACK_DEVICE.into()),
+            reply_write,
+            ended_in_error: false,
+        }
+    }
+
+    fn kill_program(&mut self) {
+        let _ = nix::sys::signal::killpg(self.group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Each line (read ahead, or the next from the program) decided and
+    /// its actions applied, until one ends the run: the exit code.
+    fn relay_all(&mut self, channel: &mut Channel) -> Result<u8, Failure> {
+        loop {
+            let next = match self.pending.pop_front() {
+                Some(line) => Ok(Some(line)),
+                None => read_line(&mut self.stdout),
+            };
+            let actions = match next {
+                Ok(Some(line)) => self.decide(&line)?,
+                Ok(None) => match self.child.wait() {
+                    Ok(status) => self.relay.exited(status),
+                    Err(e) => {
+                        return Err(Failure::new(
+                            "program-wait",
+                            e.raw_os_error().unwrap_or(5),
+                            "cannot wait",
+                        ))
                     }
-                }
-                Action::AckSector { seq, slot } => {
-                    let log = ack_log.as_mut().expect("READY came first");
-                    let record = AckRecord {
-                        ack_index: seq,
-                        seq,
-                        slot,
-                        seed: params.seed,
-                    };
-                    if let Err(e) = log.write(&record) {
-                        return fail(&mut channel, e.op, e.errno, "cannot write an ack sector");
-                    }
-                    // The program went on while the sector was written: an
-                    // item it began meanwhile may be on the disk in a state
-                    // without this sector. Its BEGIN must come before this
-                    // ACK in the host's log, or cutting the log at the ACK
-                    // (a state without the sector) would drop the BEGIN and
-                    // call the item's data foreign. Every line printed by
-                    // now is in the pipe: its BEGINs go first.
-                    pending.extend(complete_lines_now(&mut stdout));
-                    for line in pull_begins(&mut pending) {
-                        match relay.line(&line) {
-                            Ok(begun) => {
-                                for action in begun {
-                                    match action {
-                                        Action::Emit(event) => channel.emit(&event),
-                                        Action::Reply => reply(&mut reply_write),
-                                        _ => {}
-                                    }
-                                }
-                            }
-                            Err(broken) => {
-                                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                                let _ = child.wait();
-                                let why = format!("the program broke the protocol: {}", broken.why);
-                                return fail(&mut channel, &broken.op, broken.errno, &why);
-                            }
-                        }
-                    }
-                }
-                Action::Reply => reply(&mut reply_write),
-                Action::Emit(event) => {
-                    ended_in_error |= matches!(event, Event::Error { .. });
-                    channel.emit(&event)
-                }
-                Action::Hold { acks } => {
-                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGSTOP);
-                    wait_stopped(group);
-                    let read_ahead: Vec<String> = pending.drain(..).collect();
-                    for line in read_ahead.into_iter().chain(drain(&mut stdout)) {
-                        if let Some(event) = relay.drained(&line) {
-                            channel.emit(&event);
-                        }
-                    }
-                    channel.emit(&Event::Hold { acks });
-                    loop {
-                        nix::unistd::pause();
-                    }
-                }
-                Action::End => {
-                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                    let _ = child.wait();
-                    return u8::from(ended_in_error);
+                },
+                Err(why) => return Err(Failure::new("program-protocol", EPROTO, why)),
+            };
+            for action in actions {
+                if let Some(code) = self.apply(action, channel)? {
+                    return Ok(code);
                 }
             }
+        }
+    }
+
+    /// The relay's decision on one line; a line that breaks the protocol
+    /// ends the run.
+    fn decide(&mut self, line: &str) -> Result<Vec<Action>, Failure> {
+        self.relay.line(line).map_err(|broken| {
+            let why = format!("the program broke the protocol: {}", broken.why);
+            Failure::new(&broken.op, broken.errno, why)
+        })
+    }
+
+    /// Does one action; `Some(code)` when the run is over.
+    fn apply(&mut self, action: Action, channel: &mut Channel) -> Result<Option<u8>, Failure> {
+        match action {
+            Action::ReadyMarker { slots } => {
+                let offset = self.params.ack_area_offset_bytes.expect("capture has an ack area");
+                let marker = AckRecord {
+                    ack_index: READY_MARKER_INDEX,
+                    seq: 0,
+                    slot: slots,
+                    seed: self.params.seed,
+                };
+                let log = AckLog::open(&self.ack_device, offset)
+                    .and_then(|mut log| log.write(&marker).map(|()| log))
+                    .map_err(|e| Failure::new(e.op, e.errno, "cannot write the ready marker"))?;
+                self.ack_log = Some(log);
+            }
+            Action::AckSector { seq, slot } => {
+                let record = AckRecord {
+                    ack_index: seq,
+                    seq,
+                    slot,
+                    seed: self.params.seed,
+                };
+                let log = self.ack_log.as_mut().expect("READY came first");
+                log.write(&record)
+                    .map_err(|e| Failure::new(e.op, e.errno, "cannot write an ack sector"))?;
+                self.begins_first(channel)?;
+            }
+            Action::Reply => reply(&mut self.reply_write),
+            Action::Emit(event) => {
+                self.ended_in_error |= matches!(event, Event::Error { .. });
+                channel.emit(&event)
+            }
+            Action::Hold { acks } => self.hold(acks, channel),
+            Action::End => {
+                self.kill_program();
+                return Ok(Some(u8::from(self.ended_in_error)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// After an ack sector: the program went on while the sector was
+    /// written, so an item it began meanwhile may be on the disk in a state
+    /// without this sector. Its BEGIN must come before this ACK in the
+    /// host's log, or cutting the log at the ACK (a state without the
+    /// sector) would drop the BEGIN and call the item's data foreign.
+    /// Every line printed by now is in the pipe: its BEGINs go first.
+    fn begins_first(&mut self, channel: &mut Channel) -> Result<(), Failure> {
+        self.pending.extend(complete_lines_now(&mut self.stdout));
+        for line in pull_begins(&mut self.pending) {
+            for action in self.decide(&line)? {
+                match action {
+                    Action::Emit(event) => channel.emit(&event),
+                    Action::Reply => reply(&mut self.reply_write),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The crash point: the program's group stopped before its reply, what
+    /// it printed passed on, `HOLD` said; then wait for the host's kill.
+    fn hold(&mut self, acks: u64, channel: &mut Channel) -> ! {
+        let _ = nix::sys::signal::killpg(self.group, nix::sys::signal::Signal::SIGSTOP);
+        wait_stopped(self.group);
+        let read_ahead: Vec<String> = self.pending.drain(..).collect();
+        for line in read_ahead.into_iter().chain(drain(&mut self.stdout)) {
+            if let Some(event) = self.relay.drained(&line) {
+                channel.emit(&event);
+            }
+        }
+        channel.emit(&Event::Hold { acks });
+        loop {
+            nix::unistd::pause();
         }
     }
 }
