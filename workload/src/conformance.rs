@@ -20,6 +20,13 @@ use crate::Channel;
 
 const FILE_PAGES: usize = 8;
 
+/// What one case reports: its name, msync's return value and errno, and
+/// what it saw (`-` for nothing).
+type Report<'a> = dyn FnMut(&str, i32, i32, String) + 'a;
+/// A page's state as the report says it: written (clean), or "unknown"
+/// when the page flags cannot tell.
+type Written<'a> = dyn Fn(Option<bool>) -> &'static str + 'a;
+
 pub fn run(dir: &str, channel: &mut Channel) -> Result<(), SyscallError> {
     let page = page_size_bytes();
     let path = format!("{dir}/conformance.dat");
@@ -50,7 +57,15 @@ pub fn run(dir: &str, channel: &mut Channel) -> Result<(), SyscallError> {
             detail,
         })
     };
+    flags_and_alignment(&map, page, &mut report);
+    lengths(&map, page, &mut report, &written);
+    async_and_sync(&map, page, &mut report, &written);
+    timestamps(&file, &map, page, &mut report)?;
+    other_mappings(&file, &map, page, &mut report, &written)
+}
 
+/// Flags and alignment: EINVAL cases and the flags alone.
+fn flags_and_alignment(map: &Map, page: usize, report: &mut Report) {
     // Flags and alignment.
     map.dirty(0);
     let (rc, errno) = map.msync_raw(1, page, libc::MS_SYNC);
@@ -63,8 +78,10 @@ pub fn run(dir: &str, channel: &mut Channel) -> Result<(), SyscallError> {
     report("no-flags", rc, errno, "-".into());
     let (rc, errno) = map.msync_raw(0, page, libc::MS_INVALIDATE);
     report("invalidate-only", rc, errno, "-".into());
+}
 
-    // Lengths: zero, and one byte into the next page (rounded up).
+/// Lengths: zero, and one byte into the next page (rounded up).
+fn lengths(map: &Map, page: usize, report: &mut Report, written: &Written) {
     map.dirty(1);
     let (rc, errno) = map.msync_raw(page, 0, libc::MS_SYNC);
     report(
@@ -82,8 +99,10 @@ pub fn run(dir: &str, channel: &mut Channel) -> Result<(), SyscallError> {
         errno,
         format!("tail-page-written={}", written(map.page_state(3))),
     );
+}
 
-    // MS_ASYNC: returns at once; does it start writeback?
+/// MS_ASYNC returns at once (does it start writeback?); MS_SYNC writes.
+fn async_and_sync(map: &Map, page: usize, report: &mut Report, written: &Written) {
     map.dirty(4);
     let (rc, errno) = map.msync_raw(4 * page, page, libc::MS_ASYNC);
     report(
@@ -99,16 +118,18 @@ pub fn run(dir: &str, channel: &mut Channel) -> Result<(), SyscallError> {
         errno,
         format!("page-written={}", written(map.page_state(4))),
     );
+}
 
-    // Timestamps: marked for update by a write through the mapping synced
-    // with msync.
+/// Timestamps: marked for update by a write through the mapping synced
+/// with msync.
+fn timestamps(file: &File, map: &Map, page: usize, report: &mut Report) -> Result<(), SyscallError> {
     let before =
-        nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&file)).map_err(crate::mapped_file::fail("fstat"))?;
+        nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(file)).map_err(crate::mapped_file::fail("fstat"))?;
     std::thread::sleep(std::time::Duration::from_millis(1100));
     map.dirty(5);
     let (rc, errno) = map.msync_raw(5 * page, page, libc::MS_SYNC);
     let after =
-        nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&file)).map_err(crate::mapped_file::fail("fstat"))?;
+        nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(file)).map_err(crate::mapped_file::fail("fstat"))?;
     let newer = |(s1, n1): (i64, i64), (s0, n0): (i64, i64)| (s1, n1) > (s0, n0);
     report(
         "mtime-ctime-updated",
@@ -127,6 +148,18 @@ pub fn run(dir: &str, channel: &mut Channel) -> Result<(), SyscallError> {
         ),
     );
 
+    Ok(())
+}
+
+/// A locked page invalidated, a private mapping, ranges not mapped, and
+/// memory that is no file mapping.
+fn other_mappings(
+    file: &File,
+    map: &Map,
+    page: usize,
+    report: &mut Report,
+    written: &Written,
+) -> Result<(), SyscallError> {
     // mlock + MS_INVALIDATE: POSIX says EBUSY.
     // SAFETY: the first page of our live mapping.
     let locked = unsafe { libc::mlock(map.addr(0), page) } == 0;
@@ -136,7 +169,7 @@ pub fn run(dir: &str, channel: &mut Channel) -> Result<(), SyscallError> {
     unsafe { libc::munlock(map.addr(0), page) };
 
     // MAP_PRIVATE: msync must not write a private change to the file.
-    let private = Map::new(&file, page, libc::MAP_PRIVATE)?;
+    let private = Map::new(file, page, libc::MAP_PRIVATE)?;
     private.fill(0, 0x5a);
     let (rc, errno) = private.msync_raw(0, page, libc::MS_SYNC);
     let mut first = [0u8; 1];
@@ -150,11 +183,11 @@ pub fn run(dir: &str, channel: &mut Channel) -> Result<(), SyscallError> {
 
     // Ranges not mapped: wholly (a page unmapped just before), and partly
     // (the mapped part is synced).
-    let mut gone = Map::new(&file, page, libc::MAP_SHARED)?;
+    let mut gone = Map::new(file, page, libc::MAP_SHARED)?;
     gone.unmap_tail(0);
     let (rc, errno) = gone.msync_raw(0, page, libc::MS_SYNC);
     report("unmapped", rc, errno, "-".into());
-    let mut partial = Map::new(&file, 2 * page, libc::MAP_SHARED)?;
+    let mut partial = Map::new(file, 2 * page, libc::MAP_SHARED)?;
     partial.dirty(0);
     partial.unmap_tail(page);
     let (rc, errno) = partial.msync_raw(0, 2 * page, libc::MS_SYNC);
