@@ -142,12 +142,22 @@ pub fn verify_items(evidence: &ItemEvidence) -> Verdict {
         }
         return verdict;
     };
+    if judge_report(&mut verdict, &history, report) {
+        judge_found_items(&mut verdict, &history, report);
+    }
+    verdict
+}
+
+/// The checker's report as a whole: well-formed, complete (exit 0, its
+/// END counting its items), and what damage it found. False when the
+/// items cannot be judged.
+fn judge_report(verdict: &mut Verdict, history: &ItemHistory, report: &CheckerReport) -> bool {
     if let Some((line, why)) = &report.bad_line {
         verdict.violation(finding(
             Rule::ProtocolConsistent,
             format!("the checker's report breaks the protocol ({why}): {line:?}"),
         ));
-        return verdict;
+        return false;
     }
     let complete = report.exit_code == 0 && report.end_items == Some(report.items.len() as u64);
     if !complete {
@@ -165,7 +175,7 @@ pub fn verify_items(evidence: &ItemEvidence) -> Verdict {
             true => verdict.violation(f),
             false => verdict.observation(f),
         }
-        return verdict;
+        return false;
     }
     for what in &report.corrupt {
         verdict.violation(finding(
@@ -173,6 +183,13 @@ pub fn verify_items(evidence: &ItemEvidence) -> Verdict {
             format!("the checker found damage: {what}"),
         ));
     }
+    true
+}
+
+/// Each item begun against what the checker found: acked and there,
+/// in flight either way, corrupt, lost, replaced by a newer item of its
+/// key, or found but never begun.
+fn judge_found_items(verdict: &mut Verdict, history: &ItemHistory, report: &CheckerReport) {
     let mut found: HashMap<u64, &Digest> = HashMap::with_capacity(report.items.len());
     for (id, digest) in &report.items {
         if let Some(other) = found.insert(*id, digest) {
@@ -245,7 +262,6 @@ pub fn verify_items(evidence: &ItemEvidence) -> Verdict {
             format!("item {id} was found but never begun before the crash"),
         ));
     }
-    verdict
 }
 
 #[cfg(test)]
