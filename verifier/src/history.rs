@@ -106,6 +106,53 @@ impl History {
     }
 }
 
+impl History {
+    /// `BEGIN seq slot`: after READY, within the run and the geometry,
+    /// once per seq.
+    fn begin(&mut self, seq: u64, slot: u64, total_slots: u64, records_max: u64) -> Result<(), String> {
+        if !self.ready {
+            return Err(format!("BEGIN {seq} before READY"));
+        }
+        if seq >= records_max {
+            return Err(format!("BEGIN {seq} beyond the {records_max} records of the run"));
+        }
+        if slot >= total_slots {
+            return Err(format!("BEGIN {seq} names slot {slot}, past the {total_slots} slots"));
+        }
+        let seq_index = seq as usize;
+        if seq_index >= self.slot_of.len() {
+            let len = (seq_index + 1).max(self.slot_of.len() * 2).min(records_max as usize);
+            self.slot_of.resize(len, None);
+            self.acked.resize(len, false);
+            self.ack_event.resize(len, None);
+        }
+        if self.slot_of[seq_index].replace(slot).is_some() {
+            return Err(format!("BEGIN {seq} twice"));
+        }
+        self.versions[slot as usize].push(seq);
+        self.begun += 1;
+        Ok(())
+    }
+
+    /// `ACK seq slot` (event `index`): of a record begun in that slot, once.
+    fn ack(&mut self, seq: u64, slot: u64, index: usize) -> Result<(), String> {
+        match self.slot_of(seq) {
+            None => return Err(format!("ACK {seq} for a record never begun")),
+            Some(begun_slot) if begun_slot != slot => {
+                return Err(format!("ACK {seq} names slot {slot}, it was begun in {begun_slot}"))
+            }
+            Some(_) => {}
+        }
+        // Begun, so `seq` is in range.
+        if std::mem::replace(&mut self.acked[seq as usize], true) {
+            return Err(format!("ACK {seq} twice"));
+        }
+        self.ack_event[seq as usize] = Some(index);
+        self.ack_count += 1;
+        Ok(())
+    }
+}
+
 /// Rebuilds the history, refusing logs that break the protocol's own rules
 /// (a record begun twice or before READY, an ack for a record never begun,
 /// a slot outside the geometry or not the one begun): such a log means the
@@ -145,44 +192,8 @@ pub fn rebuild(
                 }
                 h.ready = true;
             }
-            Event::Begin { seq, slot } => {
-                if !h.ready {
-                    return Err(format!("BEGIN {seq} before READY"));
-                }
-                if *seq >= records_max {
-                    return Err(format!("BEGIN {seq} beyond the {records_max} records of the run"));
-                }
-                if *slot >= total_slots {
-                    return Err(format!("BEGIN {seq} names slot {slot}, past the {total_slots} slots"));
-                }
-                let seq_index = *seq as usize;
-                if seq_index >= h.slot_of.len() {
-                    let len = (seq_index + 1).max(h.slot_of.len() * 2).min(records_max as usize);
-                    h.slot_of.resize(len, None);
-                    h.acked.resize(len, false);
-                    h.ack_event.resize(len, None);
-                }
-                if h.slot_of[seq_index].replace(*slot).is_some() {
-                    return Err(format!("BEGIN {seq} twice"));
-                }
-                h.versions[*slot as usize].push(*seq);
-                h.begun += 1;
-            }
-            Event::Ack { seq, slot } => {
-                match h.slot_of(*seq) {
-                    None => return Err(format!("ACK {seq} for a record never begun")),
-                    Some(begun_slot) if begun_slot != *slot => {
-                        return Err(format!("ACK {seq} names slot {slot}, it was begun in {begun_slot}"))
-                    }
-                    Some(_) => {}
-                }
-                // Begun, so `seq` is in range.
-                if std::mem::replace(&mut h.acked[*seq as usize], true) {
-                    return Err(format!("ACK {seq} twice"));
-                }
-                h.ack_event[*seq as usize] = Some(index);
-                h.ack_count += 1;
-            }
+            Event::Begin { seq, slot } => h.begin(*seq, *slot, total_slots, records_max)?,
+            Event::Ack { seq, slot } => h.ack(*seq, *slot, index)?,
             Event::Grow { file, size_bytes } => {
                 if *file >= geometry.files {
                     return Err(format!("GROW of file {file}: the run has {} files", geometry.files));
