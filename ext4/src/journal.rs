@@ -150,119 +150,40 @@ pub(crate) fn replay_map(fs: &Fs) -> Res<BTreeMap<u64, JournalCopy>> {
     if journal.start == 0 {
         return Ok(replayed);
     }
-    let bs = fs.sb.block_size as usize;
-    let tag_blocknr_high = journal.incompat & INCOMPAT_64BIT != 0;
-    let revoke_record_bytes = if tag_blocknr_high { 8 } else { 4 };
-    // Committed transactions' tags, in order, and revokes with the latest
-    // transaction that revoked each block.
-    let mut committed: Vec<(u32, Vec<Tag>)> = Vec::new();
-    let mut revoked: BTreeMap<u64, u32> = BTreeMap::new();
-    let mut open_tags: Vec<Tag> = Vec::new();
-    let mut open_revokes: Vec<u64> = Vec::new();
-    let mut sequence = journal.sequence;
-    let mut at = journal.start;
-    let mut block = vec![0u8; bs];
-    let mut data = vec![0u8; bs];
-    // A scan never reads more blocks than the journal has: a cycle is
-    // declined, not followed.
-    let mut budget = journal.last - journal.first;
+    let mut scan = Scan {
+        fs,
+        tag_blocknr_high: journal.incompat & INCOMPAT_64BIT != 0,
+        at: journal.start,
+        sequence: journal.sequence,
+        // A scan never reads more blocks than the journal has: a cycle is
+        // declined, not followed.
+        budget: journal.last - journal.first,
+        journal: &journal,
+        committed: Vec::new(),
+        revoked: BTreeMap::new(),
+        open_tags: Vec::new(),
+        open_revokes: Vec::new(),
+    };
+    let mut block = vec![0u8; fs.sb.block_size as usize];
     loop {
-        if budget == 0 {
-            decline!("the journal scan wrapped around");
-        }
-        budget -= 1;
-        let physical = journal.physical(at)?;
-        fs.read_block(physical, &mut block)?;
-        if be32(&block, 0) != JBD2_MAGIC || be32(&block, 8) != sequence {
+        scan.spend_one()?;
+        fs.read_block(journal.physical(scan.at)?, &mut block)?;
+        if be32(&block, 0) != JBD2_MAGIC || be32(&block, 8) != scan.sequence {
             break; // the end of the log
         }
         match be32(&block, 4) {
-            BLOCKTYPE_DESCRIPTOR => {
-                if !journal.tail_csum_ok(&block) {
-                    decline!("descriptor block checksum does not match (journal block {at})");
-                }
-                let mut offset = HEADER_BYTES;
-                loop {
-                    if offset + TAG3_BYTES > bs - BLOCK_TAIL_BYTES {
-                        break;
-                    }
-                    let flags = be32(&block, offset + 4);
-                    let mut home = be32(&block, offset) as u64;
-                    if tag_blocknr_high {
-                        home |= (be32(&block, offset + 8) as u64) << 32;
-                    }
-                    let tag_csum = be32(&block, offset + 12);
-                    at = journal.next(at);
-                    if budget == 0 {
-                        decline!("the journal scan wrapped around");
-                    }
-                    budget -= 1;
-                    let data_physical = journal.physical(at)?;
-                    fs.read_block(data_physical, &mut data)?;
-                    let csum = crc32c_raw(crc32c_raw(journal.csum_seed, &sequence.to_be_bytes()), &data);
-                    if csum != tag_csum {
-                        decline!("journal data block checksum does not match (journal block {at})");
-                    }
-                    if home >= fs.sb.blocks_count {
-                        decline!("journal tag for block {home}, past the filesystem's end");
-                    }
-                    open_tags.push(Tag {
-                        home,
-                        copy: JournalCopy {
-                            disk_offset_bytes: data_physical * fs.sb.block_size,
-                            escaped: flags & TAG_FLAG_ESCAPE != 0,
-                        },
-                    });
-                    offset += TAG3_BYTES;
-                    if flags & TAG_FLAG_SAME_UUID == 0 {
-                        offset += UUID_BYTES;
-                    }
-                    if flags & TAG_FLAG_LAST != 0 {
-                        break;
-                    }
-                }
-            }
-            BLOCKTYPE_COMMIT => {
-                let mut zeroed = block.clone();
-                zeroed[16..20].fill(0);
-                if crc32c_raw(journal.csum_seed, &zeroed) != be32(&block, 16) {
-                    decline!("commit block checksum does not match (journal block {at})");
-                }
-                for home in open_revokes.drain(..) {
-                    let latest = revoked.entry(home).or_insert(sequence);
-                    if sequence.wrapping_sub(*latest) as i32 > 0 {
-                        *latest = sequence;
-                    }
-                }
-                committed.push((sequence, std::mem::take(&mut open_tags)));
-                sequence = sequence.wrapping_add(1);
-            }
-            BLOCKTYPE_REVOKE => {
-                if !journal.tail_csum_ok(&block) {
-                    decline!("revoke block checksum does not match (journal block {at})");
-                }
-                let used = be32(&block, 12) as usize;
-                if used < 16 || used > bs - BLOCK_TAIL_BYTES {
-                    decline!("revoke block count out of range");
-                }
-                let mut offset = 16;
-                while offset + revoke_record_bytes <= used {
-                    let home = match tag_blocknr_high {
-                        true => (be32(&block, offset) as u64) << 32 | be32(&block, offset + 4) as u64,
-                        false => be32(&block, offset) as u64,
-                    };
-                    open_revokes.push(home);
-                    offset += revoke_record_bytes;
-                }
-            }
+            BLOCKTYPE_DESCRIPTOR => scan.descriptor(&block)?,
+            BLOCKTYPE_COMMIT => scan.commit(&block)?,
+            BLOCKTYPE_REVOKE => scan.revoke(&block)?,
             other => decline!("journal block type {other} in the log"),
         }
-        at = journal.next(at);
+        scan.at = journal.next(scan.at);
     }
     // A transaction without its commit block is not replayed.
-    for (sequence, tags) in committed {
+    for (sequence, tags) in scan.committed {
         for tag in tags {
-            let revoked_by_later = revoked
+            let revoked_by_later = scan
+                .revoked
                 .get(&tag.home)
                 .is_some_and(|&r| r.wrapping_sub(sequence) as i32 >= 0);
             if !revoked_by_later {
@@ -271,4 +192,122 @@ pub(crate) fn replay_map(fs: &Fs) -> Res<BTreeMap<u64, JournalCopy>> {
         }
     }
     Ok(replayed)
+}
+
+/// A scan of the journal's log from its start: where it is, what it has
+/// read so far.
+struct Scan<'a> {
+    fs: &'a Fs<'a>,
+    journal: &'a Journal,
+    tag_blocknr_high: bool,
+    /// The journal block being read.
+    at: u64,
+    /// The transaction expected next.
+    sequence: u32,
+    /// Journal blocks the scan may still read.
+    budget: u64,
+    /// Committed transactions' tags, in order.
+    committed: Vec<(u32, Vec<Tag>)>,
+    /// Each revoked block with the latest transaction that revoked it.
+    revoked: BTreeMap<u64, u32>,
+    /// The open transaction's tags and revokes.
+    open_tags: Vec<Tag>,
+    open_revokes: Vec<u64>,
+}
+
+impl Scan<'_> {
+    fn spend_one(&mut self) -> Res<()> {
+        if self.budget == 0 {
+            decline!("the journal scan wrapped around");
+        }
+        self.budget -= 1;
+        Ok(())
+    }
+
+    /// A descriptor block: its tags, each with the data block after it.
+    fn descriptor(&mut self, block: &[u8]) -> Res<()> {
+        let (fs, journal) = (self.fs, self.journal);
+        let bs = fs.sb.block_size as usize;
+        if !journal.tail_csum_ok(block) {
+            decline!("descriptor block checksum does not match (journal block {})", self.at);
+        }
+        let mut data = vec![0u8; bs];
+        let mut offset = HEADER_BYTES;
+        while offset + TAG3_BYTES <= bs - BLOCK_TAIL_BYTES {
+            let flags = be32(block, offset + 4);
+            let mut home = be32(block, offset) as u64;
+            if self.tag_blocknr_high {
+                home |= (be32(block, offset + 8) as u64) << 32;
+            }
+            let tag_csum = be32(block, offset + 12);
+            self.at = journal.next(self.at);
+            self.spend_one()?;
+            let data_physical = journal.physical(self.at)?;
+            fs.read_block(data_physical, &mut data)?;
+            let csum = crc32c_raw(crc32c_raw(journal.csum_seed, &self.sequence.to_be_bytes()), &data);
+            if csum != tag_csum {
+                decline!("journal data block checksum does not match (journal block {})", self.at);
+            }
+            if home >= fs.sb.blocks_count {
+                decline!("journal tag for block {home}, past the filesystem's end");
+            }
+            self.open_tags.push(Tag {
+                home,
+                copy: JournalCopy {
+                    disk_offset_bytes: data_physical * fs.sb.block_size,
+                    escaped: flags & TAG_FLAG_ESCAPE != 0,
+                },
+            });
+            offset += TAG3_BYTES;
+            if flags & TAG_FLAG_SAME_UUID == 0 {
+                offset += UUID_BYTES;
+            }
+            if flags & TAG_FLAG_LAST != 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A commit block: the open transaction committed, its revokes counted.
+    fn commit(&mut self, block: &[u8]) -> Res<()> {
+        let mut zeroed = block.to_vec();
+        zeroed[16..20].fill(0);
+        if crc32c_raw(self.journal.csum_seed, &zeroed) != be32(block, 16) {
+            decline!("commit block checksum does not match (journal block {})", self.at);
+        }
+        let sequence = self.sequence;
+        for home in self.open_revokes.drain(..) {
+            let latest = self.revoked.entry(home).or_insert(sequence);
+            if sequence.wrapping_sub(*latest) as i32 > 0 {
+                *latest = sequence;
+            }
+        }
+        self.committed.push((sequence, std::mem::take(&mut self.open_tags)));
+        self.sequence = sequence.wrapping_add(1);
+        Ok(())
+    }
+
+    /// A revoke block: the blocks it names, for the open transaction.
+    fn revoke(&mut self, block: &[u8]) -> Res<()> {
+        let bs = self.fs.sb.block_size as usize;
+        if !self.journal.tail_csum_ok(block) {
+            decline!("revoke block checksum does not match (journal block {})", self.at);
+        }
+        let used = be32(block, 12) as usize;
+        if used < 16 || used > bs - BLOCK_TAIL_BYTES {
+            decline!("revoke block count out of range");
+        }
+        let record_bytes = if self.tag_blocknr_high { 8 } else { 4 };
+        let mut offset = 16;
+        while offset + record_bytes <= used {
+            let home = match self.tag_blocknr_high {
+                true => (be32(block, offset) as u64) << 32 | be32(block, offset + 4) as u64,
+                false => be32(block, offset) as u64,
+            };
+            self.open_revokes.push(home);
+            offset += record_bytes;
+        }
+        Ok(())
+    }
 }
