@@ -272,119 +272,164 @@ impl Event {
         }
         let mut words = line.trim_end_matches('\r').split(' ');
         let tag = words.next().unwrap_or("");
-        let mut field = || words.next().ok_or("missing field");
-        let num = |s: &str| s.parse::<u64>().map_err(|_| "field is not a number");
-        let int = |s: &str| s.parse::<i32>().map_err(|_| "field is not an integer");
-        let small = |s: &str| s.parse::<u32>().map_err(|_| "field is not a small number");
         let event = match tag {
-            "BOOTED" => Event::Booted {
-                role: field()?.to_string(),
-            },
-            "READY" => Event::Ready { slots: num(field()?)? },
-            "BEGIN" => Event::Begin {
-                seq: num(field()?)?,
-                slot: num(field()?)?,
-            },
-            "ACK" => Event::Ack {
-                seq: num(field()?)?,
-                slot: num(field()?)?,
-            },
-            "HOLD" => Event::Hold { acks: num(field()?)? },
-            "ERR" => Event::Error {
-                op: field()?.to_string(),
-                errno: int(field()?)?,
-            },
-            "DONE" => Event::Done {
-                records: num(field()?)?,
-            },
-            "GROW" => Event::Grow {
-                file: small(field()?)?,
-                size_bytes: num(field()?)?,
-            },
-            "MSYNC" => Event::Msync {
-                file: small(field()?)?,
-                offset_bytes: num(field()?)?,
-                len_bytes: num(field()?)?,
-                flags: field()?.into(),
-                errno: int(field()?)?,
-            },
-            "INCOHERENT" => Event::Incoherent {
-                file: small(field()?)?,
-                offset_bytes: num(field()?)?,
-                how: field()?.to_string(),
-            },
-            "SEEN" => Event::Seen {
-                seq: num(field()?)?,
-                slot: num(field()?)?,
-            },
-            "CONF" => Event::Conf {
-                case: field()?.to_string(),
-                rc: int(field()?)?,
-                errno: int(field()?)?,
-                detail: field()?.to_string(),
-            },
-            "FSYNC" => Event::Fsync { errno: int(field()?)? },
-            "READBACK" => Event::Readback {
-                seq: num(field()?)?,
-                what: field()?.to_string(),
-            },
-            "SEENBAD" => Event::SeenBad {
-                seq: num(field()?)?,
-                slot: num(field()?)?,
-                why: field()?.to_string(),
-            },
-            "MOUNT" => Event::Mount { rc: int(field()?)? },
-            "FILE" => Event::File {
-                file: small(field()?)?,
-                size_bytes: num(field()?)?,
-            },
-            "NOFILE" => Event::NoFile { file: small(field()?)? },
-            "EXTENT" => Event::Extent {
-                file: small(field()?)?,
-                logical_bytes: num(field()?)?,
-                physical_bytes: num(field()?)?,
-                len_bytes: num(field()?)?,
-                unwritten: match field()? {
-                    "data" => false,
-                    "unwritten" => true,
-                    _ => return Err("extent kind is neither data nor unwritten"),
-                },
-            },
-            "MAPPED" => Event::Mapped {
-                file: small(field()?)?,
-                extents: num(field()?)?,
-            },
-            "UNMAPPED" => Event::Unmapped {
-                file: small(field()?)?,
-                reason: field()?.to_string(),
-            },
-            "COPY" => Event::Copy {
-                file: small(field()?)?,
-                rc: int(field()?)?,
-            },
-            "UMOUNT" => Event::Umount { rc: int(field()?)? },
-            "FSCK" => Event::Fsck {
-                tool: field()?.to_string(),
-                rc: int(field()?)?,
-            },
-            "CHECKED" => Event::Checked { nonce: num(field()?)? },
-            "ITEM" => Event::Item {
-                seq: num(field()?)?,
-                id: crate::items::parse_item_id(field()?)?,
-                digest: crate::items::Digest::parse(field()?)?,
-                key: match words.next() {
-                    Some(key) => Some(crate::items::parse_item_key(key)?),
-                    None => None,
-                },
-            },
-            "CHECKEXIT" => Event::CheckerExit { rc: int(field()?)? },
-            _ => return Err("unknown tag"),
+            "MOUNT" | "FILE" | "NOFILE" | "EXTENT" | "MAPPED" | "UNMAPPED" | "COPY" | "UMOUNT" | "FSCK" | "CHECKED"
+            | "ITEM" | "CHECKEXIT" => Event::parse_check(tag, &mut words)?,
+            _ => Event::parse_workload(tag, &mut words)?,
         };
         if words.next().is_some() {
             return Err("trailing fields");
         }
         Ok(event)
     }
+
+    /// The workload's lines (and the relay's, and the conformance run's).
+    fn parse_workload<'a>(tag: &str, words: &mut impl Iterator<Item = &'a str>) -> Result<Event, &'static str> {
+        Ok(match tag {
+            "BOOTED" => Event::Booted {
+                role: field(words)?.to_string(),
+            },
+            "READY" => Event::Ready {
+                slots: num(field(words)?)?,
+            },
+            "BEGIN" => Event::Begin {
+                seq: num(field(words)?)?,
+                slot: num(field(words)?)?,
+            },
+            "ACK" => Event::Ack {
+                seq: num(field(words)?)?,
+                slot: num(field(words)?)?,
+            },
+            "HOLD" => Event::Hold {
+                acks: num(field(words)?)?,
+            },
+            "ERR" => Event::Error {
+                op: field(words)?.to_string(),
+                errno: int(field(words)?)?,
+            },
+            "DONE" => Event::Done {
+                records: num(field(words)?)?,
+            },
+            "GROW" => Event::Grow {
+                file: small(field(words)?)?,
+                size_bytes: num(field(words)?)?,
+            },
+            "MSYNC" => Event::Msync {
+                file: small(field(words)?)?,
+                offset_bytes: num(field(words)?)?,
+                len_bytes: num(field(words)?)?,
+                flags: field(words)?.into(),
+                errno: int(field(words)?)?,
+            },
+            "INCOHERENT" => Event::Incoherent {
+                file: small(field(words)?)?,
+                offset_bytes: num(field(words)?)?,
+                how: field(words)?.to_string(),
+            },
+            "SEEN" => Event::Seen {
+                seq: num(field(words)?)?,
+                slot: num(field(words)?)?,
+            },
+            "CONF" => Event::Conf {
+                case: field(words)?.to_string(),
+                rc: int(field(words)?)?,
+                errno: int(field(words)?)?,
+                detail: field(words)?.to_string(),
+            },
+            "FSYNC" => Event::Fsync {
+                errno: int(field(words)?)?,
+            },
+            "READBACK" => Event::Readback {
+                seq: num(field(words)?)?,
+                what: field(words)?.to_string(),
+            },
+            "SEENBAD" => Event::SeenBad {
+                seq: num(field(words)?)?,
+                slot: num(field(words)?)?,
+                why: field(words)?.to_string(),
+            },
+            _ => return Err("unknown tag"),
+        })
+    }
+
+    /// The check's lines: what the checker VM found on a recovered disk.
+    fn parse_check<'a>(tag: &str, words: &mut impl Iterator<Item = &'a str>) -> Result<Event, &'static str> {
+        Ok(match tag {
+            "MOUNT" => Event::Mount {
+                rc: int(field(words)?)?,
+            },
+            "FILE" => Event::File {
+                file: small(field(words)?)?,
+                size_bytes: num(field(words)?)?,
+            },
+            "NOFILE" => Event::NoFile {
+                file: small(field(words)?)?,
+            },
+            "EXTENT" => Event::Extent {
+                file: small(field(words)?)?,
+                logical_bytes: num(field(words)?)?,
+                physical_bytes: num(field(words)?)?,
+                len_bytes: num(field(words)?)?,
+                unwritten: match field(words)? {
+                    "data" => false,
+                    "unwritten" => true,
+                    _ => return Err("extent kind is neither data nor unwritten"),
+                },
+            },
+            "MAPPED" => Event::Mapped {
+                file: small(field(words)?)?,
+                extents: num(field(words)?)?,
+            },
+            "UNMAPPED" => Event::Unmapped {
+                file: small(field(words)?)?,
+                reason: field(words)?.to_string(),
+            },
+            "COPY" => Event::Copy {
+                file: small(field(words)?)?,
+                rc: int(field(words)?)?,
+            },
+            "UMOUNT" => Event::Umount {
+                rc: int(field(words)?)?,
+            },
+            "FSCK" => Event::Fsck {
+                tool: field(words)?.to_string(),
+                rc: int(field(words)?)?,
+            },
+            "CHECKED" => Event::Checked {
+                nonce: num(field(words)?)?,
+            },
+            "ITEM" => Event::Item {
+                seq: num(field(words)?)?,
+                id: crate::items::parse_item_id(field(words)?)?,
+                digest: crate::items::Digest::parse(field(words)?)?,
+                key: match words.next() {
+                    Some(key) => Some(crate::items::parse_item_key(key)?),
+                    None => None,
+                },
+            },
+            "CHECKEXIT" => Event::CheckerExit {
+                rc: int(field(words)?)?,
+            },
+            _ => return Err("unknown tag"),
+        })
+    }
+}
+
+/// The next field of a line.
+fn field<'a>(words: &mut impl Iterator<Item = &'a str>) -> Result<&'a str, &'static str> {
+    words.next().ok_or("missing field")
+}
+
+fn num(s: &str) -> Result<u64, &'static str> {
+    s.parse::<u64>().map_err(|_| "field is not a number")
+}
+
+fn int(s: &str) -> Result<i32, &'static str> {
+    s.parse::<i32>().map_err(|_| "field is not an integer")
+}
+
+fn small(s: &str) -> Result<u32, &'static str> {
+    s.parse::<u32>().map_err(|_| "field is not a small number")
 }
 
 /// A whole protocol log, as the host recorded it.
