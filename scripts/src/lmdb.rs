@@ -13,7 +13,8 @@ use crate::soak::{run_campaign, write_table};
 
 const FILESYSTEMS: &[&str] = &["ext4", "xfs", "btrfs"];
 
-pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32> {
+/// `--items N --states N --kernel-trials N --seed S`, bounded.
+fn parse_args(args: &[String]) -> Result<(u64, u64, u64, u64)> {
     let (mut items, mut states, mut kernel_trials, mut seed) = (200u64, 200u64, 5u64, 1u64);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -34,6 +35,11 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     if !(1..=100_000).contains(&items) || !(1..=1_000_000).contains(&states) || !(1..=10_000).contains(&kernel_trials) {
         bail!("--items 1..=100000, --states 1..=1000000, --kernel-trials 1..=10000");
     }
+    Ok((items, states, kernel_trials, seed))
+}
+
+pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32> {
+    let (items, states, kernel_trials, seed) = parse_args(args)?;
     cmd!(
         sh,
         "cargo build --quiet --release -p crashlab-controller --bin crashlab"

@@ -34,28 +34,12 @@ const STATES_PER_TRIAL: u64 = 500;
 const STATES_MAX: u64 = 10_000_000;
 
 pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32> {
-    let mut images = images.to_path_buf();
-    let mut states = 1000u64;
-    let mut kernel_trials = 20u64;
-    let mut seed = 1u64;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
-        match arg.as_str() {
-            "--states" => states = value("--states")?.parse().context("--states takes a number")?,
-            "--kernel-trials" => {
-                kernel_trials = value("--kernel-trials")?
-                    .parse()
-                    .context("--kernel-trials takes a number")?
-            }
-            "--seed" => seed = value("--seed")?.parse().context("--seed takes a number")?,
-            "--images-dir" => images = value("--images-dir")?.into(),
-            other => bail!("unknown flag {other:?}: use --states N, --kernel-trials N, --seed S, --images-dir DIR"),
-        }
-    }
-    if states == 0 || states > STATES_MAX || kernel_trials == 0 || kernel_trials > 100_000 {
-        bail!("--states must be 1..={STATES_MAX}, --kernel-trials 1..=100000");
-    }
+    let SoakArgs {
+        images,
+        states,
+        kernel_trials,
+        seed,
+    } = SoakArgs::parse(images, args)?;
     cmd!(
         sh,
         "cargo build --quiet --release -p crashlab-controller --bin crashlab"
@@ -138,6 +122,51 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         &rows,
     )?;
     Ok(if ok { 0 } else { 1 })
+}
+
+/// The soak's flags: `--states N` (power-loss states per configuration),
+/// `--kernel-trials N`, `--seed S`, `--images-dir DIR`.
+struct SoakArgs {
+    images: std::path::PathBuf,
+    states: u64,
+    kernel_trials: u64,
+    seed: u64,
+}
+
+impl SoakArgs {
+    fn parse(images: &std::path::Path, args: &[String]) -> Result<SoakArgs> {
+        let mut parsed = SoakArgs {
+            images: images.to_path_buf(),
+            states: 1000,
+            kernel_trials: 20,
+            seed: 1,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
+            match arg.as_str() {
+                "--states" => parsed.states = value("--states")?.parse().context("--states takes a number")?,
+                "--kernel-trials" => {
+                    parsed.kernel_trials = value("--kernel-trials")?
+                        .parse()
+                        .context("--kernel-trials takes a number")?
+                }
+                "--seed" => parsed.seed = value("--seed")?.parse().context("--seed takes a number")?,
+                "--images-dir" => parsed.images = value("--images-dir")?.into(),
+                other => {
+                    bail!("unknown flag {other:?}: use --states N, --kernel-trials N, --seed S, --images-dir DIR")
+                }
+            }
+        }
+        if parsed.states == 0
+            || parsed.states > STATES_MAX
+            || parsed.kernel_trials == 0
+            || parsed.kernel_trials > 100_000
+        {
+            bail!("--states must be 1..={STATES_MAX}, --kernel-trials 1..=100000");
+        }
+        Ok(parsed)
+    }
 }
 
 /// Prints a task's table (title, a blank line, the rows) and keeps it as
