@@ -236,7 +236,15 @@ pub fn random_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> 
     let epochs = build_epochs(log, options);
     let mut plan = Plan::default();
     draw_into(log, options, &epochs, &mut plan, options.budget);
-    plan.states.into_iter().map(|p| p.state).collect()
+    let states: Vec<CrashState> = plan.states.into_iter().map(|p| p.state).collect();
+    // The plan's bound, and each state within the log it was planned from
+    // (a reader rebuilding a state from a kept log checks the same).
+    assert!(states.len() <= options.budget.max(1), "the plan keeps to its budget");
+    assert!(
+        states.iter().all(|s| s.prefix_entries as usize <= log.entries.len()),
+        "every state's prefix lies within the log"
+    );
+    states
 }
 
 /// Draws random states into `plan` until it holds `target` states or the
@@ -286,7 +294,15 @@ pub fn plan_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> {
         plan.offer(planned.state.clone(), planned.key, planned.position);
     }
     draw_into(log, options, &epochs, &mut plan, options.budget);
-    plan.states.into_iter().map(|p| p.state).collect()
+    let states: Vec<CrashState> = plan.states.into_iter().map(|p| p.state).collect();
+    // The plan's bound, and each state within the log it was planned from
+    // (a reader rebuilding a state from a kept log checks the same).
+    assert!(states.len() <= options.budget.max(1), "the plan keeps to its budget");
+    assert!(
+        states.iter().all(|s| s.prefix_entries as usize <= log.entries.len()),
+        "every state's prefix lies within the log"
+    );
+    states
 }
 
 struct Planned {

@@ -1067,6 +1067,7 @@ impl Overlay {
                 .or_insert_with(|| Box::new([0u8; SECTOR_BYTES as usize]));
             source.copy_to(in_range, &mut data[in_sector..in_sector + len]);
         }
+        assert!(self.bytes() <= max_bytes, "the overlay stays within its bound");
         Ok(())
     }
 

@@ -49,9 +49,11 @@ pub struct ResultsLog {
     trials: File,
     /// Power-loss campaigns only.
     states: Option<File>,
-    /// State lines written since the last trial line (for the assertion
-    /// that a state line never follows its trial's line).
+    /// State lines written since the last trial line, and their trial
+    /// (for the assertions that they come in plan order, before their
+    /// trial's line).
     states_pending: u64,
+    states_trial: u64,
 }
 
 impl ResultsLog {
@@ -71,6 +73,7 @@ impl ResultsLog {
                 CrashModel::KernelCrash => None,
             },
             states_pending: 0,
+            states_trial: 0,
         })
     }
 
@@ -88,14 +91,28 @@ impl Sink for ResultsLog {
                     .states
                     .as_mut()
                     .context("a state was judged in a kernel-crash campaign (no states log)")?;
+                // Paired with `PowerLossRecord::add_state`'s: the lines of a
+                // trial are its states in plan order, one trial at a time.
+                assert_eq!(line.state, self.states_pending, "state lines in plan order");
+                assert!(
+                    self.states_pending == 0 || self.states_trial == line.trial,
+                    "one trial's state lines at a time"
+                );
                 writeln!(log, "{}", serde_json::to_string(line)?).context(context)?;
+                self.states_trial = line.trial;
                 self.states_pending += 1;
                 Ok(())
             }
-            Event::TrialFinished { trial_dir, line, .. } => {
+            Event::TrialFinished {
+                trial, trial_dir, line, ..
+            } => {
                 assert!(
                     self.states.is_some() || self.states_pending == 0,
                     "state lines only in power-loss campaigns"
+                );
+                assert!(
+                    self.states_pending == 0 || self.states_trial == *trial,
+                    "a trial's line follows its own state lines"
                 );
                 assert!(!line.contains('\n'), "a trial line is one line");
                 if trial_dir.exists() {

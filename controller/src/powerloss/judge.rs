@@ -128,6 +128,10 @@ pub fn judge_state(
 ) -> JudgedState {
     let t = Instant::now();
     let position = blocklog::crash_position(&capture.log, state);
+    assert!(
+        position as usize <= capture.log.entries.len(),
+        "a state's crash position lies within its log"
+    );
     let writers = config.geometry().writers;
     let kept = kept_events_at(&capture.serial, &capture.promises, position, writers);
     let verdicts: Vec<(&'static str, verifier::Verdict)> = checks
