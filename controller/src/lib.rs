@@ -13,6 +13,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod conformance;
+pub mod console;
 pub mod doctor;
 pub mod durable;
 pub mod images;

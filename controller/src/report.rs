@@ -439,12 +439,7 @@ fn kernel_messages(dir: &Path, trial: u64) -> Vec<String> {
     logs.sort();
     let mut said = Vec::new();
     for log in logs {
-        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
-        said.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("crashlab-kernel: "))
-                .map(|l| l.split_once("] ").map_or(l, |(_, rest)| rest).trim().to_string()),
-        );
+        said.extend(crate::console::kernel_lines_of(&log));
     }
     said.dedup();
     let keep = said.len().saturating_sub(12);

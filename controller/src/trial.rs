@@ -334,29 +334,15 @@ fn refuse_a_guest_that_cannot_run_it(
 /// the last few, without their timestamps.
 pub fn kernel_said(console_log: &std::path::Path, fs: crate::config::Filesystem) -> Vec<String> {
     const SAID_MAX_LINES: usize = 4;
-    let Ok(text) = std::fs::read(console_log) else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&text);
-    let marked: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("crashlab-kernel: "))
-        .map(|l| match l.starts_with('[') {
-            true => l.split_once("] ").map_or(l, |(_, rest)| rest),
-            false => l,
-        })
-        .collect();
+    let marked = crate::console::kernel_lines_of(console_log);
     let name = fs.name().to_lowercase();
-    let about: Vec<&str> = marked
+    let about: Vec<String> = marked
         .iter()
-        .copied()
         .filter(|l| l.to_lowercase().contains(&name) || l.contains("mount") || l.contains("vda"))
+        .cloned()
         .collect();
-    let chosen = if about.is_empty() { &marked } else { &about };
-    chosen[chosen.len().saturating_sub(SAID_MAX_LINES)..]
-        .iter()
-        .map(|l| l.trim().to_string())
-        .collect()
+    let chosen = if about.is_empty() { marked } else { about };
+    chosen[chosen.len().saturating_sub(SAID_MAX_LINES)..].to_vec()
 }
 
 /// The config option behind a piece the guest kernel lacks.
