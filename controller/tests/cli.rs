@@ -259,4 +259,12 @@ fn the_host_checker_refuses_an_ext4_with_fast_commit() {
         ],
         "docs/findings/ext4-fast-commit",
     );
+    // The disk made before the refusal is not left in the results.
+    let left: Vec<_> = std::fs::read_dir(results.path())
+        .unwrap()
+        .flatten()
+        .filter(|campaign| campaign.path().join("base-disk.img").exists())
+        .map(|campaign| campaign.path())
+        .collect();
+    assert!(left.is_empty(), "a refused campaign left its disk: {left:?}");
 }

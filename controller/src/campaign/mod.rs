@@ -241,7 +241,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     // The campaign's clock includes its setup (accelerator choice, mkfs):
     // `elapsed_s` and `first_failure_after_s` are wall time a user waits.
     let start = Instant::now();
-    let setup = set_up(req)?;
+    let setup = set_up(req).inspect_err(|_| {
+        // A refused mkfs or accelerator leaves no disk image behind.
+        let _ = std::fs::remove_file(req.results_root.join(&req.campaign_id).join(BASE_DISK));
+    })?;
     let finished = match req.resume {
         true => resume_results(&setup)?,
         false => start_results(req, &setup)?,
@@ -273,6 +276,10 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
     let _ = std::fs::remove_file(&setup.base_disk);
     finish(req, dir, summary, ran.err(), start, before)
 }
+
+/// The filesystem every trial starts from, made once per campaign run and
+/// removed at its end.
+const BASE_DISK: &str = "base-disk.img";
 
 /// Everything a campaign's trials stand on, made before the first.
 struct SetUp {
@@ -328,7 +335,7 @@ fn set_up(req: &CampaignRequest) -> Result<SetUp> {
     let images = crate::program::campaign_images(images, &config, &dir, fresh)?;
 
     // Before the accelerator's sanity boot: mkfs options it refuses fail fast.
-    let base_disk = dir.join("base-disk.img");
+    let base_disk = dir.join(BASE_DISK);
     let made = images::make_and_describe(config.fs, &config.mkfs_words(), &base_disk, config.disk_size_bytes)?;
     if config.checker == crate::config::Checker::Host && made.has_feature("fast_commit") {
         // docs/findings/ext4-fast-commit: e2fsck 1.47.0 to 1.47.4 cannot
