@@ -32,6 +32,10 @@ pub const FINDINGS: &[Finding] = &[
         name: "f2fs-first-fsync",
         rule: "acked-record-lost",
     },
+    Finding {
+        name: "f2fs-fsync-data-order",
+        rule: "stale-bytes",
+    },
 ];
 
 pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {

@@ -164,14 +164,37 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     Ok(i32::from(unexplained > 0))
 }
 
-/// A finding a failing cell's log names: on f2fs, the first record's ack
-/// logged while a write after the last flush was unflushed is the
-/// first-fsync race (docs/findings/f2fs-first-fsync), whatever the options.
+/// The findings a failing cell's states are, when every failing state is
+/// one: on f2fs, a first record lost after its ack was logged while a
+/// write after the last flush was unflushed is the first-fsync race
+/// (docs/findings/f2fs-first-fsync); stale bytes are a node written before
+/// its data (docs/findings/f2fs-fsync-data-order).
 fn known_by_its_log(fs: &str, campaign_dir: &str) -> Option<&'static str> {
-    let text = std::fs::read_to_string(format!("{campaign_dir}/trials.jsonl")).ok()?;
-    let line: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
-    let first = &line["log"]["first_ack_after_unflushed_writes"];
-    (fs == "f2fs" && first["seq"].as_u64() == Some(0)).then_some("f2fs-first-fsync")
+    if fs != "f2fs" {
+        return None;
+    }
+    let trials = std::fs::read_to_string(format!("{campaign_dir}/trials.jsonl")).ok()?;
+    let trial: serde_json::Value = serde_json::from_str(trials.lines().next()?).ok()?;
+    let first_record_early = trial["log"]["first_ack_after_unflushed_writes"]["seq"].as_u64() == Some(0);
+    let states = std::fs::read_to_string(format!("{campaign_dir}/states.jsonl")).ok()?;
+    let (mut first_fsync, mut data_order) = (false, false);
+    for line in states.lines() {
+        let state: serde_json::Value = serde_json::from_str(line).ok()?;
+        if state["passed"] != false {
+            continue;
+        }
+        match state["first_violation"]["rule"].as_str()? {
+            "acked-record-lost" if first_record_early => first_fsync = true,
+            "stale-bytes" => data_order = true,
+            _ => return None,
+        }
+    }
+    match (first_fsync, data_order) {
+        (true, true) => Some("f2fs-first-fsync and docs/findings/f2fs-fsync-data-order"),
+        (true, false) => Some("f2fs-first-fsync"),
+        (false, true) => Some("f2fs-fsync-data-order"),
+        (false, false) => None,
+    }
 }
 
 /// The trial's acks logged after an unflushed filesystem write (the sign
