@@ -11,6 +11,7 @@
 //! This crate does no I/O and never reads a clock: the same inputs always give
 //! the same bytes, which is what makes a crash state reproducible.
 
+pub mod error;
 pub mod items;
 pub mod layout;
 pub mod params;

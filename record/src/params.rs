@@ -207,16 +207,7 @@ impl TryFrom<String> for PlantedBug {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParamsError(pub String);
-
-impl fmt::Display for ParamsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ParamsError {}
+pub use crate::error::ParamsError;
 
 /// Hard limit on one trial's record count: bounds the protocol log and the
 /// verifier's memory.
@@ -266,7 +257,7 @@ impl WorkloadParams {
     }
 
     pub fn geometry(&self) -> pattern::Geometry {
-        pattern::Geometry::of(self)
+        pattern::Geometry::of(self.pattern, self.record_size_bytes, self.file_size_bytes)
     }
 
     /// Validates every field; the error names the field and the fix.
@@ -318,7 +309,7 @@ impl WorkloadParams {
                 "--planted-bug data-before-log belongs to --pattern wal".into(),
             ));
         }
-        pattern::validate(self)
+        self.validate_pattern()
     }
 
     /// Renders the parameters as kernel command-line words.
@@ -402,6 +393,48 @@ impl WorkloadParams {
         };
         params.validate()?;
         Ok(params)
+    }
+}
+
+impl WorkloadParams {
+    /// Checks a pattern's own requirements on the parameters.
+    fn validate_pattern(&self) -> Result<(), ParamsError> {
+        let (params, g) = (self, self.geometry());
+        let record = u64::from(params.record_size_bytes);
+        if params.pattern != Pattern::Records && params.mode != DurabilityMode::MsSync {
+            return Err(ParamsError(format!(
+                "--pattern {} makes its own durability calls (msync with MS_SYNC): leave --mode at ms-sync \
+                 (--mode {} applies to --pattern records)",
+                params.pattern, params.mode
+            )));
+        }
+        match params.pattern {
+            Pattern::PartialMsync if params.file_size_bytes < pattern::PARTIAL_MSYNC_MIN_FILE_BYTES => Err(ParamsError(format!(
+                "--pattern partial-msync syncs part of a mapping of at least 1 MiB: raise --file-size to 1M or more \
+                 (it is {} bytes)",
+                params.file_size_bytes
+            ))),
+            Pattern::PartialMsync | Pattern::Growth | Pattern::Several
+                if !params.file_size_bytes.is_multiple_of(pattern::PAGE_SIZE_BYTES) =>
+            {
+                Err(ParamsError(format!(
+                    "--pattern {} needs a file size that is a multiple of the {}-byte page",
+                    params.pattern,
+                    pattern::PAGE_SIZE_BYTES
+                )))
+            }
+            Pattern::Wal if g.slots_per_file < 2 => Err(ParamsError(
+                "--pattern wal needs room for a log and data pages: at least 2 records in the file".into(),
+            )),
+            Pattern::Wal if record > pattern::PAGE_SIZE_BYTES || !pattern::PAGE_SIZE_BYTES.is_multiple_of(record) => Err(ParamsError(
+                "--pattern wal needs records that divide a page (512 to 4096 bytes), so each record's msync covers it alone"
+                    .into(),
+            )),
+            Pattern::Several if g.slots_per_file < 2 * u64::from(g.writers) => Err(ParamsError(
+                "--pattern several needs at least 4 records per file (two writers, disjoint ranges)".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -521,5 +554,35 @@ mod tests {
         assert!(DurabilityMode::MsAsyncFdatasync.promises_durability());
         assert!(!DurabilityMode::MsAsync.promises_durability());
         assert!(!DurabilityMode::None.promises_durability());
+    }
+
+    #[test]
+    fn each_pattern_says_what_it_needs() {
+        let params = |pattern: Pattern, file_size_bytes: u64| WorkloadParams {
+            mode: DurabilityMode::MsSync,
+            record_size_bytes: 4096,
+            file_size_bytes,
+            records: 100,
+            seed: 1,
+            planted_bug: None,
+            hold_after_acks: None,
+            ack_area_offset_bytes: None,
+            pattern,
+            io_errors: false,
+        };
+        let batch = WorkloadParams {
+            mode: DurabilityMode::Batch(4),
+            ..params(Pattern::Wal, 64 << 10)
+        };
+        assert!(batch
+            .validate_pattern()
+            .unwrap_err()
+            .0
+            .contains("leave --mode at ms-sync"));
+        let err = params(Pattern::PartialMsync, 512 << 10).validate_pattern().unwrap_err();
+        assert!(err.0.contains("at least 1 MiB"), "{err}");
+        assert!(params(Pattern::PartialMsync, 1 << 20).validate_pattern().is_ok());
+        assert!(params(Pattern::Wal, 4096).validate_pattern().is_err());
+        assert!(params(Pattern::Several, 8192).validate_pattern().is_err());
     }
 }

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::params::{ParamsError, WorkloadParams};
+use crate::error::ParamsError;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Pattern {
@@ -129,18 +129,20 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    pub fn of(params: &WorkloadParams) -> Geometry {
-        let record = u64::from(params.record_size_bytes);
-        let slots = params.file_size_bytes / record;
+    /// A pattern's geometry, from the parameters it depends on
+    /// (`WorkloadParams::geometry`).
+    pub fn of(pattern: Pattern, record_size_bytes: u32, file_size_bytes: u64) -> Geometry {
+        let record = u64::from(record_size_bytes);
+        let slots = file_size_bytes / record;
         let base = Geometry {
             files: 1,
             slots_per_file: slots,
             writers: 1,
             log_slots: 0,
-            initial_size_bytes: params.file_size_bytes,
+            initial_size_bytes: file_size_bytes,
             growth_step_bytes: 0,
         };
-        match params.pattern {
+        match pattern {
             Pattern::Records | Pattern::PartialMsync | Pattern::Invalidate | Pattern::Ipc => base,
             Pattern::Wal => Geometry {
                 log_slots: (slots / 4).clamp(1, 64),
@@ -149,8 +151,8 @@ impl Geometry {
             Pattern::Growth => {
                 // Eight steps, each a whole number of pages and records.
                 let unit = record.max(PAGE_SIZE_BYTES);
-                let step = (params.file_size_bytes / 8).div_ceil(unit).max(1) * unit;
-                let step = step.min(params.file_size_bytes);
+                let step = (file_size_bytes / 8).div_ceil(unit).max(1) * unit;
+                let step = step.min(file_size_bytes);
                 Geometry {
                     initial_size_bytes: step,
                     growth_step_bytes: step,
@@ -180,64 +182,9 @@ impl Geometry {
     }
 }
 
-/// Checks a pattern's own requirements on the parameters.
-pub fn validate(params: &WorkloadParams) -> Result<(), ParamsError> {
-    let g = Geometry::of(params);
-    let record = u64::from(params.record_size_bytes);
-    if params.pattern != Pattern::Records && params.mode != crate::params::DurabilityMode::MsSync {
-        return Err(ParamsError(format!(
-            "--pattern {} makes its own durability calls (msync with MS_SYNC): leave --mode at ms-sync \
-             (--mode {} applies to --pattern records)",
-            params.pattern, params.mode
-        )));
-    }
-    match params.pattern {
-        Pattern::PartialMsync if params.file_size_bytes < PARTIAL_MSYNC_MIN_FILE_BYTES => Err(ParamsError(format!(
-            "--pattern partial-msync syncs part of a mapping of at least 1 MiB: raise --file-size to 1M or more \
-             (it is {} bytes)",
-            params.file_size_bytes
-        ))),
-        Pattern::PartialMsync | Pattern::Growth | Pattern::Several
-            if !params.file_size_bytes.is_multiple_of(PAGE_SIZE_BYTES) =>
-        {
-            Err(ParamsError(format!(
-                "--pattern {} needs a file size that is a multiple of the {PAGE_SIZE_BYTES}-byte page",
-                params.pattern
-            )))
-        }
-        Pattern::Wal if g.slots_per_file < 2 => Err(ParamsError(
-            "--pattern wal needs room for a log and data pages: at least 2 records in the file".into(),
-        )),
-        Pattern::Wal if record > PAGE_SIZE_BYTES || !PAGE_SIZE_BYTES.is_multiple_of(record) => Err(ParamsError(
-            "--pattern wal needs records that divide a page (512 to 4096 bytes), so each record's msync covers it alone"
-                .into(),
-        )),
-        Pattern::Several if g.slots_per_file < 2 * u64::from(g.writers) => Err(ParamsError(
-            "--pattern several needs at least 4 records per file (two writers, disjoint ranges)".into(),
-        )),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::DurabilityMode;
-
-    fn params(pattern: Pattern, file_size_bytes: u64) -> WorkloadParams {
-        WorkloadParams {
-            mode: DurabilityMode::MsSync,
-            record_size_bytes: 4096,
-            file_size_bytes,
-            records: 100,
-            seed: 1,
-            planted_bug: None,
-            hold_after_acks: None,
-            ack_area_offset_bytes: None,
-            pattern,
-            io_errors: false,
-        }
-    }
 
     #[test]
     fn names_round_trip_and_unknown_ones_list_the_valid() {
@@ -249,29 +196,15 @@ mod tests {
 
     #[test]
     fn geometries() {
-        let g = Geometry::of(&params(Pattern::Several, 64 << 10));
+        let g = Geometry::of(Pattern::Several, 4096, 64 << 10);
         assert_eq!((g.files, g.slots_per_file, g.writers), (2, 16, 2));
         assert_eq!(g.locate(17, 4096), (1, 4096));
         assert_eq!(g.writer_of(5), 1);
-        let g = Geometry::of(&params(Pattern::Wal, 64 << 10));
+        let g = Geometry::of(Pattern::Wal, 4096, 64 << 10);
         assert_eq!(g.log_slots, 4);
-        let g = Geometry::of(&params(Pattern::Growth, 1 << 20));
+        let g = Geometry::of(Pattern::Growth, 4096, 1 << 20);
         assert_eq!((g.initial_size_bytes, g.growth_step_bytes), (128 << 10, 128 << 10));
-        let g = Geometry::of(&params(Pattern::Records, 1 << 20));
+        let g = Geometry::of(Pattern::Records, 4096, 1 << 20);
         assert_eq!((g.files, g.writers, g.initial_size_bytes), (1, 1, 1 << 20));
-    }
-
-    #[test]
-    fn each_pattern_says_what_it_needs() {
-        let batch = WorkloadParams {
-            mode: DurabilityMode::Batch(4),
-            ..params(Pattern::Wal, 64 << 10)
-        };
-        assert!(validate(&batch).unwrap_err().0.contains("leave --mode at ms-sync"));
-        let err = validate(&params(Pattern::PartialMsync, 512 << 10)).unwrap_err();
-        assert!(err.0.contains("at least 1 MiB"), "{err}");
-        assert!(validate(&params(Pattern::PartialMsync, 1 << 20)).is_ok());
-        assert!(validate(&params(Pattern::Wal, 4096)).is_err());
-        assert!(validate(&params(Pattern::Several, 8192)).is_err());
     }
 }

@@ -4,7 +4,7 @@
 
 use nix::sys::mman::MsFlags;
 use record::layout::{self, RecordHeader};
-use record::pattern::{Geometry, DATA_FILE_NAMES, IPC_CONTROL_FILE_NAME};
+use record::pattern::{DATA_FILE_NAMES, IPC_CONTROL_FILE_NAME};
 use record::{DurabilityMode, Event, Pattern, PlantedBug};
 
 use crate::mapped_file::{page_size_bytes, DataFile, Mapping, SyscallError};
@@ -570,7 +570,7 @@ fn consume(
 /// `data-before-log`, the data goes first.
 fn wal(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
     let params = ctx.params.clone();
-    let geometry = Geometry::of(&params);
+    let geometry = params.geometry();
     let mut file = DataFile::create_durably(path, params.file_size_bytes, 1)?;
     ctx.ready()?;
     let record_size = params.record_size_bytes as usize;
@@ -597,7 +597,7 @@ fn wal(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
 /// then mremap) and says so (`GROW`). Full, records wrap.
 fn growth(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
     let params = ctx.params.clone();
-    let geometry = Geometry::of(&params);
+    let geometry = params.geometry();
     let mut file = DataFile::create_durably(path, geometry.initial_size_bytes, 1)?;
     ctx.ready()?;
     let record_size = params.record_size_bytes as usize;
@@ -626,7 +626,7 @@ fn growth(ctx: &mut Ctx, path: &str) -> Result<(), SyscallError> {
 /// half of each file's slots, through alternating mappings of the first.
 fn several(ctx: &mut Ctx, paths: &[String; 2]) -> Result<(), SyscallError> {
     let params = ctx.params.clone();
-    let geometry = Geometry::of(&params);
+    let geometry = params.geometry();
     let mut first = DataFile::create_durably(&paths[0], params.file_size_bytes, 2)?;
     let mut second = DataFile::create_durably(&paths[1], params.file_size_bytes, 1)?;
     ctx.ready()?;
