@@ -2,10 +2,11 @@
 //! NAME] [--config TEXT]`: a sweep of the filesystem features and mount
 //! options people deploy, each under power loss with the `records` pattern
 //! (`ms-sync` and `batch:8`) and `wal` (`--workload`, `--config`: only the
-//! columns, rows whose description holds the text), N states a cell (default 400), checked by the kernel's own
-//! recovery. Long (about 1.5 hours under TCG), not CI. Prints the table
-//! (also `results/hunt-<pid>/table.txt`; docs/findings/hunt.md keeps the
-//! last one). A failing cell is a finding to chase, unless the table names
+//! columns, rows whose description holds the text), N states a cell
+//! (default 400), checked by the kernel's own recovery. Long (about an
+//! hour under TCG on 2 cores), not CI. Prints the table (also
+//! `results/hunt-<pid>/table.txt`; docs/findings/hunt.md keeps the last
+//! one). A failing cell is a finding to chase, unless the table names
 //! the finding it already is. Exit 1 when a cell fails that is not a known
 //! finding.
 
