@@ -236,15 +236,7 @@ pub fn random_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> 
     let epochs = build_epochs(log, options);
     let mut plan = Plan::default();
     draw_into(log, options, &epochs, &mut plan, options.budget);
-    let states: Vec<CrashState> = plan.states.into_iter().map(|p| p.state).collect();
-    // The plan's bound, and each state within the log it was planned from
-    // (a reader rebuilding a state from a kept log checks the same).
-    assert!(states.len() <= options.budget.max(1), "the plan keeps to its budget");
-    assert!(
-        states.iter().all(|s| s.prefix_entries as usize <= log.entries.len()),
-        "every state's prefix lies within the log"
-    );
-    states
+    plan.into_states(log, options.budget)
 }
 
 /// Draws random states into `plan` until it holds `target` states or the
@@ -294,15 +286,7 @@ pub fn plan_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> {
         plan.offer(planned.state.clone(), planned.key, planned.position);
     }
     draw_into(log, options, &epochs, &mut plan, options.budget);
-    let states: Vec<CrashState> = plan.states.into_iter().map(|p| p.state).collect();
-    // The plan's bound, and each state within the log it was planned from
-    // (a reader rebuilding a state from a kept log checks the same).
-    assert!(states.len() <= options.budget.max(1), "the plan keeps to its budget");
-    assert!(
-        states.iter().all(|s| s.prefix_entries as usize <= log.entries.len()),
-        "every state's prefix lies within the log"
-    );
-    states
+    plan.into_states(log, options.budget)
 }
 
 struct Planned {
@@ -319,6 +303,19 @@ struct Plan {
 }
 
 impl Plan {
+    /// The planned states, in plan order. Asserted: the plan's bound, and
+    /// each state within the log it was planned from (a reader rebuilding a
+    /// state from a kept log checks the same).
+    fn into_states(self, log: &ParsedLog, budget: usize) -> Vec<CrashState> {
+        let states: Vec<CrashState> = self.states.into_iter().map(|p| p.state).collect();
+        assert!(states.len() <= budget.max(1), "the plan keeps to its budget");
+        assert!(
+            states.iter().all(|s| s.prefix_entries as usize <= log.entries.len()),
+            "every state's prefix lies within the log"
+        );
+        states
+    }
+
     /// Adds the state, or, when a state with the same contents is already
     /// planned, keeps whichever is judged later (in the earlier one's slot).
     fn offer(&mut self, state: CrashState, key: StateKey, position: u64) {
