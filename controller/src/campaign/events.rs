@@ -86,11 +86,8 @@ impl Sink for ResultsLog {
     fn take(&mut self, event: &Event) -> Result<()> {
         match event {
             Event::StateJudged(line) => {
-                let context = self.cannot_write("states.jsonl");
-                let log = self
-                    .states
-                    .as_mut()
-                    .context("a state was judged in a kernel-crash campaign (no states log)")?;
+                let (dir, log) = (&self.dir, self.states.as_mut());
+                let log = log.context("a state was judged in a kernel-crash campaign (no states log)")?;
                 // Paired with `PowerLossRecord::add_state`'s: the lines of a
                 // trial are its states in plan order, one trial at a time.
                 assert_eq!(line.state, self.states_pending, "state lines in plan order");
@@ -98,7 +95,8 @@ impl Sink for ResultsLog {
                     self.states_pending == 0 || self.states_trial == line.trial,
                     "one trial's state lines at a time"
                 );
-                writeln!(log, "{}", serde_json::to_string(line)?).context(context)?;
+                writeln!(log, "{}", serde_json::to_string(line)?)
+                    .with_context(|| super::cannot_write(dir, "states.jsonl"))?;
                 self.states_trial = line.trial;
                 self.states_pending += 1;
                 Ok(())
