@@ -133,7 +133,10 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
             };
             let failed = summary["states_failed"].as_u64().unwrap_or(0);
             let campaign_dir = format!("{out_dir}/{id}");
-            let known = config.known.or_else(|| known_by_its_log(config.fs, &campaign_dir));
+            let trial = trial_line(&campaign_dir);
+            let known = config
+                .known
+                .or_else(|| known_by_its_log(config.fs, trial.as_ref(), &campaign_dir));
             let verdict = match (failed, known) {
                 (0, _) => "clean".to_string(),
                 (_, Some(finding)) => format!("known: docs/findings/{finding}"),
@@ -150,7 +153,7 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
                 workload,
                 summary["states_checked"],
                 failed,
-                unflushed_acks(&campaign_dir),
+                unflushed_acks(trial.as_ref()),
             ));
         }
     }
@@ -170,13 +173,11 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
 /// write after the last flush was unflushed is the first-fsync race
 /// (docs/findings/f2fs-first-fsync); stale bytes are a node written before
 /// its data (docs/findings/f2fs-fsync-data-order).
-fn known_by_its_log(fs: &str, campaign_dir: &str) -> Option<&'static str> {
+fn known_by_its_log(fs: &str, trial: Option<&serde_json::Value>, campaign_dir: &str) -> Option<&'static str> {
     if fs != "f2fs" {
         return None;
     }
-    let trials = std::fs::read_to_string(format!("{campaign_dir}/trials.jsonl")).ok()?;
-    let trial: serde_json::Value = serde_json::from_str(trials.lines().next()?).ok()?;
-    let first_record_early = trial["log"]["first_ack_after_unflushed_writes"]["seq"].as_u64() == Some(0);
+    let first_record_early = trial?["log"]["first_ack_after_unflushed_writes"]["seq"].as_u64() == Some(0);
     let states = std::fs::read_to_string(format!("{campaign_dir}/states.jsonl")).ok()?;
     let (mut first_fsync, mut data_order) = (false, false);
     for line in states.lines() {
@@ -198,16 +199,18 @@ fn known_by_its_log(fs: &str, campaign_dir: &str) -> Option<&'static str> {
     }
 }
 
+/// A one-trial campaign's trial line (None if unreadable).
+fn trial_line(campaign_dir: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(format!("{campaign_dir}/trials.jsonl")).ok()?;
+    serde_json::from_str(text.lines().next()?).ok()
+}
+
 /// The trial's acks logged after an unflushed filesystem write (the sign
 /// of a durability call returning early, whatever the sampled states
 /// showed; see docs/findings/f2fs-first-fsync), or "?" if unreadable.
-fn unflushed_acks(campaign_dir: &str) -> String {
-    std::fs::read_to_string(format!("{campaign_dir}/trials.jsonl"))
-        .ok()
-        .and_then(|text| {
-            let line: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
-            line["log"]["acks_after_unflushed_writes"].as_u64()
-        })
+fn unflushed_acks(trial: Option<&serde_json::Value>) -> String {
+    trial
+        .and_then(|line| line["log"]["acks_after_unflushed_writes"].as_u64())
         .map_or("?".to_string(), |n| n.to_string())
 }
 
