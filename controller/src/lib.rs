@@ -1,43 +1,12 @@
-//! The crashlab controller: everything between a campaign configuration and
-//! its results. The `crashlab` binary is a thin CLI over [`campaign`].
+//! The crashlab CLI as a library: its flags, their conversion to a
+//! campaign configuration and the commands they run ([`cli`]). The
+//! `crashlab` binary only dispatches to it.
 //!
-//! Data flows one way: [`config::CampaignConfig`] -> [`plan`] (seeded crash
-//! points) -> [`trial`] (VM runs through [`vm`] and [`qemu`], leaving
-//! evidence) -> `verifier` (a verdict per state) -> [`campaign`] (results and
-//! summary).
+//! The layers below, each a crate, bottom to top (ARCHITECTURE.md):
+//! `config` (the campaign's configuration) -> `machine` (guests, QEMU,
+//! images) -> `models` (kernel crash, power loss, the evidence of a check)
+//! -> `campaign` (the loop, results) -> `tools` (verify, merge, report,
+//! replay, ...) -> this CLI. Every arrow points down; a cycle cannot
+//! compile.
 
-pub mod accel;
-pub mod campaign;
-pub mod campaign_file;
 pub mod cli;
-pub mod compare;
-pub mod config;
-pub mod conformance;
-pub mod console;
-pub mod doctor;
-pub mod durable;
-pub mod images;
-pub mod io_errors;
-pub mod junit;
-pub mod kept;
-pub mod lifetime;
-pub mod matrix;
-pub mod merge;
-pub mod minimise;
-pub mod plan;
-pub mod powerloss;
-pub mod program;
-pub mod qemu;
-pub mod rate;
-pub mod recheck;
-pub mod replay;
-pub mod replay_loop;
-pub mod report;
-pub mod results;
-pub mod seal;
-pub mod signals;
-pub mod slurm;
-pub mod trace;
-pub mod trial;
-pub mod verify;
-pub mod vm;

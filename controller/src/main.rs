@@ -15,11 +15,11 @@ fn main() -> ExitCode {
         }
     };
     // What a SIGKILLed earlier run left behind (its guests died with it).
-    for dir in controller::lifetime::clean_stale() {
+    for dir in machine::lifetime::clean_stale() {
         eprintln!("crashlab: removed {}, left by a run that was killed", dir.display());
     }
     // Ctrl-C and SIGTERM only set a flag, which every loop checks.
-    if let Err(e) = controller::signals::install() {
+    if let Err(e) = machine::signals::install() {
         eprintln!("error: cannot install the Ctrl-C handler: {e}");
         return ExitCode::from(2);
     }

@@ -3,7 +3,7 @@
 //! failing states of a `barrier=0` capture fail on both), under power loss
 //! (one capture, recovered twice) and kernel crash (the campaign run again).
 //! The diff's logic on every kind of difference is unit-tested beside it
-//! (`controller/src/compare.rs`), its refusals in `cli.rs`.
+//! (`controller/tools/src/compare.rs`), its refusals in `cli.rs`.
 
 mod util;
 

@@ -56,7 +56,7 @@ fn the_conformance_table_matches_the_distro_kernel() {
         assert_eq!(row["case"], *case);
         let seen = &row["observed"]["ext4"][0];
         let errno = seen["errno"].as_i64().unwrap() as i32;
-        let name = controller::conformance::errno_name(errno);
+        let name = models::conformance::errno_name(errno);
         let got = if seen["rc"] == 0 { "0".to_string() } else { name };
         assert_eq!(
             (got.as_str(), seen["detail"].as_str().unwrap()),

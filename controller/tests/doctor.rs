@@ -24,7 +24,7 @@ fn path_without(dir: &Path, without: &str) -> String {
         "mkfs.f2fs",
     ];
     for command in commands.iter().filter(|c| **c != without) {
-        let real = controller::doctor::find_on_path(command)
+        let real = machine::doctor::find_on_path(command)
             .unwrap_or_else(|| panic!("{command} is not installed: run `cargo xtask deps`"));
         std::os::unix::fs::symlink(real, dir.join(command)).unwrap();
     }

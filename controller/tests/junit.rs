@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use controller::junit::{self, Outcome};
+use tools::junit::{self, Outcome};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

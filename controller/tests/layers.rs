@@ -1,15 +1,30 @@
-//! The controller's modules import one way (ARCHITECTURE.md: data flows
-//! one way): no module reaches, through the modules it names, back to
-//! itself. Read from the source: every `crate::NAME` a module's non-test
-//! code mentions (and `use crate::{...}` lists) is an edge; a cycle is a
-//! failure naming its modules.
+//! The controller's layers import one way (ARCHITECTURE.md: data flows
+//! one way). Across crates: each layer's crate depends only on the layers
+//! below it (read from `cargo metadata`; a cycle would not compile, an
+//! upward arrow between two layers would). Within a crate: no module
+//! reaches, through the modules it names, back to itself. Read from the
+//! source: every `crate::NAME` a module's non-test code mentions (and
+//! `use crate::{...}` lists) is an edge; a cycle is a failure naming its
+//! modules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Module name -> the crate modules its code mentions.
-fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The controller's crates, bottom to top (directories under controller/,
+/// "" for the CLI's own), with their package names.
+const LAYERS: &[(&str, &str)] = &[
+    ("config", "crashlab-config"),
+    ("machine", "crashlab-machine"),
+    ("models", "crashlab-models"),
+    ("campaign", "crashlab-campaign"),
+    ("tools", "crashlab-tools"),
+    ("", "crashlab-controller"),
+];
+
+/// Module name -> the crate modules its code mentions, for the crate in
+/// `controller/<dir>`.
+fn module_graph(dir: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join("src");
     let mut modules: BTreeMap<String, String> = BTreeMap::new();
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
@@ -119,37 +134,69 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn the_controllers_modules_import_one_way() {
-    let graph = module_graph();
-    assert!(graph.len() > 30, "the source was read: {} modules", graph.len());
+fn each_crates_modules_import_one_way() {
+    let graphs: Vec<_> = LAYERS.iter().map(|(dir, _)| (*dir, module_graph(dir))).collect();
+    let modules: usize = graphs.iter().map(|(_, g)| g.len()).sum();
+    assert!(modules > 30, "the sources were read: {modules} modules");
+    let models = &graphs.iter().find(|(dir, _)| *dir == "models").unwrap().1;
     assert!(
-        graph["campaign"].contains("trial"),
+        models["kernel_crash"].contains("evidence"),
         "edges are read: {:?}",
-        graph["campaign"]
+        models["kernel_crash"]
     );
-    assert_eq!(
-        cycles(&graph),
-        Vec::<Vec<String>>::new(),
-        "modules that import each other, round"
-    );
+    for (dir, graph) in &graphs {
+        assert_eq!(
+            cycles(graph),
+            Vec::<Vec<String>>::new(),
+            "modules of controller/{dir} that import each other, round"
+        );
+    }
 }
 
-/// The command line is the top layer: the library's other modules never
-/// name it (they take plain data; the CLI turns flags into that data).
-#[test]
-fn nothing_below_the_command_line_names_it() {
-    let graph = module_graph();
-    assert!(
-        graph["cli"].contains("campaign"),
-        "cli's edges are read: {:?}",
-        graph["cli"]
-    );
-    let users: Vec<&String> = graph
+/// Each layer's normal (non-dev) dependencies among the layers, from
+/// `cargo metadata`.
+fn layer_dependencies() -> BTreeMap<String, BTreeSet<String>> {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--no-deps", "--format-version=1", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layer_names: BTreeSet<&str> = LAYERS.iter().map(|(_, name)| *name).collect();
+    meta["packages"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|(name, uses)| *name != "cli" && uses.contains("cli"))
-        .map(|(name, _)| name)
-        .collect();
-    assert!(users.is_empty(), "modules that reach up into cli: {users:?}");
+        .filter(|p| layer_names.contains(p["name"].as_str().unwrap()))
+        .map(|p| {
+            let deps = p["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["kind"].is_null() && layer_names.contains(d["name"].as_str().unwrap()))
+                .map(|d| d["name"].as_str().unwrap().to_string())
+                .collect();
+            (p["name"].as_str().unwrap().to_string(), deps)
+        })
+        .collect()
+}
+
+/// Every arrow points down: a layer names only layers below it, so the CLI
+/// is the top (nothing names it) and `config` the bottom (it names none).
+#[test]
+fn each_layer_depends_only_on_the_layers_below_it() {
+    let deps = layer_dependencies();
+    assert_eq!(deps.len(), LAYERS.len(), "every layer is a workspace package: {deps:?}");
+    assert!(
+        deps["crashlab-tools"].contains("crashlab-campaign"),
+        "edges are read: {deps:?}"
+    );
+    for (rank, (_, name)) in LAYERS.iter().enumerate() {
+        let below: BTreeSet<String> = LAYERS[..rank].iter().map(|(_, n)| n.to_string()).collect();
+        let upward: Vec<&String> = deps[*name].difference(&below).collect();
+        assert!(upward.is_empty(), "{name} names layers at or above it: {upward:?}");
+    }
 }
 
 #[test]

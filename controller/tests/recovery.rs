@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use controller::config::{Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, FileRead, Filesystem};
-use controller::powerloss::KernelChecker;
-use controller::trial::{RecoveredFile, TrialContext};
+use config::{Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, FileRead, Filesystem};
+use models::evidence::RecoveredFile;
+use models::powerloss::KernelChecker;
+use models::workload_boot::TrialContext;
 use nbd::{DiskView, FileView};
 use record::DurabilityMode;
 use util::vm_harness;
@@ -85,11 +86,11 @@ fn a_recovery_that_hangs_is_that_states_finding_and_the_checker_is_replaced() {
     let h = vm_harness("recovery_hang");
     let dir = h.results.path();
     let config = config(&h.images_dir);
-    let images = controller::images::locate(&config.images_dir).unwrap();
+    let images = machine::images::locate(&config.images_dir).unwrap();
     let interrupt = AtomicBool::new(false);
-    let (accel, _) = controller::accel::choose(config.accel, &images, dir, &interrupt).unwrap();
+    let (accel, _) = machine::accel::choose(config.accel, &images, dir, &interrupt).unwrap();
     let base = dir.join("base.img");
-    controller::images::make_filesystem(config.fs, &config.mkfs_words(), &base, config.disk_size_bytes).unwrap();
+    machine::images::make_filesystem(config.fs, &config.mkfs_words(), &base, config.disk_size_bytes).unwrap();
     let ctx = TrialContext {
         config: &config,
         images: &images,
@@ -124,7 +125,7 @@ fn a_recovery_that_hangs_is_that_states_finding_and_the_checker_is_replaced() {
     // The verdict names the rule; nothing else is judged on that state.
     let params = config.workload_params(1, None, None);
     let protocol = record::protocol::parse_log("READY 256\n").unwrap();
-    let verdict = controller::trial::judge(&config, &params, &protocol, None, &result);
+    let verdict = models::evidence::judge(&config, &params, &protocol, None, &result);
     let rules: Vec<_> = verdict.violations.iter().map(|f| f.rule).collect();
     assert_eq!(rules, vec![verifier::Rule::RecoveryCompletes]);
 

@@ -137,9 +137,9 @@ fn a_barrier0_report_draws_every_plot_in_chromium() {
     }
     assert!(shot.is_file(), "no screenshot");
     for (name, colour) in [
-        ("lost records", controller::report::LOST_COLOUR),
-        ("loss window", controller::report::WINDOW_COLOUR),
-        ("states per second", controller::report::RATE_COLOUR),
+        ("lost records", tools::report::LOST_COLOUR),
+        ("loss window", tools::report::WINDOW_COLOUR),
+        ("states per second", tools::report::RATE_COLOUR),
     ] {
         let n = pixels_of(&shot, colour);
         assert!(

@@ -1,7 +1,7 @@
 //! `crashlab-workload conformance DATA_DIR CHANNEL`: calls msync the ways
 //! the seeds name, on the running kernel, and reports each call's return
 //! value and errno (`CONF case rc errno detail`). The host sets them beside
-//! what POSIX requires and what Linux documents (controller/src/conformance.rs).
+//! what POSIX requires and what Linux documents (controller/models/src/conformance.rs).
 //!
 //! Whether a page was written back is read from the kernel's own page
 //! flags (/proc/self/pagemap → /proc/kpageflags: dirty or not), not

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use record::{DurabilityMode, PlantedBug};
 
-use crate::config::{self, Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, Filesystem};
+use config::{self, Accel, CampaignConfig, Checker, CrashModel, CrashPointKind, Filesystem};
 
 #[derive(Parser)]
 #[command(
@@ -576,7 +576,7 @@ pub fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
         trace_msync: !args.no_msync_trace,
         inject_write_error: args.inject_write_error,
         program: match (&args.workload, &args.checker_cmd) {
-            (Some(workload), Some(checker)) => Some(crate::program::ProgramSpec {
+            (Some(workload), Some(checker)) => Some(machine::program::ProgramSpec {
                 workload: absolute(workload),
                 checker: absolute(checker),
                 workload_args: args.workload_args.clone(),
@@ -597,9 +597,9 @@ pub fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
 
 /// The `run` flags (without dashes) and how each takes its value, from
 /// the command line's own definition: a campaign file takes exactly these.
-pub fn run_flag_kinds() -> std::collections::BTreeMap<String, crate::campaign_file::FlagKind> {
-    use crate::campaign_file::FlagKind;
+pub fn run_flag_kinds() -> std::collections::BTreeMap<String, config::campaign_file::FlagKind> {
     use clap::CommandFactory;
+    use config::campaign_file::FlagKind;
     const PATHS: [&str; 5] = ["images-dir", "results-dir", "workload", "checker-cmd", "junit"];
     let cli = Cli::command();
     let run = cli.find_subcommand("run").expect("run is a subcommand");
@@ -657,7 +657,7 @@ pub fn overrides_of_command_line() -> Vec<String> {
                 if !name.contains('=')
                     && kinds
                         .get(name)
-                        .is_some_and(|k| *k != crate::campaign_file::FlagKind::Switch) =>
+                        .is_some_and(|k| *k != config::campaign_file::FlagKind::Switch) =>
             {
                 format!("{arg}={}", raw.next().unwrap_or_default())
             }

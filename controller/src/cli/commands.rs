@@ -6,13 +6,13 @@ use std::process::ExitCode;
 
 use super::args::*;
 use super::exit_for;
-use crate::campaign;
+use campaign;
 
 pub fn report(dir: &std::path::Path, junit: Option<&std::path::Path>) -> ExitCode {
-    let result = crate::report::write_report(dir).and_then(|page| {
+    let result = tools::report::write_report(dir).and_then(|page| {
         if let Some(path) = junit {
-            let dirs = crate::report::find_campaigns(dir)?;
-            crate::junit::write(path, &dir.display().to_string(), &dirs)?;
+            let dirs = tools::report::find_campaigns(dir)?;
+            tools::junit::write(path, &dir.display().to_string(), &dirs)?;
         }
         Ok(page)
     });
@@ -43,22 +43,22 @@ pub fn minimise_first_failure(dir: &std::path::Path) {
         );
         return;
     };
-    let request = crate::minimise::MinimiseRequest {
+    let request = tools::minimise::MinimiseRequest {
         campaign_dir: dir,
         trial: first["trial"].as_u64().unwrap_or(0),
         state: first["state"].as_u64().unwrap_or(0),
         checker: None,
         images_dir: None,
-        interrupt: &crate::signals::INTERRUPTED,
+        interrupt: &machine::signals::INTERRUPTED,
     };
-    match crate::minimise::minimise(&request) {
+    match tools::minimise::minimise(&request) {
         Ok(outcome) => {
             out!(
                 "\nminimised, the first failing state:\n{}",
-                crate::minimise::render(&outcome)
+                tools::minimise::render(&outcome)
             );
             let json = serde_json::to_string_pretty(&outcome).unwrap_or_default() + "\n";
-            if let Err(e) = crate::durable::write_atomically(&dir.join("minimised.json"), json.as_bytes()) {
+            if let Err(e) = machine::durable::write_atomically(&dir.join("minimised.json"), json.as_bytes()) {
                 eprintln!("--minimise: cannot write minimised.json: {e:#}");
             }
         }
@@ -67,19 +67,19 @@ pub fn minimise_first_failure(dir: &std::path::Path) {
 }
 
 pub fn minimise(args: MinimiseArgs) -> ExitCode {
-    let request = crate::minimise::MinimiseRequest {
+    let request = tools::minimise::MinimiseRequest {
         campaign_dir: &args.campaign,
         trial: args.trial,
         state: args.state,
         checker: args.checker,
         images_dir: args.images_dir,
-        interrupt: &crate::signals::INTERRUPTED,
+        interrupt: &machine::signals::INTERRUPTED,
     };
-    match crate::minimise::minimise(&request) {
+    match tools::minimise::minimise(&request) {
         Ok(outcome) => {
             match args.json {
                 true => outln!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default()),
-                false => out!("{}", crate::minimise::render(&outcome)),
+                false => out!("{}", tools::minimise::render(&outcome)),
             }
             ExitCode::SUCCESS
         }
@@ -88,16 +88,16 @@ pub fn minimise(args: MinimiseArgs) -> ExitCode {
 }
 
 pub fn doctor(args: DoctorArgs) -> ExitCode {
-    let request = crate::doctor::DoctorRequest {
+    let request = machine::doctor::DoctorRequest {
         images_dir: &args.images_dir,
         results_dir: &args.results_dir,
         boot: !args.no_boot,
-        interrupt: &crate::signals::INTERRUPTED,
+        interrupt: &machine::signals::INTERRUPTED,
     };
-    match crate::doctor::examine(&request) {
+    match machine::doctor::examine(&request) {
         Ok(findings) => {
-            out!("{}", crate::doctor::render(&findings));
-            let fails = findings.iter().any(|f| f.status == crate::doctor::Status::Fail);
+            out!("{}", machine::doctor::render(&findings));
+            let fails = findings.iter().any(|f| f.status == machine::doctor::Status::Fail);
             ExitCode::from(u8::from(fails))
         }
         Err(e) => exit_for(&e),
@@ -108,16 +108,16 @@ pub fn conformance(args: ConformanceArgs) -> ExitCode {
     let id = args
         .id
         .unwrap_or_else(|| format!("{}-conformance", campaign::utc_timestamp()));
-    let request = crate::conformance::ConformanceRequest {
+    let request = models::conformance::ConformanceRequest {
         filesystems: args.fs,
         images_dir: args.images_dir,
         out_dir: args.results_dir.join(id),
         accel: args.accel,
         boot_timeout_ms: args.boot_timeout_ms,
-        interrupt: &crate::signals::INTERRUPTED,
+        interrupt: &machine::signals::INTERRUPTED,
     };
-    match crate::conformance::run_conformance(&request)
-        .and_then(|table| crate::conformance::write(&table, &request.out_dir))
+    match models::conformance::run_conformance(&request)
+        .and_then(|table| models::conformance::write(&table, &request.out_dir))
     {
         Ok(text) => {
             out!("{text}");
@@ -129,7 +129,7 @@ pub fn conformance(args: ConformanceArgs) -> ExitCode {
 }
 
 pub fn replay(args: ReplayArgs) -> ExitCode {
-    let request = crate::replay::ReplayRequest {
+    let request = tools::replay::ReplayRequest {
         campaign_dir: &args.campaign,
         trial: args.trial,
         state: args.state.unwrap_or(0),
@@ -137,9 +137,9 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
         out: args.out,
         checker: args.checker,
         images_dir: args.images_dir,
-        interrupt: &crate::signals::INTERRUPTED,
+        interrupt: &machine::signals::INTERRUPTED,
     };
-    match crate::replay::replay_state(&request) {
+    match tools::replay::replay_state(&request) {
         Ok(outcome) => {
             outln!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
             let failed = outcome.verdicts.iter().any(|(_, v)| !v.passed);
@@ -163,7 +163,7 @@ pub fn workload_rate(args: WorkloadRateArgs) -> ExitCode {
         .clone()
         .unwrap_or_else(|| format!("{}-workload-rate", campaign::utc_timestamp()).replace(':', ""));
     let dir = args.run.results_dir.join(id);
-    match crate::rate::measure(&config, args.pairs, &dir, &crate::signals::INTERRUPTED) {
+    match models::rate::measure(&config, args.pairs, &dir, &machine::signals::INTERRUPTED) {
         Ok(report) => {
             outln!("{}", serde_json::to_string(&report).unwrap_or_default());
             ExitCode::SUCCESS
@@ -173,11 +173,11 @@ pub fn workload_rate(args: WorkloadRateArgs) -> ExitCode {
 }
 
 pub fn replay_loop(args: ReplayLoopArgs) -> ExitCode {
-    let outcome = crate::kept::KeptTrial::load(&args.campaign, args.trial, None).and_then(|kept| {
+    let outcome = campaign::kept::KeptTrial::load(&args.campaign, args.trial, None).and_then(|kept| {
         let work = tempfile::Builder::new()
             .prefix("crashlab-replay-loop-")
             .tempdir_in(&kept.trial_dir)?;
-        crate::replay_loop::replay_loop(&kept, args.states, work.path())
+        tools::replay_loop::replay_loop(&kept, args.states, work.path())
     });
     match outcome {
         Ok(outcome) => {
@@ -192,7 +192,7 @@ pub fn replay_loop(args: ReplayLoopArgs) -> ExitCode {
 }
 
 pub fn compare(args: CompareArgs) -> ExitCode {
-    let request = crate::compare::CompareRequest {
+    let request = tools::compare::CompareRequest {
         campaign_dir: &args.campaign,
         images_b: args.images_dir,
         images_a: args.baseline_images_dir,
@@ -201,11 +201,11 @@ pub fn compare(args: CompareArgs) -> ExitCode {
         check_workers: args.check_workers,
         recapture: args.recapture,
         show_progress: !args.quiet,
-        interrupt: &crate::signals::INTERRUPTED,
+        interrupt: &machine::signals::INTERRUPTED,
     };
-    match crate::compare::compare(&request) {
+    match tools::compare::compare(&request) {
         Ok((comparison, dir)) => {
-            out!("{}", crate::compare::render(&comparison, &dir));
+            out!("{}", tools::compare::render(&comparison, &dir));
             ExitCode::from(comparison.exit_code())
         }
         Err(e) => exit_for(&e),
@@ -213,7 +213,7 @@ pub fn compare(args: CompareArgs) -> ExitCode {
 }
 
 pub fn recheck(args: RecheckArgs) -> ExitCode {
-    let request = crate::recheck::RecheckRequest {
+    let request = tools::recheck::RecheckRequest {
         campaign_dir: &args.campaign,
         trial: args.trial,
         state_budget: args.state_budget,
@@ -221,7 +221,7 @@ pub fn recheck(args: RecheckArgs) -> ExitCode {
         check_workers: args.check_workers,
         read_files: args.read_files,
         images_dir: args.images_dir,
-        interrupt: &crate::signals::INTERRUPTED,
+        interrupt: &machine::signals::INTERRUPTED,
     };
     let mut states_out = match args.states_out.as_deref().map(std::fs::File::create).transpose() {
         Ok(file) => file.map(std::io::BufWriter::new),
@@ -233,7 +233,7 @@ pub fn recheck(args: RecheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = crate::recheck::recheck(&request, |line| {
+    let outcome = tools::recheck::recheck(&request, |line| {
         if let Some(out) = states_out.as_mut() {
             use std::io::Write;
             writeln!(out, "{}", serde_json::to_string(line)?)?;
@@ -249,7 +249,7 @@ pub fn recheck(args: RecheckArgs) -> ExitCode {
     });
     match outcome {
         Ok(record) => {
-            let peak_rss_kib = crate::campaign::peak_rss_kib(nix::sys::resource::UsageWho::RUSAGE_SELF);
+            let peak_rss_kib = campaign::peak_rss_kib(nix::sys::resource::UsageWho::RUSAGE_SELF);
             if args.json {
                 let out = serde_json::json!({ "record": record, "peak_rss_kib": peak_rss_kib });
                 outln!("{out}");

@@ -48,7 +48,7 @@ pub fn dispatch(command: Command) -> ExitCode {
         Command::Doctor(args) => doctor(args),
         Command::Minimise(args) => minimise(args),
         Command::Slurm(args) => slurm(args),
-        Command::Merge { out, shards } => match crate::merge::merge(&out, &shards) {
+        Command::Merge { out, shards } => match tools::merge::merge(&out, &shards) {
             Ok(summary) => {
                 out!("{}", summary.render());
                 ExitCode::from(u8::from(summary.violations > 0))
@@ -59,7 +59,7 @@ pub fn dispatch(command: Command) -> ExitCode {
             }
         },
         Command::Report { dir, junit } => report(&dir, junit.as_deref()),
-        Command::Verify { dir } => match crate::verify::verify(&dir) {
+        Command::Verify { dir } => match tools::verify::verify(&dir) {
             Ok(verification) => {
                 out!("{}", verification.render());
                 ExitCode::from(u8::from(!verification.problems.is_empty()))
@@ -87,7 +87,7 @@ pub fn dispatch(command: Command) -> ExitCode {
 /// The exit code of a command that failed: 130 when the user interrupted
 /// it, else 2 with the error (setup or usage) on stderr.
 pub fn exit_for(e: &anyhow::Error) -> ExitCode {
-    if e.downcast_ref::<crate::vm::Interrupted>().is_some() {
+    if e.downcast_ref::<machine::vm::Interrupted>().is_some() {
         return ExitCode::from(130);
     }
     eprintln!("error: {e:#}");

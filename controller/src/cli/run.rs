@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use super::args::*;
 use super::commands::minimise_first_failure;
 use super::sweeps::run_file;
-use crate::campaign::{self, CampaignRequest};
-use crate::config::CampaignConfig;
-use crate::slurm;
+use campaign::{self, CampaignRequest};
+use config::CampaignConfig;
+use tools::slurm;
 
 pub fn run(args: RunArgs) -> ExitCode {
     // A file's cells never hold --config (files cannot set it): no loop.
@@ -29,7 +29,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                     only_trial: None,
                     resume: true,
                     show_progress: !args.quiet,
-                    interrupt: &crate::signals::INTERRUPTED,
+                    interrupt: &machine::signals::INTERRUPTED,
                 },
                 args.junit.as_deref(),
                 args.minimise,
@@ -55,7 +55,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         only_trial: args.only_trial,
         resume: false,
         show_progress: !args.quiet,
-        interrupt: &crate::signals::INTERRUPTED,
+        interrupt: &machine::signals::INTERRUPTED,
     };
     run_request(&request, args.junit.as_deref(), args.minimise)
 }
@@ -90,11 +90,8 @@ pub fn slurm(args: SlurmArgs) -> ExitCode {
     let (first, second) = slurm::submit_commands(&array, &merge, tasks.as_deref());
     if !args.submit {
         outln!("scripts in {}/slurm; submit with:", dir.display());
-        outln!("  jobid=$({})", crate::config::shell_join(&first));
-        outln!(
-            "  {}",
-            crate::config::shell_join(&second).replace("ARRAY_JOB_ID", "$jobid")
-        );
+        outln!("  jobid=$({})", config::shell_join(&first));
+        outln!("  {}", config::shell_join(&second).replace("ARRAY_JOB_ID", "$jobid"));
         outln!(
             "the merged campaign will be {}/campaign (report.html, junit.xml)",
             dir.display()
@@ -143,13 +140,13 @@ fn slurm_resumed(dir: &Path) -> Result<SlurmScripts, String> {
 /// A new sharded campaign: its directory, scripts and slurm.json.
 fn slurm_written(args: &SlurmArgs) -> Result<SlurmScripts, String> {
     let shards = args.shards.unwrap_or(1);
-    if !(1..=crate::config::SHARDS_MAX).contains(&shards) {
-        return Err(format!("--shards {shards}: give 1 to {}", crate::config::SHARDS_MAX));
+    if !(1..=config::SHARDS_MAX).contains(&shards) {
+        return Err(format!("--shards {shards}: give 1 to {}", config::SHARDS_MAX));
     }
     let mut config = config_from(&args.run)?;
     // Tasks run elsewhere, in other directories: every path absolute.
     config.images_dir = std::path::absolute(&config.images_dir).unwrap_or(config.images_dir.clone());
-    crate::images::locate(&config.images_dir).map_err(|e| {
+    machine::images::locate(&config.images_dir).map_err(|e| {
         format!(
             "{e:#}: build the guest images once, before the array, into a directory every node reads \
              (`cargo xtask images --out DIR`, then --images-dir DIR)"
@@ -246,7 +243,7 @@ pub fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
             shards_root.display()
         );
         return ExitCode::from(
-            if crate::signals::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            if machine::signals::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
                 130
             } else {
                 2
@@ -255,11 +252,11 @@ pub fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
     }
     let dirs: Vec<PathBuf> = (0..jobs).map(|i| shards_root.join(format!("shard-{i}"))).collect();
     let out = args.results_dir.join(&id);
-    match crate::merge::merge(&out, &dirs) {
+    match tools::merge::merge(&out, &dirs) {
         Ok(summary) => {
             out!("{}", summary.render());
             if let Some(path) = &args.junit {
-                if let Err(e) = crate::junit::write(path, &id, std::slice::from_ref(&out)) {
+                if let Err(e) = tools::junit::write(path, &id, std::slice::from_ref(&out)) {
                     eprintln!("error: {e:#}");
                     return ExitCode::from(2);
                 }
@@ -352,11 +349,11 @@ pub fn run_request(request: &CampaignRequest, junit: Option<&std::path::Path>, m
     if let Some(path) = junit {
         let dir = request.results_root.join(&request.campaign_id);
         let written = match &result {
-            Ok(_) => crate::junit::write(path, &request.campaign_id, &[dir]),
-            Err(e) => crate::junit::write_cases(
+            Ok(_) => tools::junit::write(path, &request.campaign_id, &[dir]),
+            Err(e) => tools::junit::write_cases(
                 path,
                 &request.campaign_id,
-                &[crate::junit::error_case(&dir, &format!("{e:#}"))],
+                &[tools::junit::error_case(&dir, &format!("{e:#}"))],
             ),
         };
         if let Err(e) = written {

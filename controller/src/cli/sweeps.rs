@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::args::*;
-use crate::campaign;
-use crate::campaign_file::{self, CampaignFile, FileCell};
-use crate::matrix::Cell;
+use campaign;
+use campaign::matrix::Cell;
 use clap::Parser;
+use config::campaign_file::{self, CampaignFile, FileCell};
 
 use super::run::run;
-use crate::config::CrashModel;
+use config::CrashModel;
 
-pub type Cells = Result<(String, Vec<crate::matrix::Cell>), String>;
+pub type Cells = Result<(String, Vec<campaign::matrix::Cell>), String>;
 
 pub fn matrix_cells(args: &MatrixArgs) -> Cells {
     let mut cells = Vec::new();
@@ -35,7 +35,7 @@ pub fn matrix_cells(args: &MatrixArgs) -> Cells {
                     flags.push(format!("--mount-opts={opts}"));
                 }
                 flags.extend(args.sweep.run_flags.iter().cloned());
-                cells.push(crate::matrix::Cell {
+                cells.push(campaign::matrix::Cell {
                     row: format!("{model_name}: {}", config.replace(':', " ")),
                     column: pattern.to_string(),
                     config: cell_config(&flags)?,
@@ -63,7 +63,7 @@ pub fn io_error_cells(args: &IoErrorsArgs) -> Cells {
                     "--trials=1".into(),
                 ];
                 flags.extend(args.sweep.run_flags.iter().cloned());
-                cells.push(crate::matrix::Cell {
+                cells.push(campaign::matrix::Cell {
                     row: format!("{} {}", fs.name(), error.to_uppercase()),
                     column: column.into(),
                     config: cell_config(&flags)?,
@@ -84,11 +84,11 @@ pub fn sweep(cells: Cells, name: &str, args: &SweepArgs) -> ExitCode {
         }
     };
     let out_dir = results_dir.join(id.map_or_else(|| format!("{}-{name}", campaign::utc_timestamp()), String::from));
-    let interrupt = &crate::signals::INTERRUPTED;
-    let result = crate::matrix::run_cells(&title, &cells, &out_dir, interrupt).and_then(|table| {
+    let interrupt = &machine::signals::INTERRUPTED;
+    let result = campaign::matrix::run_cells(&title, &cells, &out_dir, interrupt).and_then(|table| {
         let text = match name {
-            "io-errors" => crate::matrix::write_io_errors_table(&table, &out_dir)?,
-            _ => crate::matrix::write(&table, &out_dir, name)?,
+            "io-errors" => campaign::matrix::write_io_errors_table(&table, &out_dir)?,
+            _ => campaign::matrix::write(&table, &out_dir, name)?,
         };
         if let Some(path) = &args.junit {
             let dirs: Vec<PathBuf> = table
@@ -98,7 +98,7 @@ pub fn sweep(cells: Cells, name: &str, args: &SweepArgs) -> ExitCode {
                 .filter_map(|(row, column)| table.cells.get(row)?.get(column))
                 .map(|cell| cell.results_dir.clone())
                 .collect();
-            crate::junit::write(path, &format!("crashlab {name}"), &dirs)?;
+            tools::junit::write(path, &format!("crashlab {name}"), &dirs)?;
         }
         Ok((table, text))
     });
@@ -109,7 +109,7 @@ pub fn sweep(cells: Cells, name: &str, args: &SweepArgs) -> ExitCode {
             let failed = table.cells.values().flat_map(|r| r.values()).any(|c| c.violations > 0);
             ExitCode::from(u8::from(failed))
         }
-        Err(e) if e.downcast_ref::<crate::vm::Interrupted>().is_some() => {
+        Err(e) if e.downcast_ref::<machine::vm::Interrupted>().is_some() => {
             eprintln!("interrupted: finished cells are kept in {}", out_dir.display());
             ExitCode::from(130)
         }

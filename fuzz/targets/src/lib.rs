@@ -141,7 +141,7 @@ pub fn ext4_image(data: &[u8]) {
 /// or corrupt): a configuration that validates yields workload parameters
 /// that validate too.
 pub fn campaign_json(data: &[u8]) {
-    let Ok(config) = serde_json::from_slice::<controller::config::CampaignConfig>(data) else {
+    let Ok(config) = serde_json::from_slice::<config::CampaignConfig>(data) else {
         return;
     };
     if config.validate().is_ok() {
@@ -216,8 +216,8 @@ pub fn kernel_cmdline(data: &[u8]) {
 /// names each trial once, inside the campaign, keeps only their state
 /// lines, and reads back as itself (resuming twice changes nothing).
 pub fn results_jsonl(data: &[u8]) {
-    use controller::campaign::resume_point;
-    use controller::config::CrashModel;
+    use campaign::resume_point;
+    use config::CrashModel;
     let Some((&head, rest)) = data.split_first() else {
         return;
     };
@@ -261,10 +261,10 @@ pub fn results_jsonl(data: &[u8]) {
 /// is bounded.
 pub fn msync_trace(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let calls = controller::trace::parse(&text);
+    let calls = models::trace::parse(&text);
     assert!(calls.len() <= text.lines().count());
-    let summary = controller::trace::summarize(&calls);
-    assert!(summary.last_calls.len() <= controller::trace::LAST_CALLS_KEPT);
+    let summary = models::trace::summarize(&calls);
+    assert!(summary.last_calls.len() <= models::trace::LAST_CALLS_KEPT);
     assert!(summary.failed_calls + summary.unreturned_calls <= summary.calls);
 }
 
@@ -288,24 +288,18 @@ pub fn evidence(data: &[u8]) {
         write(name);
     }
     std::fs::write(dir.path().join("campaign.json"), CAMPAIGN_JSON).expect("write");
-    let verification = controller::verify::verify(dir.path()).expect("a campaign directory verifies or names problems");
+    let verification = tools::verify::verify(dir.path()).expect("a campaign directory verifies or names problems");
     assert!(verification.campaigns.len() == 1);
-    let _ = controller::verify::check_for_reading(dir.path());
+    let _ = tools::verify::check_for_reading(dir.path());
     let _ = verification.render();
 }
 
 /// `crashlab compare`'s comparison.json, edited or damaged: read back, its
 /// table renders whatever it holds.
 pub fn compare_table(data: &[u8]) {
-    let Ok(comparison) = serde_json::from_slice::<controller::compare::Comparison>(data) else {
+    let Ok(comparison) = serde_json::from_slice::<tools::compare::Comparison>(data) else {
         return;
     };
-    let table = controller::compare::render(&comparison, std::path::Path::new("/results"));
-    assert!(
-        table.lines().count()
-            >= comparison
-                .differences
-                .len()
-                .min(controller::compare::DIFFERENCES_KEPT_MAX)
-    );
+    let table = tools::compare::render(&comparison, std::path::Path::new("/results"));
+    assert!(table.lines().count() >= comparison.differences.len().min(tools::compare::DIFFERENCES_KEPT_MAX));
 }
