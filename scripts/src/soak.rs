@@ -54,40 +54,33 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     let images = images.display().to_string();
     let start = std::time::Instant::now();
     let seed_arg = format!("--seed={seed}");
-    let pl_trials = states.div_ceil(STATES_PER_TRIAL).to_string();
-    let pl_budget = states.to_string();
     let kc_trials = kernel_trials.to_string();
     let mut rows = Vec::new();
     let mut ok = true;
-    let campaign = |id: &str, flags: &[&str]| -> Result<serde_json::Value> {
-        let flags: Vec<&str> = [seed_arg.as_str()].into_iter().chain(flags.iter().copied()).collect();
+    let campaign = |id: &str, seed_arg: &str, flags: &[&str]| -> Result<serde_json::Value> {
+        let flags: Vec<&str> = [seed_arg].into_iter().chain(flags.iter().copied()).collect();
         run_campaign(sh, "soak", &images, &out_dir, id, &flags)
     };
     for &(fs, opts) in CORRECT {
         for model in ["power-loss", "kernel-crash"] {
             let id = format!("{fs}-{}-{model}", opts.replace('=', "-"));
             let (fs_arg, opts_arg) = (format!("--fs={fs}"), format!("--mount-opts={opts}"));
-            let mut flags = vec![fs_arg.as_str(), opts_arg.as_str()];
-            match model {
-                "power-loss" => flags.extend([
-                    "--crash-model=power-loss",
-                    "--records=1000",
-                    "--trials",
-                    &pl_trials,
-                    "--state-budget",
-                    &pl_budget,
-                ]),
-                _ => flags.extend(["--crash-model=kernel-crash", "--trials", &kc_trials]),
-            }
-            let s = campaign(&id, &flags)?;
-            let violations = s["violations"].as_u64().unwrap_or(u64::MAX);
-            ok &= violations == 0;
+            let configuration = [fs_arg.as_str(), opts_arg.as_str()];
+            let totals = match model {
+                "power-loss" => soak_power_loss(&id, &configuration, states, seed, &campaign)?,
+                _ => {
+                    let mut flags = configuration.to_vec();
+                    flags.extend(["--crash-model=kernel-crash", "--trials", &kc_trials]);
+                    Totals::of(&campaign(&id, &seed_arg, &flags)?)
+                }
+            };
+            ok &= totals.violations == 0;
             rows.push(format!(
                 "{fs:<6} {opts:<14} {model:<13} {:>8} states {:>6} violations {:>7.0} s  {}",
-                s["states_checked"],
-                violations,
-                s["elapsed_s"].as_f64().unwrap_or(0.0),
-                if violations == 0 { "ok" } else { "VIOLATIONS" }
+                totals.states,
+                totals.violations,
+                totals.elapsed_s,
+                if totals.violations == 0 { "ok" } else { "VIOLATIONS" }
             ));
         }
     }
@@ -100,7 +93,7 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
             "power-loss" => flags.extend(["--trials=2", "--state-budget=200", "--crash-points=acks"]),
             _ => flags.extend(["--trials=5", "--crash-points=acks"]),
         }
-        let s = campaign(&id, &flags)?;
+        let s = campaign(&id, &seed_arg, &flags)?;
         let failed = s["states_failed"].as_u64().unwrap_or(0);
         ok &= failed > 0;
         rows.push(format!(
@@ -122,6 +115,63 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         &rows,
     )?;
     Ok(if ok { 0 } else { 1 })
+}
+
+/// What a configuration's campaigns added up to.
+#[derive(Default)]
+struct Totals {
+    states: u64,
+    violations: u64,
+    elapsed_s: f64,
+}
+
+impl Totals {
+    fn of(summary: &serde_json::Value) -> Totals {
+        Totals {
+            states: summary["states_checked"].as_u64().unwrap_or(0),
+            violations: summary["violations"].as_u64().unwrap_or(u64::MAX),
+            elapsed_s: summary["elapsed_s"].as_f64().unwrap_or(0.0),
+        }
+    }
+}
+
+/// Campaigns with the power-loss model on one configuration until `states`
+/// distinct crash states were checked: a trial has only so many distinct
+/// states (a run's flush epochs bound them), so a first campaign can fall
+/// short of its budget; each next one has another seed and as many trials
+/// as the states still missing need at the rate seen so far. At most
+/// `TOP_UPS_MAX` more campaigns (their ids end in `-more<k>`).
+fn soak_power_loss(
+    id: &str,
+    configuration: &[&str],
+    states: u64,
+    seed: u64,
+    campaign: &dyn Fn(&str, &str, &[&str]) -> Result<serde_json::Value>,
+) -> Result<Totals> {
+    const TOP_UPS_MAX: u64 = 4;
+    let mut totals = Totals::default();
+    let mut per_trial = STATES_PER_TRIAL;
+    for round in 0..=TOP_UPS_MAX {
+        let missing = states.saturating_sub(totals.states);
+        if missing == 0 || totals.violations > 0 {
+            break;
+        }
+        let trials = missing.div_ceil(per_trial.max(1));
+        let (trials_arg, budget_arg) = (format!("--trials={trials}"), format!("--state-budget={}", trials * per_trial));
+        let seed_arg = format!("--seed={}", seed + 1000 * round);
+        let mut flags = configuration.to_vec();
+        flags.extend(["--crash-model=power-loss", "--records=1000", &trials_arg, &budget_arg]);
+        let round_id = match round {
+            0 => id.to_string(),
+            k => format!("{id}-more{k}"),
+        };
+        let seen = Totals::of(&campaign(&round_id, &seed_arg, &flags)?);
+        per_trial = (seen.states / trials).clamp(1, STATES_PER_TRIAL);
+        totals.states += seen.states;
+        totals.violations = totals.violations.saturating_add(seen.violations);
+        totals.elapsed_s += seen.elapsed_s;
+    }
+    Ok(totals)
 }
 
 /// The soak's flags: `--states N` (power-loss states per configuration),
