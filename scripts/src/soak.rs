@@ -117,6 +117,9 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     Ok(if ok { 0 } else { 1 })
 }
 
+/// Runs one campaign: (id, `--seed=S`, flags) to its summary.
+type RunCampaign<'a> = dyn Fn(&str, &str, &[&str]) -> Result<serde_json::Value> + 'a;
+
 /// What a configuration's campaigns added up to.
 #[derive(Default)]
 struct Totals {
@@ -146,7 +149,7 @@ fn soak_power_loss(
     configuration: &[&str],
     states: u64,
     seed: u64,
-    campaign: &dyn Fn(&str, &str, &[&str]) -> Result<serde_json::Value>,
+    campaign: &RunCampaign,
 ) -> Result<Totals> {
     const TOP_UPS_MAX: u64 = 4;
     let mut totals = Totals::default();
