@@ -144,13 +144,7 @@ impl Totals {
 /// short of its budget; each next one has another seed and as many trials
 /// as the states still missing need at the rate seen so far. At most
 /// `TOP_UPS_MAX` more campaigns (their ids end in `-more<k>`).
-fn soak_power_loss(
-    id: &str,
-    configuration: &[&str],
-    states: u64,
-    seed: u64,
-    campaign: &RunCampaign,
-) -> Result<Totals> {
+fn soak_power_loss(id: &str, configuration: &[&str], states: u64, seed: u64, campaign: &RunCampaign) -> Result<Totals> {
     const TOP_UPS_MAX: u64 = 4;
     let mut totals = Totals::default();
     let mut per_trial = STATES_PER_TRIAL;
@@ -160,7 +154,10 @@ fn soak_power_loss(
             break;
         }
         let trials = missing.div_ceil(per_trial.max(1));
-        let (trials_arg, budget_arg) = (format!("--trials={trials}"), format!("--state-budget={}", trials * per_trial));
+        let (trials_arg, budget_arg) = (
+            format!("--trials={trials}"),
+            format!("--state-budget={}", trials * per_trial),
+        );
         let seed_arg = format!("--seed={}", seed + 1000 * round);
         let mut flags = configuration.to_vec();
         flags.extend(["--crash-model=power-loss", "--records=1000", &trials_arg, &budget_arg]);

@@ -10,6 +10,25 @@ use config::CampaignConfig;
 use models::plan::{plan_trial, TrialPlan};
 use models::powerloss::{self, Capture};
 
+/// One state of a kept trial, as the tools that rebuild it (`replay-state`,
+/// `minimise`) are asked for it.
+pub struct KeptStateAt<'a> {
+    pub campaign_dir: &'a Path,
+    pub trial: u64,
+    /// The state's number in the trial's plan.
+    pub state: u64,
+    /// Overrides the campaign's images directory.
+    pub images_dir: Option<PathBuf>,
+    pub interrupt: &'a std::sync::atomic::AtomicBool,
+}
+
+impl KeptStateAt<'_> {
+    /// The kept trial the state belongs to, checked against its seal.
+    pub fn load_trial(&self) -> Result<KeptTrial> {
+        KeptTrial::load(self.campaign_dir, self.trial, self.images_dir.as_deref())
+    }
+}
+
 pub struct KeptTrial {
     pub config: CampaignConfig,
     /// The campaign's seal (`None`: results from before sealing).

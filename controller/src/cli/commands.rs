@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use super::args::*;
 use super::exit_for;
-use campaign;
+use campaign::kept::KeptStateAt;
 
 pub fn report(dir: &std::path::Path, junit: Option<&std::path::Path>) -> ExitCode {
     let result = tools::report::write_report(dir).and_then(|page| {
@@ -44,12 +44,14 @@ pub fn minimise_first_failure(dir: &std::path::Path) {
         return;
     };
     let request = tools::minimise::MinimiseRequest {
-        campaign_dir: dir,
-        trial: first["trial"].as_u64().unwrap_or(0),
-        state: first["state"].as_u64().unwrap_or(0),
+        at: KeptStateAt {
+            campaign_dir: dir,
+            trial: first["trial"].as_u64().unwrap_or(0),
+            state: first["state"].as_u64().unwrap_or(0),
+            images_dir: None,
+            interrupt: &machine::signals::INTERRUPTED,
+        },
         checker: None,
-        images_dir: None,
-        interrupt: &machine::signals::INTERRUPTED,
     };
     match tools::minimise::minimise(&request) {
         Ok(outcome) => {
@@ -68,12 +70,14 @@ pub fn minimise_first_failure(dir: &std::path::Path) {
 
 pub fn minimise(args: MinimiseArgs) -> ExitCode {
     let request = tools::minimise::MinimiseRequest {
-        campaign_dir: &args.campaign,
-        trial: args.trial,
-        state: args.state,
+        at: KeptStateAt {
+            campaign_dir: &args.campaign,
+            trial: args.trial,
+            state: args.state,
+            images_dir: args.images_dir,
+            interrupt: &machine::signals::INTERRUPTED,
+        },
         checker: args.checker,
-        images_dir: args.images_dir,
-        interrupt: &machine::signals::INTERRUPTED,
     };
     match tools::minimise::minimise(&request) {
         Ok(outcome) => {
@@ -130,14 +134,16 @@ pub fn conformance(args: ConformanceArgs) -> ExitCode {
 
 pub fn replay(args: ReplayArgs) -> ExitCode {
     let request = tools::replay::ReplayRequest {
-        campaign_dir: &args.campaign,
-        trial: args.trial,
-        state: args.state.unwrap_or(0),
+        at: KeptStateAt {
+            campaign_dir: &args.campaign,
+            trial: args.trial,
+            state: args.state.unwrap_or(0),
+            images_dir: args.images_dir,
+            interrupt: &machine::signals::INTERRUPTED,
+        },
         state_file: args.state_file,
         out: args.out,
         checker: args.checker,
-        images_dir: args.images_dir,
-        interrupt: &machine::signals::INTERRUPTED,
     };
     match tools::replay::replay_state(&request) {
         Ok(outcome) => {

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::args::*;
-use campaign;
 use campaign::matrix::Cell;
 use clap::Parser;
 use config::campaign_file::{self, CampaignFile, FileCell};

@@ -16,14 +16,13 @@
 //! sector.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use blocklog::CrashState;
 use serde::Serialize;
 
-use campaign::kept::KeptTrial;
+use campaign::kept::{KeptStateAt, KeptTrial};
 use config::{Checker, Filesystem};
 use models::powerloss;
 use models::workload_boot::TrialContext;
@@ -92,14 +91,10 @@ pub fn ddmin<E>(
 }
 
 pub struct MinimiseRequest<'a> {
-    pub campaign_dir: &'a Path,
-    pub trial: u64,
-    pub state: u64,
+    pub at: KeptStateAt<'a>,
     /// Who checks each candidate (default: the campaign's checker, kernel
     /// when it was both).
     pub checker: Option<Checker>,
-    pub images_dir: Option<PathBuf>,
-    pub interrupt: &'a AtomicBool,
 }
 
 /// One write of the minimised lost set.
@@ -152,9 +147,9 @@ pub fn state_losing(log: &blocklog::ParsedLog, original: &CrashState, lost: &[u6
 }
 
 pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
-    let kept = KeptTrial::load(req.campaign_dir, req.trial, req.images_dir.as_deref())?;
+    let kept = req.at.load_trial()?;
     let original = state_to_minimise(req, &kept)?;
-    kept.check_identities(req.campaign_dir, &[(req.state, &original)])?;
+    kept.check_identities(req.at.campaign_dir, &[(req.at.state, &original)])?;
     let config = &kept.config;
     let log = &kept.capture.log;
     let builder = powerloss::StateBuilder::new(
@@ -173,7 +168,7 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         checked += 1;
         let view = builder.view(state);
         let result = match (&mut kernel, &mut host) {
-            (Some(k), _) => k.check(Arc::new(view), read, req.interrupt)?,
+            (Some(k), _) => k.check(Arc::new(view), read, req.at.interrupt)?,
             (_, Some(h)) => h.check(&view, read)?,
             _ => unreachable!("one checker is set"),
         };
@@ -195,13 +190,13 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
     let Some(rule) = judge(&original)? else {
         bail!(
             "trial {} state {} passes when checked again: nothing to minimise (was it a disagreement between checkers?)",
-            req.trial,
-            req.state
+            req.at.trial,
+            req.at.state
         );
     };
     let lost_before = lost_writes(log, &original);
     let mut fails = |lost: &[u64]| -> Result<bool> {
-        if req.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+        if req.at.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
             bail!(machine::vm::Interrupted);
         }
         match state_losing(log, &original, lost) {
@@ -215,12 +210,12 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         k.stop()?;
     }
     let state = state_losing(log, &original, &minimal).expect("the minimised set was checked as a valid state");
-    let state_file = kept.trial_dir.join(format!("state-{}-minimised.json", req.state));
+    let state_file = kept.trial_dir.join(format!("state-{}-minimised.json", req.at.state));
     machine::durable::write_atomically(&state_file, (serde_json::to_string_pretty(&state)? + "\n").as_bytes())?;
-    let abs = std::fs::canonicalize(req.campaign_dir).unwrap_or_else(|_| req.campaign_dir.to_path_buf());
+    let abs = std::fs::canonicalize(req.at.campaign_dir).unwrap_or_else(|_| req.at.campaign_dir.to_path_buf());
     Ok(MinimiseOutcome {
-        trial: req.trial,
-        state: req.state,
+        trial: req.at.trial,
+        state: req.at.state,
         rule,
         prefix_entries: original.prefix_entries,
         lost_before: lost_before.len(),
@@ -231,7 +226,7 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         replay: format!(
             "crashlab replay-state --campaign {} --trial {} --state-file {}",
             abs.display(),
-            req.trial,
+            req.at.trial,
             state_file.display()
         ),
         state_file,
@@ -241,11 +236,11 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
 /// The state asked for, as the trial planned it.
 fn state_to_minimise(req: &MinimiseRequest, kept: &KeptTrial) -> Result<CrashState> {
     let states = kept.states();
-    let state = states.get(req.state as usize).with_context(|| {
+    let state = states.get(req.at.state as usize).with_context(|| {
         format!(
             "state {} does not exist: trial {} has {} states",
-            req.state,
-            req.trial,
+            req.at.state,
+            req.at.trial,
             states.len()
         )
     })?;
@@ -289,13 +284,13 @@ fn start_checker(
             bail!("--checker both: minimise with one checker (kernel or host); replay-state compares them")
         }
         Checker::Kernel => {
-            let (images, accel) = kept.guest(req.campaign_dir, work, req.interrupt)?;
+            let (images, accel) = kept.guest(req.at.campaign_dir, work, req.at.interrupt)?;
             let ctx = TrialContext {
                 config,
                 images: &images,
                 accel,
                 base_disk: &kept.base,
-                interrupt: req.interrupt,
+                interrupt: req.at.interrupt,
                 rerun_command: "",
             };
             let kernel = powerloss::KernelChecker::start(&ctx, work, "minimise", first, config.fsck_states)?;

@@ -7,14 +7,13 @@
 //! is rebuilt bit for bit, written out as a disk image one can mount or
 //! fsck, and judged again.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use campaign::kept::KeptTrial;
+use campaign::kept::{KeptStateAt, KeptTrial};
 use config::Checker;
 use machine::images;
 use models::powerloss;
@@ -22,18 +21,13 @@ use models::workload_boot::TrialContext;
 use nbd::DiskView;
 
 pub struct ReplayRequest<'a> {
-    pub campaign_dir: &'a Path,
-    pub trial: u64,
-    pub state: u64,
+    pub at: KeptStateAt<'a>,
     /// A state written by `crashlab minimise` (JSON), instead of the
-    /// trial's planned state `state`.
+    /// trial's planned state `at.state`.
     pub state_file: Option<PathBuf>,
     /// Where to write the state's disk image.
     pub out: Option<PathBuf>,
     pub checker: Checker,
-    /// Overrides the campaign's images directory.
-    pub images_dir: Option<PathBuf>,
-    pub interrupt: &'a AtomicBool,
 }
 
 #[derive(Serialize)]
@@ -48,7 +42,7 @@ pub struct ReplayOutcome {
 }
 
 pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
-    let kept = KeptTrial::load(req.campaign_dir, req.trial, req.images_dir.as_deref())?;
+    let kept = req.at.load_trial()?;
     let KeptTrial {
         config,
         trial_dir,
@@ -65,29 +59,29 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
                 .with_context(|| format!("{} is not a state file (crashlab minimise writes them)", path.display()))?;
             state
                 .validate(&capture.log)
-                .map_err(|e| anyhow::anyhow!("{} does not fit trial {}'s log: {e}", path.display(), req.trial))?;
+                .map_err(|e| anyhow::anyhow!("{} does not fit trial {}'s log: {e}", path.display(), req.at.trial))?;
             Some(state)
         }
         None => None,
     };
     let state = match &from_file {
         Some(state) => state,
-        None => states.get(req.state as usize).with_context(|| {
+        None => states.get(req.at.state as usize).with_context(|| {
             format!(
                 "state {} does not exist: trial {} has {} states",
-                req.state,
-                req.trial,
+                req.at.state,
+                req.at.trial,
                 states.len()
             )
         })?,
     };
 
     if from_file.is_none() {
-        kept.check_identities(req.campaign_dir, &[(req.state, state)])?;
+        kept.check_identities(req.at.campaign_dir, &[(req.at.state, state)])?;
     }
     let image = req.out.clone().unwrap_or_else(|| match &req.state_file {
         Some(file) => file.with_extension("img"),
-        None => trial_dir.join(format!("state-{}.img", req.state)),
+        None => trial_dir.join(format!("state-{}.img", req.at.state)),
     });
     images::copy_sparse(base, &image)?;
     let mut sink = std::fs::OpenOptions::new().write(true).open(&image)?;
@@ -110,19 +104,19 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
     };
     if req.checker != Checker::Host {
         let work = machine::lifetime::temp_dir("crashlab-replay-", None)?;
-        let (images, accel) = kept.guest(req.campaign_dir, work.path(), req.interrupt)?;
+        let (images, accel) = kept.guest(req.at.campaign_dir, work.path(), req.at.interrupt)?;
         let ctx = TrialContext {
             config,
             images: &images,
             accel,
             base_disk: base,
-            interrupt: req.interrupt,
+            interrupt: req.at.interrupt,
             rerun_command: "",
         };
         let shown: Arc<dyn DiskView> = Arc::new(view.clone());
         let mut checker =
             powerloss::KernelChecker::start(&ctx, work.path(), "replay", shown.clone(), config.fsck_states)?;
-        let check = checker.check(shown, read, req.interrupt);
+        let check = checker.check(shown, read, req.at.interrupt);
         checker.stop()?;
         results.push(("kernel", check?));
     }
