@@ -317,13 +317,7 @@ fn injected_write_errors_reach_the_application_and_later_syncs_keep_their_promis
         .arg(format!("--images-dir={}", h.images_dir.display()))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = util::expect_exit(&out, 0);
     let table: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(h.results.path().join("io/io-errors.json")).unwrap()).unwrap();
     assert_eq!(table.len(), 4, "EIO and ENOSPC, without and with a crash");

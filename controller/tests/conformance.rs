@@ -39,13 +39,7 @@ fn the_conformance_table_matches_the_distro_kernel() {
         .arg(h.results.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = util::expect_exit(&out, 0);
     assert!(stdout.contains("ext4: observed / vs POSIX"), "{stdout}");
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(h.results.path().join("conf/conformance.json")).unwrap())

@@ -48,13 +48,7 @@ fn every_pattern_is_clean_under(model: &str) {
         .arg(format!("--images-dir={}", h.images_dir.display()))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = util::expect_exit(&out, 0);
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(h.results.path().join("m/matrix.json")).unwrap()).unwrap();
     for row in [format!("{model}: ext4 data=ordered")] {

@@ -69,13 +69,7 @@ fn ext4_without_barriers_loses_acked_records() {
         .arg(&h.images_dir)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = util::expect_exit(&out, 1);
     let replayed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for (name, verdict) in replayed["verdicts"].as_array().unwrap().iter().map(|p| (&p[0], &p[1])) {
         assert_eq!(verdict["passed"], false, "{name}");

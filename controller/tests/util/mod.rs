@@ -92,3 +92,16 @@ impl Harness {
             .collect()
     }
 }
+
+/// `out`'s stdout, after checking its exit code is `code`; otherwise the
+/// failure shows both streams.
+pub fn expect_exit(out: &Output, code: i32) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
