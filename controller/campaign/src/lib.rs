@@ -324,37 +324,14 @@ fn set_up(req: &CampaignRequest) -> Result<SetUp> {
         kernel_build: images.identity.build_key_short(),
         ..config.clone()
     };
-    let dir = req.results_root.join(&req.campaign_id);
-    if req.resume {
-        anyhow::ensure!(
-            dir.join("campaign.json").is_file(),
-            "{} is not a campaign directory (no campaign.json): nothing to resume",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir.join("trials")).with_context(|| {
-        format!(
-            "cannot create results directory {} (disk full? read-only?)",
-            dir.display()
-        )
-    })?;
+    let dir = results_dir(req)?;
     // A resumed campaign runs the program it started with.
     let fresh = !(req.resume && dir.join(machine::program::CAMPAIGN_INITRD).is_file());
     let images = machine::program::campaign_images(images, &config, &dir, fresh)?;
 
     // Before the accelerator's sanity boot: mkfs options it refuses fail fast.
     let base_disk = dir.join(BASE_DISK);
-    let made = images::make_and_describe(config.fs, &config.mkfs_words(), &base_disk, config.disk_size_bytes)?;
-    if config.checker == config::Checker::Host && made.has_feature("fast_commit") {
-        // docs/findings/ext4-fast-commit: e2fsck 1.47.0 to 1.47.4 cannot
-        // recover most fast-commit crash states; every one would fail.
-        anyhow::bail!(
-            "--checker host cannot judge an ext4 made with fast_commit: e2fsprogs (1.47.0 to 1.47.4) fails to \
-             recover most of its crash states (docs/findings/ext4-fast-commit), so every state would be \
-             e2fsprogs' failure, not the filesystem's. Use --checker kernel (the kernel's own recovery), or \
-             --checker both to see e2fsprogs' answer beside the kernel's"
-        );
-    }
+    let made = make_base_disk(&config, &base_disk)?;
     let (accel, accel_reason) = accel::choose(config.accel, &images, &dir, req.interrupt)?;
     if config.crash_model == CrashModel::PowerLoss {
         std::fs::OpenOptions::new()
@@ -374,6 +351,43 @@ fn set_up(req: &CampaignRequest) -> Result<SetUp> {
         accel_reason,
         rerun,
     })
+}
+
+/// The campaign's results directory, made with its `trials/` (a resumed
+/// campaign's must already hold its campaign.json).
+fn results_dir(req: &CampaignRequest) -> Result<PathBuf> {
+    let dir = req.results_root.join(&req.campaign_id);
+    if req.resume {
+        anyhow::ensure!(
+            dir.join("campaign.json").is_file(),
+            "{} is not a campaign directory (no campaign.json): nothing to resume",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir.join("trials")).with_context(|| {
+        format!(
+            "cannot create results directory {} (disk full? read-only?)",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
+}
+
+/// Makes the filesystem every trial starts from at `base_disk`, refusing a
+/// checker that could not judge its crash states.
+fn make_base_disk(config: &CampaignConfig, base_disk: &Path) -> Result<images::MadeFilesystem> {
+    let made = images::make_and_describe(config.fs, &config.mkfs_words(), base_disk, config.disk_size_bytes)?;
+    if config.checker == config::Checker::Host && made.has_feature("fast_commit") {
+        // docs/findings/ext4-fast-commit: e2fsck 1.47.0 to 1.47.4 cannot
+        // recover most fast-commit crash states; every one would fail.
+        anyhow::bail!(
+            "--checker host cannot judge an ext4 made with fast_commit: e2fsprogs (1.47.0 to 1.47.4) fails to \
+             recover most of its crash states (docs/findings/ext4-fast-commit), so every state would be \
+             e2fsprogs' failure, not the filesystem's. Use --checker kernel (the kernel's own recovery), or \
+             --checker both to see e2fsprogs' answer beside the kernel's"
+        );
+    }
+    Ok(made)
 }
 
 /// A new campaign's record of itself: campaign.json (what a resume reads

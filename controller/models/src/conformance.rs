@@ -245,6 +245,8 @@ pub fn run_conformance(req: &ConformanceRequest) -> Result<ConformanceTable> {
     })
 }
 
+/// Boots one guest on a fresh `fs` disk to run the suite; what it observed,
+/// by case name.
 fn run_one(
     req: &ConformanceRequest,
     images: &machine::images::GuestImages,
@@ -255,7 +257,46 @@ fn run_one(
     let words: Vec<String> = fs.default_mkfs_opts().split_whitespace().map(String::from).collect();
     machine::images::make_filesystem(fs, &words, &disk, fs.min_disk_size_bytes())?;
     let files = RunFiles::in_dir(&req.out_dir, &format!("conformance-{}", fs.name()));
-    let spec = VmSpec {
+    let spec = conformance_spec(images, accel, fs, &disk, &files);
+    let limits = Limits {
+        boot_timeout_ms: req.boot_timeout_ms,
+        stall_timeout_ms: 30_000,
+        total_timeout_ms: 120_000,
+    };
+    let mut report = SuiteReport::default();
+    let run = vm::run_vm(spec, &files, limits, req.interrupt, |event, _| {
+        report.take(event);
+        Action::Continue
+    })?;
+    vm::bail_if_interrupted(run.outcome)?;
+    let _ = std::fs::remove_file(&disk);
+    if let Some(error) = report.error {
+        bail!(
+            "the conformance suite failed on {}: {error}; console: {}",
+            fs.name(),
+            files.console_log.display()
+        );
+    }
+    if !report.done {
+        return Err(vm::boot_failure(
+            "the conformance guest did not finish",
+            run.outcome,
+            &files,
+        ));
+    }
+    Ok(report.observed)
+}
+
+/// The conformance guest: the suite's role, on `fs` in `disk` with the
+/// filesystem's default mount options.
+fn conformance_spec(
+    images: &machine::images::GuestImages,
+    accel: machine::qemu::AccelUsed,
+    fs: Filesystem,
+    disk: &Path,
+    files: &RunFiles,
+) -> VmSpec {
+    VmSpec {
         images: images.clone(),
         accel,
         memory_mib: 512,
@@ -264,21 +305,26 @@ fn run_one(
             format!("crashlab.fs={}", fs.name()),
             format!("crashlab.mount_opts={}", fs.default_mount_opts()),
         ],
-        drives: vec![Drive::Raw(disk.clone())],
+        drives: vec![Drive::Raw(disk.to_path_buf())],
         console_log: files.console_log.clone(),
         channel_socket: PathBuf::new(),
         qmp_socket: PathBuf::new(),
         trace_log: None,
-    };
-    let limits = Limits {
-        boot_timeout_ms: req.boot_timeout_ms,
-        stall_timeout_ms: 30_000,
-        total_timeout_ms: 120_000,
-    };
-    let mut observed = BTreeMap::new();
-    let mut done = false;
-    let mut error = None;
-    let run = vm::run_vm(spec, &files, limits, req.interrupt, |event, _| {
+    }
+}
+
+/// What the conformance guest reported: each case's observation, whether
+/// it reached the suite's end, and the error that stopped it, if any.
+#[derive(Default)]
+struct SuiteReport {
+    observed: BTreeMap<String, Observed>,
+    done: bool,
+    error: Option<String>,
+}
+
+impl SuiteReport {
+    /// Takes one event of the guest's protocol (others are ignored).
+    fn take(&mut self, event: Option<&Event>) {
         match event {
             Some(Event::Conf {
                 case,
@@ -286,7 +332,7 @@ fn run_one(
                 errno,
                 detail,
             }) => {
-                observed.insert(
+                self.observed.insert(
                     case.clone(),
                     Observed {
                         rc: *rc,
@@ -295,30 +341,12 @@ fn run_one(
                     },
                 );
             }
-            Some(Event::Error { op, errno }) => error = Some(format!("{op}: {}", errno_name(*errno))),
-            Some(Event::Mount { rc }) => error = Some(format!("mount failed (exit status {rc})")),
-            Some(Event::Done { .. }) => done = true,
+            Some(Event::Error { op, errno }) => self.error = Some(format!("{op}: {}", errno_name(*errno))),
+            Some(Event::Mount { rc }) => self.error = Some(format!("mount failed (exit status {rc})")),
+            Some(Event::Done { .. }) => self.done = true,
             _ => {}
         }
-        Action::Continue
-    })?;
-    vm::bail_if_interrupted(run.outcome)?;
-    let _ = std::fs::remove_file(&disk);
-    if let Some(error) = error {
-        bail!(
-            "the conformance suite failed on {}: {error}; console: {}",
-            fs.name(),
-            files.console_log.display()
-        );
     }
-    if !done {
-        return Err(vm::boot_failure(
-            "the conformance guest did not finish",
-            run.outcome,
-            &files,
-        ));
-    }
-    Ok(observed)
 }
 
 /// The table as text: one row per case, one column per filesystem.

@@ -225,15 +225,7 @@ pub fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
         "{jobs} shards running; their logs: {}/shard-*.log",
         shards_root.display()
     );
-    let mut failed = Vec::new();
-    for (i, mut child) in children {
-        match child.wait().map(|s| s.code()) {
-            // 0: no violation, 1: violations; both finished.
-            Ok(Some(0 | 1)) => {}
-            Ok(code) => failed.push(format!("shard {i}/{jobs} ended with {code:?}")),
-            Err(e) => failed.push(format!("shard {i}/{jobs}: {e}")),
-        }
-    }
+    let failed = wait_shards(children, jobs);
     if !failed.is_empty() {
         eprintln!(
             "error: {}; see {}/shard-*.log, continue each with `crashlab run --resume {}/shard-I`, then \
@@ -250,13 +242,35 @@ pub fn run_jobs(args: &RunArgs, jobs: u32) -> ExitCode {
             },
         );
     }
+    merge_shards(args, &id, jobs, &shards_root)
+}
+
+/// Waits for every shard; one line for each that did not finish (a shard
+/// that found violations finished), none when all did.
+fn wait_shards(children: Vec<(u32, std::process::Child)>, jobs: u32) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (i, mut child) in children {
+        match child.wait().map(|s| s.code()) {
+            // 0: no violation, 1: violations; both finished.
+            Ok(Some(0 | 1)) => {}
+            Ok(code) => failed.push(format!("shard {i}/{jobs} ended with {code:?}")),
+            Err(e) => failed.push(format!("shard {i}/{jobs}: {e}")),
+        }
+    }
+    failed
+}
+
+/// Merges the finished shards under `shards_root` into `<id>/`, prints the
+/// merged summary and writes the JUnit file if asked; exit code 1 when the
+/// campaign found violations, as a single run's.
+fn merge_shards(args: &RunArgs, id: &str, jobs: u32, shards_root: &Path) -> ExitCode {
     let dirs: Vec<PathBuf> = (0..jobs).map(|i| shards_root.join(format!("shard-{i}"))).collect();
-    let out = args.results_dir.join(&id);
+    let out = args.results_dir.join(id);
     match tools::merge::merge(&out, &dirs) {
         Ok(summary) => {
             out!("{}", summary.render());
             if let Some(path) = &args.junit {
-                if let Err(e) = tools::junit::write(path, &id, std::slice::from_ref(&out)) {
+                if let Err(e) = tools::junit::write(path, id, std::slice::from_ref(&out)) {
                     eprintln!("error: {e:#}");
                     return ExitCode::from(2);
                 }

@@ -59,29 +59,18 @@ fn first_line(path: &Path, pick: impl Fn(&serde_json::Value) -> bool) -> Option<
         .find(|v| pick(v))
 }
 
+/// A JSON string's text, empty when it is missing (results from an older
+/// crashlab lack some fields).
+fn json_text(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or("").to_string()
+}
+
 /// The case of the campaign in `dir`.
 pub fn case_from_campaign(dir: &Path) -> Result<Case> {
     let meta = read_json(&dir.join("campaign.json"))?;
     let config = &meta["config"];
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
-    let model = text(&config["crash_model"]);
-    let mut name = match config["program"]["workload"].as_str() {
-        Some(program) => format!(
-            "{} on {}",
-            Path::new(program)
-                .file_name()
-                .map_or(program.into(), |n| n.to_string_lossy()),
-            text(&config["fs"])
-        ),
-        None => format!("{} {}", text(&config["fs"]), text(&config["pattern"])),
-    };
-    name += &format!(" -o {}", text(&config["mount_opts"]));
-    if let Some(mkfs) = config["mkfs_opts"].as_str().filter(|m| !m.is_empty()) {
-        name += &format!(" mkfs {mkfs}");
-    }
-    if config["program"].is_null() && config["pattern"] == "records" {
-        name += &format!(" {}", text(&config["mode"]));
-    }
+    let model = json_text(&config["crash_model"]);
+    let name = case_name(config);
     let classname = format!("crashlab.{model}");
     let properties = kernel_properties(&meta);
     let summary = match read_json(&dir.join("summary.json")) {
@@ -106,9 +95,47 @@ pub fn case_from_campaign(dir: &Path) -> Result<Case> {
     };
     let system_out = std::fs::read_to_string(dir.join("summary.txt")).unwrap_or_default();
     let time_s = summary["elapsed_s"].as_f64().unwrap_or(0.0);
+    Ok(Case {
+        name,
+        classname,
+        time_s,
+        outcome: summary_outcome(dir, &model, &summary),
+        properties,
+        system_out,
+    })
+}
+
+/// The case's name from the campaign's configuration: what ran (program
+/// or pattern) on which filesystem and options, so that a matrix's cases
+/// differ by name.
+fn case_name(config: &serde_json::Value) -> String {
+    let mut name = match config["program"]["workload"].as_str() {
+        Some(program) => format!(
+            "{} on {}",
+            Path::new(program)
+                .file_name()
+                .map_or(program.into(), |n| n.to_string_lossy()),
+            json_text(&config["fs"])
+        ),
+        None => format!("{} {}", json_text(&config["fs"]), json_text(&config["pattern"])),
+    };
+    name += &format!(" -o {}", json_text(&config["mount_opts"]));
+    if let Some(mkfs) = config["mkfs_opts"].as_str().filter(|m| !m.is_empty()) {
+        name += &format!(" mkfs {mkfs}");
+    }
+    if config["program"].is_null() && config["pattern"] == "records" {
+        name += &format!(" {}", json_text(&config["mode"]));
+    }
+    name
+}
+
+/// The verdict of a finished campaign from its summary: failed on a
+/// violation, an error when it was interrupted or checked no state (no
+/// verdict either way), else passed.
+fn summary_outcome(dir: &Path, model: &str, summary: &serde_json::Value) -> Outcome {
     let violations = summary["violations"].as_u64().unwrap_or(0);
-    let outcome = if violations > 0 {
-        first_violation(dir, &model, violations)
+    if violations > 0 {
+        first_violation(dir, model, violations)
     } else if summary["interrupted"] == true {
         Outcome::Error {
             message: format!(
@@ -123,15 +150,7 @@ pub fn case_from_campaign(dir: &Path) -> Result<Case> {
         }
     } else {
         Outcome::Passed
-    };
-    Ok(Case {
-        name,
-        classname,
-        time_s,
-        outcome,
-        properties,
-        system_out,
-    })
+    }
 }
 
 /// The guest kernel a campaign ran on (campaign.json's `kernel`; older

@@ -16,6 +16,7 @@
 //! sector.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -150,7 +151,6 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
     let kept = req.at.load_trial()?;
     let original = state_to_minimise(req, &kept)?;
     kept.check_identities(req.at.campaign_dir, &[(req.at.state, &original)])?;
-    let config = &kept.config;
     let log = &kept.capture.log;
     let builder = powerloss::StateBuilder::new(
         log,
@@ -158,36 +158,18 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         kept.capture.log_file.clone(),
         kept.capture.device_size_bytes,
     );
-    let read = config::FileRead::Extents;
     let work = machine::lifetime::temp_dir("crashlab-minimise-", None)?;
     let first: Arc<dyn DiskView> = Arc::new(builder.view(&original));
-    let (mut kernel, mut host) = start_checker(req, &kept, first, work.path())?;
-    let mut checked = 0usize;
-    // The verdict's first violated rule, or None when it passed.
-    let mut judge = |state: &CrashState| -> Result<Option<String>> {
-        checked += 1;
-        let view = builder.view(state);
-        let result = match (&mut kernel, &mut host) {
-            (Some(k), _) => k.check(Arc::new(view), read, req.at.interrupt)?,
-            (_, Some(h)) => h.check(&view, read)?,
-            _ => unreachable!("one checker is set"),
-        };
-        let judged = powerloss::judge_state(
-            config,
-            &kept.params,
-            &kept.capture,
-            state,
-            &powerloss::StateChecks::new(vec![(if kernel.is_some() { "kernel" } else { "host" }, result)]),
-        );
-        let verdict = &judged.verdicts[0].1;
-        Ok((!verdict.passed).then(|| {
-            verdict
-                .violations
-                .first()
-                .map_or("violation".to_string(), |f| kebab(&f.rule))
-        }))
+    let (kernel, host) = start_checker(req, &kept, first, work.path())?;
+    let mut judge = CandidateJudge {
+        kept: &kept,
+        builder,
+        kernel,
+        host,
+        interrupt: req.at.interrupt,
+        checked: 0,
     };
-    let Some(rule) = judge(&original)? else {
+    let Some(rule) = judge.violated_rule(&original)? else {
         bail!(
             "trial {} state {} passes when checked again: nothing to minimise (was it a disagreement between checkers?)",
             req.at.trial,
@@ -200,37 +182,92 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
             bail!(machine::vm::Interrupted);
         }
         match state_losing(log, &original, lost) {
-            Some(state) => Ok(judge(&state)?.as_deref() == Some(rule.as_str())),
+            Some(state) => Ok(judge.violated_rule(&state)?.as_deref() == Some(rule.as_str())),
             None => Ok(false),
         }
     };
     let (minimal, complete) = ddmin(&lost_before, CANDIDATES_MAX, &mut fails)?;
     let one_minimal = check_minimal(&minimal, &rule, &mut fails)?;
-    if let Some(k) = kernel.take() {
-        k.stop()?;
-    }
+    let checked = judge.checked;
+    judge.stop()?;
     let state = state_losing(log, &original, &minimal).expect("the minimised set was checked as a valid state");
     let state_file = kept.trial_dir.join(format!("state-{}-minimised.json", req.at.state));
     machine::durable::write_atomically(&state_file, (serde_json::to_string_pretty(&state)? + "\n").as_bytes())?;
-    let abs = std::fs::canonicalize(req.at.campaign_dir).unwrap_or_else(|_| req.at.campaign_dir.to_path_buf());
+    let replay = replay_command(req, &state_file);
     Ok(MinimiseOutcome {
         trial: req.at.trial,
         state: req.at.state,
         rule,
         prefix_entries: original.prefix_entries,
         lost_before: lost_before.len(),
-        lost: describe_writes(config.fs, &kept, &state, &minimal),
+        lost: describe_writes(kept.config.fs, &kept, &state, &minimal),
         candidates_checked: checked,
         complete,
         one_minimal,
-        replay: format!(
-            "crashlab replay-state --campaign {} --trial {} --state-file {}",
-            abs.display(),
-            req.at.trial,
-            state_file.display()
-        ),
+        replay,
         state_file,
     })
+}
+
+/// The command that replays the minimised state, with the campaign's
+/// absolute path so that it runs from any directory.
+fn replay_command(req: &MinimiseRequest, state_file: &Path) -> String {
+    let abs = std::fs::canonicalize(req.at.campaign_dir).unwrap_or_else(|_| req.at.campaign_dir.to_path_buf());
+    format!(
+        "crashlab replay-state --campaign {} --trial {} --state-file {}",
+        abs.display(),
+        req.at.trial,
+        state_file.display()
+    )
+}
+
+/// Checks and judges minimise's candidate states with its one checker
+/// (kernel or host), counting them: the same checker and rules for every
+/// candidate, so that their verdicts compare.
+struct CandidateJudge<'a> {
+    kept: &'a KeptTrial,
+    builder: powerloss::StateBuilder<'a>,
+    kernel: Option<powerloss::KernelChecker>,
+    host: Option<powerloss::HostChecker>,
+    interrupt: &'a AtomicBool,
+    /// Candidates checked so far (the original state included).
+    checked: usize,
+}
+
+impl CandidateJudge<'_> {
+    /// The verdict's first violated rule, or None when it passed.
+    fn violated_rule(&mut self, state: &CrashState) -> Result<Option<String>> {
+        let read = config::FileRead::Extents;
+        self.checked += 1;
+        let view = self.builder.view(state);
+        let result = match (&mut self.kernel, &mut self.host) {
+            (Some(k), _) => k.check(Arc::new(view), read, self.interrupt)?,
+            (_, Some(h)) => h.check(&view, read)?,
+            _ => unreachable!("one checker is set"),
+        };
+        let judged = powerloss::judge_state(
+            &self.kept.config,
+            &self.kept.params,
+            &self.kept.capture,
+            state,
+            &powerloss::StateChecks::new(vec![(if self.kernel.is_some() { "kernel" } else { "host" }, result)]),
+        );
+        let verdict = &judged.verdicts[0].1;
+        Ok((!verdict.passed).then(|| {
+            verdict
+                .violations
+                .first()
+                .map_or("violation".to_string(), |f| kebab(&f.rule))
+        }))
+    }
+
+    /// Stops the checker VM, if one was started.
+    fn stop(self) -> Result<()> {
+        if let Some(k) = self.kernel {
+            k.stop()?;
+        }
+        Ok(())
+    }
 }
 
 /// The state asked for, as the trial planned it.

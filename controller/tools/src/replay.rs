@@ -7,7 +7,7 @@
 //! is rebuilt bit for bit, written out as a disk image one can mount or
 //! fsck, and judged again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -16,7 +16,8 @@ use serde::Serialize;
 use campaign::kept::{KeptStateAt, KeptTrial};
 use config::Checker;
 use machine::images;
-use models::powerloss;
+use models::evidence::CheckResult;
+use models::powerloss::{self, Capture};
 use models::workload_boot::TrialContext;
 use nbd::DiskView;
 
@@ -52,16 +53,8 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         ..
     } = &kept;
     let states = kept.states();
-    let from_file: Option<blocklog::CrashState> = match &req.state_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let state: blocklog::CrashState = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a state file (crashlab minimise writes them)", path.display()))?;
-            state
-                .validate(&capture.log)
-                .map_err(|e| anyhow::anyhow!("{} does not fit trial {}'s log: {e}", path.display(), req.at.trial))?;
-            Some(state)
-        }
+    let from_file = match &req.state_file {
+        Some(path) => Some(read_state_file(path, capture, req.at.trial)?),
         None => None,
     };
     let state = match &from_file {
@@ -83,12 +76,55 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         Some(file) => file.with_extension("img"),
         None => trial_dir.join(format!("state-{}.img", req.at.state)),
     });
-    images::copy_sparse(base, &image)?;
-    let mut sink = std::fs::OpenOptions::new().write(true).open(&image)?;
+    write_state_image(base, capture, state, &image)?;
+
+    let results = check_state(req, &kept, state)?;
+    let judged = powerloss::judge_state(config, params, capture, state, &powerloss::StateChecks::new(results));
+    let position = judged.position;
+    let verdicts = judged.verdicts;
+    Ok(ReplayOutcome {
+        image,
+        state_kind: format!("{:?}", state.kind).to_lowercase(),
+        prefix_entries: state.prefix_entries,
+        extra_writes: state.extra_writes.clone(),
+        torn_entry: state.torn.as_ref().map(|t| t.entry),
+        crash_position: position,
+        verdicts,
+    })
+}
+
+/// Reads a state written by `crashlab minimise` and checks it against the
+/// trial's log: a state from another trial would rebuild garbage.
+fn read_state_file(path: &Path, capture: &Capture, trial: u64) -> Result<blocklog::CrashState> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let state: blocklog::CrashState = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a state file (crashlab minimise writes them)", path.display()))?;
+    state
+        .validate(&capture.log)
+        .map_err(|e| anyhow::anyhow!("{} does not fit trial {}'s log: {e}", path.display(), trial))?;
+    Ok(state)
+}
+
+/// Writes the state as a disk image at `image` (the base image, sparse,
+/// with the state's writes applied), for the user to mount or fsck.
+fn write_state_image(base: &Path, capture: &Capture, state: &blocklog::CrashState, image: &Path) -> Result<()> {
+    images::copy_sparse(base, image)?;
+    let mut sink = std::fs::OpenOptions::new().write(true).open(image)?;
     blocklog::apply_state(capture.log_file.as_ref(), &capture.log, state, &mut sink)
         .context("writing the state image")?;
-    drop(sink);
+    Ok(())
+}
 
+/// Checks the state with the checkers `req` asks for (kernel, host or
+/// both), each result named after its checker, as `judge_state` takes them.
+fn check_state(
+    req: &ReplayRequest,
+    kept: &KeptTrial,
+    state: &blocklog::CrashState,
+) -> Result<Vec<(&'static str, CheckResult)>> {
+    let KeptTrial {
+        config, base, capture, ..
+    } = kept;
     let builder = powerloss::StateBuilder::new(
         &capture.log,
         Arc::new(std::fs::File::open(base)?),
@@ -125,16 +161,5 @@ pub fn replay_state(req: &ReplayRequest) -> Result<ReplayOutcome> {
         let mut host = powerloss::HostChecker::new(base, scratch.path(), config.fsck_states, config.data_files())?;
         results.push(("host", host.check(&view, read)?));
     }
-    let judged = powerloss::judge_state(config, params, capture, state, &powerloss::StateChecks::new(results));
-    let position = judged.position;
-    let verdicts = judged.verdicts;
-    Ok(ReplayOutcome {
-        image,
-        state_kind: format!("{:?}", state.kind).to_lowercase(),
-        prefix_entries: state.prefix_entries,
-        extra_writes: state.extra_writes.clone(),
-        torn_entry: state.torn.as_ref().map(|t| t.entry),
-        crash_position: position,
-        verdicts,
-    })
+    Ok(results)
 }

@@ -9,6 +9,7 @@ use record::{Event, ProtocolLog};
 use super::capture::{Capture, LoggedPromises};
 use super::check::StateChecks;
 use super::ms_since;
+use crate::evidence::CheckResult;
 
 /// The earliest log position that leaves a state's contents: just past
 /// the last entry it includes. Judging there instead of at
@@ -154,14 +155,7 @@ pub fn judge_state(
     let passed_at_earliest = match passed_at_latest && !sampled {
         true => true,
         false => {
-            let earliest = kept_events_at(
-                &capture.serial,
-                &capture.promises,
-                earliest_crash_position(state),
-                writers,
-            );
-            let passed =
-                crate::evidence::judge(config, params, &capture.serial, Some(&earliest), &checks.results[0].1).passed;
+            let passed = passes_at_earliest(config, params, capture, state, &checks.results[0].1, writers);
             debug_assert!(
                 passed || !passed_at_latest,
                 "passed at the latest position, failed at the earliest"
@@ -169,8 +163,40 @@ pub fn judge_state(
             passed
         }
     };
+    let disagreement = disagreement_of(&verdicts);
+    JudgedState {
+        position,
+        verdicts,
+        passed_at_earliest,
+        disagreement,
+        verify_ms: ms_since(t),
+    }
+}
+
+/// Whether `check` passes judged at the state's earliest crash position
+/// (fewer acks given than at its latest), with `writers` writer processes.
+fn passes_at_earliest(
+    config: &config::CampaignConfig,
+    params: &record::WorkloadParams,
+    capture: &Capture,
+    state: &CrashState,
+    check: &CheckResult,
+    writers: u32,
+) -> bool {
+    let earliest = kept_events_at(
+        &capture.serial,
+        &capture.promises,
+        earliest_crash_position(state),
+        writers,
+    );
+    crate::evidence::judge(config, params, &capture.serial, Some(&earliest), check).passed
+}
+
+/// How two checkers' verdicts on one state differ (`--checker both`), if
+/// they do: in pass/fail, or only in the details (violations, lost, torn).
+fn disagreement_of(verdicts: &[(&'static str, verifier::Verdict)]) -> Option<Disagreement> {
     let summary = |v: &verifier::Verdict| (v.passed, v.violation_count, v.counts.lost, v.counts.torn);
-    let disagreement = (verdicts.len() == 2 && summary(&verdicts[0].1) != summary(&verdicts[1].1)).then(|| {
+    (verdicts.len() == 2 && summary(&verdicts[0].1) != summary(&verdicts[1].1)).then(|| {
         let text = verdicts
             .iter()
             .map(|(name, v)| {
@@ -184,12 +210,5 @@ pub fn judge_state(
             true => Disagreement::Verdict(text),
             false => Disagreement::Details(text),
         }
-    });
-    JudgedState {
-        position,
-        verdicts,
-        passed_at_earliest,
-        disagreement,
-        verify_ms: ms_since(t),
-    }
+    })
 }

@@ -55,6 +55,8 @@ pub const OVERLAY_MAX_BYTES: u64 = 256 << 20;
 pub const CHECKER_RESTARTS_MAX: u32 = 16;
 
 impl KernelChecker {
+    /// Serves `initial` over NBD and boots a checker VM on it, in `dir`
+    /// (its files named after `name`); returns once the guest has booted.
     pub fn start(
         ctx: &TrialContext,
         dir: &Path,
@@ -76,27 +78,7 @@ impl KernelChecker {
             config.data_files(),
         )?;
         let files = RunFiles::in_dir(dir, name);
-        let spec = VmSpec {
-            images: ctx.images.clone(),
-            accel: ctx.accel,
-            memory_mib: config.guest_memory_mib,
-            kernel_args: crate::workload_boot::base_kernel_args(config, "checker")
-                .into_iter()
-                .chain([format!("crashlab.fsck={}", u8::from(fsck))])
-                .chain(export.kernel_args())
-                .collect(),
-            drives: vec![
-                Drive::Nbd {
-                    socket: socket.clone(),
-                    export: "state".into(),
-                },
-                Drive::Raw(export.path.clone()),
-            ],
-            console_log: files.console_log.clone(),
-            channel_socket: PathBuf::new(),
-            qmp_socket: PathBuf::new(),
-            trace_log: None,
-        };
+        let spec = checker_spec(ctx, fsck, &socket, &export, &files);
         let limits = Limits {
             boot_timeout_ms: config.boot_timeout_ms,
             stall_timeout_ms: config.stall_timeout_ms,
@@ -106,34 +88,7 @@ impl KernelChecker {
             Ok(s) => s,
             Err(outcome) => return Err(vm::boot_failure("checker VM did not start", outcome, &files)),
         };
-        // Wait for BOOTED: the guest holds its channel open from then on.
-        let start = Instant::now();
-        loop {
-            anyhow::ensure!(
-                !ctx.interrupt.load(std::sync::atomic::Ordering::SeqCst),
-                vm::Interrupted
-            );
-            if start.elapsed() > Duration::from_millis(config.boot_timeout_ms) {
-                return Err(vm::boot_failure(
-                    "checker VM did not boot",
-                    vm::VmOutcome::BootTimeout,
-                    &files,
-                ));
-            }
-            match session.next(Duration::from_millis(20))? {
-                Step::Event(Event::Booted { .. }) => break,
-                Step::Exited(code) => {
-                    return Err(vm::boot_failure(
-                        "checker VM exited",
-                        vm::VmOutcome::Exited {
-                            code: code.unwrap_or(-1),
-                        },
-                        &files,
-                    ))
-                }
-                _ => {}
-            }
-        }
+        wait_booted(&mut session, ctx, &files)?;
         Ok(KernelChecker {
             session: Some(session),
             server: Some(server),
@@ -271,6 +226,67 @@ impl Drop for KernelChecker {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
             let _ = session.finish();
+        }
+    }
+}
+
+/// The checker VM: the state over NBD at `socket` as its first disk, the
+/// export disk it copies the data files out to as its second, and the
+/// kernel arguments that make the guest a checker.
+fn checker_spec(ctx: &TrialContext, fsck: bool, socket: &Path, export: &ExportDisk, files: &RunFiles) -> VmSpec {
+    let config = ctx.config;
+    VmSpec {
+        images: ctx.images.clone(),
+        accel: ctx.accel,
+        memory_mib: config.guest_memory_mib,
+        kernel_args: crate::workload_boot::base_kernel_args(config, "checker")
+            .into_iter()
+            .chain([format!("crashlab.fsck={}", u8::from(fsck))])
+            .chain(export.kernel_args())
+            .collect(),
+        drives: vec![
+            Drive::Nbd {
+                socket: socket.to_path_buf(),
+                export: "state".into(),
+            },
+            Drive::Raw(export.path.clone()),
+        ],
+        console_log: files.console_log.clone(),
+        channel_socket: PathBuf::new(),
+        qmp_socket: PathBuf::new(),
+        trace_log: None,
+    }
+}
+
+/// Waits for the checker guest's BOOTED: from then on it holds its channel
+/// open and answers checks. Ctrl-C, the boot timeout and the guest exiting
+/// end the wait with an error.
+fn wait_booted(session: &mut VmSession, ctx: &TrialContext, files: &RunFiles) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        anyhow::ensure!(
+            !ctx.interrupt.load(std::sync::atomic::Ordering::SeqCst),
+            vm::Interrupted
+        );
+        if start.elapsed() > Duration::from_millis(ctx.config.boot_timeout_ms) {
+            return Err(vm::boot_failure(
+                "checker VM did not boot",
+                vm::VmOutcome::BootTimeout,
+                files,
+            ));
+        }
+        match session.next(Duration::from_millis(20))? {
+            Step::Event(Event::Booted { .. }) => return Ok(()),
+            Step::Exited(code) => {
+                return Err(vm::boot_failure(
+                    "checker VM exited",
+                    vm::VmOutcome::Exited {
+                        code: code.unwrap_or(-1),
+                    },
+                    files,
+                ))
+            }
+            _ => {}
         }
     }
 }

@@ -327,6 +327,37 @@ impl PowerLossRecord {
         trial_start: Instant,
     ) -> StateLine {
         assert_eq!(index, self.states_checked, "states are recorded in plan order");
+        self.add_check_costs(checks, judged);
+        let (checker_name, verdict) = &judged.verdicts[0];
+        self.add_verdict(verdict, judged.passed_at_earliest, trial_start);
+        let kind = format!("{:?}", state.kind).to_lowercase();
+        self.add_violations(index, state, &kind, judged.position, verdict);
+        StateLine {
+            trial,
+            state: index,
+            kind,
+            prefix_entries: state.prefix_entries,
+            extra_writes: state.extra_writes.len(),
+            torn: state.torn.is_some(),
+            crash_position: judged.position,
+            acked: verdict.counts.acked,
+            checker: checker_name,
+            passed: judged.verdicts.iter().all(|(_, v)| v.passed),
+            passed_at_earliest_point: judged.passed_at_earliest,
+            violation_count: verdict.violation_count,
+            lost: verdict.counts.lost,
+            torn_records: verdict.counts.torn,
+            first_violation: verdict.violations.first().cloned(),
+            lost_seqs: lost_seqs(verdict),
+            finished_at_unix_ms: crate::workload_boot::unix_ms_now(),
+            identity: machine::seal::state_identity(state),
+            disagreement: judged.disagreement.as_ref().map(|d| d.text().to_string()),
+        }
+    }
+
+    /// Adds what checking one state cost (time per stage, checker restarts
+    /// and retries, file reads, overlay size) and how the checkers differed.
+    fn add_check_costs(&mut self, checks: &StateChecks, judged: &JudgedState) {
         let timing = &mut self.timing_ms;
         timing.verify += judged.verify_ms;
         timing.build += checks.build_ms;
@@ -348,7 +379,11 @@ impl PowerLossRecord {
                 Disagreement::Details(_) => self.checker_detail_differences += 1,
             }
         }
-        let (checker_name, verdict) = &judged.verdicts[0];
+    }
+
+    /// Adds one state's verdict to the trial's: the state counts, pass or
+    /// fail, and when the first failure came.
+    fn add_verdict(&mut self, verdict: &verifier::Verdict, passed_at_earliest: bool, trial_start: Instant) {
         if !verdict.passed && self.first_failure_after_ms.is_none() {
             self.first_failure_after_ms = Some(ms_since(trial_start));
         }
@@ -359,13 +394,24 @@ impl PowerLossRecord {
             self.states_failed += 1;
             self.passed = false;
         }
-        if !judged.passed_at_earliest {
+        if !passed_at_earliest {
             self.states_failed_at_earliest_point += 1;
         }
         self.violation_count += verdict.violation_count;
         self.observation_count += verdict.observation_count;
         add_counts(&mut self.state_counts, &verdict.counts);
-        let kind = format!("{:?}", state.kind).to_lowercase();
+    }
+
+    /// Keeps the state's violations (up to `FINDINGS_MAX` in the trial),
+    /// each with the command that replays its state.
+    fn add_violations(
+        &mut self,
+        index: u64,
+        state: &CrashState,
+        kind: &str,
+        crash_position: u64,
+        verdict: &verifier::Verdict,
+    ) {
         for f in &verdict.violations {
             if self.violations.len() >= verifier::FINDINGS_MAX {
                 break;
@@ -382,32 +428,11 @@ impl PowerLossRecord {
                     campaign_dir.display(),
                     self.run.trial
                 ),
-                kind: kind.clone(),
+                kind: kind.to_string(),
                 prefix_entries: state.prefix_entries,
-                crash_position: judged.position,
+                crash_position,
                 finding: f.clone(),
             });
-        }
-        StateLine {
-            trial,
-            state: index,
-            kind,
-            prefix_entries: state.prefix_entries,
-            extra_writes: state.extra_writes.len(),
-            torn: state.torn.is_some(),
-            crash_position: judged.position,
-            acked: verdict.counts.acked,
-            checker: checker_name,
-            passed: judged.verdicts.iter().all(|(_, v)| v.passed),
-            passed_at_earliest_point: judged.passed_at_earliest,
-            violation_count: verdict.violation_count,
-            lost: verdict.counts.lost,
-            torn_records: verdict.counts.torn,
-            first_violation: verdict.violations.first().cloned(),
-            lost_seqs: lost_seqs(verdict),
-            finished_at_unix_ms: crate::workload_boot::unix_ms_now(),
-            identity: machine::seal::state_identity(state),
-            disagreement: judged.disagreement.as_ref().map(|d| d.text().to_string()),
         }
     }
 }
