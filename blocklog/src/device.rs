@@ -114,22 +114,6 @@ pub fn apply_device_bug(
     // A write held back until after the next flush, and where the entries
     // logged after it start in `order`.
     let mut delayed: Option<(LogEntry, usize)> = None;
-    let overlaps = |a: &LogEntry, b: &LogEntry| {
-        b.changes_data() && a.sector < b.sector + b.nr_sectors && b.sector < a.sector + a.nr_sectors
-    };
-    // Puts a held write back at the end of `order`, unless a write logged
-    // after it (in `order` since then, or the one held next) covers it.
-    let release = |order: &mut Vec<LogEntry>,
-                   (held, since): (LogEntry, usize),
-                   held_next: Option<&LogEntry>,
-                   effect: &mut DeviceBugEffect| {
-        let later = order[since..].iter().chain(held_next);
-        if later.into_iter().any(|later| overlaps(&held, later)) {
-            effect.writes_superseded += 1;
-        } else {
-            order.push(held);
-        }
-    };
     for entry in &log.entries {
         if !entry.flags.is_flush() {
             order.push(*entry);
@@ -175,14 +159,39 @@ pub fn apply_device_bug(
         log.entries.len() as u64,
         "entries are moved or dropped, never lost"
     );
+    (renumbered(log, order), effect)
+}
+
+/// Whether `b` changes data in a sector `a` covers.
+fn overlaps(a: &LogEntry, b: &LogEntry) -> bool {
+    b.changes_data() && a.sector < b.sector + b.nr_sectors && b.sector < a.sector + a.nr_sectors
+}
+
+/// Puts a held write back at the end of `order`, unless a write logged
+/// after it (in `order` since then, or the one held next) covers it.
+fn release(
+    order: &mut Vec<LogEntry>,
+    (held, since): (LogEntry, usize),
+    held_next: Option<&LogEntry>,
+    effect: &mut DeviceBugEffect,
+) {
+    let later = order[since..].iter().chain(held_next);
+    if later.into_iter().any(|later| overlaps(&held, later)) {
+        effect.writes_superseded += 1;
+    } else {
+        order.push(held);
+    }
+}
+
+/// `log` with `order` as its entries, `index` renumbered to the new order.
+fn renumbered(log: &ParsedLog, mut order: Vec<LogEntry>) -> ParsedLog {
     for (index, entry) in order.iter_mut().enumerate() {
         entry.index = index as u64;
     }
-    let rewritten = ParsedLog {
+    ParsedLog {
         entries: order,
         ..log.clone()
-    };
-    (rewritten, effect)
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ pub enum LogError {
 }
 
 impl fmt::Display for LogError {
+    // Over 70 lines: one match arm per error variant, each message its own (problem, then likely cause or fix).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LogError::Io {

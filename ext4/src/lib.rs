@@ -195,19 +195,7 @@ impl Superblock {
             decline!("no ext4 superblock");
         }
         let ro_compat = le32(b, 100);
-        let csum_seed = match ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
-            true => {
-                if crc32c_raw(!0, &b[..0x3FC]) != le32(b, 0x3FC) {
-                    decline!("superblock checksum does not match");
-                }
-                let incompat = le32(b, 96);
-                Some(match incompat & INCOMPAT_CSUM_SEED != 0 {
-                    true => le32(b, 0x270),
-                    false => crc32c_raw(!0, &b[104..120]),
-                })
-            }
-            false => None,
-        };
+        let csum_seed = Self::csum_seed(b, ro_compat)?;
         let log_block_size = le32(b, 24);
         if log_block_size > 6 {
             decline!("block size 2^{} KiB", log_block_size);
@@ -262,6 +250,24 @@ impl Superblock {
             decline!("superblock geometry out of range");
         }
         Ok(sb)
+    }
+
+    /// With metadata_csum: the superblock's own checksum checked, and the
+    /// seed of every other metadata checksum (stored, or from the UUID).
+    fn csum_seed(b: &[u8], ro_compat: u32) -> Res<Option<u32>> {
+        Ok(match ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
+            true => {
+                if crc32c_raw(!0, &b[..0x3FC]) != le32(b, 0x3FC) {
+                    decline!("superblock checksum does not match");
+                }
+                let incompat = le32(b, 96);
+                Some(match incompat & INCOMPAT_CSUM_SEED != 0 {
+                    true => le32(b, 0x270),
+                    false => crc32c_raw(!0, &b[104..120]),
+                })
+            }
+            false => None,
+        })
     }
 
     fn group_count(&self) -> u64 {

@@ -79,24 +79,13 @@ const WORKLOADS: &[(&str, &[&str])] = &[
 ];
 
 pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32> {
-    let (mut states, mut seed, mut images) = (400u64, 1u64, images.to_path_buf());
-    let mut only_workload: Option<String> = None;
-    let mut only_config: Option<String> = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().cloned().with_context(|| format!("{flag} needs a value"));
-        match arg.as_str() {
-            "--states" => states = value("--states")?.parse().context("--states takes a number")?,
-            "--seed" => seed = value("--seed")?.parse().context("--seed takes a number")?,
-            "--images-dir" => images = value("--images-dir")?.into(),
-            "--workload" => only_workload = Some(value("--workload")?),
-            "--config" => only_config = Some(value("--config")?),
-            other => bail!(
-                "unknown flag {other:?}: use --states N, --seed S, --images-dir DIR, --workload NAME, --config TEXT"
-            ),
-        }
-    }
-    anyhow::ensure!((1..=100_000).contains(&states), "--states must be 1..=100000");
+    let HuntArgs {
+        states,
+        seed,
+        images,
+        only_workload,
+        only_config,
+    } = HuntArgs::parse(images, args)?;
     cmd!(
         sh,
         "cargo build --quiet --release -p crashlab-controller --bin crashlab"
@@ -118,43 +107,9 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
             let id = format!("{c:02}-{}-{w}", config.fs);
             let flags = cell_flags(config, flags, states, seed);
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-            // A cell that cannot run (an option this kernel lacks) is a row
-            // saying so, not the end of a 90-minute sweep.
-            let summary = match run_campaign(sh, "hunt", &images, &out_dir, &id, &flags) {
-                Ok(summary) => summary,
-                Err(e) => {
-                    unexplained += 1;
-                    rows.push(format!(
-                        "{:<6} {:<46} {:<28} {:<16} ERROR: {e:#}",
-                        config.fs, config.mount, config.mkfs, workload
-                    ));
-                    continue;
-                }
-            };
-            let failed = summary["states_failed"].as_u64().unwrap_or(0);
-            let campaign_dir = format!("{out_dir}/{id}");
-            let trial = trial_line(&campaign_dir);
-            let known = config
-                .known
-                .or_else(|| known_by_its_log(config.fs, trial.as_ref(), &campaign_dir));
-            let verdict = match (failed, known) {
-                (0, _) => "clean".to_string(),
-                (_, Some(finding)) => format!("known: docs/findings/{finding}"),
-                (_, None) => {
-                    unexplained += 1;
-                    format!("FAILS: chase it ({out_dir}/{id})")
-                }
-            };
-            rows.push(format!(
-                "{:<6} {:<46} {:<28} {:<16} {:>5} states {:>4} failing {:>4} unflushed acks  {verdict}",
-                config.fs,
-                config.mount,
-                config.mkfs,
-                workload,
-                summary["states_checked"],
-                failed,
-                unflushed_acks(trial.as_ref()),
-            ));
+            let cell = run_cell(sh, &images, &out_dir, &id, config, workload, &flags);
+            unexplained += usize::from(cell.unexplained);
+            rows.push(cell.row);
         }
     }
     write_table(
@@ -166,6 +121,103 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         &rows,
     )?;
     Ok(i32::from(unexplained > 0))
+}
+
+/// The hunt's flags: `--states N`, `--seed S`, `--images-dir DIR`,
+/// `--workload NAME`, `--config TEXT`.
+struct HuntArgs {
+    states: u64,
+    seed: u64,
+    images: std::path::PathBuf,
+    /// Only the columns whose name holds this.
+    only_workload: Option<String>,
+    /// Only the rows whose description holds this.
+    only_config: Option<String>,
+}
+
+impl HuntArgs {
+    fn parse(images: &std::path::Path, args: &[String]) -> Result<HuntArgs> {
+        let mut parsed = HuntArgs {
+            states: 400,
+            seed: 1,
+            images: images.to_path_buf(),
+            only_workload: None,
+            only_config: None,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut value = |flag: &str| it.next().cloned().with_context(|| format!("{flag} needs a value"));
+            match arg.as_str() {
+                "--states" => parsed.states = value("--states")?.parse().context("--states takes a number")?,
+                "--seed" => parsed.seed = value("--seed")?.parse().context("--seed takes a number")?,
+                "--images-dir" => parsed.images = value("--images-dir")?.into(),
+                "--workload" => parsed.only_workload = Some(value("--workload")?),
+                "--config" => parsed.only_config = Some(value("--config")?),
+                other => bail!(
+                    "unknown flag {other:?}: use --states N, --seed S, --images-dir DIR, --workload NAME, --config TEXT"
+                ),
+            }
+        }
+        anyhow::ensure!((1..=100_000).contains(&parsed.states), "--states must be 1..=100000");
+        Ok(parsed)
+    }
+}
+
+/// One cell of the table: its row, and whether it is a failure no known
+/// finding explains (a failing cell, or one that could not run).
+struct Cell {
+    row: String,
+    unexplained: bool,
+}
+
+/// Runs one cell's campaign and makes its row: clean, a known finding, a
+/// failure to chase, or the error that kept it from running.
+fn run_cell(
+    sh: &Shell,
+    images: &str,
+    out_dir: &str,
+    id: &str,
+    config: &Config,
+    workload: &str,
+    flags: &[&str],
+) -> Cell {
+    // A cell that cannot run (an option this kernel lacks) is a row saying
+    // so, not the end of a 90-minute sweep.
+    let summary = match run_campaign(sh, "hunt", images, out_dir, id, flags) {
+        Ok(summary) => summary,
+        Err(e) => {
+            return Cell {
+                row: format!(
+                    "{:<6} {:<46} {:<28} {:<16} ERROR: {e:#}",
+                    config.fs, config.mount, config.mkfs, workload
+                ),
+                unexplained: true,
+            }
+        }
+    };
+    let failed = summary["states_failed"].as_u64().unwrap_or(0);
+    let campaign_dir = format!("{out_dir}/{id}");
+    let trial = trial_line(&campaign_dir);
+    let known = config
+        .known
+        .or_else(|| known_by_its_log(config.fs, trial.as_ref(), &campaign_dir));
+    let unexplained = failed > 0 && known.is_none();
+    let verdict = match (failed, known) {
+        (0, _) => "clean".to_string(),
+        (_, Some(finding)) => format!("known: docs/findings/{finding}"),
+        (_, None) => format!("FAILS: chase it ({out_dir}/{id})"),
+    };
+    let row = format!(
+        "{:<6} {:<46} {:<28} {:<16} {:>5} states {:>4} failing {:>4} unflushed acks  {verdict}",
+        config.fs,
+        config.mount,
+        config.mkfs,
+        workload,
+        summary["states_checked"],
+        failed,
+        unflushed_acks(trial.as_ref()),
+    );
+    Cell { row, unexplained }
 }
 
 /// The findings a failing cell's states are, when every failing state is

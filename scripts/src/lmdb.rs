@@ -53,21 +53,11 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     );
     let out_dir = format!("results/lmdb-{}", std::process::id());
     let images = images.display().to_string();
-    let (seed, items, states, kernel_trials) = (
-        format!("--seed={seed}"),
-        format!("--records={items}"),
-        format!("--state-budget={states}"),
-        format!("--trials={kernel_trials}"),
-    );
-    let program = |extra: Option<&str>| -> Vec<String> {
-        let mut args = vec![
-            format!("--workload={}", lmdb.display()),
-            "--workload-arg=workload".into(),
-        ];
-        args.extend(extra.map(|e| format!("--workload-arg={e}")));
-        args.push(format!("--checker-cmd={}", lmdb.display()));
-        args.push("--checker-arg=check".into());
-        args
+    let shared = SharedFlags {
+        seed: format!("--seed={seed}"),
+        items: format!("--records={items}"),
+        states: format!("--state-budget={states}"),
+        kernel_trials: format!("--trials={kernel_trials}"),
     };
     let mut rows = Vec::new();
     let mut ok = true;
@@ -76,12 +66,17 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
             let id = format!("{fs}-{model}");
             let fs_arg = format!("--fs={fs}");
             let model_arg = format!("--crash-model={model}");
-            let mut flags = vec![seed.as_str(), fs_arg.as_str(), model_arg.as_str(), items.as_str()];
+            let mut flags = vec![
+                shared.seed.as_str(),
+                fs_arg.as_str(),
+                model_arg.as_str(),
+                shared.items.as_str(),
+            ];
             match model {
-                "power-loss" => flags.extend(["--trials=1", states.as_str()]),
-                _ => flags.extend([kernel_trials.as_str(), "--crash-points=acks"]),
+                "power-loss" => flags.extend(["--trials=1", shared.states.as_str()]),
+                _ => flags.extend([shared.kernel_trials.as_str(), "--crash-points=acks"]),
             }
-            let program = program(None);
+            let program = program_flags(&lmdb, None);
             flags.extend(program.iter().map(String::as_str));
             let s = run_campaign(sh, "lmdb", &images, &out_dir, &id, &flags)?;
             let violations = s["violations"].as_u64().unwrap_or(u64::MAX);
@@ -95,28 +90,71 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
             ));
         }
     }
-    let program = program(Some("--nosync"));
+    let (row, caught) = run_control(sh, &images, &out_dir, &shared, &lmdb)?;
+    ok &= caught;
+    rows.push(row);
+    write_table(
+        &out_dir,
+        &format!(
+            "crashlab lmdb ({}, {}, {} per power-loss trial)",
+            shared.seed, shared.items, shared.states
+        ),
+        &rows,
+    )?;
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// The task's numbers as the `crashlab run` flags they become, formatted
+/// once: each campaign takes some of them.
+struct SharedFlags {
+    /// `--seed=S`
+    seed: String,
+    /// `--records=N`: the items each run commits.
+    items: String,
+    /// `--state-budget=N`: the states of a power-loss trial.
+    states: String,
+    /// `--trials=N`: the kernel-crash trials.
+    kernel_trials: String,
+}
+
+/// The flags that make crashlab-lmdb the workload (with `extra` as one more
+/// argument of its `workload` command) and its checker.
+fn program_flags(lmdb: &std::path::Path, extra: Option<&str>) -> Vec<String> {
+    let mut args = vec![
+        format!("--workload={}", lmdb.display()),
+        "--workload-arg=workload".into(),
+    ];
+    args.extend(extra.map(|e| format!("--workload-arg={e}")));
+    args.push(format!("--checker-cmd={}", lmdb.display()));
+    args.push("--checker-arg=check".into());
+    args
+}
+
+/// The negative control, `MDB_NOSYNC` on ext4 under power loss: its row,
+/// and whether it was caught (some state failed), as it must be.
+fn run_control(
+    sh: &Shell,
+    images: &str,
+    out_dir: &str,
+    shared: &SharedFlags,
+    lmdb: &std::path::Path,
+) -> Result<(String, bool)> {
+    let program = program_flags(lmdb, Some("--nosync"));
     let mut flags = vec![
-        seed.as_str(),
+        shared.seed.as_str(),
         "--crash-model=power-loss",
         "--trials=1",
-        items.as_str(),
-        states.as_str(),
+        shared.items.as_str(),
+        shared.states.as_str(),
     ];
     flags.extend(program.iter().map(String::as_str));
-    let s = run_campaign(sh, "lmdb", &images, &out_dir, "control-nosync", &flags)?;
+    let s = run_campaign(sh, "lmdb", images, out_dir, "control-nosync", &flags)?;
     let failed = s["states_failed"].as_u64().unwrap_or(0);
-    ok &= failed > 0;
-    rows.push(format!(
+    let row = format!(
         "control MDB_NOSYNC (ext4, power-loss) {:>6} states {:>6} failing  {}",
         s["states_checked"],
         failed,
         if failed > 0 { "caught" } else { "NOT CAUGHT" }
-    ));
-    write_table(
-        &out_dir,
-        &format!("crashlab lmdb ({seed}, {items}, {states} per power-loss trial)"),
-        &rows,
-    )?;
-    Ok(if ok { 0 } else { 1 })
+    );
+    Ok((row, failed > 0))
 }

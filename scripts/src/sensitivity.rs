@@ -142,24 +142,12 @@ struct RecheckFigures {
 }
 
 pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
-    let mut seeds = 20u64;
-    let mut first_seed = 1u64;
-    let mut only: Option<String> = None;
-    let mut recheck_paths = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
-        match arg.as_str() {
-            "--seeds" => seeds = value("--seeds")?.parse().context("--seeds takes a number")?,
-            "--first-seed" => first_seed = value("--first-seed")?.parse().context("--first-seed takes a number")?,
-            "--only" => only = Some(value("--only")?.clone()),
-            "--recheck-paths" => recheck_paths = true,
-            other => bail!("unknown flag {other:?}: use --seeds N, --first-seed S, --only SUBSTRING, --recheck-paths"),
-        }
-    }
-    if seeds == 0 || seeds > 1000 {
-        bail!("--seeds must be between 1 and 1000");
-    }
+    let SensitivityArgs {
+        seeds,
+        first_seed,
+        only,
+        recheck_paths,
+    } = SensitivityArgs::parse(args)?;
     cmd!(
         sh,
         "cargo build --quiet --release -p crashlab-controller --bin crashlab"
@@ -181,34 +169,7 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
             }
             let mut figures = Vec::new();
             for seed in first_seed..first_seed + seeds {
-                let id = format!("{}-{}-seed{seed}", slug(entry.name), model.name());
-                eprintln!(
-                    "xtask sensitivity: {} under {}, seed {seed} ...",
-                    entry.name,
-                    model.name()
-                );
-                let seed_arg = format!("--seed={seed}");
-                let (model_args, entry_args) = (model.args(), entry.args);
-                let command = cmd!(
-                    sh,
-                    "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} --trials=1 --crash-points=acks {seed_arg} {model_args...} {entry_args...}"
-                );
-                let code = crate::children::status(command)?;
-                if code > 1 {
-                    bail!(
-                        "{} under {} (seed {seed}): crashlab exited {code}; see {out_dir}/{id}",
-                        entry.name,
-                        model.name()
-                    );
-                }
-                let campaign_dir = format!("{out_dir}/{id}");
-                let mut run = read_figures(sh, &campaign_dir)?;
-                // A failing trial keeps its capture.
-                let kept = Path::new(&campaign_dir).join("trials/0/blocklog.bin").exists();
-                if recheck_paths && model == Model::PowerLoss && run.states_failed > 0 && kept {
-                    run.recheck = Some(recheck_every_path(sh, &campaign_dir, run.states_failed)?);
-                }
-                figures.push(run);
+                figures.push(run_one(sh, &images, &out_dir, entry, model, seed, recheck_paths)?);
             }
             let (row, json) = summarize(entry, model, &figures);
             eprintln!("{row}");
@@ -216,6 +177,101 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
             json_rows.push(json);
         }
     }
+    print_and_keep_table(&out_dir, seeds, first_seed, &rows, json_rows)?;
+    Ok(0)
+}
+
+/// The task's flags: `--seeds N`, `--first-seed S`, `--only SUBSTRING`,
+/// `--recheck-paths`.
+struct SensitivityArgs {
+    seeds: u64,
+    first_seed: u64,
+    only: Option<String>,
+    recheck_paths: bool,
+}
+
+impl SensitivityArgs {
+    fn parse(args: &[String]) -> Result<SensitivityArgs> {
+        let mut parsed = SensitivityArgs {
+            seeds: 20,
+            first_seed: 1,
+            only: None,
+            recheck_paths: false,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
+            match arg.as_str() {
+                "--seeds" => parsed.seeds = value("--seeds")?.parse().context("--seeds takes a number")?,
+                "--first-seed" => {
+                    parsed.first_seed = value("--first-seed")?.parse().context("--first-seed takes a number")?
+                }
+                "--only" => parsed.only = Some(value("--only")?.clone()),
+                "--recheck-paths" => parsed.recheck_paths = true,
+                other => {
+                    bail!("unknown flag {other:?}: use --seeds N, --first-seed S, --only SUBSTRING, --recheck-paths")
+                }
+            }
+        }
+        if parsed.seeds == 0 || parsed.seeds > 1000 {
+            bail!("--seeds must be between 1 and 1000");
+        }
+        Ok(parsed)
+    }
+}
+
+/// Runs one campaign (an entry under a model on one seed, one trial) into
+/// `out_dir` and reads its figures; with `recheck_paths`, a failing
+/// power-loss capture is rechecked by every path.
+fn run_one(
+    sh: &Shell,
+    images: &str,
+    out_dir: &str,
+    entry: &Entry,
+    model: Model,
+    seed: u64,
+    recheck_paths: bool,
+) -> Result<RunFigures> {
+    let id = format!("{}-{}-seed{seed}", slug(entry.name), model.name());
+    eprintln!(
+        "xtask sensitivity: {} under {}, seed {seed} ...",
+        entry.name,
+        model.name()
+    );
+    let seed_arg = format!("--seed={seed}");
+    let (model_args, entry_args) = (model.args(), entry.args);
+    let command = cmd!(
+        sh,
+        "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} --trials=1 --crash-points=acks {seed_arg} {model_args...} {entry_args...}"
+    );
+    let code = crate::children::status(command)?;
+    if code > 1 {
+        bail!(
+            "{} under {} (seed {seed}): crashlab exited {code}; see {out_dir}/{id}",
+            entry.name,
+            model.name()
+        );
+    }
+    let campaign_dir = format!("{out_dir}/{id}");
+    let mut figures = read_figures(sh, &campaign_dir)?;
+    // A failing trial keeps its capture.
+    let kept = Path::new(&campaign_dir).join("trials/0/blocklog.bin").exists();
+    if recheck_paths && model == Model::PowerLoss && figures.states_failed > 0 && kept {
+        figures.recheck = Some(recheck_every_path(sh, &campaign_dir, figures.states_failed)?);
+    }
+    Ok(figures)
+}
+
+/// Prints the table (what was run, the column heads, a row per entry and
+/// model) and keeps it in `out_dir` as `table.txt`, the rows as
+/// `table.json`.
+fn print_and_keep_table(
+    out_dir: &str,
+    seeds: u64,
+    first_seed: u64,
+    rows: &[String],
+    json_rows: Vec<serde_json::Value>,
+) -> Result<()> {
     let mut table = String::new();
     table += &format!("crashlab sensitivity: {seeds} seeds from {first_seed}, one trial per seed, crash points after a random ack count\n");
     table += "kernel-crash: 300 records per trial; power-loss: 200 records, 100 crash states per trial\n\n";
@@ -227,19 +283,19 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
         "{:<26} {:<13} {:>9} {:>22} {:>21} {:>26}\n",
         "", "", "(seeds)", "(share)", "median / max", "(share)"
     );
-    for row in &rows {
+    for row in rows {
         table += row;
         table += "\n";
     }
     print!("{table}");
-    std::fs::create_dir_all(&out_dir)?;
+    std::fs::create_dir_all(out_dir)?;
     std::fs::write(format!("{out_dir}/table.txt"), &table)?;
     std::fs::write(
         format!("{out_dir}/table.json"),
         serde_json::to_string_pretty(&serde_json::Value::Array(json_rows))? + "\n",
     )?;
     println!("\nresults: {out_dir}/table.txt, table.json and one campaign per run");
-    Ok(0)
+    Ok(())
 }
 
 fn slug(name: &str) -> String {

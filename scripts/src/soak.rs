@@ -46,11 +46,7 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
     )
     .run()?;
     let out_dir = format!("results/soak-{}", std::process::id());
-    let kernel = std::fs::read_to_string(images.join("manifest.json"))
-        .ok()
-        .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
-        .and_then(|m| m["kernel_release"].as_str().map(String::from))
-        .with_context(|| format!("no guest images at {}", images.display()))?;
+    let kernel = kernel_release(&images)?;
     let images = images.display().to_string();
     let start = std::time::Instant::now();
     let seed_arg = format!("--seed={seed}");
@@ -85,24 +81,9 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         }
     }
     for &(name, model, bug) in CONTROLS {
-        let id = format!("control-{}-{model}", name.replace([' ', ':', '='], "-"));
-        let model_arg = format!("--crash-model={model}");
-        let mut flags = vec![model_arg.as_str(), "--records=300"];
-        flags.extend(bug);
-        match model {
-            "power-loss" => flags.extend(["--trials=2", "--state-budget=200", "--crash-points=acks"]),
-            _ => flags.extend(["--trials=5", "--crash-points=acks"]),
-        }
-        let s = campaign(&id, &seed_arg, &flags)?;
-        let failed = s["states_failed"].as_u64().unwrap_or(0);
-        ok &= failed > 0;
-        rows.push(format!(
-            "control {name:<22} {model:<13} {:>8} states {:>6} failing {:>7.0} s  {}",
-            s["states_checked"],
-            failed,
-            s["elapsed_s"].as_f64().unwrap_or(0.0),
-            if failed > 0 { "caught" } else { "NOT CAUGHT" }
-        ));
+        let (row, caught) = run_control(name, model, bug, &seed_arg, &campaign)?;
+        ok &= caught;
+        rows.push(row);
     }
     write_table(
         &out_dir,
@@ -115,6 +96,45 @@ pub fn run(sh: &Shell, images: &std::path::Path, args: &[String]) -> Result<i32>
         &rows,
     )?;
     Ok(if ok { 0 } else { 1 })
+}
+
+/// The guest kernel's release, from the images' manifest: the table names
+/// the kernel the soak ran on.
+fn kernel_release(images: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(images.join("manifest.json"))
+        .ok()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+        .and_then(|m| m["kernel_release"].as_str().map(String::from))
+        .with_context(|| format!("no guest images at {}", images.display()))
+}
+
+/// Runs one negative control (a planted bug under `model`): its row, and
+/// whether it was caught (some state failed), as it must be.
+fn run_control(
+    name: &str,
+    model: &str,
+    bug: &[&str],
+    seed_arg: &str,
+    campaign: &RunCampaign,
+) -> Result<(String, bool)> {
+    let id = format!("control-{}-{model}", name.replace([' ', ':', '='], "-"));
+    let model_arg = format!("--crash-model={model}");
+    let mut flags = vec![model_arg.as_str(), "--records=300"];
+    flags.extend(bug);
+    match model {
+        "power-loss" => flags.extend(["--trials=2", "--state-budget=200", "--crash-points=acks"]),
+        _ => flags.extend(["--trials=5", "--crash-points=acks"]),
+    }
+    let s = campaign(&id, seed_arg, &flags)?;
+    let failed = s["states_failed"].as_u64().unwrap_or(0);
+    let row = format!(
+        "control {name:<22} {model:<13} {:>8} states {:>6} failing {:>7.0} s  {}",
+        s["states_checked"],
+        failed,
+        s["elapsed_s"].as_f64().unwrap_or(0.0),
+        if failed > 0 { "caught" } else { "NOT CAUGHT" }
+    );
+    Ok((row, failed > 0))
 }
 
 /// Runs one campaign: (id, `--seed=S`, flags) to its summary.

@@ -305,34 +305,8 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
         "xtask test: {total} units (VM tests one by one, other binaries whole) in {} lane(s), longest first",
         options.lanes
     );
-    let queue = Mutex::new(VecDeque::from(queue));
-    let finished = Mutex::new(Vec::<Finished>::new());
     let start = Instant::now();
-    std::thread::scope(|scope| {
-        for lane in 0..options.lanes {
-            let (queue, finished, options) = (&queue, &finished, &options);
-            scope.spawn(move || loop {
-                let Some(unit) = queue.lock().unwrap().pop_front() else {
-                    break;
-                };
-                let outcome = run_unit(&unit, images, &options.filters).unwrap_or_else(|e| Finished {
-                    name: unit.name(),
-                    passed: false,
-                    seconds: 0.0,
-                    summary: format!("could not run {}: {e:#}", unit.binary.executable.display()),
-                });
-                eprintln!(
-                    "xtask test: [lane {lane}] {} {} ({:.0} s) {}",
-                    if outcome.passed { "PASS" } else { "FAIL" },
-                    outcome.name,
-                    outcome.seconds,
-                    outcome.summary
-                );
-                finished.lock().unwrap().push(outcome);
-            });
-        }
-    });
-    let mut finished = finished.into_inner().unwrap();
+    let mut finished = run_lanes(queue, images, &options);
     // Remembered for the next run's order (best effort).
     let times: Times = finished.iter().map(|f| (f.name.clone(), f.seconds)).collect();
     let _ = std::fs::write(times_path(&target_dir), serde_json::to_string_pretty(&times)? + "\n");
@@ -361,6 +335,39 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
     } else {
         1
     })
+}
+
+/// Runs the units in `options.lanes` threads, each taking the next unit off
+/// the shared queue (longest first) until none is left; each unit's outcome
+/// is printed as it ends. The outcomes, in the order they ended.
+fn run_lanes(queue: Vec<Unit>, images: &Path, options: &Options) -> Vec<Finished> {
+    let queue = Mutex::new(VecDeque::from(queue));
+    let finished = Mutex::new(Vec::<Finished>::new());
+    std::thread::scope(|scope| {
+        for lane in 0..options.lanes {
+            let (queue, finished) = (&queue, &finished);
+            scope.spawn(move || loop {
+                let Some(unit) = queue.lock().unwrap().pop_front() else {
+                    break;
+                };
+                let outcome = run_unit(&unit, images, &options.filters).unwrap_or_else(|e| Finished {
+                    name: unit.name(),
+                    passed: false,
+                    seconds: 0.0,
+                    summary: format!("could not run {}: {e:#}", unit.binary.executable.display()),
+                });
+                eprintln!(
+                    "xtask test: [lane {lane}] {} {} ({:.0} s) {}",
+                    if outcome.passed { "PASS" } else { "FAIL" },
+                    outcome.name,
+                    outcome.seconds,
+                    outcome.summary
+                );
+                finished.lock().unwrap().push(outcome);
+            });
+        }
+    });
+    finished.into_inner().unwrap()
 }
 
 /// `cargo fmt --check` and `cargo clippy --all-targets -D warnings` on the

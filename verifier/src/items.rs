@@ -186,10 +186,9 @@ fn judge_report(verdict: &mut Verdict, history: &ItemHistory, report: &CheckerRe
     true
 }
 
-/// Each item begun against what the checker found: acked and there,
-/// in flight either way, corrupt, lost, replaced by a newer item of its
-/// key, or found but never begun.
-fn judge_found_items(verdict: &mut Verdict, history: &ItemHistory, report: &CheckerReport) {
+/// The items the checker found, by id. An item found twice with two
+/// digests is corrupt (the later digest is kept).
+fn found_items<'r>(verdict: &mut Verdict, report: &'r CheckerReport) -> HashMap<u64, &'r Digest> {
     let mut found: HashMap<u64, &Digest> = HashMap::with_capacity(report.items.len());
     for (id, digest) in &report.items {
         if let Some(other) = found.insert(*id, digest) {
@@ -202,6 +201,14 @@ fn judge_found_items(verdict: &mut Verdict, history: &ItemHistory, report: &Chec
             }
         }
     }
+    found
+}
+
+/// Each item begun against what the checker found: acked and there,
+/// in flight either way, corrupt, lost, replaced by a newer item of its
+/// key, or found but never begun.
+fn judge_found_items(verdict: &mut Verdict, history: &ItemHistory, report: &CheckerReport) {
+    let mut found = found_items(verdict, report);
     // Per key: the newest acked item (the promise) and the newest item
     // found (in seq order: items are indexed by seq).
     let mut newest_acked: HashMap<u64, usize> = HashMap::new();

@@ -368,33 +368,7 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     let mut ctx = SlotContext::new(params, &history);
     for (file_index, found) in recovered.files.iter().enumerate() {
         let file_index = file_index as u32;
-        let name = record::pattern::DATA_FILE_NAMES[file_index as usize];
-        let bytes: Option<&[u8]> = match found {
-            FileFound::Read(bytes) => {
-                sizes.check(&mut verdict, file_index, bytes.len() as u64);
-                Some(bytes)
-            }
-            FileFound::Missing => {
-                if history.ready {
-                    verdict.violation(finding(
-                        Rule::FilePresent,
-                        format!("data file {name} is missing although it was created and synced before READY"),
-                    ));
-                }
-                None
-            }
-            FileFound::Unreadable { size_bytes, reason } => {
-                if let Some(size_bytes) = size_bytes {
-                    sizes.check(&mut verdict, file_index, *size_bytes);
-                }
-                let size = size_bytes.map_or("of unknown size".to_string(), |n| format!("{n} bytes"));
-                verdict.violation(finding(
-                    Rule::FileReadable,
-                    format!("the recovered data file {name} ({size}) could not be read: {reason}"),
-                ));
-                None
-            }
-        };
+        let bytes = judge_file(&mut verdict, &sizes, &history, file_index, found);
         let first = u64::from(file_index) * geometry.slots_per_file;
         for slot in first..first + geometry.slots_per_file {
             let state = match bytes {
@@ -419,6 +393,45 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
             .collect();
     }
     verdict
+}
+
+/// The rules on one data file as a whole: `file-present`, `file-readable`
+/// and its size (`size-durable`, `size-not-grown`). Its bytes when it was
+/// read in full, for the rules on its slots.
+fn judge_file<'b>(
+    verdict: &mut Verdict,
+    sizes: &SizeRules,
+    history: &History,
+    file_index: u32,
+    found: &FileFound<'b>,
+) -> Option<&'b [u8]> {
+    let name = record::pattern::DATA_FILE_NAMES[file_index as usize];
+    match found {
+        FileFound::Read(bytes) => {
+            sizes.check(verdict, file_index, bytes.len() as u64);
+            Some(bytes)
+        }
+        FileFound::Missing => {
+            if history.ready {
+                verdict.violation(finding(
+                    Rule::FilePresent,
+                    format!("data file {name} is missing although it was created and synced before READY"),
+                ));
+            }
+            None
+        }
+        FileFound::Unreadable { size_bytes, reason } => {
+            if let Some(size_bytes) = size_bytes {
+                sizes.check(verdict, file_index, *size_bytes);
+            }
+            let size = size_bytes.map_or("of unknown size".to_string(), |n| format!("{n} bytes"));
+            verdict.violation(finding(
+                Rule::FileReadable,
+                format!("the recovered data file {name} ({size}) could not be read: {reason}"),
+            ));
+            None
+        }
+    }
 }
 
 /// Findings the workload reported live, over the whole run: they do not

@@ -188,29 +188,7 @@ impl Relay {
                 // is on the channel first, as a crash may come at any time.
                 actions.push(Action::Reply);
             }
-            ProgramLine::Ack { id } => {
-                let Some(item) = self.items.get_mut(&id) else {
-                    return Err(self.broken(format!("ACK {id} for an item never begun")));
-                };
-                if std::mem::replace(&mut item.acked, true) {
-                    return Err(self.broken(format!("ACK {id} twice")));
-                }
-                // Items: the seq is the relay's count; records: their own.
-                let (seq, slot) = match self.vocabulary {
-                    Vocabulary::Items => (item.seq, item.seq),
-                    Vocabulary::Records => (id, item.key.expect("record items have keys")),
-                };
-                if self.capture {
-                    actions.push(Action::AckSector { seq, slot });
-                }
-                actions.push(Action::Emit(Event::Ack { seq, slot }));
-                self.acks += 1;
-                // At the crash point the program stays where it is: no reply.
-                match self.hold_after_acks == Some(self.acks) {
-                    true => actions.push(Action::Hold { acks: self.acks }),
-                    false => actions.push(Action::Reply),
-                }
-            }
+            ProgramLine::Ack { id } => self.ack(id, &mut actions)?,
             ProgramLine::Done => {
                 self.done = true;
                 // Records: the run's record count (the workload's own
@@ -238,6 +216,33 @@ impl Relay {
             ProgramLine::Note(_) => {}
         }
         Ok(actions)
+    }
+
+    /// The actions for `ACK id`: the ack sector (power loss), the host's
+    /// event, then the reply, or at the crash point the hold.
+    fn ack(&mut self, id: u64, actions: &mut Vec<Action>) -> Result<(), Broken> {
+        let Some(item) = self.items.get_mut(&id) else {
+            return Err(self.broken(format!("ACK {id} for an item never begun")));
+        };
+        if std::mem::replace(&mut item.acked, true) {
+            return Err(self.broken(format!("ACK {id} twice")));
+        }
+        // Items: the seq is the relay's count; records: their own.
+        let (seq, slot) = match self.vocabulary {
+            Vocabulary::Items => (item.seq, item.seq),
+            Vocabulary::Records => (id, item.key.expect("record items have keys")),
+        };
+        if self.capture {
+            actions.push(Action::AckSector { seq, slot });
+        }
+        actions.push(Action::Emit(Event::Ack { seq, slot }));
+        self.acks += 1;
+        // At the crash point the program stays where it is: no reply.
+        match self.hold_after_acks == Some(self.acks) {
+            true => actions.push(Action::Hold { acks: self.acks }),
+            false => actions.push(Action::Reply),
+        }
+        Ok(())
     }
 
     /// A line the program had printed when it was stopped at the crash

@@ -238,28 +238,55 @@ fn fsync_dir(dir: &str) -> Result<(), Failure> {
         })
 }
 
-fn workload(args: &[String]) -> Result<(), Failure> {
-    let mut nosync = false;
-    let mut lie = false;
-    // Faults of the program itself, for testing that crashlab tells them
-    // from the filesystem's: exit (status 3) or hang after N commits.
-    let mut exit_after: Option<u64> = None;
-    let mut hang_after: Option<u64> = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut count = |flag: &str| {
-            it.next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .ok_or_else(|| Failure::usage(&format!("{flag} takes a number")))
+/// The workload's flags: `--nosync`, `--ack-before-commit`, `--exit-after
+/// N`, `--hang-after N`.
+struct WorkloadArgs {
+    /// `MDB_NOSYNC`: commits do not sync (a negative control).
+    nosync: bool,
+    /// `--ack-before-commit`: each `ACK` comes before its commit (a
+    /// negative control: a program that lies).
+    lie: bool,
+    /// Exit (status 3) after N commits: a fault of the program itself, for
+    /// testing that crashlab tells it from the filesystem's.
+    exit_after: Option<u64>,
+    /// Hang after N commits: the same, as a program that never ends.
+    hang_after: Option<u64>,
+}
+
+impl WorkloadArgs {
+    fn parse(args: &[String]) -> Result<WorkloadArgs, Failure> {
+        let mut parsed = WorkloadArgs {
+            nosync: false,
+            lie: false,
+            exit_after: None,
+            hang_after: None,
         };
-        match arg.as_str() {
-            "--nosync" => nosync = true,
-            "--ack-before-commit" => lie = true,
-            "--exit-after" => exit_after = Some(count("--exit-after")?),
-            "--hang-after" => hang_after = Some(count("--hang-after")?),
-            other => return Err(Failure::usage(&format!("unknown flag {other:?}"))),
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut count = |flag: &str| {
+                it.next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| Failure::usage(&format!("{flag} takes a number")))
+            };
+            match arg.as_str() {
+                "--nosync" => parsed.nosync = true,
+                "--ack-before-commit" => parsed.lie = true,
+                "--exit-after" => parsed.exit_after = Some(count("--exit-after")?),
+                "--hang-after" => parsed.hang_after = Some(count("--hang-after")?),
+                other => return Err(Failure::usage(&format!("unknown flag {other:?}"))),
+            }
         }
+        Ok(parsed)
     }
+}
+
+fn workload(args: &[String]) -> Result<(), Failure> {
+    let WorkloadArgs {
+        nosync,
+        lie,
+        exit_after,
+        hang_after,
+    } = WorkloadArgs::parse(args)?;
     let seed = env_number("CRASHLAB_SEED")?;
     let items = env_number("CRASHLAB_ITEMS")?;
     let dir = env_dir()?;
@@ -284,25 +311,7 @@ fn workload(args: &[String]) -> Result<(), Failure> {
         let sum = digest(&pairs);
         say(&format!("BEGIN {id} {sum}"));
         reply.wait()?;
-        let mut txn = std::ptr::null_mut();
-        // SAFETY: env is open; txn is committed (which frees it) or the
-        // process ends.
-        lmdb("mdb_txn_begin", unsafe {
-            ffi::mdb_txn_begin(env.0, std::ptr::null_mut(), 0, &mut txn)
-        })?;
-        let mut dbi = 0;
-        lmdb("mdb_dbi_open", unsafe {
-            ffi::mdb_dbi_open(txn, std::ptr::null(), 0, &mut dbi)
-        })?;
-        let marker = marker_key(id);
-        for (k, v) in pairs
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .chain([(marker.as_slice(), sum.as_bytes())])
-        {
-            let (mut key, mut value) = (val(k), val(v));
-            lmdb("mdb_put", unsafe { ffi::mdb_put(txn, dbi, &mut key, &mut value, 0) })?;
-        }
+        let txn = put_item(&env, id, &pairs, &sum)?;
         if lie {
             say(&format!("ACK {id}"));
             reply.wait()?;
@@ -327,6 +336,31 @@ fn workload(args: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Begins item `id`'s transaction and puts its keys and its marker (the
+/// digest `sum`); the caller commits it, which frees it.
+fn put_item(env: &Env, id: u64, pairs: &[Pair], sum: &str) -> Result<*mut ffi::MDB_txn, Failure> {
+    let mut txn = std::ptr::null_mut();
+    // SAFETY: env is open; txn is committed (which frees it) or the
+    // process ends.
+    lmdb("mdb_txn_begin", unsafe {
+        ffi::mdb_txn_begin(env.0, std::ptr::null_mut(), 0, &mut txn)
+    })?;
+    let mut dbi = 0;
+    lmdb("mdb_dbi_open", unsafe {
+        ffi::mdb_dbi_open(txn, std::ptr::null(), 0, &mut dbi)
+    })?;
+    let marker = marker_key(id);
+    for (k, v) in pairs
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .chain([(marker.as_slice(), sum.as_bytes())])
+    {
+        let (mut key, mut value) = (val(k), val(v));
+        lmdb("mdb_put", unsafe { ffi::mdb_put(txn, dbi, &mut key, &mut value, 0) })?;
+    }
+    Ok(txn)
+}
+
 fn check(args: &[String]) -> Result<(), Failure> {
     // `--delay-ms N`: a slow checker, for testing that crashlab tells a
     // slow check from a hung recovery.
@@ -348,13 +382,59 @@ fn check(args: &[String]) -> Result<(), Failure> {
         protocol_err: None,
         ..f
     })?;
+    let Keys {
+        markers,
+        mut items,
+        mut corrupt,
+    } = read_keys(&env)?;
+    let mut found = 0u64;
+    for (id, marker) in &markers {
+        let pairs = items.remove(id).unwrap_or_default();
+        let sum = digest(&pairs);
+        if marker.as_slice() != sum.as_bytes() {
+            corrupt.push(format!(
+                "transaction {id}: its keys give digest {sum}, its marker says {}",
+                String::from_utf8_lossy(marker)
+            ));
+            continue;
+        }
+        say(&format!("ITEM {id} {sum}"));
+        found += 1;
+    }
+    for id in items.keys() {
+        corrupt.push(format!(
+            "transaction {id}: keys without their commit marker (half a transaction)"
+        ));
+    }
+    for what in corrupt {
+        say(&format!("CORRUPT {what}"));
+    }
+    say(&format!("END {found}"));
+    Ok(())
+}
+
+/// Every key of a recovered environment, by what it is.
+struct Keys {
+    /// Transaction id → its marker's value (the digest it committed).
+    markers: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Transaction id → its item keys and values, in key order.
+    items: std::collections::BTreeMap<u64, Vec<Pair>>,
+    /// Damage found so far: keys crashlab-lmdb never writes.
+    corrupt: Vec<String>,
+}
+
+/// An LMDB call of the checker: a failure is the checker's (exit 1), not
+/// the workload's `ERR` line.
+fn reading(op: &str, rc: libc::c_int) -> Result<(), Failure> {
+    lmdb(op, rc).map_err(|f| Failure {
+        protocol_err: None,
+        ..f
+    })
+}
+
+/// Reads every key of `env` in one read-only transaction.
+fn read_keys(env: &Env) -> Result<Keys, Failure> {
     let mut txn = std::ptr::null_mut();
-    let reading = |op: &str, rc| {
-        lmdb(op, rc).map_err(|f| Failure {
-            protocol_err: None,
-            ..f
-        })
-    };
     reading("mdb_txn_begin", unsafe {
         ffi::mdb_txn_begin(env.0, std::ptr::null_mut(), ffi::MDB_RDONLY, &mut txn)
     })?;
@@ -393,30 +473,11 @@ fn check(args: &[String]) -> Result<(), Failure> {
     }
     unsafe { ffi::mdb_cursor_close(cursor) };
     unsafe { ffi::mdb_txn_abort(txn) };
-    let mut found = 0u64;
-    for (id, marker) in &markers {
-        let pairs = items.remove(id).unwrap_or_default();
-        let sum = digest(&pairs);
-        if marker.as_slice() != sum.as_bytes() {
-            corrupt.push(format!(
-                "transaction {id}: its keys give digest {sum}, its marker says {}",
-                String::from_utf8_lossy(marker)
-            ));
-            continue;
-        }
-        say(&format!("ITEM {id} {sum}"));
-        found += 1;
-    }
-    for id in items.keys() {
-        corrupt.push(format!(
-            "transaction {id}: keys without their commit marker (half a transaction)"
-        ));
-    }
-    for what in corrupt {
-        say(&format!("CORRUPT {what}"));
-    }
-    say(&format!("END {found}"));
-    Ok(())
+    Ok(Keys {
+        markers,
+        items,
+        corrupt,
+    })
 }
 
 #[cfg(test)]
