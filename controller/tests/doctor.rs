@@ -108,3 +108,40 @@ fn a_kernel_that_does_not_boot_is_named_with_its_console() {
     assert!(text.contains("the console's last lines"), "{text}");
     assert!(text.contains("Kernel panic"), "the kernel's own words: {text}");
 }
+
+/// The images are found from any directory: run from a directory that is
+/// no checkout, crashlab looks in the per-user cache (`cargo xtask images`
+/// links it), and `doctor` says which directory it used and why.
+#[test]
+#[ignore = "needs the guest images: `cargo xtask test` runs it"]
+fn images_are_found_from_any_directory_through_the_user_cache() {
+    let h = vm_harness("doctor-anywhere");
+    let home = tempfile::tempdir().unwrap();
+    let doctor = || {
+        util::crashlab()
+            .args(["doctor", "--no-boot"])
+            .current_dir(home.path())
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("CRASHLAB_IMAGES_DIR")
+            .output()
+            .unwrap()
+    };
+    let before = String::from_utf8_lossy(&doctor().stdout).into_owned();
+    assert!(
+        before.contains("no guest images at vm-images/cache") && before.contains(".cache/crashlab/images"),
+        "names where it looked and the per-user cache: {before}"
+    );
+    std::fs::create_dir_all(home.path().join(".cache/crashlab")).unwrap();
+    std::os::unix::fs::symlink(
+        std::fs::canonicalize(&h.images_dir).unwrap(),
+        home.path().join(".cache/crashlab/images"),
+    )
+    .unwrap();
+    let after = String::from_utf8_lossy(&doctor().stdout).into_owned();
+    assert!(
+        after.contains(".cache/crashlab/images, the default: the per-user cache"),
+        "{after}"
+    );
+    assert!(!after.contains("no guest images"), "{after}");
+}

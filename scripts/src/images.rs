@@ -421,7 +421,47 @@ pub fn build(sh: &Shell, req: &ImageRequest) -> Result<PathBuf> {
         archive.len() / 1024,
         kernel.release
     );
+    if req.out.is_none() {
+        link_user_cache(&cache)?;
+    }
     Ok(cache)
+}
+
+/// Points the per-user images cache (`$XDG_CACHE_HOME/crashlab/images`,
+/// else `~/.cache/crashlab/images`: the rule of
+/// `machine::images::user_images_dir`) at `cache`, so that an installed
+/// `crashlab` finds these images from any directory. A real directory
+/// there (images put by hand) is left alone, and said so.
+fn link_user_cache(cache: &Path) -> Result<()> {
+    let Some(base) = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+    else {
+        return Ok(());
+    };
+    let link = base.join("crashlab/images");
+    let target = std::fs::canonicalize(cache)?;
+    match std::fs::symlink_metadata(&link) {
+        Ok(meta) if !meta.file_type().is_symlink() => {
+            eprintln!(
+                "xtask images: {} is a directory of its own, left as it is (crashlab uses it by default)",
+                link.display()
+            );
+            return Ok(());
+        }
+        Ok(_) if std::fs::read_link(&link)? == target => return Ok(()),
+        Ok(_) => std::fs::remove_file(&link)?,
+        Err(_) => std::fs::create_dir_all(base.join("crashlab"))?,
+    }
+    std::os::unix::fs::symlink(&target, &link)
+        .with_context(|| format!("cannot link {} to {}", link.display(), target.display()))?;
+    eprintln!(
+        "xtask images: {} -> {} (crashlab's default images)",
+        link.display(),
+        target.display()
+    );
+    Ok(())
 }
 
 /// The guest's initramfs, in memory: /init, busybox, the workload, the

@@ -30,6 +30,9 @@ pub struct Finding {
 
 pub struct DoctorRequest<'a> {
     pub images_dir: &'a Path,
+    /// Where `images_dir` came from (`--images-dir`, `CRASHLAB_IMAGES_DIR`,
+    /// the per-user cache, the checkout's), said beside it.
+    pub images_source: &'a str,
     pub results_dir: &'a Path,
     /// Boot the guest once (TCG, or the KVM sanity boot): the only proof
     /// that QEMU, the kernel and the initramfs work together.
@@ -153,7 +156,12 @@ pub fn examine(req: &DoctorRequest) -> Result<Vec<Finding>> {
             found.push(finding(
                 "guest kernel",
                 Status::Ok,
-                format!("{} ({})", images.identity.summary_line(), req.images_dir.display()),
+                format!(
+                    "{} ({}, {})",
+                    images.identity.summary_line(),
+                    req.images_dir.display(),
+                    req.images_source
+                ),
                 None,
             ));
             for fs in [Filesystem::Ext4, Filesystem::Xfs, Filesystem::Btrfs, Filesystem::F2fs] {
@@ -178,8 +186,9 @@ pub fn examine(req: &DoctorRequest) -> Result<Vec<Finding>> {
                 Status::Fail,
                 format!("{e:#}"),
                 Some(format!(
-                    "`cargo xtask images`, or --images-dir DIR (now {})",
-                    req.images_dir.display()
+                    "`cargo xtask images`, or --images-dir DIR (now {}, {})",
+                    req.images_dir.display(),
+                    req.images_source
                 )),
             ));
             None

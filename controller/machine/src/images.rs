@@ -143,12 +143,44 @@ impl GuestImages {
     }
 }
 
+/// Where guest images are looked for when `--images-dir` and
+/// `CRASHLAB_IMAGES_DIR` do not say, and why: the per-user cache
+/// ([`user_images_dir`], which `cargo xtask images` points at the images
+/// it builds) when it holds images, else `vm-images/cache` under the
+/// current directory (a checkout). An installed `crashlab` run from
+/// anywhere thus finds the images the last `cargo xtask images` built.
+pub fn default_images_dir() -> (PathBuf, &'static str) {
+    match user_images_dir() {
+        Some(dir) if dir.join("manifest.json").is_file() => (dir, "the per-user cache"),
+        _ => (
+            PathBuf::from(CHECKOUT_IMAGES_DIR),
+            "the checkout's cache, relative to the current directory",
+        ),
+    }
+}
+
+/// The images directory of a checkout, relative to its root.
+pub const CHECKOUT_IMAGES_DIR: &str = "vm-images/cache";
+
+/// `$XDG_CACHE_HOME/crashlab/images`, else `$HOME/.cache/crashlab/images`
+/// (`None` without either variable).
+pub fn user_images_dir() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(cache.join("crashlab/images"))
+}
+
 pub fn locate(dir: &Path) -> Result<GuestImages> {
     let manifest_path = dir.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).with_context(|| {
         format!(
-            "no guest images at {}: build them with `cargo xtask images` (or point --images-dir at a built cache)",
-            dir.display()
+            "no guest images at {}: build them with `cargo xtask images` in a crashlab checkout (it also \
+             links them as the per-user cache {}, found from any directory), or point --images-dir or \
+             CRASHLAB_IMAGES_DIR at a built cache",
+            dir.display(),
+            user_images_dir().map_or("(no HOME)".to_string(), |d| d.display().to_string())
         )
     })?;
     let m: Manifest = serde_json::from_str(&text).with_context(|| {

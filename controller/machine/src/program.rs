@@ -14,20 +14,37 @@ use anyhow::{bail, Context, Result};
 
 pub use config::ProgramSpec;
 
+use crate::libraries::{runtime_files, RuntimeFile, SearchPath};
+
 /// A program or checker larger than this is refused: it is copied into
 /// every guest's memory.
 pub const BINARY_MAX_BYTES: u64 = 256 << 20;
 
-/// Checks both binaries of `spec` can run in the guest; the error names
-/// the file and the fix.
-pub fn check_binaries(spec: &ProgramSpec) -> Result<()> {
-    check_static_binary(&spec.workload, "--workload")?;
-    check_static_binary(&spec.checker, "--checker-cmd")
+/// Where the program's binaries go in the guest.
+const GUEST_WORKLOAD: &str = "/crashlab/program/workload";
+const GUEST_CHECKER: &str = "/crashlab/program/checker";
+
+/// Checks both binaries of `spec` can run in the guest: x86-64 ELF
+/// executables, static or dynamic with every shared library they need
+/// found on this host. The error names the file, what is missing and the
+/// fix. Returns what the program layer must carry besides them.
+pub fn check_binaries(spec: &ProgramSpec) -> Result<Vec<RuntimeFile>> {
+    let search = SearchPath::host();
+    let mut files = Vec::new();
+    for (path, guest, flag) in [
+        (&spec.workload, GUEST_WORKLOAD, "--workload"),
+        (&spec.checker, GUEST_CHECKER, "--checker-cmd"),
+    ] {
+        check_size(path, flag)?;
+        files.extend(runtime_files(path, guest, flag, &search).map_err(|e| explain_refusal(e, path))?);
+    }
+    refuse_collisions(&files)?;
+    Ok(files)
 }
 
-/// ELF: a 64-bit x86-64 executable without a program interpreter (a
-/// dynamic one asks for a loader and libraries the guest does not have).
-pub fn check_static_binary(path: &Path, flag: &str) -> Result<()> {
+/// A binary larger than `BINARY_MAX_BYTES` is refused; so is a path that
+/// is not a file.
+fn check_size(path: &Path, flag: &str) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
     if !meta.is_file() {
         bail!("{flag} {}: not a file", path.display());
@@ -35,60 +52,47 @@ pub fn check_static_binary(path: &Path, flag: &str) -> Result<()> {
     if meta.len() > BINARY_MAX_BYTES {
         bail!("{flag} {}: larger than {} MiB", path.display(), BINARY_MAX_BYTES >> 20);
     }
-    let bytes = std::fs::read(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
-    match elf_interpreter(&bytes) {
-        Err(why) => bail!(
-            "{flag} {}: {why}; the guest runs static x86-64 Linux executables",
+    Ok(())
+}
+
+/// A script is refused with the reason: its interpreter (a shell, Python)
+/// and everything it runs would have to be found and packed, which
+/// crashlab cannot see from the file.
+fn explain_refusal(error: anyhow::Error, path: &Path) -> anyhow::Error {
+    let is_script = std::fs::read(path).is_ok_and(|b| b.starts_with(b"#!"));
+    match is_script {
+        true => error.context(format!(
+            "{} is a script: crashlab packs an ELF executable and the shared libraries it names, but \
+             cannot see what a script's interpreter and the commands it runs need. Point --workload and \
+             --checker-cmd at the executables themselves, with --workload-arg/--checker-arg for their flags",
             path.display()
-        ),
-        Ok(Some(interp)) => bail!(
-            "{flag} {}: a dynamically linked executable (it asks for {interp}), which cannot run in the guest: \
-             it has no shared libraries. Link it statically (the musl target, or glibc with \
-             RUSTFLAGS='-C target-feature=+crt-static'; gcc -static)",
-            path.display()
-        ),
-        Ok(None) => Ok(()),
+        )),
+        false => error,
     }
 }
 
-/// The program interpreter an x86-64 ELF executable asks for, if any.
-fn elf_interpreter(bytes: &[u8]) -> Result<Option<String>, String> {
-    const PT_INTERP: u32 = 3;
-    let u16_at = |at: usize| bytes.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |at: usize| bytes.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-    if bytes.get(..4) != Some(b"\x7fELF") {
-        return Err("not an ELF executable (a script?)".into());
-    }
-    if bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
-        return Err("not a 64-bit little-endian ELF file".into());
-    }
-    match u16_at(16) {
-        Some(2 | 3) => {}
-        _ => return Err("an ELF file that is not an executable".into()),
-    }
-    if u16_at(18) != Some(62) {
-        return Err("an ELF file for another machine than x86-64".into());
-    }
-    let truncated = || "a truncated ELF file".to_string();
-    let phoff = u64_at(32).ok_or_else(truncated)? as usize;
-    let phentsize = usize::from(u16_at(54).ok_or_else(truncated)?);
-    let phnum = usize::from(u16_at(56).ok_or_else(truncated)?);
-    if phentsize < 56 {
-        return Err("an ELF file with malformed program headers".into());
-    }
-    for i in 0..phnum {
-        let at = phoff.checked_add(i * phentsize).ok_or_else(truncated)?;
-        if u32_at(at).ok_or_else(truncated)? != PT_INTERP {
-            continue;
+/// Two different host files wanted at one guest path (a library of one
+/// name found in two places for the workload and the checker) would leave
+/// one binary with the other's library: refused, naming both.
+fn refuse_collisions(files: &[RuntimeFile]) -> Result<()> {
+    let mut at: std::collections::BTreeMap<&str, &RuntimeFile> = std::collections::BTreeMap::new();
+    for f in files {
+        if let Some(other) = at.insert(&f.guest_path, f) {
+            let same = std::fs::canonicalize(&other.host_path).ok() == std::fs::canonicalize(&f.host_path).ok();
+            if !same {
+                bail!(
+                    "{} would hold two different files in the guest: {} ({}) and {} ({}); build both \
+                     binaries against the same libraries",
+                    f.guest_path,
+                    other.host_path.display(),
+                    other.why,
+                    f.host_path.display(),
+                    f.why
+                );
+            }
         }
-        let offset = u64_at(at + 8).ok_or_else(truncated)? as usize;
-        let size = u64_at(at + 32).ok_or_else(truncated)? as usize;
-        let interp = bytes.get(offset..offset.saturating_add(size)).ok_or_else(truncated)?;
-        let interp = String::from_utf8_lossy(interp).trim_end_matches('\0').to_string();
-        return Ok(Some(interp));
     }
-    Ok(None)
+    Ok(())
 }
 
 /// The name of a campaign's own initramfs (base + program) in its results
@@ -98,9 +102,9 @@ pub const CAMPAIGN_INITRD: &str = "program-initrd.img";
 
 /// The guest images for `config`'s campaign in `campaign_dir`: `images`
 /// (the cached ones), with the campaign's own initramfs for a program
-/// under test. `fresh`: a new campaign, whose binaries the caller checked
-/// (`check_binaries`): the initramfs is written; otherwise the
-/// one already there is used.
+/// under test. `fresh`: a new campaign: its binaries are checked and the
+/// initramfs is written with them and the shared libraries they need;
+/// otherwise the one already there is used.
 pub fn campaign_images(
     mut images: crate::images::GuestImages,
     config: &config::CampaignConfig,
@@ -112,7 +116,8 @@ pub fn campaign_images(
     };
     let initrd = campaign_dir.join(CAMPAIGN_INITRD);
     if fresh {
-        write_program_initrd(&images.initramfs, spec, &initrd)?;
+        let runtime = check_binaries(spec)?;
+        write_program_initrd(&images.initramfs, spec, &runtime, &initrd)?;
     }
     anyhow::ensure!(
         initrd.is_file(),
@@ -124,8 +129,15 @@ pub fn campaign_images(
 }
 
 /// Writes `out`: the base initramfs, zero-padded to 4 bytes (archives
-/// start aligned), then the program's archive.
-pub fn write_program_initrd(base_initramfs: &Path, spec: &ProgramSpec, out: &Path) -> Result<()> {
+/// start aligned), then the program's archive: its binaries, their
+/// arguments, and `runtime` (the loader and shared libraries of a dynamic
+/// program, each at its guest path, with the directories above it).
+pub fn write_program_initrd(
+    base_initramfs: &Path,
+    spec: &ProgramSpec,
+    runtime: &[RuntimeFile],
+    out: &Path,
+) -> Result<()> {
     let mut bytes = std::fs::read(base_initramfs)
         .with_context(|| format!("cannot read the guest initramfs {}", base_initramfs.display()))?;
     bytes.resize(bytes.len().next_multiple_of(4), 0);
@@ -143,56 +155,79 @@ pub fn write_program_initrd(base_initramfs: &Path, spec: &ProgramSpec, out: &Pat
         let text: String = args.iter().map(|a| format!("{a}\n")).collect();
         archive.file(&format!("/crashlab/program/{name}"), 0o644, text.as_bytes());
     }
+    let mut dirs = std::collections::BTreeSet::from(["/crashlab".to_string(), "/crashlab/program".to_string()]);
+    for f in runtime {
+        add_parents(&mut archive, &mut dirs, &f.guest_path);
+        let bytes = std::fs::read(&f.host_path)
+            .with_context(|| format!("cannot read {} ({})", f.host_path.display(), f.why))?;
+        archive.file(&f.guest_path, 0o755, &bytes);
+    }
     bytes.extend_from_slice(&archive.finish());
     crate::durable::write_atomically(out, &bytes)
+}
+
+/// Adds every directory above `path` not yet in the archive (the kernel's
+/// unpacker creates a file only in a directory that exists; one that the
+/// base archive made already is left as it is).
+fn add_parents(archive: &mut cpio::CpioWriter, dirs: &mut std::collections::BTreeSet<String>, path: &str) {
+    let mut prefix = String::new();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        prefix.push('/');
+        prefix.push_str(part);
+        if dirs.insert(prefix.clone()) {
+            archive.dir(&prefix);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn this_test_binary_is_dynamic_and_says_which_loader() {
-        let me = std::env::current_exe().unwrap();
-        let bytes = std::fs::read(&me).unwrap();
-        match elf_interpreter(&bytes) {
-            // A test binary built with crt-static has none; the usual one asks for ld-linux.
-            Ok(Some(interp)) => assert!(interp.contains("ld-linux"), "{interp}"),
-            Ok(None) => {}
-            Err(e) => panic!("{e}"),
+    fn spec_of(workload: &Path, checker: &Path) -> ProgramSpec {
+        ProgramSpec {
+            workload: workload.to_path_buf(),
+            checker: checker.to_path_buf(),
+            workload_args: vec![],
+            checker_args: vec![],
         }
-        let err = format!(
-            "{:#}",
-            check_static_binary(Path::new("/bin/sh"), "--workload").unwrap_err()
-        );
-        assert!(
-            err.contains("dynamically linked") && err.contains("crt-static"),
-            "{err}"
-        );
     }
 
     #[test]
-    fn scripts_truncated_and_foreign_files_are_named() {
-        assert!(elf_interpreter(b"#!/bin/sh\n").unwrap_err().contains("not an ELF"));
-        let mut elf = vec![0u8; 64];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        elf[5] = 1;
-        elf[16] = 2;
-        elf[18] = 183; // aarch64
-        assert!(elf_interpreter(&elf).unwrap_err().contains("x86-64"));
-        elf[18] = 62;
-        elf[54] = 56;
-        elf[56] = 1; // one program header, past the end
-        elf[32] = 64;
-        assert!(elf_interpreter(&elf).unwrap_err().contains("truncated"));
-        elf[56] = 0;
-        assert_eq!(elf_interpreter(&elf), Ok(None));
+    fn a_dynamic_binary_brings_its_loader_and_libraries() {
+        let me = std::env::current_exe().unwrap();
+        let runtime = check_binaries(&spec_of(&me, Path::new("/bin/sh"))).unwrap();
+        let guest: Vec<&str> = runtime.iter().map(|f| f.guest_path.as_str()).collect();
+        assert!(guest.iter().any(|p| p.contains("ld-linux")), "{guest:?}");
+        assert!(guest.iter().any(|p| p.ends_with("/libc.so.6")), "{guest:?}");
+    }
+
+    #[test]
+    fn scripts_and_missing_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("check.sh");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        let sh = Path::new("/bin/sh");
+        let err = format!("{:#}", check_binaries(&spec_of(sh, &script)).unwrap_err());
+        assert!(err.contains("is a script") && err.contains("--checker-cmd"), "{err}");
         let err = format!(
             "{:#}",
-            check_static_binary(Path::new("/no/such/program"), "--checker-cmd").unwrap_err()
+            check_binaries(&spec_of(sh, Path::new("/no/such/program"))).unwrap_err()
         );
         assert!(err.contains("--checker-cmd /no/such/program: cannot read it"), "{err}");
+    }
+
+    #[test]
+    fn one_guest_path_never_holds_two_files() {
+        let f = |host: &str| RuntimeFile {
+            guest_path: "/lib/x86_64-linux-gnu/libx.so.1".into(),
+            host_path: host.into(),
+            why: format!("needed by {host}"),
+        };
+        assert!(refuse_collisions(&[f("/bin/sh"), f("/bin/sh")]).is_ok());
+        let err = format!("{:#}", refuse_collisions(&[f("/bin/sh"), f("/bin/ls")]).unwrap_err());
+        assert!(err.contains("two different files") && err.contains("/bin/ls"), "{err}");
     }
 
     #[test]
@@ -224,10 +259,15 @@ mod tests {
             checker_args: vec![],
         };
         let out = dir.path().join("initrd");
-        write_program_initrd(&base, &spec, &out).unwrap();
+        let runtime = check_binaries(&spec).unwrap();
+        write_program_initrd(&base, &spec, &runtime, &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[..8], b"0707010\0");
         assert_eq!(&bytes[8..14], b"070701");
         assert!(bytes.windows(25).any(|w| w == b"crashlab/program/workload"));
+        for f in &runtime {
+            let name = f.guest_path.trim_start_matches('/').as_bytes();
+            assert!(bytes.windows(name.len()).any(|w| w == name), "{f:?} is in the archive");
+        }
     }
 }

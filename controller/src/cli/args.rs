@@ -112,8 +112,10 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct DoctorArgs {
-    /// Guest kernel and initramfs, as built by `cargo xtask images`.
-    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value = "vm-images/cache")]
+    /// Guest kernel and initramfs, as built by `cargo xtask images` (default:
+    /// the per-user cache it links, ~/.cache/crashlab/images, else
+    /// vm-images/cache here).
+    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value_os_t = machine::images::default_images_dir().0)]
     pub images_dir: PathBuf,
     /// Where campaigns would write their results.
     #[arg(long, default_value = "results")]
@@ -179,8 +181,10 @@ pub struct ConformanceArgs {
     /// Filesystems to run the suite on (one guest boot each).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ext4,xfs,btrfs,f2fs")]
     pub fs: Vec<Filesystem>,
-    /// Guest kernel and initramfs, as built by `cargo xtask images`.
-    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value = "vm-images/cache")]
+    /// Guest kernel and initramfs, as built by `cargo xtask images` (default:
+    /// the per-user cache it links, ~/.cache/crashlab/images, else
+    /// vm-images/cache here).
+    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value_os_t = machine::images::default_images_dir().0)]
     pub images_dir: PathBuf,
     /// Where the table goes (conformance.txt, conformance.json).
     #[arg(long, default_value = "results")]
@@ -411,8 +415,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 300_000)]
     pub trial_timeout_ms: u64,
     /// Guest kernel and initramfs, as built by `cargo xtask images` (or
-    /// `cargo xtask kernel --out DIR`, a kernel built from source).
-    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value = "vm-images/cache")]
+    /// `cargo xtask kernel --out DIR`, a kernel built from source). Default:
+    /// the per-user cache `cargo xtask images` links
+    /// (~/.cache/crashlab/images), else vm-images/cache here.
+    #[arg(long, env = "CRASHLAB_IMAGES_DIR", default_value_os_t = machine::images::default_images_dir().0)]
     pub images_dir: PathBuf,
     /// The kernel build (the first digits of its build key, as campaign.json
     /// records it) that --images-dir must hold; a campaign on a built kernel

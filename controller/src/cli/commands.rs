@@ -92,8 +92,10 @@ pub fn minimise(args: MinimiseArgs) -> ExitCode {
 }
 
 pub fn doctor(args: DoctorArgs) -> ExitCode {
+    let images_source = images_source(&args.images_dir);
     let request = machine::doctor::DoctorRequest {
         images_dir: &args.images_dir,
+        images_source: &images_source,
         results_dir: &args.results_dir,
         boot: !args.no_boot,
         interrupt: &machine::signals::INTERRUPTED,
@@ -283,5 +285,17 @@ pub fn recheck(args: RecheckArgs) -> ExitCode {
             ExitCode::from(u8::from(!record.passed))
         }
         Err(e) => exit_for(&e),
+    }
+}
+
+/// Where an images directory the command line holds came from: the flag or
+/// the environment, or the default and why it was chosen.
+fn images_source(images_dir: &std::path::Path) -> String {
+    let (default, why) = machine::images::default_images_dir();
+    let from_env = std::env::var_os("CRASHLAB_IMAGES_DIR").is_some_and(|v| std::path::Path::new(&v) == images_dir);
+    match (from_env, images_dir == default) {
+        (true, _) => "from CRASHLAB_IMAGES_DIR".into(),
+        (false, true) => format!("the default: {why}"),
+        (false, false) => "from --images-dir".into(),
     }
 }
