@@ -22,6 +22,7 @@ const TARGETS: &[(&str, u64)] = &[
     ("msync_trace", 64 << 10),
     ("evidence", 256 << 10),
     ("compare_table", 64 << 10),
+    ("elf", 1 << 20),
 ];
 /// libFuzzer stops a target whose process grows past this.
 const RSS_LIMIT_MB: u32 = 2048;

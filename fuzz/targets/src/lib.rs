@@ -73,6 +73,11 @@ pub const TARGETS: &[Target] = &[
         run: compare_table,
         max_len_bytes: 64 << 10,
     },
+    Target {
+        name: "elf",
+        run: elf,
+        max_len_bytes: 1 << 20,
+    },
 ];
 
 /// The block-write log as the guest's disk traffic wrote it: parse, plan
@@ -302,4 +307,16 @@ pub fn compare_table(data: &[u8]) {
     };
     let table = tools::compare::render(&comparison, std::path::Path::new("/results"));
     assert!(table.lines().count() >= comparison.differences.len().min(tools::compare::DIFFERENCES_KEPT_MAX));
+}
+
+/// A user's program or checker, or a library it names, as the ELF reader
+/// of dynamic programs reads it: facts or a reason, within bounds.
+pub fn elf(data: &[u8]) {
+    let Ok(deps) = machine::elf::read(data) else {
+        return;
+    };
+    let names = deps.needed.len() + deps.rpath.len() + deps.runpath.len();
+    assert!(names <= machine::elf::DYNAMIC_ENTRIES_MAX * 64, "{names} names");
+    assert!(deps.needed.iter().all(|n| n.len() < 4096 && !n.contains('\0')));
+    assert!(!deps.needed.is_empty() <= deps.dynamic, "libraries named outside a dynamic section");
 }
