@@ -22,7 +22,14 @@ pub const APT_PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The report's test opens it in a browser and reads the screenshot.
     "chromium",
+    // RocksDB and LevelDB as users have them (shared libraries): the
+    // clients in clients/c are built against them by the tests.
+    "librocksdb-dev",
+    "libleveldb-dev",
 ];
+
+/// Files that prove the library packages are there (no command does).
+const REQUIRED_FILES: &[&str] = &["/usr/include/rocksdb/c.h", "/usr/include/leveldb/c.h"];
 
 /// Commands that prove the packages are there.
 const REQUIRED_COMMANDS: &[&str] = &[
@@ -57,6 +64,12 @@ fn missing(sh: &Shell) -> Vec<String> {
         .filter(|c| crate::host::find_command(c).is_none())
         .map(|c| c.to_string())
         .collect();
+    missing.extend(
+        REQUIRED_FILES
+            .iter()
+            .filter(|f| !std::path::Path::new(f).is_file())
+            .map(|f| f.to_string()),
+    );
     if !busybox_is_static(sh) {
         missing.push("busybox (static)".into());
     }

@@ -11,6 +11,7 @@
 //! - `fuzz`      every fuzz target of `fuzz/` for a while (nightly, cargo-fuzz)
 //! - `soak`      deps + images + every correct configuration at length, and the controls
 //! - `lmdb`      deps + images + LMDB under both crash models on ext4, xfs, btrfs, and its control
+//! - `kvstores`  deps + images + RocksDB and LevelDB (dynamic, Debian's libraries) likewise
 //! - `hunt`      features and mount options people deploy x records and wal, under power loss: the findings to chase
 //! - `findings`  every finding of docs/findings/ rerun per kernel (--images-dir DIR...): present, fixed or changed
 //! - `man`       the man pages, from crashlab's command-line definition, into target/man
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
         eprintln!(
-            "usage: cargo xtask <deps|images|kernel|kernel-check|campaign|test|bench|sensitivity|fuzz|soak|lmdb|findings|hunt|man> [args...]"
+            "usage: cargo xtask <deps|images|kernel|kernel-check|campaign|test|bench|sensitivity|fuzz|soak|lmdb|kvstores|findings|hunt|man> [args...]"
         );
         return ExitCode::from(2);
     };
@@ -75,6 +76,10 @@ fn main() -> ExitCode {
                 let images = setup(&sh)?;
                 lmdb::run(&sh, &images, rest)
             }
+            "kvstores" => {
+                let images = setup(&sh)?;
+                lmdb::run_kvstores(&sh, &images, rest)
+            }
             "man" => man(&sh),
             "sensitivity" => {
                 let images = setup(&sh)?;
@@ -82,7 +87,7 @@ fn main() -> ExitCode {
             }
             other => {
                 anyhow::bail!(
-                    "unknown task {other:?}: use deps, images, kernel, kernel-check, campaign, test, bench, sensitivity, fuzz, soak, lmdb, findings, hunt or man"
+                    "unknown task {other:?}: use deps, images, kernel, kernel-check, campaign, test, bench, sensitivity, fuzz, soak, lmdb, kvstores, findings, hunt or man"
                 )
             }
         }

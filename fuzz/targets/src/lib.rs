@@ -318,5 +318,8 @@ pub fn elf(data: &[u8]) {
     let names = deps.needed.len() + deps.rpath.len() + deps.runpath.len();
     assert!(names <= machine::elf::DYNAMIC_ENTRIES_MAX * 64, "{names} names");
     assert!(deps.needed.iter().all(|n| n.len() < 4096 && !n.contains('\0')));
-    assert!(!deps.needed.is_empty() <= deps.dynamic, "libraries named outside a dynamic section");
+    assert!(
+        !deps.needed.is_empty() <= deps.dynamic,
+        "libraries named outside a dynamic section"
+    );
 }
