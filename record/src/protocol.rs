@@ -168,6 +168,11 @@ pub enum Event {
     CheckerOutput {
         line: String,
     },
+    /// A program's `NOTE` line (protocol 1.1+), passed on by the relay so
+    /// that the results keep it; never judged.
+    Note {
+        text: String,
+    },
     CheckerExit {
         rc: i32,
     },
@@ -238,6 +243,7 @@ impl fmt::Display for Event {
                 key: Some(key),
             } => write!(f, "ITEM {seq} {id} {digest} {key}"),
             Self::CheckerOutput { line } => write!(f, "CHECKER {line}"),
+            Self::Note { text } => write!(f, "NOTE {text}"),
             Self::CheckerExit { rc } => write!(f, "CHECKEXIT {rc}"),
         }
     }
@@ -269,6 +275,9 @@ impl Event {
         // A checker's line is carried whole; it is parsed as such later.
         if let Some(rest) = line.trim_end_matches('\r').strip_prefix("CHECKER ") {
             return Ok(Event::CheckerOutput { line: rest.to_string() });
+        }
+        if let Some(text) = line.trim_end_matches('\r').strip_prefix("NOTE ") {
+            return Ok(Event::Note { text: text.to_string() });
         }
         let mut words = line.trim_end_matches('\r').split(' ');
         let tag = words.next().unwrap_or("");

@@ -223,7 +223,8 @@ pub fn rebuild(
             | Event::SeenBad { .. }
             | Event::Fsync { .. }
             | Event::Readback { .. } => {}
-            Event::Booted { .. } | Event::Hold { .. } => {}
+            // Kept in the log for the user; never judged.
+            Event::Booted { .. } | Event::Hold { .. } | Event::Note { .. } => {}
             other => return Err(format!("unexpected line in a workload log: {other}")),
         }
     }

@@ -98,7 +98,11 @@ fn rebuild<'a>(protocol: &'a ProtocolLog, kept: Option<&[bool]>, items_max: u64)
                     return Err(format!("item {} acknowledged twice", item.id));
                 }
             }
-            Event::Booted { .. } | Event::Hold { .. } | Event::Error { .. } | Event::Done { .. } => {}
+            Event::Booted { .. }
+            | Event::Hold { .. }
+            | Event::Error { .. }
+            | Event::Done { .. }
+            | Event::Note { .. } => {}
             other => return Err(format!("unexpected line in a program's log: {other}")),
         }
     }
@@ -107,7 +111,7 @@ fn rebuild<'a>(protocol: &'a ProtocolLog, kept: Option<&[bool]>, items_max: u64)
 
 fn item_finding(rule: Rule, id: u64, reason: String) -> Finding {
     Finding {
-        slot: Some(id),
+        item: Some(id),
         ..finding(rule, reason)
     }
 }
@@ -166,12 +170,23 @@ fn judge_report(verdict: &mut Verdict, history: &ItemHistory, report: &CheckerRe
             (0, Some(n)) => format!("its END line counts {n} items, it reported {}", report.items.len()),
             (rc, _) => format!("it exited with status {rc}"),
         };
+        // A checker killed by a signal crashed, or hung and was killed at
+        // its time limit: no state excuses that, not even a half-made store.
+        let crashed_or_hung = report.exit_code >= 128;
         let f = finding(
             Rule::ItemStoreReadable,
-            format!("the checker could not examine the recovered data: {why}"),
+            format!(
+                "the checker could not examine the recovered data: {why}{}",
+                match (crashed_or_hung, history.ready) {
+                    (true, false) =>
+                        " (a signal: it crashed or hung on a state from before READY, where a store \
+                                      may be absent or half made; its library must say so, not crash)",
+                    _ => "",
+                }
+            ),
         );
         // Before READY the program promised nothing, not even a store.
-        match history.ready {
+        match history.ready || crashed_or_hung {
             true => verdict.violation(f),
             false => verdict.observation(f),
         }
@@ -312,7 +327,7 @@ mod tests {
     fn each_broken_promise_is_its_rule() {
         let lost = judge(LOG, "ITEM 100 aa\nEND 1\n", 0);
         assert_eq!(rules(&lost), [Rule::AckedItemLost]);
-        assert_eq!(lost.violations[0].slot, Some(101));
+        assert_eq!(lost.violations[0].item, Some(101));
         assert_eq!(lost.counts.lost, 1);
         let corrupt = judge(LOG, "ITEM 100 aa\nITEM 101 bb\nITEM 102 dd\nEND 3\n", 0);
         assert_eq!(rules(&corrupt), [Rule::ItemCorrupt]);
@@ -346,7 +361,7 @@ mod tests {
             checker: Some(&report),
         });
         assert_eq!(rules(&v), [Rule::ForeignItem]);
-        assert_eq!(v.violations[0].slot, Some(102));
+        assert_eq!(v.violations[0].item, Some(102));
         assert_eq!((v.counts.intact, v.counts.in_flight_new), (1, 1));
     }
 
@@ -367,7 +382,7 @@ mod tests {
         for checker in ["ITEM 100 aa\nITEM 103 dd\nEND 2\n", "ITEM 103 dd\nEND 1\n"] {
             let v = judge(log, checker, 0);
             assert_eq!(rules(&v), [Rule::AckedItemLost], "{checker}");
-            assert_eq!(v.violations[0].slot, Some(101));
+            assert_eq!(v.violations[0].item, Some(101));
         }
         let corrupt = judge(log, "ITEM 100 ab\nITEM 101 bb\nITEM 103 dd\nEND 3\n", 0);
         assert_eq!(rules(&corrupt), [Rule::ItemCorrupt]);
@@ -391,5 +406,17 @@ mod tests {
         let v = judge("BOOTED workload\n", "NOTE no environment yet\n", 2);
         assert!(v.passed);
         assert_eq!(v.observation_count, 1);
+    }
+
+    /// Before READY nothing is promised, but a checker that crashes (a
+    /// signal) or hangs (killed at its limit: 137) on a half-made store is
+    /// reported: the program's library must say "not there", not crash.
+    #[test]
+    fn before_ready_a_checker_that_crashes_or_hangs_is_a_violation() {
+        for rc in [134, 137, 139] {
+            let v = judge("BOOTED workload\n", "", rc);
+            assert_eq!(rules(&v), [Rule::ItemStoreReadable], "exit {rc}");
+            assert!(v.violations[0].reason.contains("before READY"), "{:?}", v.violations[0]);
+        }
     }
 }

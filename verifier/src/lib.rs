@@ -150,7 +150,12 @@ pub enum Rule {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub rule: Rule,
+    /// The record workload's slot the finding is about.
     pub slot: Option<u64>,
+    /// A program's item the finding is about (its id): a program has items,
+    /// not slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u64>,
     pub expected_seq: Option<u64>,
     pub found_seq: Option<u64>,
     pub reason: String,
@@ -283,6 +288,7 @@ impl Verdict {
 
 fn finding(rule: Rule, reason: String) -> Finding {
     Finding {
+        item: None,
         rule,
         slot: None,
         expected_seq: None,
@@ -702,6 +708,7 @@ impl<'a> SlotContext<'a> {
             Ok(version) => self.below_floor(slot, found, version, floor, promised, verdict),
             Err(Identify::Foreign(header)) => {
                 verdict.violation(Finding {
+                    item: None,
                     rule: Rule::ForeignRecord,
                     slot: Some(slot),
                     expected_seq: floor,
@@ -835,6 +842,7 @@ impl<'a> SlotContext<'a> {
                 continue;
             }
             verdict.violation(Finding {
+                item: None,
                 rule: Rule::StaleBytes,
                 slot: Some(slot),
                 expected_seq: floor,
@@ -874,6 +882,7 @@ impl<'a> SlotContext<'a> {
 
 fn lost_finding(slot: u64, expected: u64, found_seq: Option<u64>, reason: String, hex_excerpt: String) -> Finding {
     Finding {
+        item: None,
         rule: Rule::AckedRecordLost,
         slot: Some(slot),
         expected_seq: Some(expected),

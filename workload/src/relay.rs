@@ -213,7 +213,9 @@ impl Relay {
                 actions.push(Action::Emit(Event::Error { op, errno }));
                 actions.push(Action::End);
             }
-            ProgramLine::Note(_) => {}
+            // Kept in the results (the host's protocol log): what the
+            // program says of its configuration; never judged.
+            ProgramLine::Note(text) => actions.push(Action::Emit(Event::Note { text })),
         }
         Ok(actions)
     }
@@ -784,7 +786,13 @@ mod tests {
                 Action::Reply,
             ]
         );
-        assert_eq!(relay.line("NOTE commit 2").unwrap(), []);
+        assert_eq!(
+            relay.line("NOTE commit 2").unwrap(),
+            [Action::Emit(Event::Note {
+                text: "commit 2".into()
+            })],
+            "a program's NOTE is kept in the host's log"
+        );
         assert_eq!(relay.line("DONE").unwrap(), [Action::Emit(Event::Done { records: 2 })]);
         assert!(relay.exited(std::process::ExitStatus::from_raw(0)) == [Action::End]);
     }

@@ -118,6 +118,7 @@ echo DONE
         [
             "READY 0",
             "ITEM 0 10 aa",
+            "NOTE writing",
             "ACK 0 0",
             "ITEM 1 11 bb",
             "ACK 1 1",

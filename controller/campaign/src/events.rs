@@ -263,6 +263,8 @@ mod tests {
             violations: u64::from(!passed),
             observations: 0,
             counts: verifier::Counts::default(),
+            checker_restarts: 0,
+            checker_timeouts_retried: 0,
         }
     }
 

@@ -91,6 +91,15 @@ pub struct Summary {
     /// Peak resident memory of the largest child process waited for (in
     /// practice a QEMU; also mkfs, e2fsck, debugfs), from getrusage.
     pub peak_rss_largest_child_kib: u64,
+    /// What the workload promises: "records" (crashlab's own workload) or
+    /// "items" (a program's), the word the summary counts in.
+    pub unit: String,
+    /// Power loss: the campaign's state budget (0 under kernel crash).
+    pub state_budget: u64,
+    /// Power loss: checker VMs started again (one hung or died), and checks
+    /// timed out once and retried with more time, summed over trials.
+    pub checker_restarts: u64,
+    pub checker_timeouts_retried: u64,
 }
 
 /// What the summary needs from one trial of either crash model.
@@ -102,6 +111,8 @@ pub struct TrialTotals {
     violations: u64,
     observations: u64,
     counts: verifier::Counts,
+    checker_restarts: u64,
+    checker_timeouts_retried: u64,
 }
 
 impl From<&TrialRecord> for TrialTotals {
@@ -114,6 +125,8 @@ impl From<&TrialRecord> for TrialTotals {
             violations: t.verdict.violation_count,
             observations: t.verdict.observation_count,
             counts: t.verdict.counts.clone(),
+            checker_restarts: 0,
+            checker_timeouts_retried: 0,
         }
     }
 }
@@ -128,6 +141,8 @@ impl From<&PowerLossRecord> for TrialTotals {
             violations: t.violation_count,
             observations: t.observation_count,
             counts: t.state_counts.clone(),
+            checker_restarts: t.checker_restarts,
+            checker_timeouts_retried: t.checker_timeouts_retried,
         }
     }
 }
@@ -153,11 +168,27 @@ impl TrialTotals {
             violations: number("violation_count")?,
             observations: number("observation_count")?,
             counts: serde_json::from_value(v[counts_key].clone()).context(counts_key)?,
+            // Lines from before these were counted read as 0.
+            checker_restarts: v["checker_restarts"].as_u64().unwrap_or(0),
+            checker_timeouts_retried: v["checker_timeouts_retried"].as_u64().unwrap_or(0),
         })
     }
 }
 
 impl Summary {
+    /// Why fewer states than the budget were checked, when they were: a
+    /// trial plans at most its share of the budget, and no more states than
+    /// its log holds distinct ones.
+    fn short_of_budget(&self) -> String {
+        match self.state_budget > self.states_checked && !self.interrupted && self.trials_run > 0 {
+            true => format!(
+                " (budget {}: the logs held no more distinct crash states; more trials or records give more)",
+                self.state_budget
+            ),
+            false => String::new(),
+        }
+    }
+
     pub fn add(&mut self, t: &TrialTotals) {
         self.trials_run += 1;
         if t.passed {
@@ -180,6 +211,8 @@ impl Summary {
         self.in_flight = self.in_flight.saturating_add(t.counts.in_flight);
         self.lost = self.lost.saturating_add(t.counts.lost);
         self.torn = self.torn.saturating_add(t.counts.torn);
+        self.checker_restarts = self.checker_restarts.saturating_add(t.checker_restarts);
+        self.checker_timeouts_retried = self.checker_timeouts_retried.saturating_add(t.checker_timeouts_retried);
     }
 
     pub fn render(&self) -> String {
@@ -202,14 +235,24 @@ impl Summary {
             "ends: {} crashed at their point, {} finished first, {} workload errors\n",
             self.crashed, self.workload_done, self.workload_errors
         );
+        let unit = if self.unit.is_empty() { "records" } else { &self.unit };
         s += &format!(
-            "records, summed over crash states: {} acked, {} in flight, {} lost, {} torn\n",
+            "{unit}, summed over crash states: {} acked, {} in flight, {} lost, {} torn\n",
             self.acked, self.in_flight, self.lost, self.torn
         );
         s += &format!(
-            "crash states: {} verified, {} failed\n",
-            self.states_checked, self.states_failed
+            "crash states: {} verified, {} failed{}\n",
+            self.states_checked,
+            self.states_failed,
+            self.short_of_budget()
         );
+        if self.checker_restarts + self.checker_timeouts_retried > 0 {
+            s += &format!(
+                "checker: {} restarts (a checker VM hung or died and was started again), {} checks retried \
+                 with more time after a timeout\n",
+                self.checker_restarts, self.checker_timeouts_retried
+            );
+        }
         s += &format!(
             "violations: {}   observations: {}{}\n",
             self.violations,
@@ -264,6 +307,14 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
         results_dir: dir.clone(),
         filesystem: setup.made.summary_line(),
         kernel: setup.images.identity.summary_line(),
+        unit: match setup.config.program {
+            Some(_) => "items".into(),
+            None => "records".into(),
+        },
+        state_budget: match setup.config.crash_model {
+            CrashModel::PowerLoss => setup.config.state_budget,
+            CrashModel::KernelCrash => 0,
+        },
         ..Default::default()
     };
     for (_, totals) in &finished {
@@ -926,5 +977,45 @@ mod read_jsonl_tests {
         std::fs::write(&path, "{\"trial\":0}\nnot json\n{\"trial\":2}\n").unwrap();
         let err = format!("{:#}", read_jsonl(&path).unwrap_err());
         assert!(err.contains("line 2 is corrupt"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    /// A program's run is counted in items; fewer states than the budget
+    /// say why; checker restarts and retried timeouts are shown.
+    #[test]
+    fn the_summary_speaks_of_items_the_budget_and_checker_restarts() {
+        let mut summary = Summary {
+            unit: "items".into(),
+            state_budget: 200,
+            ..Default::default()
+        };
+        summary.add(&TrialTotals {
+            passed: true,
+            run_end: RunEnd::Crashed,
+            states: 25,
+            states_failed: 0,
+            violations: 0,
+            observations: 0,
+            counts: verifier::Counts::default(),
+            checker_restarts: 2,
+            checker_timeouts_retried: 1,
+        });
+        let text = summary.render();
+        assert!(text.contains("items, summed over crash states"), "{text}");
+        assert!(
+            text.contains("25 verified, 0 failed (budget 200: the logs held no more distinct crash states"),
+            "{text}"
+        );
+        assert!(text.contains("checker: 2 restarts"), "{text}");
+        assert!(text.contains("1 checks retried"), "{text}");
+        summary.state_budget = 25;
+        summary.checker_restarts = 0;
+        summary.checker_timeouts_retried = 0;
+        let text = summary.render();
+        assert!(!text.contains("budget") && !text.contains("checker:"), "{text}");
     }
 }

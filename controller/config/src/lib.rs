@@ -530,6 +530,9 @@ impl CampaignConfig {
             program.validate()?;
             let conflicts = [
                 (self.pattern != Pattern::Records, "--pattern"),
+                (self.mode != DurabilityMode::MsSync, "--mode"),
+                (self.record_size_bytes != RECORD_SIZE_DEFAULT_BYTES, "--record-size"),
+                (self.file_size_bytes != FILE_SIZE_DEFAULT_BYTES, "--file-size"),
                 (self.planted_bug.is_some(), "--planted-bug"),
                 (self.inject_write_error.is_some(), "--inject-write-error"),
                 (
@@ -570,17 +573,25 @@ impl CampaignConfig {
         (self.state_budget / self.trials.max(1)).max(1) as usize
     }
 
-    /// The `crashlab run` arguments that reproduce this configuration.
+    /// The `crashlab run` arguments that reproduce this configuration. A
+    /// program's run carries no record-workload flags (pattern, mode, sizes:
+    /// they are refused with `--workload`, so their defaults hold).
     pub fn to_cli_args(&self) -> Vec<String> {
         let mut args = vec![
             "run".to_string(),
             format!("--fs={}", self.fs.name()),
             format!("--mount-opts={}", self.mount_opts),
             format!("--mkfs-opts={}", self.mkfs_opts),
-            format!("--pattern={}", self.pattern),
-            format!("--mode={}", self.mode),
-            format!("--record-size={}", self.record_size_bytes),
-            format!("--file-size={}", self.file_size_bytes),
+        ];
+        if self.program.is_none() {
+            args.extend([
+                format!("--pattern={}", self.pattern),
+                format!("--mode={}", self.mode),
+                format!("--record-size={}", self.record_size_bytes),
+                format!("--file-size={}", self.file_size_bytes),
+            ]);
+        }
+        args.extend([
             format!("--records={}", self.records_per_trial),
             format!("--trials={}", self.trials),
             format!("--seed={}", self.seed),
@@ -589,7 +600,7 @@ impl CampaignConfig {
             format!("--profile={}", kebab(&self.profile)),
             format!("--disk-size={}", self.disk_size_bytes),
             format!("--crash-model={}", kebab(&self.crash_model)),
-        ];
+        ]);
         if self.crash_model == CrashModel::PowerLoss {
             args.push(format!("--state-budget={}", self.state_budget));
             args.push(format!("--checker={}", kebab(&self.checker)));
@@ -705,6 +716,27 @@ pub fn parse_size_bytes(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("{text:?} is not a size: use e.g. 4096, 64K, 4M, 1G"))?;
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// The record workload's defaults (`crashlab run --record-size`,
+/// `--file-size`): also what a program's configuration holds.
+pub const RECORD_SIZE_DEFAULT_BYTES: u32 = 4096;
+pub const FILE_SIZE_DEFAULT_BYTES: u64 = 4 << 20;
+
+/// What the run is called in ids and summaries: the record workload's mode,
+/// or the program's file name.
+impl CampaignConfig {
+    pub fn workload_name(&self) -> String {
+        match &self.program {
+            None => self.mode.to_string(),
+            Some(program) => program.workload.file_name().map_or("program".into(), |n| {
+                n.to_string_lossy().replace(
+                    |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_' && c != '.',
+                    "_",
+                )
+            }),
+        }
+    }
 }
 
 /// A complete, valid configuration (ext4 `data=ordered`, `ms-sync`, the
@@ -853,6 +885,13 @@ mod tests {
         ] {
             assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
         }
+        for record_flag in ["--pattern", "--mode", "--record-size", "--file-size"] {
+            assert!(
+                !args.iter().any(|a| a.starts_with(record_flag)),
+                "a program's rerun carries no {record_flag}: {args:?}"
+            );
+        }
+        assert_eq!(program.workload_name(), "lmdb");
         for (bad, flag) in [
             (
                 CampaignConfig {
@@ -875,6 +914,20 @@ mod tests {
                     ..program.clone()
                 },
                 "--planted-bug",
+            ),
+            (
+                CampaignConfig {
+                    mode: DurabilityMode::MsAsync,
+                    ..program.clone()
+                },
+                "--mode",
+            ),
+            (
+                CampaignConfig {
+                    file_size_bytes: 1 << 20,
+                    ..program.clone()
+                },
+                "--file-size",
             ),
         ] {
             let err = bad.validate().unwrap_err();

@@ -57,6 +57,7 @@ pub fn facts(error: WriteError, failing_record: u64, injected: u64, protocol: &P
 /// once.
 pub fn error_reported(facts: &IoErrorFacts) -> Option<verifier::Finding> {
     (facts.injected > 0 && facts.reported_by.is_empty()).then(|| verifier::Finding {
+        item: None,
         rule: verifier::Rule::WriteErrorReported,
         slot: None,
         expected_seq: Some(facts.failing_record),

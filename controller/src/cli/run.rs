@@ -284,13 +284,14 @@ fn merge_shards(args: &RunArgs, id: &str, jobs: u32, shards_root: &Path) -> Exit
     }
 }
 
-/// A campaign's default id: when, what, which seed.
+/// A campaign's default id: when, what (the record workload's mode, or the
+/// program's name), which seed.
 fn campaign_id_of(config: &CampaignConfig) -> String {
     format!(
         "{}-{}-{}-seed{}",
         campaign::utc_timestamp(),
         config.fs.name(),
-        config.mode,
+        config.workload_name(),
         config.seed
     )
     .replace(':', "")

@@ -274,6 +274,11 @@ fn merged_summary(
         results_dir: out.to_path_buf(),
         filesystem: shards[0].summary["filesystem"].as_str().unwrap_or("").to_string(),
         kernel: shards[0].summary["kernel"].as_str().unwrap_or("").to_string(),
+        unit: shards[0].summary["unit"].as_str().unwrap_or("records").to_string(),
+        state_budget: match model {
+            config::CrashModel::PowerLoss => config.state_budget,
+            config::CrashModel::KernelCrash => 0,
+        },
         ..Default::default()
     };
     for (_, totals) in &point.finished {

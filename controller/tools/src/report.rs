@@ -526,6 +526,24 @@ pub fn render(title: &str, campaigns: &[CampaignResults]) -> String {
     h
 }
 
+/// The results schema the campaigns were written with, as the plots that
+/// depend on it say it: "Results schema 1.3", or each one when they differ.
+fn schemas_written(campaigns: &[CampaignResults]) -> String {
+    let versions: std::collections::BTreeSet<String> = campaigns
+        .iter()
+        .filter_map(|c| schema_of(&c.meta).ok())
+        .map(|(major, minor)| format!("{major}.{minor}"))
+        .collect();
+    match versions.len() {
+        0 => "No results schema".into(),
+        1 => format!("Results schema {}", versions.into_iter().next().unwrap_or_default()),
+        _ => format!(
+            "Results schemas {}",
+            versions.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
 /// The page's head and its one-line verdict over every campaign.
 fn header(title: &str, campaigns: &[CampaignResults]) -> String {
     let mut h = String::new();
@@ -545,16 +563,17 @@ fn header(title: &str, campaigns: &[CampaignResults]) -> String {
     let _ = writeln!(
         h,
         "<p class=\"{}\"><b>{} campaign(s), {} crash states checked, {} failed, {} violation(s), {} observation(s).</b> \
-         Results schema {}.{}; crashlab {}.</p>",
+         {}; read by crashlab {} (which writes {}.{}).</p>",
         if violations > 0 { "bad" } else { "ok" },
         campaigns.len(),
         total("states_checked"),
         total("states_failed"),
         violations,
         total("observations"),
+        schemas_written(campaigns),
+        env!("CARGO_PKG_VERSION"),
         RESULTS_SCHEMA.0,
         RESULTS_SCHEMA.1,
-        env!("CARGO_PKG_VERSION"),
     );
     h
 }
@@ -860,6 +879,23 @@ mod tests {
         assert_eq!(schema_of(&serde_json::json!({})), Ok((1, 0)));
         assert_eq!(schema_of(&serde_json::json!({"results_schema": "1.7"})), Ok((1, 7)));
         assert!(schema_of(&serde_json::json!({"results_schema": "one"})).is_err());
+    }
+
+    /// The header names the schema the results were written with (as the
+    /// plots that depend on it do), not only the one this crashlab writes.
+    #[test]
+    fn the_header_names_the_results_own_schema() {
+        let campaign = |meta: serde_json::Value| CampaignResults {
+            dir: PathBuf::from("/r"),
+            summary: None,
+            trials: Vec::new(),
+            states: Vec::new(),
+            meta,
+        };
+        let old = campaign(serde_json::json!({}));
+        let new = campaign(serde_json::json!({"results_schema": "1.3"}));
+        assert_eq!(schemas_written(std::slice::from_ref(&old)), "Results schema 1.0");
+        assert_eq!(schemas_written(&[old, new]), "Results schemas 1.0, 1.3");
     }
 
     #[test]

@@ -24,8 +24,12 @@ pub struct PowerLossRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_bug: Option<DeviceBugFacts>,
     /// Records as the host saw them on the channel by the end of the
-    /// capture (the same for every state).
-    pub records: RunRecords,
+    /// capture (the same for every state); for a program, its items under
+    /// that name instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records: Option<RunRecords>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<RunRecords>,
     pub states_planned: u64,
     pub states_checked: u64,
     pub states_passed: u64,
@@ -73,6 +77,8 @@ pub struct PowerLossRecord {
     pub evidence_dir: PathBuf,
 }
 
+/// What a run began and acked, as the host saw it (records, or a
+/// program's items).
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct RunRecords {
     pub begun: u64,
@@ -249,7 +255,7 @@ impl RunRecords {
     pub fn of(serial: &ProtocolLog) -> RunRecords {
         let count = |want: fn(&Event) -> bool| serial.events.iter().filter(|e| want(e)).count() as u64;
         RunRecords {
-            begun: count(|e| matches!(e, Event::Begin { .. })),
+            begun: count(|e| matches!(e, Event::Begin { .. } | Event::Item { .. })),
             acked: count(|e| matches!(e, Event::Ack { .. })),
         }
     }
@@ -282,7 +288,8 @@ impl PowerLossRecord {
                     writes_delayed: effect.writes_delayed,
                 }
             }),
-            records: captured.records,
+            records: config.program.is_none().then_some(captured.records),
+            items: config.program.is_some().then_some(captured.records),
             live_violations: verifier::live_findings(&capture.serial),
             msync_trace: crate::trace::read_summary(&captured.files.trace_log),
             states_planned: states.len() as u64,
