@@ -8,6 +8,7 @@
  * The checker:   crashlab_item(id, digest) per item found,
  *                crashlab_corrupt("...") per damage seen, crashlab_end(count).
  * Both:          crashlab_note("...") for anything worth keeping in the log.
+ * Crash points:  crashlab_point("name") where `--crash-at name[:n]` may crash it.
  *
  * Every line is written with one write(2) of at most 4096 bytes, so that
  * several processes of a program may share stdout. After READY, each BEGIN
@@ -85,6 +86,12 @@ static inline void crashlab_begin_keyed(uint64_t id, const char *digest, uint64_
 /* Only after the call that promises item `id` durable returned success. */
 static inline void crashlab_ack(uint64_t id) { crashlab_line("ACK %" PRIu64, id); crashlab_wait_reply(); }
 static inline void crashlab_done(void) { crashlab_line("DONE"); }
+/* (protocol 1.2) A moment the program names, where `crashlab run
+ * --crash-at NAME[:N]` crashes it the N-th time: 1 to 64 of A-Z a-z 0-9 _ . - */
+static inline void crashlab_point(const char *name) {
+    crashlab_line("POINT %s", name);
+    crashlab_wait_reply();
+}
 static inline void crashlab_err(const char *op, int err) {
     crashlab_line("ERR %s %d", op, err);
     exit(1);

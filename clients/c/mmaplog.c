@@ -66,6 +66,7 @@ static int workload(int nosync) {
         memcpy(map + at, &r, RECORD_BYTES);
         if (!nosync && msync(map + page, at + RECORD_BYTES - page, MS_SYNC) != 0) crashlab_err("msync", errno);
         crashlab_ack(id);
+        crashlab_point("committed"); /* --crash-at committed:N crashes after the N-th */
     }
     crashlab_done();
     return 0;

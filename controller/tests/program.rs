@@ -243,6 +243,53 @@ fn a_dynamic_c_program_runs_clean_and_its_control_is_caught() {
     clean_and_control_caught(&h, "mmaplog", &bin, "100");
 }
 
+/// `--crash-at committed:5` stops mmaplog right after its fifth commit
+/// (it prints `POINT committed` after each `ACK`), under both models:
+/// kernel crash: the trial crashed there with 5 items acked; power loss:
+/// the run stopped there, so its log ends at that point (5 acks in it, the
+/// sixth item never begun). The program's NOTE is kept in its log.
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn a_crash_point_the_program_names_stops_it_there_under_both_models() {
+    let h = vm_harness("crash-at");
+    let bin = build_c_client(h.results.path(), "mmaplog", "mmaplog.c", &[]);
+    for model in ["kernel-crash", "power-loss"] {
+        let mut args = vec![
+            "--trials=1".to_string(),
+            "--records=40".into(),
+            "--state-budget=20".into(),
+            "--crash-at=committed:5".into(),
+            format!("--crash-model={model}"),
+        ];
+        args.extend(c_program_args(&bin, &[]));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = h.run(model, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let trial = &h.trials(model)[0];
+        assert_eq!(trial["crash_point"]["kind"], "at-named-point", "{trial}");
+        assert_eq!(trial["run_end"], "crashed", "{trial}");
+        let log = std::fs::read_to_string(h.results.path().join(model).join("trials/0/workload.protocol.log")).unwrap();
+        assert!(
+            log.contains("POINT committed 5\n") && !log.contains("POINT committed 6"),
+            "{log}"
+        );
+        assert!(
+            log.contains("NOTE mmaplog: 40 records"),
+            "the program's NOTE is kept: {log}"
+        );
+        assert!(!log.contains("ITEM 5 5 "), "the sixth item was never begun: {log}");
+        match model {
+            "kernel-crash" => assert_eq!(trial["counts"]["acked"], 5, "{trial}"),
+            _ => assert_eq!(trial["items"]["acked"], 5, "{trial}"),
+        }
+    }
+}
+
 /// RocksDB (with allow_mmap_writes and allow_mmap_reads) and LevelDB as
 /// Debian ships them, shared libraries, each committing seeded write
 /// batches with sync = true: clean on ext4 under both crash models; with

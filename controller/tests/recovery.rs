@@ -77,6 +77,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         trace_msync: false,
         inject_write_error: None,
         program: None,
+        crash_at: None,
     }
 }
 

@@ -130,6 +130,9 @@ pub enum ProgramLine {
         errno: i32,
     },
     Note(String),
+    /// (1.2) `POINT name`: the program reached a moment it names, where
+    /// `--crash-at name:n` crashes it the n-th time.
+    Point(String),
     /// A line of crashlab's own vocabulary (`record::protocol`), for its
     /// record workload: the relay checks and passes it on.
     Event(String),
@@ -179,13 +182,17 @@ impl ProgramLine {
                 }
             }
             "NOTE" => ProgramLine::Note(parse_text(rest)?),
+            "POINT" => {
+                let [name] = fields(rest)?;
+                ProgramLine::Point(NamedPoint::check_name(name)?.to_string())
+            }
             "EVENT" => {
                 if rest.is_empty() {
                     return Err("EVENT carries a line");
                 }
                 ProgramLine::Event(parse_text(rest)?)
             }
-            _ => return Err("unknown tag (READY, BEGIN, ACK, DONE, ERR, NOTE or EVENT)"),
+            _ => return Err("unknown tag (READY, BEGIN, ACK, DONE, ERR, NOTE, POINT or EVENT)"),
         })
     }
 }
@@ -204,8 +211,60 @@ impl fmt::Display for ProgramLine {
             Self::Done => write!(f, "DONE"),
             Self::Err { op, errno } => write!(f, "ERR {op} {errno}"),
             Self::Note(text) => write!(f, "NOTE {text}"),
+            Self::Point(name) => write!(f, "POINT {name}"),
             Self::Event(line) => write!(f, "EVENT {line}"),
         }
+    }
+}
+
+/// A crash point a program names: the `occurrence`-th time it prints
+/// `POINT name` (`--crash-at name:n`; `name` alone is the first time).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct NamedPoint {
+    pub name: String,
+    pub occurrence: u64,
+}
+
+/// A point's name: 1 to 64 of `A-Z a-z 0-9 _ . -` (one word on every line
+/// and command line it travels through).
+pub const POINT_NAME_MAX_BYTES: usize = 64;
+
+impl NamedPoint {
+    pub fn check_name(name: &str) -> Result<&str, &'static str> {
+        let ok = !name.is_empty()
+            && name.len() <= POINT_NAME_MAX_BYTES
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        match ok {
+            true => Ok(name),
+            false => Err("a point's name is 1 to 64 of A-Z a-z 0-9 _ . -"),
+        }
+    }
+}
+
+impl fmt::Display for NamedPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, self.occurrence)
+    }
+}
+
+impl std::str::FromStr for NamedPoint {
+    type Err = String;
+    fn from_str(text: &str) -> Result<NamedPoint, String> {
+        let (name, occurrence) = match text.rsplit_once(':') {
+            Some((name, n)) => (
+                name,
+                n.parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("{text:?}: the occurrence after ':' is a number from 1"))?,
+            ),
+            None => (text, 1),
+        };
+        let name = NamedPoint::check_name(name).map_err(|why| format!("{text:?}: {why}"))?;
+        Ok(NamedPoint {
+            name: name.to_string(),
+            occurrence,
+        })
     }
 }
 
@@ -361,7 +420,10 @@ mod tests {
             ("BEGIN 1 ab 2 3", "wrong number of fields"),
             ("EVENT", "EVENT carries a line"),
             ("READY now", "wrong number of fields"),
-            ("COMMIT 1", "unknown tag (READY, BEGIN, ACK, DONE, ERR, NOTE or EVENT)"),
+            ("COMMIT 1", "unknown tag (READY, BEGIN, ACK, DONE, ERR, NOTE, POINT or EVENT)"),
+            ("POINT", "wrong number of fields"),
+            ("POINT a b", "wrong number of fields"),
+            ("POINT a/b", "a point's name is 1 to 64 of A-Z a-z 0-9 _ . -"),
             ("NOTE a\tb", "text holds a control character"),
         ] {
             assert_eq!(ProgramLine::parse(line), Err(why), "{line}");
@@ -369,6 +431,17 @@ mod tests {
         assert!(ProgramLine::parse(&format!("NOTE {}", "x".repeat(LINE_MAX_BYTES))).is_err());
         assert!(Digest::parse(&"a".repeat(65)).is_err());
         assert_eq!(ProgramLine::parse("ACK 3\r"), Ok(ProgramLine::Ack { id: 3 }));
+    }
+
+    #[test]
+    fn a_named_point_reads_name_and_occurrence() {
+        let p: NamedPoint = "committed".parse().unwrap();
+        assert_eq!((p.name.as_str(), p.occurrence), ("committed", 1));
+        assert_eq!("wal.sync:12".parse::<NamedPoint>().unwrap().to_string(), "wal.sync:12");
+        for bad in ["", "a:0", "a:x", "a b:1", ":3"] {
+            assert!(bad.parse::<NamedPoint>().is_err(), "{bad:?}");
+        }
+        assert_eq!(ProgramLine::parse("POINT wal.sync"), Ok(ProgramLine::Point("wal.sync".into())));
     }
 
     #[test]

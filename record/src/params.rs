@@ -231,6 +231,10 @@ pub struct WorkloadParams {
     /// Crash point hook: after this many acks, print `HOLD` and do nothing
     /// more, so the host kills the VM at an exact point of the protocol.
     pub hold_after_acks: Option<u64>,
+    /// Crash point hook for a program (`--crash-at`): at this occurrence of
+    /// its `POINT name`, print `HOLD` and stop it, as at an ack count.
+    #[serde(default)]
+    pub hold_at_point: Option<crate::items::NamedPoint>,
     /// Power-loss capture: byte offset on the test disk (`ACK_DEVICE`) of
     /// the reserved ack area, past the filesystem's end. Each ack is also
     /// written there, with O_DIRECT, as one sector (`layout::ack`).
@@ -331,6 +335,9 @@ impl WorkloadParams {
         if let Some(n) = self.hold_after_acks {
             args.push(format!("{PREFIX}hold_after_acks={n}"));
         }
+        if let Some(point) = &self.hold_at_point {
+            args.push(format!("{PREFIX}hold_at_point={point}"));
+        }
         if let Some(offset) = self.ack_area_offset_bytes {
             args.push(format!("{PREFIX}ack_offset={offset}"));
         }
@@ -347,6 +354,7 @@ impl WorkloadParams {
         let mut seed = None;
         let mut planted_bug = None;
         let mut hold_after_acks = None;
+        let mut hold_at_point = None;
         let mut ack_area_offset_bytes = None;
         let mut pattern = Pattern::default();
         let mut io_errors = false;
@@ -367,6 +375,7 @@ impl WorkloadParams {
                 "seed" => seed = Some(num(value)?),
                 "planted_bug" => planted_bug = Some(value.parse()?),
                 "hold_after_acks" => hold_after_acks = Some(num(value)?),
+                "hold_at_point" => hold_at_point = Some(value.parse().map_err(ParamsError)?),
                 "ack_offset" => ack_area_offset_bytes = Some(num(value)?),
                 "pattern" => pattern = value.parse()?,
                 "io_errors" => io_errors = num(value)? == 1,
@@ -387,6 +396,7 @@ impl WorkloadParams {
             seed: seed.ok_or_else(|| missing("seed"))?,
             planted_bug,
             hold_after_acks,
+            hold_at_point,
             ack_area_offset_bytes,
             pattern,
             io_errors,
@@ -451,6 +461,7 @@ mod tests {
             seed: 0xDEAD_BEEF,
             planted_bug: Some(PlantedBug::AckBeforeSync),
             hold_after_acks: Some(17),
+            hold_at_point: None,
             ack_area_offset_bytes: Some(60 << 20),
             pattern: Pattern::Records,
             io_errors: false,
@@ -566,6 +577,7 @@ mod tests {
             seed: 1,
             planted_bug: None,
             hold_after_acks: None,
+            hold_at_point: None,
             ack_area_offset_bytes: None,
             pattern,
             io_errors: false,

@@ -173,6 +173,11 @@ pub enum Event {
     Note {
         text: String,
     },
+    /// (1.2) The program reached its named point for the `occurrence`-th time.
+    Point {
+        name: String,
+        occurrence: u64,
+    },
     CheckerExit {
         rc: i32,
     },
@@ -244,6 +249,7 @@ impl fmt::Display for Event {
             } => write!(f, "ITEM {seq} {id} {digest} {key}"),
             Self::CheckerOutput { line } => write!(f, "CHECKER {line}"),
             Self::Note { text } => write!(f, "NOTE {text}"),
+            Self::Point { name, occurrence } => write!(f, "POINT {name} {occurrence}"),
             Self::CheckerExit { rc } => write!(f, "CHECKEXIT {rc}"),
         }
     }
@@ -300,6 +306,10 @@ impl Event {
             },
             "READY" => Event::Ready {
                 slots: num(field(words)?)?,
+            },
+            "POINT" => Event::Point {
+                name: crate::items::NamedPoint::check_name(field(words)?)?.to_string(),
+                occurrence: num(field(words)?)?,
             },
             "BEGIN" => Event::Begin {
                 seq: num(field(words)?)?,

@@ -224,7 +224,7 @@ pub fn rebuild(
             | Event::Fsync { .. }
             | Event::Readback { .. } => {}
             // Kept in the log for the user; never judged.
-            Event::Booted { .. } | Event::Hold { .. } | Event::Note { .. } => {}
+            Event::Booted { .. } | Event::Hold { .. } | Event::Note { .. } | Event::Point { .. } => {}
             other => return Err(format!("unexpected line in a workload log: {other}")),
         }
     }

@@ -102,7 +102,8 @@ fn rebuild<'a>(protocol: &'a ProtocolLog, kept: Option<&[bool]>, items_max: u64)
             | Event::Hold { .. }
             | Event::Error { .. }
             | Event::Done { .. }
-            | Event::Note { .. } => {}
+            | Event::Note { .. }
+            | Event::Point { .. } => {}
             other => return Err(format!("unexpected line in a program's log: {other}")),
         }
     }

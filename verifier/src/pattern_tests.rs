@@ -26,6 +26,7 @@ impl Run {
             seed: SEED,
             planted_bug: None,
             hold_after_acks: None,
+            hold_at_point: None,
             ack_area_offset_bytes: None,
             pattern,
             io_errors: false,

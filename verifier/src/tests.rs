@@ -29,6 +29,7 @@ impl Scenario {
             seed: SEED,
             planted_bug: None,
             hold_after_acks: None,
+            hold_at_point: None,
             ack_area_offset_bytes: None,
             pattern: record::Pattern::Records,
             io_errors: false,

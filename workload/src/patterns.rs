@@ -707,6 +707,7 @@ mod range_tests {
             seed: 1,
             planted_bug: None,
             hold_after_acks: None,
+            hold_at_point: None,
             ack_area_offset_bytes: None,
             pattern: record::Pattern::PartialMsync,
             io_errors: false,

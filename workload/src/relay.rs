@@ -94,6 +94,11 @@ pub struct Relay {
     /// What `READY` says to the host (record events).
     slots: u64,
     hold_after_acks: Option<u64>,
+    /// `--crash-at`: hold the program at this occurrence of its point.
+    hold_at_point: Option<items::NamedPoint>,
+    /// How often the program printed each `POINT name` so far.
+    points_seen: HashMap<String, u64>,
+    point_reached: bool,
     capture: bool,
     ready: bool,
     done: bool,
@@ -113,6 +118,9 @@ impl Relay {
                 Vocabulary::Records => params.geometry().total_slots(),
             },
             hold_after_acks: params.hold_after_acks,
+            hold_at_point: params.hold_at_point.clone(),
+            points_seen: HashMap::new(),
+            point_reached: false,
             capture: params.ack_area_offset_bytes.is_some(),
             ready: false,
             done: false,
@@ -216,8 +224,30 @@ impl Relay {
             // Kept in the results (the host's protocol log): what the
             // program says of its configuration; never judged.
             ProgramLine::Note(text) => actions.push(Action::Emit(Event::Note { text })),
+            ProgramLine::Point(name) => self.point(name, &mut actions),
         }
         Ok(actions)
+    }
+
+    /// The actions for `POINT name`: the host's event (with how often the
+    /// program reached it), then the reply, or at the named crash point the
+    /// hold (the program stays there; the host kills the guest).
+    fn point(&mut self, name: String, actions: &mut Vec<Action>) {
+        let seen = self.points_seen.entry(name.clone()).or_insert(0);
+        *seen += 1;
+        let occurrence = *seen;
+        let here = self
+            .hold_at_point
+            .as_ref()
+            .is_some_and(|p| p.name == name && p.occurrence == occurrence);
+        actions.push(Action::Emit(Event::Point { name, occurrence }));
+        match here {
+            true => {
+                self.point_reached = true;
+                actions.push(Action::Hold { acks: self.acks });
+            }
+            false => actions.push(Action::Reply),
+        }
     }
 
     /// The actions for `ACK id`: the ack sector (power loss), the host's
@@ -274,7 +304,11 @@ impl Relay {
         };
         match ended {
             Some((op, errno)) => vec![Action::Emit(Event::Error { op, errno }), Action::End],
-            None if self.hold_after_acks.is_some_and(|n| self.acks < n) => vec![Action::Hold { acks: self.acks }],
+            None if self.hold_after_acks.is_some_and(|n| self.acks < n)
+                || (self.hold_at_point.is_some() && !self.point_reached) =>
+            {
+                vec![Action::Hold { acks: self.acks }]
+            }
             None => vec![Action::End],
         }
     }
@@ -744,6 +778,7 @@ mod tests {
             seed: 7,
             planted_bug: None,
             hold_after_acks: hold,
+            hold_at_point: None,
             ack_area_offset_bytes: capture.then_some(60 << 20),
             pattern: record::Pattern::Records,
             io_errors: false,
@@ -752,6 +787,46 @@ mod tests {
 
     fn digest(text: &str) -> items::Digest {
         items::Digest::parse(text).unwrap()
+    }
+
+    /// `POINT name` is passed on with its count; at `--crash-at name:2`
+    /// the second one holds the program (no reply) as an ack count does;
+    /// a run that ends before it still holds, so the planned crash happens.
+    #[test]
+    fn a_named_point_is_passed_on_counted_and_holds_at_its_occurrence() {
+        let mut p = params(None, false);
+        p.hold_at_point = Some("committed:2".parse().unwrap());
+        let mut relay = Relay::new(&p, Vocabulary::Items);
+        relay.line("READY").unwrap();
+        let point = |occurrence| {
+            Action::Emit(Event::Point {
+                name: "committed".into(),
+                occurrence,
+            })
+        };
+        assert_eq!(relay.line("POINT committed").unwrap(), [point(1), Action::Reply]);
+        assert_eq!(
+            relay.line("POINT other").unwrap(),
+            [
+                Action::Emit(Event::Point {
+                    name: "other".into(),
+                    occurrence: 1
+                }),
+                Action::Reply
+            ]
+        );
+        assert_eq!(
+            relay.line("POINT committed").unwrap(),
+            [point(2), Action::Hold { acks: 0 }]
+        );
+        assert!(relay.line("POINT bad/name").is_err(), "a name is one plain word");
+        let mut early = Relay::new(&p, Vocabulary::Items);
+        early.line("READY").unwrap();
+        early.line("DONE").unwrap();
+        assert_eq!(
+            early.exited(std::process::ExitStatus::from_raw(0)),
+            [Action::Hold { acks: 0 }]
+        );
     }
 
     #[test]

@@ -207,6 +207,10 @@ pub struct CampaignConfig {
     /// many items it writes.
     #[serde(default)]
     pub program: Option<ProgramSpec>,
+    /// A program's own crash point (`--crash-at name[:n]`): every trial
+    /// crashes the n-th time the program prints `POINT name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_at: Option<record::items::NamedPoint>,
     /// Run only this shard's trials (`--shard I/N`); `crashlab merge`
     /// puts the shards together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -375,6 +379,7 @@ impl CampaignConfig {
             seed: workload_seed,
             planted_bug: self.planted_bug,
             hold_after_acks,
+            hold_at_point: self.crash_at.clone(),
             ack_area_offset_bytes,
             pattern: self.pattern,
             io_errors: self.inject_write_error.is_some(),
@@ -526,6 +531,13 @@ impl CampaignConfig {
         if self.boot_timeout_ms == 0 || self.stall_timeout_ms == 0 || self.trial_timeout_ms == 0 {
             return Err("timeouts must be positive".into());
         }
+        if self.crash_at.is_some() && self.program.is_none() {
+            return Err(
+                "--crash-at names a point a program prints (POINT name): it needs --workload; \
+                        crashlab's record workload crashes with --crash-points"
+                    .into(),
+            );
+        }
         if let Some(program) = &self.program {
             program.validate()?;
             let conflicts = [
@@ -639,6 +651,9 @@ impl CampaignConfig {
             args.push(format!("--checker-cmd={}", program.checker.display()));
             args.extend(program.workload_args.iter().map(|a| format!("--workload-arg={a}")));
             args.extend(program.checker_args.iter().map(|a| format!("--checker-arg={a}")));
+        }
+        if let Some(point) = &self.crash_at {
+            args.push(format!("--crash-at={point}"));
         }
         args
     }
@@ -778,6 +793,7 @@ pub fn sample_config() -> CampaignConfig {
         trace_msync: true,
         inject_write_error: None,
         program: None,
+        crash_at: None,
     }
 }
 

@@ -20,6 +20,9 @@ pub enum CrashPoint {
     AfterDelay { delay_ms: u64 },
     /// No kill: the workload finishes and the guest powers off.
     AtEnd,
+    /// Kill where the program stops at its named point (`--crash-at`,
+    /// the configuration names it): the relay holds it there.
+    AtNamedPoint,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +52,14 @@ pub fn plan_trial(config: &CampaignConfig, trial: u64) -> TrialPlan {
         let quarter = (config.records_per_trial / 4).max(1);
         (quarter + rng.random_range(0..quarter)).min(config.records_per_trial - 1)
     });
+    if config.crash_at.is_some() {
+        return TrialPlan {
+            trial,
+            workload_seed,
+            crash_point: CrashPoint::AtNamedPoint,
+            failing_record,
+        };
+    }
     let use_acks = match config.crash_points {
         CrashPointKind::Acks => true,
         CrashPointKind::Delay => false,
@@ -117,10 +128,24 @@ mod tests {
                     kinds.1 += 1;
                     assert!(delay_ms <= c.crash_delay_max_ms);
                 }
-                CrashPoint::AtEnd => panic!("mixed never runs to the end"),
+                CrashPoint::AtEnd | CrashPoint::AtNamedPoint => panic!("mixed draws acks or delays"),
             }
         }
         assert!(kinds.0 > 50 && kinds.1 > 50, "mixed draws both kinds: {kinds:?}");
+    }
+
+    #[test]
+    fn a_named_point_is_every_trials_crash_point() {
+        let c = CampaignConfig {
+            trials: 5,
+            crash_at: Some("committed:3".parse().unwrap()),
+            ..config::sample_config()
+        };
+        for t in 0..5 {
+            assert_eq!(plan_trial(&c, t).crash_point, CrashPoint::AtNamedPoint);
+        }
+        let params = c.workload_params(1, None, None);
+        assert_eq!(params.hold_at_point.unwrap().to_string(), "committed:3");
     }
 
     #[test]

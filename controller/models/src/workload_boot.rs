@@ -72,7 +72,7 @@ pub fn unix_ms_now() -> u64 {
 pub fn hold_for(plan: &TrialPlan) -> Option<u64> {
     match plan.crash_point {
         CrashPoint::AfterAcks { acks } => Some(acks),
-        CrashPoint::AfterDelay { .. } | CrashPoint::AtEnd => None,
+        CrashPoint::AfterDelay { .. } | CrashPoint::AtEnd | CrashPoint::AtNamedPoint => None,
     }
 }
 
@@ -132,7 +132,7 @@ pub(crate) fn run_workload(
                 rate.acks += 1;
                 rate.ready_to_last_ack_ms = ready_at.map(|t| (now - t).as_millis() as u64).unwrap_or(0);
             }
-            (Some(Event::Hold { .. }), CrashPoint::AfterAcks { .. }) => return Action::Kill,
+            (Some(Event::Hold { .. }), CrashPoint::AfterAcks { .. } | CrashPoint::AtNamedPoint) => return Action::Kill,
             (Some(Event::Done { .. }), _) => done = true,
             (Some(Event::Mount { rc }), _) => mount_rc = Some(*rc),
             (Some(Event::Error { op, errno }), _) => {

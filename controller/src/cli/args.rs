@@ -384,6 +384,11 @@ pub struct RunArgs {
     /// Which crash points trials draw.
     #[arg(long, value_enum, default_value = "mixed")]
     pub crash_points: CrashPointKind,
+    /// A program's own crash point: crash every trial the N-th time the
+    /// program prints `POINT NAME` (protocol 1.2; N defaults to 1). Under
+    /// power loss the run stops there and its log ends at that point.
+    #[arg(long, value_name = "NAME[:N]", requires = "workload")]
+    pub crash_at: Option<record::items::NamedPoint>,
     /// Upper bound of delay-based crash points, after READY.
     #[arg(long, default_value_t = 3000)]
     pub crash_delay_max_ms: u64,
@@ -590,6 +595,7 @@ pub fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
             }),
             _ => None,
         },
+        crash_at: args.crash_at.clone(),
         check_workers: args.check_workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as u32)

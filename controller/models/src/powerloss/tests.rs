@@ -330,6 +330,7 @@ fn judge_all(w: &LogWriter, serial_text: &str, device_bug: Option<&str>) -> (usi
         seed: SEED,
         planted_bug: None,
         hold_after_acks: None,
+        hold_at_point: None,
         ack_area_offset_bytes: Some(AREA_SECTOR * 512),
         pattern: record::Pattern::Records,
         io_errors: false,
