@@ -420,7 +420,10 @@ mod tests {
             ("BEGIN 1 ab 2 3", "wrong number of fields"),
             ("EVENT", "EVENT carries a line"),
             ("READY now", "wrong number of fields"),
-            ("COMMIT 1", "unknown tag (READY, BEGIN, ACK, DONE, ERR, NOTE, POINT or EVENT)"),
+            (
+                "COMMIT 1",
+                "unknown tag (READY, BEGIN, ACK, DONE, ERR, NOTE, POINT or EVENT)",
+            ),
             ("POINT", "wrong number of fields"),
             ("POINT a b", "wrong number of fields"),
             ("POINT a/b", "a point's name is 1 to 64 of A-Z a-z 0-9 _ . -"),
@@ -441,7 +444,10 @@ mod tests {
         for bad in ["", "a:0", "a:x", "a b:1", ":3"] {
             assert!(bad.parse::<NamedPoint>().is_err(), "{bad:?}");
         }
-        assert_eq!(ProgramLine::parse("POINT wal.sync"), Ok(ProgramLine::Point("wal.sync".into())));
+        assert_eq!(
+            ProgramLine::parse("POINT wal.sync"),
+            Ok(ProgramLine::Point("wal.sync".into()))
+        );
     }
 
     #[test]

@@ -21,9 +21,9 @@
 //! Every key and value comes from `$CRASHLAB_SEED`, so a trial replays.
 
 use std::ffi::{CStr, CString};
-use std::io::Write;
 use std::process::ExitCode;
 
+use crashlab_client::{Checker, Program};
 use lmdb_master_sys as ffi;
 
 /// The environment's map: the most the database may grow to. The
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if let Some((op, errno)) = &f.protocol_err {
-                say(&format!("ERR {op} {errno}"));
+                let _ = Program::from_env().err(op, *errno);
             }
             eprintln!("crashlab-lmdb: {}", f.message);
             ExitCode::from(1)
@@ -83,49 +83,18 @@ fn lmdb(op: &str, rc: libc::c_int) -> Result<(), Failure> {
     })
 }
 
-/// One protocol line on stdout, flushed before the program goes on.
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-/// The relay's reply pipe (protocol 1.1): one byte after `READY`, each
-/// `BEGIN` and each `ACK`. Waiting for it, the line is on the channel (a
-/// kernel crash never finds a transaction the host was not told of), the
-/// promise in the block log, and at the crash point the program is stopped
-/// right there. Without `CRASHLAB_REPLY_FD` (a 1.0 relay, or by hand)
-/// there is nothing to wait for.
-struct Reply(Option<std::fs::File>);
-
-impl Reply {
-    fn from_env() -> Reply {
-        use std::os::fd::FromRawFd;
-        let fd = std::env::var("CRASHLAB_REPLY_FD")
-            .ok()
-            .and_then(|v| v.parse::<i32>().ok());
-        // SAFETY: the relay opened this descriptor for the program; nothing
-        // else here uses it.
-        Reply(fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }))
-    }
-
-    fn wait(&mut self) -> Result<(), Failure> {
-        use std::io::Read;
-        let Some(pipe) = self.0.as_mut() else {
-            return Ok(());
-        };
-        let mut byte = [0u8; 1];
-        match pipe.read(&mut byte) {
-            Ok(1) => Ok(()),
-            Ok(_) => Err(Failure {
-                message: "the relay closed the reply pipe".into(),
-                protocol_err: Some(("relay-reply".into(), 32)),
-            }),
-            Err(e) => Err(Failure {
-                message: format!("cannot read the relay's reply: {e}"),
-                protocol_err: Some(("relay-reply".into(), e.raw_os_error().unwrap_or(5))),
-            }),
-        }
+/// A protocol line that could not be written or answered: the relay is
+/// gone or the line is malformed; said as `ERR relay-reply errno`.
+fn relay_failure(e: std::io::Error) -> Failure {
+    Failure {
+        message: format!("the protocol with the relay failed: {e}"),
+        protocol_err: Some((
+            "relay-reply".into(),
+            match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => 32,
+                _ => e.raw_os_error().unwrap_or(5),
+            },
+        )),
     }
 }
 
@@ -303,25 +272,21 @@ fn workload(args: &[String]) -> Result<(), Failure> {
     if let Some(data) = std::env::var_os("CRASHLAB_DATA_DIR") {
         fsync_dir(&data.to_string_lossy())?;
     }
-    let mut reply = Reply::from_env();
-    say("READY");
-    reply.wait()?;
+    let mut program = Program::from_env();
+    program.ready().map_err(relay_failure)?;
     for id in 1..=items {
         let pairs = item_pairs(seed, id);
         let sum = digest(&pairs);
-        say(&format!("BEGIN {id} {sum}"));
-        reply.wait()?;
+        program.begin(id, &sum).map_err(relay_failure)?;
         let txn = put_item(&env, id, &pairs, &sum)?;
         if lie {
-            say(&format!("ACK {id}"));
-            reply.wait()?;
+            program.ack(id).map_err(relay_failure)?;
             // The lie's window made wide: the commit comes a while after.
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         lmdb("mdb_txn_commit", unsafe { ffi::mdb_txn_commit(txn) })?;
         if !lie {
-            say(&format!("ACK {id}"));
-            reply.wait()?;
+            program.ack(id).map_err(relay_failure)?;
         }
         if exit_after == Some(id) {
             std::process::exit(3);
@@ -332,7 +297,7 @@ fn workload(args: &[String]) -> Result<(), Failure> {
             }
         }
     }
-    say("DONE");
+    program.done().map_err(relay_failure)?;
     Ok(())
 }
 
@@ -373,9 +338,10 @@ fn check(args: &[String]) -> Result<(), Failure> {
         _ => return Err(Failure::usage("usage: crashlab-lmdb check [--delay-ms N]")),
     }
     let dir = env_dir()?;
+    let mut checker = Checker;
     if !std::path::Path::new(&dir).join("data.mdb").exists() {
-        say("NOTE no environment yet");
-        say("END 0");
+        checker.note("no environment yet").map_err(relay_failure)?;
+        checker.end(0).map_err(relay_failure)?;
         return Ok(());
     }
     let env = Env::open(&dir, ffi::MDB_RDONLY).map_err(|f| Failure {
@@ -398,7 +364,7 @@ fn check(args: &[String]) -> Result<(), Failure> {
             ));
             continue;
         }
-        say(&format!("ITEM {id} {sum}"));
+        checker.item(*id, &sum).map_err(relay_failure)?;
         found += 1;
     }
     for id in items.keys() {
@@ -407,9 +373,9 @@ fn check(args: &[String]) -> Result<(), Failure> {
         ));
     }
     for what in corrupt {
-        say(&format!("CORRUPT {what}"));
+        checker.corrupt(&what).map_err(relay_failure)?;
     }
-    say(&format!("END {found}"));
+    checker.end(found).map_err(relay_failure)?;
     Ok(())
 }
 
