@@ -106,20 +106,7 @@ pub(crate) fn run_workload(
     drive: Drive,
     files: &RunFiles,
 ) -> Result<WorkloadRun> {
-    let mut kernel_args = base_kernel_args(ctx.config, "workload");
-    kernel_args.extend(params.to_kernel_args());
-    kernel_args.push(format!("crashlab.trace={}", u8::from(ctx.config.trace_msync)));
-    let spec = VmSpec {
-        images: ctx.images.clone(),
-        accel: ctx.accel,
-        memory_mib: ctx.config.guest_memory_mib,
-        kernel_args,
-        drives: vec![drive],
-        console_log: files.console_log.clone(),
-        channel_socket: PathBuf::new(),
-        qmp_socket: PathBuf::new(),
-        trace_log: Some(files.trace_log.clone()),
-    };
+    let spec = workload_spec(ctx, params, drive, files);
     let mut ready_at = None::<Instant>;
     let mut done = false;
     let mut error = None::<String>;
@@ -149,9 +136,50 @@ pub(crate) fn run_workload(
     })?;
     vm::bail_if_interrupted(run.outcome)?;
     refuse_a_guest_that_cannot_run_it(ctx, files, error.as_deref(), mount_rc)?;
-    let end = match run.outcome {
+    let end = run_end(ctx, run.outcome, error.is_some(), done, ready_at.is_some(), files)?;
+    Ok(WorkloadRun {
+        trial: plan.trial,
+        workload_seed: plan.workload_seed,
+        crash_point: plan.crash_point,
+        run_end: end,
+        workload_error: error,
+        workload_rate: rate,
+    })
+}
+
+/// The workload boot's VM: the workload (or the program, under the relay)
+/// on `drive`, its parameters on the kernel command line, traced.
+fn workload_spec(ctx: &TrialContext, params: &record::WorkloadParams, drive: Drive, files: &RunFiles) -> VmSpec {
+    let mut kernel_args = base_kernel_args(ctx.config, "workload");
+    kernel_args.extend(params.to_kernel_args());
+    kernel_args.push(format!("crashlab.trace={}", u8::from(ctx.config.trace_msync)));
+    VmSpec {
+        images: ctx.images.clone(),
+        accel: ctx.accel,
+        memory_mib: ctx.config.guest_memory_mib,
+        kernel_args,
+        drives: vec![drive],
+        console_log: files.console_log.clone(),
+        channel_socket: PathBuf::new(),
+        qmp_socket: PathBuf::new(),
+        trace_log: Some(files.trace_log.clone()),
+    }
+}
+
+/// How the workload boot ended, from how its VM ended and what the
+/// workload said; a program that fell silent is a fault of the program (an
+/// error naming it), a guest that never ran is a boot failure.
+fn run_end(
+    ctx: &TrialContext,
+    outcome: VmOutcome,
+    errored: bool,
+    done: bool,
+    ready: bool,
+    files: &RunFiles,
+) -> Result<RunEnd> {
+    Ok(match outcome {
         VmOutcome::Killed => RunEnd::Crashed,
-        VmOutcome::Exited { .. } if error.is_some() => RunEnd::WorkloadError,
+        VmOutcome::Exited { .. } if errored => RunEnd::WorkloadError,
         VmOutcome::Exited { .. } if done => RunEnd::WorkloadDone,
         VmOutcome::Stalled if ctx.config.program.is_some() => bail!(
             "the program under test ({}) printed nothing for {} ms {}: it hangs by itself (a fault of the \
@@ -162,21 +190,13 @@ pub(crate) fn run_workload(
                 .as_ref()
                 .map_or(String::new(), |p| p.workload.display().to_string()),
             ctx.config.stall_timeout_ms,
-            match ready_at {
-                Some(_) => "after READY",
-                None => "and never said READY",
+            match ready {
+                true => "after READY",
+                false => "and never said READY",
             },
             files.console_log.display()
         ),
         other => return Err(vm::boot_failure("workload boot failed", other, files)),
-    };
-    Ok(WorkloadRun {
-        trial: plan.trial,
-        workload_seed: plan.workload_seed,
-        crash_point: plan.crash_point,
-        run_end: end,
-        workload_error: error,
-        workload_rate: rate,
     })
 }
 
