@@ -166,7 +166,7 @@ pub fn crash_position(log: &ParsedLog, state: &CrashState) -> u64 {
     crash_position_unchecked(log, state)
 }
 
-fn crash_position_unchecked(log: &ParsedLog, state: &CrashState) -> u64 {
+pub(crate) fn crash_position_unchecked(log: &ParsedLog, state: &CrashState) -> u64 {
     let epoch = open_epoch(log, state.prefix_entries);
     epoch
         .clone()
@@ -289,7 +289,7 @@ pub fn plan_states(log: &ParsedLog, options: &PlanOptions) -> Vec<CrashState> {
     plan.into_states(log, options.budget)
 }
 
-struct Planned {
+pub(crate) struct Planned {
     state: CrashState,
     key: StateKey,
     position: u64,
@@ -297,8 +297,8 @@ struct Planned {
 
 /// States in planning order, one per content key.
 #[derive(Default)]
-struct Plan {
-    states: Vec<Planned>,
+pub(crate) struct Plan {
+    pub(crate) states: Vec<Planned>,
     by_key: HashMap<StateKey, usize>,
 }
 
@@ -306,7 +306,7 @@ impl Plan {
     /// The planned states, in plan order. Asserted: the plan's bound, and
     /// each state within the log it was planned from (a reader rebuilding a
     /// state from a kept log checks the same).
-    fn into_states(self, log: &ParsedLog, budget: usize) -> Vec<CrashState> {
+    pub(crate) fn into_states(self, log: &ParsedLog, budget: usize) -> Vec<CrashState> {
         let states: Vec<CrashState> = self.states.into_iter().map(|p| p.state).collect();
         assert!(states.len() <= budget.max(1), "the plan keeps to its budget");
         assert!(
@@ -318,7 +318,7 @@ impl Plan {
 
     /// Adds the state, or, when a state with the same contents is already
     /// planned, keeps whichever is judged later (in the earlier one's slot).
-    fn offer(&mut self, state: CrashState, key: StateKey, position: u64) {
+    pub(crate) fn offer(&mut self, state: CrashState, key: StateKey, position: u64) {
         match self.by_key.get(&key) {
             Some(&i) => {
                 if position > self.states[i].position {
@@ -483,14 +483,14 @@ fn record_extra_winners(log: &ParsedLog, state: &CrashState, winners: &mut RunMa
 }
 
 /// A flush boundary with what is needed to draw and key its states.
-struct Epoch {
-    prefix_entries: u64,
+pub(crate) struct Epoch {
+    pub(crate) prefix_entries: u64,
     /// Index of the closing flush, or the log's end.
-    end: u64,
+    pub(crate) end: u64,
     /// Writes and discards of the open epoch that may be drawn, in log order.
-    writes: Vec<u64>,
+    pub(crate) writes: Vec<u64>,
     /// The FUA data writes among them.
-    fua_writes: Vec<u64>,
+    pub(crate) fua_writes: Vec<u64>,
     /// Key of the bare prefix state.
     prefix_key: StateKey,
     /// Over the sectors the open epoch's writes touch: the prefix's winners
@@ -501,7 +501,7 @@ struct Epoch {
 impl Epoch {
     /// Key of a state drawn from this epoch, in O(runs of its extras and of
     /// the prefix under them), whatever their length in sectors.
-    fn key_of(&self, log: &ParsedLog, state: &CrashState, options: &PlanOptions) -> StateKey {
+    pub(crate) fn key_of(&self, log: &ParsedLog, state: &CrashState, options: &PlanOptions) -> StateKey {
         debug_assert_eq!(state.prefix_entries, self.prefix_entries);
         let ignored = &options.ignored_sectors;
         let mut changed = RunMap::default();
@@ -518,7 +518,7 @@ impl Epoch {
 
 /// Every flush boundary of the log (including 0), with prefix keys computed
 /// in one pass.
-fn build_epochs(log: &ParsedLog, options: &PlanOptions) -> Vec<Epoch> {
+pub(crate) fn build_epochs(log: &ParsedLog, options: &PlanOptions) -> Vec<Epoch> {
     let ignored = &options.ignored_sectors;
     let mut winners = RunMap::default();
     let mut key = StateKey::default();
