@@ -153,7 +153,9 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
                 true => ordered_masks(n),
                 false => {
                     sampled = true;
-                    (0..options.subsets_max_per_epoch).map(|_| random_mask(&mut rng, n)).collect()
+                    (0..options.subsets_max_per_epoch)
+                        .map(|_| random_mask(&mut rng, n))
+                        .collect()
                 }
             };
             for mask in masks {
@@ -164,7 +166,10 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
             for (write, tears) in tears_of(log, &cut, options.tears_per_write) {
                 coverage.states_in_model = coverage.states_in_model.saturating_add(tears.len() as u128);
                 for sectors_kept in tears {
-                    let torn = TornWrite { entry: write, sectors_kept };
+                    let torn = TornWrite {
+                        entry: write,
+                        sectors_kept,
+                    };
                     if !offer(state_of(epoch, &cut, u128::MAX, Some(torn))) {
                         break;
                     }
@@ -187,6 +192,39 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
         states: plan.into_states(log, budget),
         coverage,
     }
+}
+
+/// The model's size for a sampled run, without generating its states: the
+/// epochs, the largest, and the states counted before equal contents are
+/// removed (an upper bound on the distinct ones; saturating), with torn
+/// variants as [`explore_states`] would make them.
+pub fn count_model(log: &ParsedLog, options: &ExploreOptions) -> Coverage {
+    let plan_options = PlanOptions {
+        seed: options.seed,
+        budget: 0,
+        torn: options.tears_per_write > 0,
+        ignored_sectors: options.ignored_sectors.clone(),
+    };
+    let epochs = build_epochs(log, &plan_options);
+    let mut coverage = Coverage {
+        epochs: epochs.len() as u64,
+        largest_epoch: epochs
+            .iter()
+            .max_by_key(|e| (e.writes.len(), std::cmp::Reverse(e.prefix_entries)))
+            .map(|e| (e.prefix_entries, e.writes.len() as u64)),
+        ..Coverage::default()
+    };
+    for epoch in &epochs {
+        for cut in cuts(log, epoch) {
+            let subsets = 1u128.checked_shl(cut.optional.len() as u32).unwrap_or(u128::MAX);
+            let tears: u128 = tears_of(log, &cut, options.tears_per_write)
+                .iter()
+                .map(|(_, t)| t.len() as u128)
+                .sum();
+            coverage.states_in_model = coverage.states_in_model.saturating_add(subsets).saturating_add(tears);
+        }
+    }
+    coverage
 }
 
 /// The state of `cut` keeping the optional writes set in `mask` (bit i:
@@ -276,14 +314,27 @@ mod tests {
         let mut start = 0u64;
         loop {
             let epoch = crate::open_epoch(log, start);
-            let writes: Vec<u64> = epoch.clone().filter(|&i| log.entries[i as usize].changes_data()).collect();
-            let fua: Vec<u64> = writes.iter().copied().filter(|&i| log.entries[i as usize].flags.is_fua()).collect();
+            let writes: Vec<u64> = epoch
+                .clone()
+                .filter(|&i| log.entries[i as usize].changes_data())
+                .collect();
+            let fua: Vec<u64> = writes
+                .iter()
+                .copied()
+                .filter(|&i| log.entries[i as usize].flags.is_fua())
+                .collect();
             for cut in fua.iter().copied().chain([epoch.end]) {
                 let before: Vec<u64> = writes.iter().copied().filter(|&i| i < cut).collect();
                 let optional: Vec<u64> = before.iter().copied().filter(|i| !fua.contains(i)).collect();
                 for mask in 0u64..1 << optional.len() {
                     let mut extra: Vec<u64> = before.iter().copied().filter(|i| fua.contains(i)).collect();
-                    extra.extend(optional.iter().enumerate().filter(|(b, _)| mask >> b & 1 == 1).map(|(_, &i)| i));
+                    extra.extend(
+                        optional
+                            .iter()
+                            .enumerate()
+                            .filter(|(b, _)| mask >> b & 1 == 1)
+                            .map(|(_, &i)| i),
+                    );
                     extra.sort_unstable();
                     keys.insert(state_key(log, &CrashState::new(start, extra, None), &(0..0)));
                 }
@@ -321,7 +372,11 @@ mod tests {
             let keys: Vec<crate::StateKey> = explored.states.iter().map(|s| state_key(&log, s, &(0..0))).collect();
             let distinct: BTreeSet<_> = keys.iter().copied().collect();
             assert_eq!(distinct.len(), keys.len(), "seed {seed}: duplicates are removed");
-            assert_eq!(distinct, brute_force_keys(&log), "seed {seed}: every state of the model, no other");
+            assert_eq!(
+                distinct,
+                brute_force_keys(&log),
+                "seed {seed}: every state of the model, no other"
+            );
             for state in &explored.states {
                 state.validate(&log).unwrap();
             }
@@ -352,15 +407,40 @@ mod tests {
         assert_eq!((c.epochs_sampled, c.model_exact), (1, false), "{c:?}");
         // And the empty epoch after the flush: its bare prefix.
         assert_eq!(c.states_in_model, (1 << 20) + 1);
-        assert!(c.states <= 257 && c.states > 200, "256 sampled and the bare prefix after the flush: {c:?}");
+        assert!(
+            c.states <= 257 && c.states > 200,
+            "256 sampled and the bare prefix after the flush: {c:?}"
+        );
         assert_eq!(c.largest_epoch, Some((0, 20)));
+    }
+
+    #[test]
+    fn the_model_is_counted_as_the_exploration_generates_it() {
+        for seed in 0..10 {
+            let log = log_of(seed);
+            let opts = ExploreOptions {
+                tears_per_write: 3,
+                ..options()
+            };
+            let counted = count_model(&log, &opts);
+            let explored = explore_states(&log, &opts).coverage;
+            assert_eq!(counted.states_in_model, explored.states_in_model, "seed {seed}");
+            assert_eq!(counted.epochs, explored.epochs);
+            assert_eq!(
+                counted.largest_epoch.map(|(_, w)| w),
+                explored.largest_epoch.map(|(_, w)| w)
+            );
+        }
     }
 
     #[test]
     fn subsets_drop_few_and_old_writes_first() {
         // Three writes: all kept, then each one dropped (oldest first),
         // then two dropped, then none kept.
-        assert_eq!(ordered_masks(3), [0b111, 0b110, 0b101, 0b011, 0b100, 0b010, 0b001, 0b000]);
+        assert_eq!(
+            ordered_masks(3),
+            [0b111, 0b110, 0b101, 0b011, 0b100, 0b010, 0b001, 0b000]
+        );
     }
 
     #[test]

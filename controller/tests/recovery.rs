@@ -78,6 +78,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         inject_write_error: None,
         program: None,
         crash_at: None,
+        explore: Default::default(),
     }
 }
 

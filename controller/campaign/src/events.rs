@@ -265,6 +265,7 @@ mod tests {
             counts: verifier::Counts::default(),
             checker_restarts: 0,
             checker_timeouts_retried: 0,
+            coverage: None,
         }
     }
 

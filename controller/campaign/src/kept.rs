@@ -184,13 +184,13 @@ impl KeptTrial {
 
     /// The trial's states, planned as the campaign planned them.
     pub fn states(&self) -> Vec<blocklog::CrashState> {
-        let options = powerloss::plan_options(
+        powerloss::trial_states(
             &self.config,
             self.plan.workload_seed,
             &self.capture,
             self.ack_area_offset_bytes,
-        );
-        blocklog::plan_states(&self.capture.log, &options)
+        )
+        .0
     }
 }
 

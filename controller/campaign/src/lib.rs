@@ -100,6 +100,75 @@ pub struct Summary {
     /// timed out once and retried with more time, summed over trials.
     pub checker_restarts: u64,
     pub checker_timeouts_retried: u64,
+    /// Power loss: what the checked states cover of the model, summed over
+    /// trials (`--explore`).
+    pub coverage: CoverageTotals,
+}
+
+/// Coverage of the power-loss model, summed over trials.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CoverageTotals {
+    /// Distinct states checked.
+    pub states_checked: u64,
+    /// States in the model: exact (distinct) when every trial's every epoch
+    /// was enumerated, else an upper bound (counted before equal contents
+    /// are removed).
+    pub states_in_model: u64,
+    pub exact: bool,
+    pub epochs: u64,
+    pub epochs_enumerated: u64,
+    pub epochs_sampled: u64,
+    /// Generated states equal in content to an earlier one (removed).
+    pub duplicates: u64,
+    /// The most optional writes of one epoch, over the trials.
+    pub largest_epoch_writes: u64,
+    /// Trials whose coverage was recorded (results before 1.4 have none).
+    pub trials: u64,
+}
+
+impl CoverageTotals {
+    fn add(&mut self, c: &blocklog::Coverage) {
+        let first = self.trials == 0;
+        self.trials += 1;
+        let model = match c.model_exact {
+            true => u128::from(c.states),
+            false => c.states_in_model,
+        };
+        self.states_checked = self.states_checked.saturating_add(c.states);
+        self.states_in_model = self
+            .states_in_model
+            .saturating_add(u64::try_from(model).unwrap_or(u64::MAX));
+        self.exact = (first || self.exact) && c.model_exact;
+        self.epochs = self.epochs.saturating_add(c.epochs);
+        self.epochs_enumerated = self.epochs_enumerated.saturating_add(c.epochs_enumerated);
+        self.epochs_sampled = self.epochs_sampled.saturating_add(c.epochs_sampled);
+        self.duplicates = self.duplicates.saturating_add(c.duplicates);
+        self.largest_epoch_writes = self.largest_epoch_writes.max(c.largest_epoch.map_or(0, |(_, w)| w));
+    }
+
+    /// The summary's line, or nothing without a recorded coverage.
+    fn render(&self) -> String {
+        if self.trials == 0 {
+            return String::new();
+        }
+        let share = |part: u64, whole: u64| match whole {
+            0 => 100.0,
+            w => 100.0 * part as f64 / w as f64,
+        };
+        format!(
+            "coverage: {} distinct states checked of {} {} in the model ({:.1}%); {} of {} epochs enumerated, \
+             {} sampled; {} duplicates removed; largest epoch {} writes\n",
+            self.states_checked,
+            if self.exact { "exactly" } else { "at most" },
+            self.states_in_model,
+            share(self.states_checked, self.states_in_model),
+            self.epochs_enumerated,
+            self.epochs,
+            self.epochs_sampled,
+            self.duplicates,
+            self.largest_epoch_writes
+        )
+    }
 }
 
 /// What the summary needs from one trial of either crash model.
@@ -113,6 +182,7 @@ pub struct TrialTotals {
     counts: verifier::Counts,
     checker_restarts: u64,
     checker_timeouts_retried: u64,
+    coverage: Option<blocklog::Coverage>,
 }
 
 impl From<&TrialRecord> for TrialTotals {
@@ -127,6 +197,7 @@ impl From<&TrialRecord> for TrialTotals {
             counts: t.verdict.counts.clone(),
             checker_restarts: 0,
             checker_timeouts_retried: 0,
+            coverage: None,
         }
     }
 }
@@ -143,6 +214,7 @@ impl From<&PowerLossRecord> for TrialTotals {
             counts: t.state_counts.clone(),
             checker_restarts: t.checker_restarts,
             checker_timeouts_retried: t.checker_timeouts_retried,
+            coverage: t.coverage.clone(),
         }
     }
 }
@@ -171,6 +243,7 @@ impl TrialTotals {
             // Lines from before these were counted read as 0.
             checker_restarts: v["checker_restarts"].as_u64().unwrap_or(0),
             checker_timeouts_retried: v["checker_timeouts_retried"].as_u64().unwrap_or(0),
+            coverage: serde_json::from_value(v["coverage"].clone()).ok(),
         })
     }
 }
@@ -213,6 +286,9 @@ impl Summary {
         self.torn = self.torn.saturating_add(t.counts.torn);
         self.checker_restarts = self.checker_restarts.saturating_add(t.checker_restarts);
         self.checker_timeouts_retried = self.checker_timeouts_retried.saturating_add(t.checker_timeouts_retried);
+        if let Some(coverage) = &t.coverage {
+            self.coverage.add(coverage);
+        }
     }
 
     pub fn render(&self) -> String {
@@ -246,6 +322,7 @@ impl Summary {
             self.states_failed,
             self.short_of_budget()
         );
+        s += &self.coverage.render();
         if self.checker_restarts + self.checker_timeouts_retried > 0 {
             s += &format!(
                 "checker: {} restarts (a checker VM hung or died and was started again), {} checks retried \
@@ -1003,6 +1080,18 @@ mod summary_tests {
             counts: verifier::Counts::default(),
             checker_restarts: 2,
             checker_timeouts_retried: 1,
+            coverage: Some(blocklog::Coverage {
+                epochs: 10,
+                epochs_enumerated: 9,
+                epochs_sampled: 1,
+                states_in_model: 500,
+                model_exact: false,
+                states_generated: 30,
+                duplicates: 5,
+                states: 25,
+                largest_epoch: Some((7, 14)),
+                stopped_at_bound: false,
+            }),
         });
         let text = summary.render();
         assert!(text.contains("items, summed over crash states"), "{text}");
@@ -1012,6 +1101,13 @@ mod summary_tests {
         );
         assert!(text.contains("checker: 2 restarts"), "{text}");
         assert!(text.contains("1 checks retried"), "{text}");
+        assert!(
+            text.contains(
+                "coverage: 25 distinct states checked of at most 500 in the model (5.0%); 9 of 10 epochs \
+                 enumerated, 1 sampled; 5 duplicates removed; largest epoch 14 writes"
+            ),
+            "{text}"
+        );
         summary.state_budget = 25;
         summary.checker_restarts = 0;
         summary.checker_timeouts_retried = 0;

@@ -126,6 +126,19 @@ pub enum Checker {
     Both,
 }
 
+/// Power loss: which of a trial's crash states are checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Explore {
+    /// A seeded sample of up to --state-budget states.
+    #[default]
+    Sample,
+    /// Every distinct state of the model (each epoch's subsets up to 2^12
+    /// per crash point, sampled above; torn variants with --torn-writes);
+    /// --state-budget does not apply.
+    Exhaustive,
+}
+
 /// How a checker VM hands the recovered data files to the host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -190,6 +203,9 @@ pub struct CampaignConfig {
     pub read_files: FileRead,
     /// Power loss: also tear one write per state at 512-byte granularity.
     pub torn_writes: bool,
+    /// Power loss: a sample of states, or all of them.
+    #[serde(default)]
+    pub explore: Explore,
     /// Power loss: run fsck after every state's recovery (slower).
     pub fsck_states: bool,
     /// Power loss: states checked in parallel (checker VMs and/or host
@@ -622,6 +638,9 @@ impl CampaignConfig {
             if self.torn_writes {
                 args.push("--torn-writes".into());
             }
+            if self.explore == Explore::Exhaustive {
+                args.push("--explore=exhaustive".into());
+            }
             if self.fsck_states {
                 args.push("--fsck-states".into());
             }
@@ -788,6 +807,7 @@ pub fn sample_config() -> CampaignConfig {
         checker: Checker::Kernel,
         read_files: FileRead::Extents,
         torn_writes: false,
+        explore: Explore::Sample,
         fsck_states: false,
         check_workers: 2,
         trace_msync: true,

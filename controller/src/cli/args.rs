@@ -479,6 +479,11 @@ pub struct RunArgs {
     /// Power loss: also tear one write per state at 512-byte granularity.
     #[arg(long)]
     pub torn_writes: bool,
+    /// Power loss: check a seeded sample of up to --state-budget states, or
+    /// every distinct state of the model (exhaustive: coverage figures say
+    /// which epochs were too large and were sampled).
+    #[arg(long, value_enum, default_value = "sample")]
+    pub explore: config::Explore,
     /// Power loss: run the read-only fsck after every state's recovery.
     #[arg(long)]
     pub fsck_states: bool,
@@ -583,6 +588,7 @@ pub fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
         checker: args.checker,
         read_files: args.read_files,
         torn_writes: args.torn_writes,
+        explore: args.explore,
         fsck_states: args.fsck_states,
         trace_msync: !args.no_msync_trace,
         inject_write_error: args.inject_write_error,
@@ -742,6 +748,7 @@ mod tests {
     /// there (a kernel-crash campaign ignores them, and does not render them).
     const POWER_LOSS_ONLY: &[&str] = &[
         "state-budget",
+        "explore",
         "checker",
         "read-files",
         "torn-writes",

@@ -48,7 +48,7 @@ pub use check::StateChecks;
 pub use host_check::HostChecker;
 pub use judge::{earliest_crash_position, judge_state, protocol_at, JudgedState};
 pub use kernel_check::{KernelChecker, CHECKER_RESTARTS_MAX, OVERLAY_MAX_BYTES, STATE_TIMEOUT_MS};
-pub use plan::plan_options;
+pub use plan::{plan_options, trial_states};
 pub use report::{add_counts, LogFacts, PowerLossRecord, RunRecords, StateLine, Timing};
 
 use crate::workload_boot::TrialContext;
@@ -104,8 +104,7 @@ pub fn check_capture(
     let mut timing = captured.timing.clone();
 
     let t = Instant::now();
-    let options = plan_options(config, plan.workload_seed, capture, pctx.ack_area_offset_bytes);
-    let states = blocklog::plan_states(&capture.log, &options);
+    let (states, coverage) = plan::trial_states(config, plan.workload_seed, capture, pctx.ack_area_offset_bytes);
     timing.plan = ms_since(t);
 
     let env = check::CheckEnv {
@@ -126,6 +125,7 @@ pub fn check_capture(
     let workers = check::start_workers(&env, workers_n)?;
     timing.checker_boot = ms_since(t);
     let mut record = PowerLossRecord::new(pctx, plan, captured, &states, timing, workers_n, dir, trial_start);
+    record.coverage = Some(coverage);
 
     let abort = AtomicBool::new(false);
     let check_start = Instant::now();

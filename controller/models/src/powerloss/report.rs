@@ -30,6 +30,10 @@ pub struct PowerLossRecord {
     pub records: Option<RunRecords>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<RunRecords>,
+    /// What the trial's states cover of the model (`--explore`): results
+    /// schema 1.4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<blocklog::Coverage>,
     pub states_planned: u64,
     pub states_checked: u64,
     pub states_passed: u64,
@@ -292,6 +296,7 @@ impl PowerLossRecord {
             items: config.program.is_some().then_some(captured.records),
             live_violations: verifier::live_findings(&capture.serial),
             msync_trace: crate::trace::read_summary(&captured.files.trace_log),
+            coverage: None,
             states_planned: states.len() as u64,
             states_checked: 0,
             states_passed: 0,
