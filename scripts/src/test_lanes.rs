@@ -48,7 +48,7 @@ const EXPECTED_SECONDS: &[(&str, u32)] = &[
     ("examples", 400),
     ("power_loss", 235),
     ("patterns", 220),
-    ("program", 160),
+    ("program", 450),
     ("minimise", 75),
     ("compare", 120),
     ("report", 45),
