@@ -11,7 +11,10 @@
 //! once, `crashlab recheck --checker both --read-files both`: the kernel
 //! checker's files read at their extents and copied, the host checker's
 //! by crashlab-ext4 and by e2fsprogs, each pair compared; the failing
-//! states must be the same as the run's). Results also go
+//! states must be the same as the run's), `--explore exhaustive` (each
+//! power-loss run checks every distinct state of its trial, with the host
+//! checker, instead of 100 sampled ones: detection is then not a matter of
+//! the draw; the time to the first failing state is in the table). Results also go
 //! to `results/sensitivity-<pid>/table.{txt,json}`, each run's campaign
 //! beside them.
 
@@ -146,7 +149,7 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
         seeds,
         first_seed,
         only,
-        recheck_paths,
+        run,
     } = SensitivityArgs::parse(args)?;
     cmd!(
         sh,
@@ -169,7 +172,7 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
             }
             let mut figures = Vec::new();
             for seed in first_seed..first_seed + seeds {
-                figures.push(run_one(sh, &images, &out_dir, entry, model, seed, recheck_paths)?);
+                figures.push(run_one(sh, &images, &out_dir, entry, model, seed, run)?);
             }
             let (row, json) = summarize(entry, model, &figures);
             eprintln!("{row}");
@@ -177,7 +180,7 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
             json_rows.push(json);
         }
     }
-    print_and_keep_table(&out_dir, seeds, first_seed, &rows, json_rows)?;
+    print_and_keep_table(&out_dir, (seeds, first_seed, run.exhaustive), &rows, json_rows)?;
     Ok(0)
 }
 
@@ -187,7 +190,16 @@ struct SensitivityArgs {
     seeds: u64,
     first_seed: u64,
     only: Option<String>,
+    run: RunOptions,
+}
+
+/// What every run of the catalogue shares besides its entry and seed.
+#[derive(Clone, Copy)]
+struct RunOptions {
+    /// Recheck a failing power-loss capture by every path.
     recheck_paths: bool,
+    /// Power loss: every distinct state (host checker), not a sample.
+    exhaustive: bool,
 }
 
 impl SensitivityArgs {
@@ -196,7 +208,10 @@ impl SensitivityArgs {
             seeds: 20,
             first_seed: 1,
             only: None,
-            recheck_paths: false,
+            run: RunOptions {
+                recheck_paths: false,
+                exhaustive: false,
+            },
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -207,9 +222,17 @@ impl SensitivityArgs {
                     parsed.first_seed = value("--first-seed")?.parse().context("--first-seed takes a number")?
                 }
                 "--only" => parsed.only = Some(value("--only")?.clone()),
-                "--recheck-paths" => parsed.recheck_paths = true,
+                "--recheck-paths" => parsed.run.recheck_paths = true,
+                "--explore" => match value("--explore")?.as_str() {
+                    "exhaustive" => parsed.run.exhaustive = true,
+                    "sample" => parsed.run.exhaustive = false,
+                    other => bail!("--explore {other:?}: use sample or exhaustive"),
+                },
                 other => {
-                    bail!("unknown flag {other:?}: use --seeds N, --first-seed S, --only SUBSTRING, --recheck-paths")
+                    bail!(
+                        "unknown flag {other:?}: use --seeds N, --first-seed S, --only SUBSTRING, --recheck-paths, \
+                         --explore sample|exhaustive"
+                    )
                 }
             }
         }
@@ -230,7 +253,7 @@ fn run_one(
     entry: &Entry,
     model: Model,
     seed: u64,
-    recheck_paths: bool,
+    run: RunOptions,
 ) -> Result<RunFigures> {
     let id = format!("{}-{}-seed{seed}", slug(entry.name), model.name());
     eprintln!(
@@ -240,9 +263,13 @@ fn run_one(
     );
     let seed_arg = format!("--seed={seed}");
     let (model_args, entry_args) = (model.args(), entry.args);
+    let explore_args: &[&str] = match (run.exhaustive, model) {
+        (true, Model::PowerLoss) => &["--explore=exhaustive", "--checker=host"],
+        _ => &[],
+    };
     let command = cmd!(
         sh,
-        "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} --trials=1 --crash-points=acks {seed_arg} {model_args...} {entry_args...}"
+        "target/release/crashlab run --images-dir {images} --quiet --results-dir {out_dir} --campaign-id {id} --trials=1 --crash-points=acks {seed_arg} {model_args...} {entry_args...} {explore_args...}"
     );
     let code = crate::children::status(command)?;
     if code > 1 {
@@ -256,7 +283,7 @@ fn run_one(
     let mut figures = read_figures(sh, &campaign_dir)?;
     // A failing trial keeps its capture.
     let kept = Path::new(&campaign_dir).join("trials/0/blocklog.bin").exists();
-    if recheck_paths && model == Model::PowerLoss && figures.states_failed > 0 && kept {
+    if run.recheck_paths && model == Model::PowerLoss && figures.states_failed > 0 && kept {
         figures.recheck = Some(recheck_every_path(sh, &campaign_dir, figures.states_failed)?);
     }
     Ok(figures)
@@ -267,14 +294,19 @@ fn run_one(
 /// `table.json`.
 fn print_and_keep_table(
     out_dir: &str,
-    seeds: u64,
-    first_seed: u64,
+    (seeds, first_seed, exhaustive): (u64, u64, bool),
     rows: &[String],
     json_rows: Vec<serde_json::Value>,
 ) -> Result<()> {
     let mut table = String::new();
     table += &format!("crashlab sensitivity: {seeds} seeds from {first_seed}, one trial per seed, crash points after a random ack count\n");
-    table += "kernel-crash: 300 records per trial; power-loss: 200 records, 100 crash states per trial\n\n";
+    table += match exhaustive {
+        false => "kernel-crash: 300 records per trial; power-loss: 200 records, 100 crash states per trial\n\n",
+        true => {
+            "kernel-crash: 300 records per trial; power-loss: 200 records, every distinct crash state of the \
+                 trial (--explore exhaustive, host checker)\n\n"
+        }
+    };
     table += &format!(
         "{:<26} {:<13} {:>9} {:>22} {:>21} {:>26}\n",
         "planted bug", "crash model", "caught", "failing states", "first failure s", "failing at earliest point"
