@@ -253,7 +253,7 @@ type Chart<'a, 'b> = plotters::chart::ChartContext<
     >,
 >;
 
-fn plot_lost_against_position(points: &[(u64, u64)]) -> Plot {
+fn plot_lost_against_position(points: &[(u64, u64)], unit: &str) -> Plot {
     use plotters::prelude::*;
     if points.is_empty() {
         return Err("no crash state was judged".into());
@@ -263,7 +263,7 @@ fn plot_lost_against_position(points: &[(u64, u64)]) -> Plot {
     svg_chart(
         x_max,
         y_max,
-        ("acks given before the crash", "acked records lost"),
+        ("acks given before the crash", &format!("acked {unit} lost")),
         None,
         |chart| {
             chart
@@ -300,10 +300,10 @@ fn window_label(bucket: usize) -> String {
     }
 }
 
-fn plot_loss_window(distances: &[u64]) -> Plot {
+fn plot_loss_window(distances: &[u64], unit: &str) -> Plot {
     use plotters::prelude::*;
     if distances.is_empty() {
-        return Err("no acked record was lost".into());
+        return Err(format!("no acked {} was lost", unit.trim_end_matches('s')));
     }
     let mut counts = [0u64; WINDOW_BUCKETS];
     for &d in distances {
@@ -318,8 +318,11 @@ fn plot_loss_window(distances: &[u64]) -> Plot {
         WINDOW_BUCKETS as f64,
         y_max,
         (
-            "acks given after the lost record's before the crash (from; powers of two)",
-            "records lost",
+            &format!(
+                "acks given after the lost {}'s before the crash (from; powers of two)",
+                unit.trim_end_matches('s')
+            ),
+            &format!("{unit} lost"),
         ),
         Some(&label),
         |chart| {
@@ -654,6 +657,20 @@ fn configuration_table(campaigns: &[CampaignResults]) -> String {
     h
 }
 
+/// What the campaigns' workloads promise, as the plots count it: records
+/// (crashlab's workload), items (a program's), or both words when mixed.
+fn unit_of(campaigns: &[CampaignResults]) -> &'static str {
+    let programs = campaigns
+        .iter()
+        .filter(|c| !c.meta["config"]["program"].is_null())
+        .count();
+    match (programs, campaigns.len()) {
+        (0, _) => "records",
+        (p, n) if p == n => "items",
+        _ => "records or items",
+    }
+}
+
 /// The plots, over every campaign's states.
 fn plots_section(campaigns: &[CampaignResults]) -> String {
     let mut h = String::new();
@@ -670,30 +687,32 @@ fn plots_section(campaigns: &[CampaignResults]) -> String {
     let in_flight: u64 = points.iter().map(|p| p.in_flight).sum();
     let finished: Vec<u64> = points.iter().filter_map(|p| p.finished_at_unix_ms).collect();
     h += "<h2>Plots</h2>\n";
-    let plots: [(&str, &str, Plot); 3] = [
+    let unit = unit_of(campaigns);
+    let plots: [(&str, String, Plot); 3] = [
         (
             "plot-lost",
-            "Acked records lost against the crash position",
-            plot_lost_against_position(&lost),
+            format!("Acked {unit} lost against the crash position"),
+            plot_lost_against_position(&lost, unit),
         ),
         (
             "plot-window",
-            "Loss window: lost records by acks given after theirs, before the crash",
+            format!("Loss window: lost {unit} by acks given after theirs, before the crash"),
             match (distances.is_empty(), points.iter().any(|p| p.lost > 0)) {
-                (true, true) => Err("records were lost, but these results name only the first per state \
-                     (results schema 1.0; 1.1 keeps each state's lost records)"
-                    .to_string()),
-                _ => plot_loss_window(&distances),
+                (true, true) => Err(format!(
+                    "{unit} were lost, but these results name only the first per state \
+                     (results schema 1.0; 1.1 keeps each state's lost {unit})"
+                )),
+                _ => plot_loss_window(&distances, unit),
             },
         ),
         (
             "plot-rate",
-            "Crash states verified per second over the campaign",
+            "Crash states verified per second over the campaign".to_string(),
             plot_rate(&finished),
         ),
     ];
     for (id, caption, plot) in plots {
-        let _ = write!(h, "<div class=\"plot\" id=\"{id}\"><h3>{}</h3>", esc(caption));
+        let _ = write!(h, "<div class=\"plot\" id=\"{id}\"><h3>{}</h3>", esc(&caption));
         match plot {
             Ok(svg) => h += &svg,
             Err(why) => {
