@@ -943,17 +943,17 @@ mod tests {
 
     #[test]
     fn plots_draw_their_data_in_their_colour() {
-        let svg = plot_lost_against_position(&[(10, 0), (20, 3)]).unwrap();
+        let svg = plot_lost_against_position(&[(10, 0), (20, 3)], "records").unwrap();
         assert!(
             svg.starts_with("<svg") && svg.contains("#D62728"),
             "{}",
             &svg[..200.min(svg.len())]
         );
-        let svg = plot_loss_window(&[0, 0, 3, 40]).unwrap();
+        let svg = plot_loss_window(&[0, 0, 3, 40], "records").unwrap();
         assert!(svg.contains("#1F77B4"));
         let svg = plot_rate(&[1000, 1500, 2200, 9000]).unwrap();
         assert!(svg.contains("#2CA02C"));
-        assert!(plot_loss_window(&[]).is_err());
+        assert!(plot_loss_window(&[], "items").is_err());
         assert!(plot_rate(&[5]).unwrap_err().contains("schema 1.1"));
     }
 }
