@@ -73,8 +73,8 @@ pub struct Coverage {
     pub epochs_sampled: u64,
     /// States the model holds, counted before removing equal contents:
     /// exact when every epoch was enumerated, else an upper bound
-    /// (saturating).
-    pub states_in_model: u128,
+    /// (saturating at u64::MAX: a JSON reader takes no larger number).
+    pub states_in_model: u64,
     pub model_exact: bool,
     /// States generated (enumerated and sampled, torn ones included).
     pub states_generated: u64,
@@ -147,9 +147,9 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
         let mut sampled = false;
         for cut in cuts(log, epoch) {
             let n = cut.optional.len() as u32;
-            let subsets = 1u128.checked_shl(n).unwrap_or(u128::MAX);
+            let subsets = subsets_of(n);
             coverage.states_in_model = coverage.states_in_model.saturating_add(subsets);
-            let masks: Vec<u128> = match subsets <= u128::from(options.subsets_max_per_epoch) {
+            let masks: Vec<u128> = match subsets <= options.subsets_max_per_epoch {
                 true => ordered_masks(n),
                 false => {
                     sampled = true;
@@ -164,7 +164,7 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
                 }
             }
             for (write, tears) in tears_of(log, &cut, options.tears_per_write) {
-                coverage.states_in_model = coverage.states_in_model.saturating_add(tears.len() as u128);
+                coverage.states_in_model = coverage.states_in_model.saturating_add(tears.len() as u64);
                 for sectors_kept in tears {
                     let torn = TornWrite {
                         entry: write,
@@ -216,15 +216,20 @@ pub fn count_model(log: &ParsedLog, options: &ExploreOptions) -> Coverage {
     };
     for epoch in &epochs {
         for cut in cuts(log, epoch) {
-            let subsets = 1u128.checked_shl(cut.optional.len() as u32).unwrap_or(u128::MAX);
-            let tears: u128 = tears_of(log, &cut, options.tears_per_write)
+            let subsets = subsets_of(cut.optional.len() as u32);
+            let tears: u64 = tears_of(log, &cut, options.tears_per_write)
                 .iter()
-                .map(|(_, t)| t.len() as u128)
+                .map(|(_, t)| t.len() as u64)
                 .sum();
             coverage.states_in_model = coverage.states_in_model.saturating_add(subsets).saturating_add(tears);
         }
     }
     coverage
+}
+
+/// 2^n, saturating at u64::MAX.
+fn subsets_of(n: u32) -> u64 {
+    1u64.checked_shl(n).unwrap_or(u64::MAX)
 }
 
 /// The state of `cut` keeping the optional writes set in `mask` (bit i:
@@ -384,7 +389,7 @@ mod tests {
             assert!(c.model_exact && c.epochs_sampled == 0, "seed {seed}: {c:?}");
             assert_eq!(c.states, keys.len() as u64);
             assert_eq!(c.states_generated, c.states + c.duplicates);
-            assert_eq!(c.states_in_model, u128::from(c.states_generated), "seed {seed}: {c:?}");
+            assert_eq!(c.states_in_model, c.states_generated, "seed {seed}: {c:?}");
         }
     }
 

@@ -131,13 +131,11 @@ impl CoverageTotals {
         let first = self.trials == 0;
         self.trials += 1;
         let model = match c.model_exact {
-            true => u128::from(c.states),
+            true => c.states,
             false => c.states_in_model,
         };
         self.states_checked = self.states_checked.saturating_add(c.states);
-        self.states_in_model = self
-            .states_in_model
-            .saturating_add(u64::try_from(model).unwrap_or(u64::MAX));
+        self.states_in_model = self.states_in_model.saturating_add(model);
         self.exact = (first || self.exact) && c.model_exact;
         self.epochs = self.epochs.saturating_add(c.epochs);
         self.epochs_enumerated = self.epochs_enumerated.saturating_add(c.epochs_enumerated);
@@ -155,17 +153,24 @@ impl CoverageTotals {
             0 => 100.0,
             w => 100.0 * part as f64 / w as f64,
         };
+        let model = match (self.states_in_model, self.exact) {
+            (u64::MAX, _) => "more than 10^19".to_string(),
+            (n, true) => format!("exactly {n}"),
+            (n, false) => format!("at most {n}"),
+        };
+        // A sample enumerates no epoch: its line says what it checked of the model.
+        let epochs = match self.epochs_enumerated + self.epochs_sampled {
+            0 => format!("{} epochs, sampled", self.epochs),
+            _ => format!(
+                "{} of {} epochs enumerated, {} sampled; {} duplicates removed",
+                self.epochs_enumerated, self.epochs, self.epochs_sampled, self.duplicates
+            ),
+        };
         format!(
-            "coverage: {} distinct states checked of {} {} in the model ({:.1}%); {} of {} epochs enumerated, \
-             {} sampled; {} duplicates removed; largest epoch {} writes\n",
+            "coverage: {} distinct states checked of {model} in the model ({:.1}%); {epochs}; largest epoch {} \
+             writes\n",
             self.states_checked,
-            if self.exact { "exactly" } else { "at most" },
-            self.states_in_model,
             share(self.states_checked, self.states_in_model),
-            self.epochs_enumerated,
-            self.epochs,
-            self.epochs_sampled,
-            self.duplicates,
             self.largest_epoch_writes
         )
     }
@@ -1106,6 +1111,27 @@ mod summary_tests {
                 "coverage: 25 distinct states checked of at most 500 in the model (5.0%); 9 of 10 epochs \
                  enumerated, 1 sampled; 5 duplicates removed; largest epoch 14 writes"
             ),
+            "{text}"
+        );
+        // A sampled trial of a run with an epoch of hundreds of writes: its
+        // model saturates, and its line still reads back as JSON (a u128
+        // there once broke every reader: "number out of range").
+        let huge = blocklog::Coverage {
+            epochs: 2,
+            states_in_model: u64::MAX,
+            states: 30,
+            states_generated: 30,
+            largest_epoch: Some((0, 467)),
+            ..Default::default()
+        };
+        let line = serde_json::json!({ "coverage": huge });
+        let back: blocklog::Coverage = serde_json::from_value(line["coverage"].clone()).unwrap();
+        assert_eq!(back, huge);
+        let mut sampled = CoverageTotals::default();
+        sampled.add(&huge);
+        let text = sampled.render();
+        assert!(
+            text.contains("30 distinct states checked of more than 10^19 in the model (0.0%); 2 epochs, sampled"),
             "{text}"
         );
         summary.state_budget = 25;
