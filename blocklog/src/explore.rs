@@ -124,73 +124,99 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
     };
     let mut epochs: Vec<Epoch> = build_epochs(log, &plan_options);
     epochs.sort_by_key(|e| (std::cmp::Reverse(e.writes.len()), e.prefix_entries));
-    let mut coverage = Coverage {
-        epochs: epochs.len() as u64,
-        model_exact: true,
-        largest_epoch: epochs.first().map(|e| (e.prefix_entries, e.writes.len() as u64)),
-        ..Coverage::default()
+    let mut explorer = Explorer {
+        log,
+        options,
+        coverage: Coverage {
+            epochs: epochs.len() as u64,
+            largest_epoch: epochs.first().map(|e| (e.prefix_entries, e.writes.len() as u64)),
+            ..Coverage::default()
+        },
+        plan_options,
+        plan: Plan::default(),
+        rng: SplitMix64::new(options.seed),
     };
-    let mut plan = Plan::default();
-    let mut rng = SplitMix64::new(options.seed);
     for epoch in &epochs {
-        let mut offer = |state: CrashState| -> bool {
-            if plan.states.len() >= options.states_max {
-                coverage.stopped_at_bound = true;
-                return false;
-            }
-            coverage.states_generated += 1;
-            let key = epoch.key_of(log, &state, &plan_options);
-            let position = crash_position_unchecked(log, &state);
-            plan.offer(state, key, position);
-            true
-        };
+        let sampled = explorer.explore_epoch(epoch);
+        match sampled {
+            true => explorer.coverage.epochs_sampled += 1,
+            false => explorer.coverage.epochs_enumerated += 1,
+        }
+        if explorer.coverage.stopped_at_bound {
+            break;
+        }
+    }
+    let Explorer { mut coverage, plan, .. } = explorer;
+    coverage.model_exact = coverage.epochs_sampled == 0 && !coverage.stopped_at_bound;
+    coverage.states = plan.states.len() as u64;
+    coverage.duplicates = coverage.states_generated - coverage.states;
+    Exploration {
+        states: plan.into_states(log, options.states_max.max(1)),
+        coverage,
+    }
+}
+
+/// An exploration under way: the states kept so far and the figures.
+struct Explorer<'a> {
+    log: &'a ParsedLog,
+    options: &'a ExploreOptions,
+    plan_options: PlanOptions,
+    plan: Plan,
+    coverage: Coverage,
+    rng: SplitMix64,
+}
+
+impl Explorer<'_> {
+    /// Keeps a generated state (or the later of it and its equal);
+    /// false once the bound on states is reached.
+    fn offer(&mut self, epoch: &Epoch, state: CrashState) -> bool {
+        if self.plan.states.len() >= self.options.states_max {
+            self.coverage.stopped_at_bound = true;
+            return false;
+        }
+        self.coverage.states_generated += 1;
+        let key = epoch.key_of(self.log, &state, &self.plan_options);
+        let position = crash_position_unchecked(self.log, &state);
+        self.plan.offer(state, key, position);
+        true
+    }
+
+    /// Every crash point of the epoch: its subsets (or a sample of them),
+    /// then its torn variants. True when the epoch was sampled.
+    fn explore_epoch(&mut self, epoch: &Epoch) -> bool {
         let mut sampled = false;
-        for cut in cuts(log, epoch) {
+        for cut in cuts(self.log, epoch) {
             let n = cut.optional.len() as u32;
             let subsets = subsets_of(n);
-            coverage.states_in_model = coverage.states_in_model.saturating_add(subsets);
-            let masks: Vec<u128> = match subsets <= options.subsets_max_per_epoch {
+            self.coverage.states_in_model = self.coverage.states_in_model.saturating_add(subsets);
+            let masks: Vec<u128> = match subsets <= self.options.subsets_max_per_epoch {
                 true => ordered_masks(n),
                 false => {
                     sampled = true;
-                    (0..options.subsets_max_per_epoch)
-                        .map(|_| random_mask(&mut rng, n))
+                    (0..self.options.subsets_max_per_epoch)
+                        .map(|_| random_mask(&mut self.rng, n))
                         .collect()
                 }
             };
             for mask in masks {
-                if !offer(state_of(epoch, &cut, mask, None)) {
-                    break;
+                if !self.offer(epoch, state_of(epoch, &cut, mask, None)) {
+                    return sampled;
                 }
             }
-            for (write, tears) in tears_of(log, &cut, options.tears_per_write) {
-                coverage.states_in_model = coverage.states_in_model.saturating_add(tears.len() as u64);
+            for (write, tears) in tears_of(self.log, &cut, self.options.tears_per_write) {
+                self.coverage.states_in_model = self.coverage.states_in_model.saturating_add(tears.len() as u64);
                 for sectors_kept in tears {
                     let torn = TornWrite {
                         entry: write,
                         sectors_kept,
                     };
-                    if !offer(state_of(epoch, &cut, u128::MAX, Some(torn))) {
-                        break;
+                    if !self.offer(epoch, state_of(epoch, &cut, u128::MAX, Some(torn))) {
+                        return sampled;
                     }
                 }
             }
         }
-        match sampled {
-            true => coverage.epochs_sampled += 1,
-            false => coverage.epochs_enumerated += 1,
-        }
-        if coverage.stopped_at_bound {
-            break;
-        }
-    }
-    coverage.model_exact = coverage.epochs_sampled == 0 && !coverage.stopped_at_bound;
-    coverage.states = plan.states.len() as u64;
-    coverage.duplicates = coverage.states_generated - coverage.states;
-    let budget = options.states_max.max(1);
-    Exploration {
-        states: plan.into_states(log, budget),
-        coverage,
+        sampled
     }
 }
 

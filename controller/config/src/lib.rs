@@ -601,6 +601,28 @@ impl CampaignConfig {
         (self.state_budget / self.trials.max(1)).max(1) as usize
     }
 
+    /// The flags that mean something under power loss only (a kernel-crash
+    /// campaign neither takes nor renders them).
+    fn power_loss_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--state-budget={}", self.state_budget),
+            format!("--checker={}", kebab(&self.checker)),
+        ];
+        if self.read_files != FileRead::Extents {
+            args.push(format!("--read-files={}", kebab(&self.read_files)));
+        }
+        if self.torn_writes {
+            args.push("--torn-writes".into());
+        }
+        if self.explore == Explore::Exhaustive {
+            args.push("--explore=exhaustive".into());
+        }
+        if self.fsck_states {
+            args.push("--fsck-states".into());
+        }
+        args
+    }
+
     /// The `crashlab run` arguments that reproduce this configuration. A
     /// program's run carries no record-workload flags (pattern, mode, sizes:
     /// they are refused with `--workload`, so their defaults hold).
@@ -630,20 +652,7 @@ impl CampaignConfig {
             format!("--crash-model={}", kebab(&self.crash_model)),
         ]);
         if self.crash_model == CrashModel::PowerLoss {
-            args.push(format!("--state-budget={}", self.state_budget));
-            args.push(format!("--checker={}", kebab(&self.checker)));
-            if self.read_files != FileRead::Extents {
-                args.push(format!("--read-files={}", kebab(&self.read_files)));
-            }
-            if self.torn_writes {
-                args.push("--torn-writes".into());
-            }
-            if self.explore == Explore::Exhaustive {
-                args.push("--explore=exhaustive".into());
-            }
-            if self.fsck_states {
-                args.push("--fsck-states".into());
-            }
+            args.extend(self.power_loss_args());
         }
         if let Some(bug) = self.planted_bug {
             args.push(format!("--planted-bug={bug}"));
