@@ -5,6 +5,8 @@
 pub struct CpioWriter {
     out: Vec<u8>,
     next_inode: u32,
+    /// Directories written so far (for `parents`).
+    dirs: std::collections::BTreeSet<String>,
 }
 
 impl Default for CpioWriter {
@@ -18,11 +20,28 @@ impl CpioWriter {
         CpioWriter {
             out: Vec::new(),
             next_inode: 1,
+            dirs: std::collections::BTreeSet::new(),
         }
     }
 
     pub fn dir(&mut self, path: &str) {
+        self.dirs.insert(path.to_string());
         self.entry(path, 0o040755, &[]);
+    }
+
+    /// Writes every directory above `path` not written yet: the kernel's
+    /// unpacker creates a file only in a directory that exists (one an
+    /// earlier archive made is left as it is).
+    pub fn parents(&mut self, path: &str) {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            prefix.push('/');
+            prefix.push_str(part);
+            if !self.dirs.contains(&prefix) {
+                self.dir(&prefix);
+            }
+        }
     }
 
     pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) {
@@ -71,6 +90,21 @@ impl CpioWriter {
 
 #[cfg(test)]
 mod tests {
+    use super::CpioWriter;
+
+    #[test]
+    fn parents_writes_each_missing_directory_once() {
+        let mut with_parents = CpioWriter::new();
+        with_parents.dir("/lib");
+        with_parents.parents("/lib/x86_64-linux-gnu/libc.so.6");
+        with_parents.parents("/lib/x86_64-linux-gnu/libm.so.6");
+        with_parents.parents("/top");
+        let mut by_hand = CpioWriter::new();
+        by_hand.dir("/lib");
+        by_hand.dir("/lib/x86_64-linux-gnu");
+        assert_eq!(with_parents.finish(), by_hand.finish());
+    }
+
     #[test]
     fn layout() {
         let mut w = super::CpioWriter::new();

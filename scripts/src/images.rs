@@ -354,19 +354,6 @@ fn list_file(sh: &Shell, path: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Adds every parent directory of `path` not yet in the archive.
-fn add_parents(w: &mut CpioWriter, dirs: &mut BTreeSet<String>, path: &str) {
-    let mut prefix = String::new();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    for part in &parts[..parts.len() - 1] {
-        prefix.push('/');
-        prefix.push_str(part);
-        if dirs.insert(prefix.clone()) {
-            w.dir(&prefix);
-        }
-    }
-}
-
 pub fn build(sh: &Shell, req: &ImageRequest) -> Result<PathBuf> {
     let kernel = find_kernel(sh, req)?;
     let workload = build_workload(sh)?;
@@ -469,7 +456,6 @@ fn link_user_cache(cache: &Path) -> Result<()> {
 /// tools with their libraries.
 fn initramfs(sh: &Shell, kernel: &Kernel, resolved: &ResolvedModules, workload: &Path) -> Result<Vec<u8>> {
     let mut w = CpioWriter::new();
-    let mut dirs = BTreeSet::new();
     for d in [
         "/bin",
         "/sbin",
@@ -483,7 +469,6 @@ fn initramfs(sh: &Shell, kernel: &Kernel, resolved: &ResolvedModules, workload: 
         "/lib",
         "/lib/modules",
     ] {
-        dirs.insert(d.to_string());
         w.dir(d);
     }
     w.file("/init", 0o755, &std::fs::read("vm-images/init")?);
@@ -493,7 +478,7 @@ fn initramfs(sh: &Shell, kernel: &Kernel, resolved: &ResolvedModules, workload: 
         &std::fs::read("/bin/busybox").context("install busybox-static")?,
     );
     w.file("/bin/crashlab-workload", 0o755, &std::fs::read(workload)?);
-    let loaded = add_modules(sh, &mut w, &mut dirs, kernel, &resolved.files)?;
+    let loaded = add_modules(sh, &mut w, kernel, &resolved.files)?;
     w.file("/etc/crashlab/modules", 0o644, loaded.as_bytes());
 
     let mut libs = BTreeSet::new();
@@ -505,7 +490,7 @@ fn initramfs(sh: &Shell, kernel: &Kernel, resolved: &ResolvedModules, workload: 
     }
     for lib in &libs {
         let dest = lib.display().to_string();
-        add_parents(&mut w, &mut dirs, &dest);
+        w.parents(&dest);
         w.file(&dest, 0o755, &std::fs::read(lib)?);
     }
     Ok(w.finish())
@@ -513,13 +498,7 @@ fn initramfs(sh: &Shell, kernel: &Kernel, resolved: &ResolvedModules, workload: 
 
 /// The module files, decompressed, under /lib/modules; returns the load
 /// list /init reads (empty for a kernel with everything built in).
-fn add_modules(
-    sh: &Shell,
-    w: &mut CpioWriter,
-    dirs: &mut BTreeSet<String>,
-    kernel: &Kernel,
-    files: &[String],
-) -> Result<String> {
+fn add_modules(sh: &Shell, w: &mut CpioWriter, kernel: &Kernel, files: &[String]) -> Result<String> {
     let Modules::Tree(root) = &kernel.modules else {
         assert!(
             files.is_empty(),
@@ -537,7 +516,7 @@ fn add_modules(
             .display()
             .to_string();
         let dest = format!("/lib/modules/{plain_rel}");
-        add_parents(w, dirs, &dest);
+        w.parents(&dest);
         w.file(&dest, 0o644, &bytes);
         loaded += &plain_rel;
         loaded.push('\n');

@@ -166,7 +166,7 @@ impl KeptTrial {
             machine::images::locate_build(&self.config.images_dir, self.config.kernel_build.as_deref())?,
             &self.config,
             campaign_dir,
-            false,
+            None,
         )?;
         if let (Some(seal), false) = (&self.seal, self.images_overridden) {
             let found = seal.check_images(&images);

@@ -447,9 +447,12 @@ fn set_up(req: &CampaignRequest) -> Result<SetUp> {
             config.trials
         );
     }
-    if let Some(program) = &config.program {
-        machine::program::check_binaries(program)?;
-    }
+    // Before any image is looked for: a binary that cannot run is the
+    // first thing to say. What it needs is packed below, found once.
+    let runtime = match &config.program {
+        Some(program) => machine::program::check_binaries(program)?,
+        None => Vec::new(),
+    };
     let images = images::locate_build(&config.images_dir, config.kernel_build.as_deref())?;
     images.check_supports(config.fs)?;
     // A kernel built from source is named in the results and the rerun.
@@ -460,7 +463,7 @@ fn set_up(req: &CampaignRequest) -> Result<SetUp> {
     let dir = results_dir(req)?;
     // A resumed campaign runs the program it started with.
     let fresh = !(req.resume && dir.join(machine::program::CAMPAIGN_INITRD).is_file());
-    let images = machine::program::campaign_images(images, &config, &dir, fresh)?;
+    let images = machine::program::campaign_images(images, &config, &dir, fresh.then_some(&runtime[..]))?;
 
     // Before the accelerator's sanity boot: mkfs options it refuses fail fast.
     let base_disk = dir.join(BASE_DISK);

@@ -102,22 +102,21 @@ pub const CAMPAIGN_INITRD: &str = "program-initrd.img";
 
 /// The guest images for `config`'s campaign in `campaign_dir`: `images`
 /// (the cached ones), with the campaign's own initramfs for a program
-/// under test. `fresh`: a new campaign: its binaries are checked and the
-/// initramfs is written with them and the shared libraries they need;
-/// otherwise the one already there is used.
+/// under test. `fresh`: a new campaign, with what its checked binaries
+/// need (`check_binaries`): the initramfs is written with them; `None`:
+/// the one already there is used.
 pub fn campaign_images(
     mut images: crate::images::GuestImages,
     config: &config::CampaignConfig,
     campaign_dir: &Path,
-    fresh: bool,
+    fresh: Option<&[RuntimeFile]>,
 ) -> Result<crate::images::GuestImages> {
     let Some(spec) = &config.program else {
         return Ok(images);
     };
     let initrd = campaign_dir.join(CAMPAIGN_INITRD);
-    if fresh {
-        let runtime = check_binaries(spec)?;
-        write_program_initrd(&images.initramfs, spec, &runtime, &initrd)?;
+    if let Some(runtime) = fresh {
+        write_program_initrd(&images.initramfs, spec, runtime, &initrd)?;
     }
     anyhow::ensure!(
         initrd.is_file(),
@@ -155,30 +154,14 @@ pub fn write_program_initrd(
         let text: String = args.iter().map(|a| format!("{a}\n")).collect();
         archive.file(&format!("/crashlab/program/{name}"), 0o644, text.as_bytes());
     }
-    let mut dirs = std::collections::BTreeSet::from(["/crashlab".to_string(), "/crashlab/program".to_string()]);
     for f in runtime {
-        add_parents(&mut archive, &mut dirs, &f.guest_path);
+        archive.parents(&f.guest_path);
         let bytes = std::fs::read(&f.host_path)
             .with_context(|| format!("cannot read {} ({})", f.host_path.display(), f.why))?;
         archive.file(&f.guest_path, 0o755, &bytes);
     }
     bytes.extend_from_slice(&archive.finish());
     crate::durable::write_atomically(out, &bytes)
-}
-
-/// Adds every directory above `path` not yet in the archive (the kernel's
-/// unpacker creates a file only in a directory that exists; one that the
-/// base archive made already is left as it is).
-fn add_parents(archive: &mut cpio::CpioWriter, dirs: &mut std::collections::BTreeSet<String>, path: &str) {
-    let mut prefix = String::new();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        prefix.push('/');
-        prefix.push_str(part);
-        if dirs.insert(prefix.clone()) {
-            archive.dir(&prefix);
-        }
-    }
 }
 
 #[cfg(test)]

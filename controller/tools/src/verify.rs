@@ -164,7 +164,7 @@ fn check_campaign_files(dir: &Path, seal: &CampaignSeal, config: &config::Campai
     // The images are not part of the results: a change is worth saying,
     // not a broken results directory.
     if let Ok(images) = machine::images::locate(&config.images_dir) {
-        let images = machine::program::campaign_images(images, config, dir, false);
+        let images = machine::program::campaign_images(images, config, dir, None);
         if let Some(changed) = images.ok().map(|i| seal.check_images(&i)).filter(|c| !c.is_empty()) {
             for m in changed {
                 v.notes.push(format!(
