@@ -127,7 +127,7 @@ fn a_recovery_that_hangs_is_that_states_finding_and_the_checker_is_replaced() {
     // The verdict names the rule; nothing else is judged on that state.
     let params = config.workload_params(1, None, None);
     let protocol = record::protocol::parse_log("READY 256\n").unwrap();
-    let verdict = models::evidence::judge(&config, &params, &protocol, None, &result);
+    let verdict = models::evidence::judge(&config, &params, &protocol, verifier::Seen::All, &result);
     let rules: Vec<_> = verdict.violations.iter().map(|f| f.rule).collect();
     assert_eq!(rules, vec![verifier::Rule::RecoveryCompletes]);
 

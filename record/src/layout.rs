@@ -131,6 +131,13 @@ pub fn encode_vec(header: &RecordHeader) -> Vec<u8> {
     out
 }
 
+/// The seq that `bytes` claim to hold, unchecked (no magic, size or crc):
+/// a guess a reader confirms by comparing with that record's encoding,
+/// which costs one crc less than `decode` and then a compare.
+pub fn claimed_seq(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?))
+}
+
 /// Parses and fully checks one record (magic, version, size, crc).
 pub fn decode(bytes: &[u8]) -> Result<RecordHeader, RecordLayoutError> {
     if bytes.len() < HEADER_SIZE_BYTES + CRC_SIZE_BYTES {

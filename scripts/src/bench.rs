@@ -8,8 +8,9 @@
 //!    loop (`crashlab replay-loop`) and crashlab's host checker (`crashlab
 //!    recheck --checker host --check-workers 1`), same number of states;
 //!    the ratio of the medians.
-//! 4. Flat cost: logs of 1,000, 4,000 and 16,000 records, each rechecked
-//!    (host checker, one worker): ms per state and peak RSS.
+//! 4. Flat cost: logs of 1,000, 4,000 and 16,000 records over a data file
+//!    each fills early, each rechecked (host checker, one worker): ms per
+//!    state and peak RSS.
 //! 5. The capture's cost to the workload (`crashlab workload-rate`).
 //! 6. Campaign throughput as shards on one machine: the same kernel-crash
 //!    campaign with `--jobs 1` and `--jobs 2`, states per minute of wall
@@ -30,7 +31,13 @@ const HOST_STATES: u64 = 200;
 const HOST_ROUNDS: usize = 3;
 /// Record counts of the flat-cost logs, and states rechecked on each.
 const FLAT_RECORDS: [u64; 3] = [1000, 4000, 16000];
-const FLAT_STATES: u64 = 400;
+const FLAT_STATES: u64 = 1000;
+const FLAT_BASE_STATES: u64 = 50;
+/// The flat-cost runs' data file: 256 slots, which each run fills within
+/// its first 256 records, so the three differ in length and not in the
+/// bytes a state holds (a state's cost grows with the records on its disk,
+/// which is the check's work, not with the run's length).
+const FLAT_FILE_BYTES: u64 = 1 << 20;
 const RATE_PAIRS: u32 = 5;
 /// Trials of the `--jobs` comparison.
 const JOBS_TRIALS: u32 = 8;
@@ -94,7 +101,7 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
             &kernel_id,
             &["--checker=host", "--check-workers=2", "--state-budget=1000"],
         )?,
-        flat: bench.flat_cost(&kernel_id)?,
+        flat: bench.flat_cost()?,
         rate: bench.workload_rate()?,
         reboot,
         kernel,
@@ -174,39 +181,42 @@ impl Bench<'_> {
 
     /// Stage 4, flat cost: per log size, (records, ms per state, peak RSS
     /// KiB, log entries).
-    fn flat_cost(&self, kernel_id: &str) -> Result<Vec<(u64, f64, f64, f64)>> {
+    fn flat_cost(&self) -> Result<Vec<(u64, f64, f64, f64)>> {
         let mut flat = Vec::new();
         for records in FLAT_RECORDS {
-            let id = match records {
-                1000 => kernel_id.to_string(),
-                _ => {
-                    let id = format!("{}-log{records}", self.tag);
-                    self.campaign(
-                        &id,
-                        &[
-                            "--crash-model=power-loss",
-                            "--trials=1",
-                            &format!("--records={records}"),
-                            "--crash-points=end",
-                            "--state-budget=1",
-                            "--checker=host",
-                            "--keep-images",
-                        ],
-                    )?;
-                    id
-                }
-            };
-            eprintln!("xtask bench: flat cost, {records} records");
-            let out = self.recheck(
+            let id = format!("{}-log{records}", self.tag);
+            self.campaign(
                 &id,
                 &[
+                    "--crash-model=power-loss",
+                    "--trials=1",
+                    &format!("--records={records}"),
+                    &format!("--file-size={FLAT_FILE_BYTES}"),
+                    "--crash-points=end",
+                    "--state-budget=1",
                     "--checker=host",
-                    "--check-workers=1",
-                    &format!("--state-budget={FLAT_STATES}"),
+                    "--keep-images",
                 ],
             )?;
+            eprintln!("xtask bench: flat cost, {records} records");
+            // Two budgets, the difference per state: what one more state
+            // costs, without the recheck's fixed part (reading the log,
+            // building its prefix index).
+            let recheck = |budget: u64| {
+                self.recheck(
+                    &id,
+                    &[
+                        "--checker=host",
+                        "--check-workers=1",
+                        &format!("--state-budget={budget}"),
+                    ],
+                )
+            };
+            let (small, out) = (recheck(FLAT_BASE_STATES)?, recheck(FLAT_BASE_STATES + FLAT_STATES)?);
+            let (wall, states) = (["timing_ms", "check_wall"], ["states_checked"]);
             let record = &out["record"];
-            let per_state = field(record, &["timing_ms", "check_wall"]) / field(record, &["states_checked"]).max(1.0);
+            let per_state = (field(record, &wall) - field(&small["record"], &wall))
+                / (field(record, &states) - field(&small["record"], &states)).max(1.0);
             flat.push((
                 records,
                 per_state,
@@ -341,10 +351,14 @@ impl Figures {
         let costs: Vec<f64> = self.flat.iter().map(|f| f.1).collect();
         let flat_ratio =
             costs.iter().cloned().fold(0.0, f64::max) / costs.iter().cloned().fold(f64::MAX, f64::min).max(1e-9);
-        println!("flat cost (host checker, one worker, {FLAT_STATES} states, ms per state of the check stage):");
+        println!(
+            "flat cost (host checker, one worker, {FLAT_FILE_BYTES}-byte data file, ms per state: check stage of \
+             {} states minus {FLAT_BASE_STATES}, per state):",
+            FLAT_BASE_STATES + FLAT_STATES
+        );
         for (records, per_state, rss_kib, entries) in &self.flat {
             println!(
-                "  {records:>6} records ({:>6} log entries): {per_state:>6.1} ms per state, peak RSS {:.0} MiB",
+                "  {records:>6} records ({:>6} log entries): {per_state:>6.2} ms per state, peak RSS {:.0} MiB",
                 *entries as u64,
                 rss_kib / 1024.0
             );

@@ -27,7 +27,7 @@ use crate::{finding, Finding, Rule, Verdict};
 /// What a check of one crash state found, for a program under test.
 pub struct ItemEvidence<'a> {
     pub protocol: &'a ProtocolLog,
-    /// The events kept at the crash (see `Evidence::kept_events`).
+    /// The events seen at the crash (a mask: see `Seen`).
     pub kept_events: Option<&'a [bool]>,
     /// Items the run may begin, at most (the protocol is refused past it).
     pub items_max: u64,

@@ -34,7 +34,7 @@ use record::layout::{self, RecordHeader, SECTOR_SIZE_BYTES};
 use record::{ProtocolLog, WorkloadParams};
 use serde::Serialize;
 
-pub use history::History;
+pub use history::{Cut, History, MsyncCall, Timeline};
 
 /// How strictly to read the standard.
 ///
@@ -85,11 +85,33 @@ pub struct Recovered<'a> {
 pub struct Evidence<'a> {
     pub params: &'a WorkloadParams,
     pub protocol: &'a ProtocolLog,
-    /// The events of `protocol` the application had seen at the crash,
-    /// when that is not all of them: `kept_events[i]` for event `i`. A mask,
-    /// not a copy of the events, since it is computed for every crash state.
-    pub kept_events: Option<&'a [bool]>,
+    /// The events of `protocol` the application had seen at the crash.
+    pub seen: Seen<'a>,
     pub recovered: Recovered<'a>,
+}
+
+/// Which of the protocol's events the application had seen at a crash.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    /// All of them.
+    All,
+    /// A mask over them (`mask[i]`: event `i` seen): the history is
+    /// rebuilt from the events, O(run length).
+    Mask(&'a [bool]),
+    /// A cut of the timeline of the whole protocol, built once per run:
+    /// O(writers + slots) per state, whatever the run's length.
+    Cut(&'a Timeline, &'a Cut),
+}
+
+impl Seen<'_> {
+    /// The events seen as a mask over `log` (`None`: all of them).
+    pub fn mask(&self, log: &ProtocolLog) -> Option<std::borrow::Cow<'_, [bool]>> {
+        match *self {
+            Seen::All => None,
+            Seen::Mask(mask) => Some(std::borrow::Cow::Borrowed(mask)),
+            Seen::Cut(_, cut) => Some(std::borrow::Cow::Owned(cut.mask(log))),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -341,13 +363,25 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     let geometry = params.geometry();
     let total_slots = geometry.total_slots() as usize;
     let mut verdict = Verdict::new();
-    let history = match history::rebuild(evidence.protocol, evidence.kept_events, &geometry, params.records) {
-        Ok(h) => h,
-        Err(reason) => {
-            verdict.violation(finding(Rule::ProtocolConsistent, reason));
-            return verdict;
+    let built;
+    let (timeline, cut) = match evidence.seen {
+        Seen::Cut(timeline, cut) => (timeline, cut.clone()),
+        Seen::All | Seen::Mask(_) => {
+            let mask = match evidence.seen {
+                Seen::Mask(mask) => Some(mask),
+                _ => None,
+            };
+            built = match Timeline::build(evidence.protocol, mask, &geometry, params.records) {
+                Ok(timeline) => timeline,
+                Err(reason) => {
+                    verdict.violation(finding(Rule::ProtocolConsistent, reason));
+                    return verdict;
+                }
+            };
+            (&built, Cut::everything(geometry.writers))
         }
     };
+    let history = timeline.at(&cut);
     verdict.counts.begun = history.begun;
     verdict.counts.acked = history.ack_count;
     verdict.counts.in_flight = history.begun - history.ack_count;
@@ -486,7 +520,7 @@ impl SizeRules {
     fn new(params: &WorkloadParams, geometry: &record::Geometry, history: &History, profile: Profile) -> SizeRules {
         let files = geometry.files as usize;
         let mut max_bytes = vec![geometry.initial_size_bytes; files];
-        for &(file, size) in &history.grown {
+        for &(file, size) in history.grown {
             let max = &mut max_bytes[file as usize];
             *max = (*max).max(size);
         }
@@ -616,6 +650,14 @@ fn check_wal_order(verdict: &mut Verdict, geometry: &record::Geometry, history: 
     }
 }
 
+/// Whether `bytes` are all zeros, 64 at a time (a byte loop with an early
+/// exit does not vectorise, and most slots of a short run are zeros).
+fn is_zeros(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(64)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
 /// A version a slot may hold: zeros (never written) or a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Version {
@@ -626,7 +668,7 @@ enum Version {
 struct SlotContext<'a> {
     params: &'a WorkloadParams,
     geometry: record::Geometry,
-    history: &'a History,
+    history: &'a History<'a>,
     record_size: usize,
     scratch: Vec<u8>,
 }
@@ -739,8 +781,16 @@ impl<'a> SlotContext<'a> {
     /// Which version the bytes are, if any: zeros, or the exact bytes of a
     /// record of this run that belongs in this slot and was begun.
     fn identify(&mut self, slot: u64, found: &[u8]) -> Result<Version, Identify> {
-        if found.iter().all(|&b| b == 0) {
+        if is_zeros(found) {
             return Ok(Version::Zeros);
+        }
+        // The common case first: the record this slot began that the bytes
+        // name, byte for byte (its crc among them, so no decode needed).
+        let claimed = layout::claimed_seq(found).filter(|&seq| self.history.slot_of(seq) == Some(slot));
+        if let Some(seq) = claimed {
+            if self.expected_bytes(Version::Seq(seq)) == found {
+                return Ok(Version::Seq(seq));
+            }
         }
         let header = layout::decode(found).map_err(|_| Identify::Unreadable)?;
         let p = self.params;

@@ -86,7 +86,7 @@ impl Run {
         let evidence = Evidence {
             params: &self.params,
             protocol: &self.log,
-            kept_events: None,
+            seen: crate::Seen::All,
             recovered: Recovered {
                 recovery_failure: None,
                 mount_rc: 0,
@@ -291,7 +291,7 @@ fn several_files_are_judged_each_with_their_own_slots() {
     let evidence = Evidence {
         params: &r.params,
         protocol: &r.log,
-        kept_events: None,
+        seen: crate::Seen::All,
         recovered: Recovered {
             recovery_failure: None,
             mount_rc: 0,

@@ -83,7 +83,7 @@ impl Scenario {
         let evidence = Evidence {
             params: &self.params,
             protocol: &self.log,
-            kept_events: None,
+            seen: crate::Seen::All,
             recovered: Recovered {
                 recovery_failure: None,
                 mount_rc: self.mount_rc,
@@ -386,7 +386,7 @@ fn unreadable_file_is_a_violation_of_that_state() {
     let evidence = Evidence {
         params: &s.params,
         protocol: &s.log,
-        kept_events: None,
+        seen: crate::Seen::All,
         recovered: Recovered {
             recovery_failure: None,
             mount_rc: 0,
@@ -424,7 +424,7 @@ fn failed_recovery_is_the_only_finding() {
     let evidence = Evidence {
         params: &s.params,
         protocol: &s.log,
-        kept_events: None,
+        seen: crate::Seen::All,
         recovered: Recovered {
             recovery_failure: Some("the guest kernel panicked while mounting".into()),
             mount_rc: 0,

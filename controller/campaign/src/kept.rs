@@ -89,7 +89,7 @@ impl KeptTrial {
             protocol_path: &trial_dir.join("workload.protocol.log"),
             base_disk: &base,
             ack_area_offset_bytes,
-            seed: params.seed,
+            params: &params,
             device_bug: config.device_bug,
         })?;
         if let Some(sealed) = log_entries.filter(|n| *n != capture.log.entries.len() as u64) {

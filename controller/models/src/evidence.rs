@@ -430,13 +430,14 @@ pub fn judge(
     config: &CampaignConfig,
     params: &record::WorkloadParams,
     protocol: &ProtocolLog,
-    kept_events: Option<&[bool]>,
+    seen: verifier::Seen,
     check: &CheckResult,
 ) -> verifier::Verdict {
     if config.program.is_some() {
+        let mask = seen.mask(protocol);
         return verifier::items::verify_items(&verifier::items::ItemEvidence {
             protocol,
-            kept_events,
+            kept_events: mask.as_deref(),
             items_max: params.records,
             recovery_failure: check.recovery_failure.clone(),
             mount_rc: check.mount_rc,
@@ -447,7 +448,7 @@ pub fn judge(
     let evidence = verifier::Evidence {
         params,
         protocol,
-        kept_events,
+        seen,
         recovered: verifier::Recovered {
             recovery_failure: check.recovery_failure.clone(),
             mount_rc: check.mount_rc,

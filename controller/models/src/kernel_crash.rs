@@ -92,7 +92,7 @@ pub fn run_trial(ctx: &TrialContext, plan: &TrialPlan, dir: &Path) -> Result<Tri
     let check_ms = check_start.elapsed().as_millis() as u64;
 
     let verify_start = Instant::now();
-    let mut verdict = judge(config, &params, &protocol, None, &check);
+    let mut verdict = judge(config, &params, &protocol, verifier::Seen::All, &check);
     let io_finding = io_error.as_ref().and_then(crate::io_errors::error_reported);
     for finding in verifier::live_findings(&protocol).into_iter().chain(io_finding) {
         verdict.add_violation(finding);

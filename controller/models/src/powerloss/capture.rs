@@ -66,7 +66,7 @@ pub fn capture_run(pctx: &PowerLossContext, plan: &crate::plan::TrialPlan, dir: 
         protocol_path: &files.protocol_log,
         base_disk: pctx.base_disk,
         ack_area_offset_bytes: pctx.ack_area_offset_bytes,
-        seed: params.seed,
+        params: &params,
         device_bug: config.device_bug,
     })?;
     timing.parse = ms_since(t);
@@ -201,6 +201,11 @@ pub struct Capture {
     /// cut-off entry at the log's end: not judged.
     pub acks_past_log_end: u64,
     pub device_bug_effect: Option<blocklog::DeviceBugEffect>,
+    /// The whole protocol's timeline, built once: each state's history is
+    /// a cut of it. `Err`: the protocol breaks its rules somewhere, and
+    /// each state is judged from the events it keeps (which says where).
+    pub timeline: Result<verifier::Timeline, String>,
+    pub cuts: super::judge::CutIndex,
 }
 
 /// Where the capture's files are and how to read them.
@@ -209,7 +214,8 @@ pub struct CaptureSource<'a> {
     pub protocol_path: &'a Path,
     pub base_disk: &'a Path,
     pub ack_area_offset_bytes: u64,
-    pub seed: u64,
+    /// The run's parameters: its seed, geometry and records.
+    pub params: &'a record::WorkloadParams,
     pub device_bug: Option<blocklog::DeviceBug>,
 }
 
@@ -228,7 +234,7 @@ pub fn read_capture(source: &CaptureSource) -> Result<Capture> {
     let (log, device_bug_effect) = match source.device_bug {
         Some(bug) => {
             let ignored = ack_area_sectors(source.ack_area_offset_bytes, device_size_bytes);
-            let (log, effect) = blocklog::apply_device_bug(&log, bug, &ignored, source.seed);
+            let (log, effect) = blocklog::apply_device_bug(&log, bug, &ignored, source.params.seed);
             (log, Some(effect))
         }
         None => (log, None),
@@ -239,17 +245,20 @@ pub fn read_capture(source: &CaptureSource) -> Result<Capture> {
         &log_file,
         source.ack_area_offset_bytes,
         device_size_bytes,
-        source.seed,
+        source.params.seed,
     )?;
     let acks_past_log_end = check_acks_match(&serial, &promises, log_ends_early)?;
+    let geometry = source.params.geometry();
     Ok(Capture {
         log,
         log_file,
-        serial,
-        promises,
         device_size_bytes,
         acks_past_log_end,
         device_bug_effect,
+        timeline: verifier::Timeline::build(&serial, None, &geometry, source.params.records),
+        cuts: super::judge::CutIndex::new(&serial, &promises, geometry.writers),
+        serial,
+        promises,
     })
 }
 

@@ -21,69 +21,87 @@ pub fn earliest_crash_position(state: &CrashState) -> u64 {
     state.prefix_entries.max(last_extra).max(torn)
 }
 
-/// The protocol as the application knew it at a crash at log `position`:
-/// nothing after a `READY` whose ready marker is not logged before
-/// `position`, and for each writer process, nothing after its first `ACK`
-/// whose ack sector is not logged before `position`.
-///
-/// Why a cut and not a filter: each writer is one sequential program, and
-/// each of those lines is printed only after its marker's O_DIRECT write
-/// completed, i.e. was logged. A marker logged at or after `position`
-/// completed after the crash, so every line that writer printed after it
-/// (its next records' `BEGIN`s among them) came after the crash too. The
-/// records begun before the cut and not acked include every one in flight
-/// (and perhaps one begun just after the crash, whose bytes cannot be in
-/// the state: allowing it loosens nothing that matters).
-/// Lines of no one writer (`MSYNC`, `GROW`, ...) stay while any writer is
-/// uncut; `DONE` goes once any is cut.
+/// Where each promise of the protocol was given in the block-write log,
+/// built once per trial: the [`verifier::Cut`] of any crash position is
+/// then a binary search per writer, whatever the run's length.
+#[derive(Debug)]
+pub struct CutIndex {
+    ready_entry: Option<u64>,
+    writers: Vec<WriterAcks>,
+}
+
+/// One writer's `ACK` lines in protocol order, and for each the latest log
+/// entry at which it or an earlier one of them was given (`u64::MAX`: an
+/// ack never logged): ascending, so the first ack not given at a position
+/// is the first one whose entry is at or past it.
+#[derive(Debug, Default)]
+struct WriterAcks {
+    event_index: Vec<usize>,
+    given_by_entry: Vec<u64>,
+}
+
+impl CutIndex {
+    pub fn new(serial: &ProtocolLog, promises: &LoggedPromises, writers: u32) -> CutIndex {
+        let writers = writers.max(1);
+        // Indexed by seq; seqs were checked against the run's records when
+        // the acks were read from the log.
+        let mut entry_of = Vec::new();
+        for a in &promises.acks {
+            let seq = a.seq as usize;
+            if seq >= entry_of.len() {
+                entry_of.resize(seq + 1, u64::MAX);
+            }
+            entry_of[seq] = a.entry_index;
+        }
+        let mut per_writer: Vec<WriterAcks> = (0..writers).map(|_| WriterAcks::default()).collect();
+        for (i, event) in serial.events.iter().enumerate() {
+            if let Event::Ack { seq, .. } = event {
+                let acks = &mut per_writer[(seq % u64::from(writers)) as usize];
+                let entry = entry_of.get(*seq as usize).copied().unwrap_or(u64::MAX);
+                let given_by = acks.given_by_entry.last().map_or(entry, |&e| e.max(entry));
+                acks.event_index.push(i);
+                acks.given_by_entry.push(given_by);
+            }
+        }
+        CutIndex {
+            ready_entry: promises.ready_entry,
+            writers: per_writer,
+        }
+    }
+
+    /// The protocol as the application knew it at a crash at log
+    /// `position`: a `READY` is seen once its ready marker is logged before
+    /// `position`, an `ACK` once its ack sector is (see [`verifier::Cut`]
+    /// for why that cuts each writer's lines there).
+    pub fn cut_at(&self, position: u64) -> verifier::Cut {
+        verifier::Cut {
+            ready_given: self.ready_entry.is_some_and(|r| r < position),
+            first_ack_not_given: self
+                .writers
+                .iter()
+                .map(|w| {
+                    let given = w.given_by_entry.partition_point(|&e| e < position);
+                    w.event_index.get(given).copied()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The events of `serial` seen at a crash at log `position`, as a log
+/// (for the user and the tests; judging takes the cut).
 pub fn protocol_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64, writers: u32) -> ProtocolLog {
-    let kept = kept_events_at(serial, promises, position, writers);
+    let mask = CutIndex::new(serial, promises, writers).cut_at(position).mask(serial);
     ProtocolLog {
         events: serial
             .events
             .iter()
-            .zip(&kept)
+            .zip(&mask)
             .filter(|(_, &k)| k)
             .map(|(e, _)| e.clone())
             .collect(),
         truncated_tail: None,
     }
-}
-
-/// [`protocol_at`] as a mask over `serial`'s events (what the verifier
-/// takes per state: no copy of the events).
-pub fn kept_events_at(serial: &ProtocolLog, promises: &LoggedPromises, position: u64, writers: u32) -> Vec<bool> {
-    let ready_given = promises.ready_entry.is_some_and(|r| r < position);
-    // Indexed by seq; seqs were checked against the run's records when the
-    // acks were read from the log.
-    let mut given = Vec::new();
-    for a in promises.acks.iter().filter(|a| a.entry_index < position) {
-        let seq = a.seq as usize;
-        if seq >= given.len() {
-            given.resize(seq + 1, false);
-        }
-        given[seq] = true;
-    }
-    let given_ack = |seq: u64| given.get(seq as usize).copied().unwrap_or(false);
-    let writer_of = |seq: u64| (seq % u64::from(writers.max(1))) as usize;
-    let mut cut = vec![false; writers.max(1) as usize];
-    let mut kept = vec![false; serial.events.len()];
-    for (i, event) in serial.events.iter().enumerate() {
-        kept[i] = match event {
-            Event::Ready { .. } if !ready_given => break,
-            Event::Begin { seq, .. } => !cut[writer_of(*seq)],
-            Event::Ack { seq, .. } => {
-                let w = writer_of(*seq);
-                if !cut[w] && !given_ack(*seq) {
-                    cut[w] = true;
-                }
-                !cut[w]
-            }
-            Event::Done { .. } => !cut.iter().any(|&c| c),
-            _ => !cut.iter().all(|&c| c),
-        };
-    }
-    kept
 }
 
 /// States whose crash position is a multiple of this are judged at their
@@ -133,17 +151,11 @@ pub fn judge_state(
         position as usize <= capture.log.entries.len(),
         "a state's crash position lies within its log"
     );
-    let writers = config.geometry().writers;
-    let kept = kept_events_at(&capture.serial, &capture.promises, position, writers);
+    let cut = capture.cuts.cut_at(position);
     let verdicts: Vec<(&'static str, verifier::Verdict)> = checks
         .results
         .iter()
-        .map(|(name, check)| {
-            (
-                *name,
-                crate::evidence::judge(config, params, &capture.serial, Some(&kept), check),
-            )
-        })
+        .map(|(name, check)| (*name, judge_at(config, params, capture, &cut, check)))
         .collect();
     // Judging at the earliest position gives a subset of the promises (an
     // ack logged later was given later), so a state that passes at the
@@ -155,7 +167,8 @@ pub fn judge_state(
     let passed_at_earliest = match passed_at_latest && !sampled {
         true => true,
         false => {
-            let passed = passes_at_earliest(config, params, capture, state, &checks.results[0].1, writers);
+            let earliest = capture.cuts.cut_at(earliest_crash_position(state));
+            let passed = judge_at(config, params, capture, &earliest, &checks.results[0].1).passed;
             debug_assert!(
                 passed || !passed_at_latest,
                 "passed at the latest position, failed at the earliest"
@@ -173,23 +186,25 @@ pub fn judge_state(
     }
 }
 
-/// Whether `check` passes judged at the state's earliest crash position
-/// (fewer acks given than at its latest), with `writers` writer processes.
-fn passes_at_earliest(
+/// `check` judged with the protocol seen at `cut`: through the trial's
+/// timeline, or (a protocol the timeline refused) by rebuilding the
+/// history from the events the cut keeps, which names what is wrong.
+fn judge_at(
     config: &config::CampaignConfig,
     params: &record::WorkloadParams,
     capture: &Capture,
-    state: &CrashState,
+    cut: &verifier::Cut,
     check: &CheckResult,
-    writers: u32,
-) -> bool {
-    let earliest = kept_events_at(
-        &capture.serial,
-        &capture.promises,
-        earliest_crash_position(state),
-        writers,
-    );
-    crate::evidence::judge(config, params, &capture.serial, Some(&earliest), check).passed
+) -> verifier::Verdict {
+    let mask;
+    let seen = match &capture.timeline {
+        Ok(timeline) => verifier::Seen::Cut(timeline, cut),
+        Err(_) => {
+            mask = cut.mask(&capture.serial);
+            verifier::Seen::Mask(&mask)
+        }
+    };
+    crate::evidence::judge(config, params, &capture.serial, seen, check)
 }
 
 /// How two checkers' verdicts on one state differ (`--checker both`), if

@@ -180,12 +180,13 @@ fn a_hole_left_by_the_kill_ends_the_usable_log_without_failing_the_capture() {
     )
     .unwrap();
     File::create(&base).unwrap().set_len(DEVICE_BYTES).unwrap();
+    let params = test_params();
     let source = CaptureSource {
         log_path: &log_path,
         protocol_path: &protocol_path,
         base_disk: &base,
         ack_area_offset_bytes: AREA_SECTOR * 512,
-        seed: SEED,
+        params: &params,
         device_bug: None,
     };
     let capture = read_capture(&source).unwrap();
@@ -260,6 +261,23 @@ enum Pattern {
     WrongRange,
 }
 
+/// The parameters of the crafted runs (12 records of 512 bytes).
+fn test_params() -> record::WorkloadParams {
+    record::WorkloadParams {
+        mode: record::DurabilityMode::MsSync,
+        record_size_bytes: RECORD_BYTES as u32,
+        file_size_bytes: RECORD_BYTES as u64 * RECORDS,
+        records: RECORDS,
+        seed: SEED,
+        planted_bug: None,
+        hold_after_acks: None,
+        hold_at_point: None,
+        ack_area_offset_bytes: Some(AREA_SECTOR * 512),
+        pattern: record::Pattern::Records,
+        io_errors: false,
+    }
+}
+
 fn workload_log(pattern: Pattern) -> (LogWriter, String) {
     let mut w = LogWriter::new(512);
     w.flush();
@@ -306,12 +324,13 @@ fn judge_all(w: &LogWriter, serial_text: &str, device_bug: Option<&str>) -> (usi
     std::fs::write(&log_path, w.bytes()).unwrap();
     std::fs::write(&protocol_path, serial_text).unwrap();
     File::create(&base).unwrap().set_len(DEVICE_BYTES).unwrap();
+    let params = test_params();
     let capture = read_capture(&CaptureSource {
         log_path: &log_path,
         protocol_path: &protocol_path,
         base_disk: &base,
         ack_area_offset_bytes: AREA_SECTOR * 512,
-        seed: SEED,
+        params: &params,
         device_bug: device_bug.map(|b| b.parse().unwrap()),
     })
     .unwrap();
@@ -322,39 +341,41 @@ fn judge_all(w: &LogWriter, serial_text: &str, device_bug: Option<&str>) -> (usi
         ignored_sectors: ack_area_sectors(AREA_SECTOR * 512, DEVICE_BYTES),
     };
     let states = blocklog::plan_states(&capture.log, &options);
-    let params = record::WorkloadParams {
-        mode: record::DurabilityMode::MsSync,
-        record_size_bytes: RECORD_BYTES as u32,
-        file_size_bytes: RECORD_BYTES as u64 * RECORDS,
-        records: RECORDS,
-        seed: SEED,
-        planted_bug: None,
-        hold_after_acks: None,
-        hold_at_point: None,
-        ack_area_offset_bytes: Some(AREA_SECTOR * 512),
-        pattern: record::Pattern::Records,
-        io_errors: false,
-    };
     let failed = states
         .iter()
         .filter(|state| {
             let mut image = vec![0u8; DEVICE_BYTES as usize];
             blocklog::apply_state(w.bytes(), &capture.log, state, &mut image).unwrap();
             let position = blocklog::crash_position(&capture.log, state);
-            let protocol = protocol_at(&capture.serial, &capture.promises, position, 1);
             let file = &image[..params.file_size_bytes as usize];
-            let evidence = verifier::Evidence {
-                params: &params,
-                protocol: &protocol,
-                kept_events: None,
-                recovered: verifier::Recovered {
-                    recovery_failure: None,
-                    mount_rc: 0,
-                    files: vec![verifier::FileFound::Read(file)],
-                    fsck: None,
-                },
+            let judge = |protocol: &record::ProtocolLog, seen| {
+                let evidence = verifier::Evidence {
+                    params: &params,
+                    protocol,
+                    seen,
+                    recovered: verifier::Recovered {
+                        recovery_failure: None,
+                        mount_rc: 0,
+                        files: vec![verifier::FileFound::Read(file)],
+                        fsck: None,
+                    },
+                };
+                verifier::verify(&evidence, verifier::Profile::Linux)
             };
-            let verdict = verifier::verify(&evidence, verifier::Profile::Linux);
+            // Judged as campaigns judge it, through the cut of the run's
+            // timeline, and by the events seen at the crash, rebuilt.
+            let cut = capture.cuts.cut_at(position);
+            let timeline = capture.timeline.as_ref().expect("a well-formed protocol");
+            let verdict = judge(&capture.serial, verifier::Seen::Cut(timeline, &cut));
+            let rebuilt = judge(
+                &protocol_at(&capture.serial, &capture.promises, position, 1),
+                verifier::Seen::All,
+            );
+            assert_eq!(
+                serde_json::to_value(&verdict).unwrap(),
+                serde_json::to_value(&rebuilt).unwrap(),
+                "{state:?}"
+            );
             if !verdict.passed {
                 assert_eq!(verdict.violations[0].rule, verifier::Rule::AckedRecordLost, "{state:?}");
             }
