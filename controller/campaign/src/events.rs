@@ -266,6 +266,9 @@ mod tests {
             checker_restarts: 0,
             checker_timeouts_retried: 0,
             coverage: None,
+            checker_disagreements: 0,
+            checker_detail_differences: 0,
+            tiered: None,
         }
     }
 

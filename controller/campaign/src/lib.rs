@@ -28,6 +28,7 @@ use config::{CampaignConfig, CrashModel};
 use machine::qemu::AccelUsed;
 use machine::{accel, images, qemu, vm};
 use models::kernel_crash::{run_trial, TrialRecord};
+use models::powerloss::TierCounts;
 use models::plan::plan_trial;
 use models::powerloss::{run_powerloss_trial, PowerLossContext, PowerLossRecord};
 use models::workload_boot::{RunEnd, TrialContext};
@@ -103,6 +104,14 @@ pub struct Summary {
     /// Power loss: what the checked states cover of the model, summed over
     /// trials (`--explore`).
     pub coverage: CoverageTotals,
+    /// Power loss, two checkers (`--checker both|tiered`): states they
+    /// judged differently (pass/fail), and failing states where they
+    /// differ only in the details.
+    pub checker_disagreements: u64,
+    pub checker_detail_differences: u64,
+    /// `--checker tiered`: which states the kernel checked too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiered: Option<TierCounts>,
 }
 
 /// Coverage of the power-loss model, summed over trials.
@@ -188,6 +197,9 @@ pub struct TrialTotals {
     checker_restarts: u64,
     checker_timeouts_retried: u64,
     coverage: Option<blocklog::Coverage>,
+    checker_disagreements: u64,
+    checker_detail_differences: u64,
+    tiered: Option<TierCounts>,
 }
 
 impl From<&TrialRecord> for TrialTotals {
@@ -203,6 +215,9 @@ impl From<&TrialRecord> for TrialTotals {
             checker_restarts: 0,
             checker_timeouts_retried: 0,
             coverage: None,
+            checker_disagreements: 0,
+            checker_detail_differences: 0,
+            tiered: None,
         }
     }
 }
@@ -220,6 +235,9 @@ impl From<&PowerLossRecord> for TrialTotals {
             checker_restarts: t.checker_restarts,
             checker_timeouts_retried: t.checker_timeouts_retried,
             coverage: t.coverage.clone(),
+            checker_disagreements: t.checker_disagreements,
+            checker_detail_differences: t.checker_detail_differences,
+            tiered: t.tiered,
         }
     }
 }
@@ -249,6 +267,9 @@ impl TrialTotals {
             checker_restarts: v["checker_restarts"].as_u64().unwrap_or(0),
             checker_timeouts_retried: v["checker_timeouts_retried"].as_u64().unwrap_or(0),
             coverage: serde_json::from_value(v["coverage"].clone()).ok(),
+            checker_disagreements: v["checker_disagreements"].as_u64().unwrap_or(0),
+            checker_detail_differences: v["checker_detail_differences"].as_u64().unwrap_or(0),
+            tiered: serde_json::from_value(v["tiered"].clone()).ok(),
         })
     }
 }
@@ -294,6 +315,36 @@ impl Summary {
         if let Some(coverage) = &t.coverage {
             self.coverage.add(coverage);
         }
+        self.checker_disagreements = self.checker_disagreements.saturating_add(t.checker_disagreements);
+        self.checker_detail_differences = self
+            .checker_detail_differences
+            .saturating_add(t.checker_detail_differences);
+        if let Some(tiered) = &t.tiered {
+            self.tiered.get_or_insert_with(TierCounts::default).add(tiered);
+        }
+    }
+
+    /// The checkers' line: how a tiered campaign split its states, and
+    /// where two checkers differed (never resolved silently).
+    fn render_checkers(&self) -> String {
+        let differed = format!(
+            "{} states judged differently (pass/fail), {} failing states that differ in the details; \
+             states.jsonl has both readings of each",
+            self.checker_disagreements, self.checker_detail_differences
+        );
+        match (&self.tiered, self.checker_disagreements + self.checker_detail_differences) {
+            (Some(t), _) => format!(
+                "checkers: tiered: the host checked all {} states, the kernel {} of them too ({} sampled, {} the \
+                 host failed, {} the host's reader declined); {differed}\n",
+                t.host_only + t.kernel_checked(),
+                t.kernel_checked(),
+                t.kernel_sampled,
+                t.kernel_host_failed,
+                t.kernel_host_declined
+            ),
+            (None, 0) => String::new(),
+            (None, _) => format!("checkers: {differed}\n"),
+        }
     }
 
     pub fn render(&self) -> String {
@@ -328,6 +379,7 @@ impl Summary {
             self.short_of_budget()
         );
         s += &self.coverage.render();
+        s += &self.render_checkers();
         if self.checker_restarts + self.checker_timeouts_retried > 0 {
             s += &format!(
                 "checker: {} restarts (a checker VM hung or died and was started again), {} checks retried \
@@ -393,9 +445,11 @@ pub fn run_campaign(req: &CampaignRequest) -> Result<Summary> {
             Some(_) => "items".into(),
             None => "records".into(),
         },
-        state_budget: match setup.config.crash_model {
-            CrashModel::PowerLoss => setup.config.state_budget,
-            CrashModel::KernelCrash => 0,
+        // An exhaustive exploration has no budget: every state it could
+        // build was checked.
+        state_budget: match (setup.config.crash_model, setup.config.explore) {
+            (CrashModel::PowerLoss, config::Explore::Sample) => setup.config.state_budget,
+            _ => 0,
         },
         ..Default::default()
     };
@@ -1100,8 +1154,23 @@ mod summary_tests {
                 largest_epoch: Some((7, 14)),
                 stopped_at_bound: false,
             }),
+            checker_disagreements: 1,
+            checker_detail_differences: 0,
+            tiered: Some(TierCounts {
+                host_only: 20,
+                kernel_sampled: 2,
+                kernel_host_failed: 3,
+                kernel_host_declined: 0,
+            }),
         });
         let text = summary.render();
+        assert!(
+            text.contains(
+                "checkers: tiered: the host checked all 25 states, the kernel 5 of them too (2 sampled, 3 the host \
+                 failed, 0 the host's reader declined); 1 states judged differently (pass/fail)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("items, summed over crash states"), "{text}");
         assert!(
             text.contains("25 verified, 0 failed (budget 200: the logs held no more distinct crash states"),

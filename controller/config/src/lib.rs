@@ -124,7 +124,27 @@ pub enum Checker {
     Host,
     /// Both, comparing their verdicts state by state.
     Both,
+    /// ext4 only: the host checker on every state, the kernel checker on a
+    /// seeded sample (1 in TIER_KERNEL_EVERY) and on every state the host
+    /// failed or handed to e2fsprogs; verdicts compared where both ran.
+    Tiered,
 }
+
+impl Checker {
+    /// As on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Checker::Kernel => "kernel",
+            Checker::Host => "host",
+            Checker::Both => "both",
+            Checker::Tiered => "tiered",
+        }
+    }
+}
+
+/// `--checker tiered`: one state in this many (seeded) is also checked by
+/// the kernel, whatever the host said.
+pub const TIER_KERNEL_EVERY: u64 = 16;
 
 /// Power loss: which of a trial's crash states are checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -518,7 +538,9 @@ impl CampaignConfig {
         }
         if self.checker != Checker::Kernel && self.fs != Filesystem::Ext4 {
             return Err(format!(
-                "--checker host needs ext4 (e2fsck + debugfs); use --checker kernel for {}",
+                "--checker {} needs ext4 (its host path is crashlab's ext4 reader, e2fsck and debugfs); use \
+                 --checker kernel for {}",
+                self.checker.name(),
                 self.fs.name()
             ));
         }

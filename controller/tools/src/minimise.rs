@@ -317,8 +317,11 @@ fn start_checker(
         _ => Checker::Kernel,
     });
     match checker {
-        Checker::Both => {
-            bail!("--checker both: minimise with one checker (kernel or host); replay-state compares them")
+        Checker::Both | Checker::Tiered => {
+            bail!(
+                "--checker {}: minimise with one checker (kernel or host); replay-state compares them",
+                checker.name()
+            )
         }
         Checker::Kernel => {
             let (images, accel) = kept.guest(req.at.campaign_dir, work, req.at.interrupt)?;

@@ -18,7 +18,7 @@ use anyhow::Result;
 use blocklog::CrashState;
 use nbd::DiskView;
 
-use super::build::StateBuilder;
+use super::build::{StateBuilder, StateView};
 use super::host_check::HostChecker;
 use super::kernel_check::{KernelChecker, CHECKER_RESTARTS_MAX};
 use super::ms_since;
@@ -35,8 +35,38 @@ pub struct CheckEnv<'a> {
     pub ctx: &'a TrialContext<'a>,
     /// Where checker VMs keep their logs.
     pub dir: &'a Path,
-    /// Seeds which states are read both ways (`FileRead::Extents`).
+    /// Seeds which states are read both ways (`FileRead::Extents`) and
+    /// which go to the kernel checker under `--checker tiered`.
     pub sample_seed: u64,
+    /// `--checker tiered`: whether a state's host check passes (the
+    /// verdict the judging stage will give it).
+    pub host_passes: &'a (dyn Fn(&CrashState, &CheckResult) -> bool + Sync),
+}
+
+/// `--checker tiered`: why a state went to the kernel checker as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelTier {
+    /// The seeded sample (1 in `TIER_KERNEL_EVERY`).
+    Sampled,
+    /// The host checker's verdict failed: the kernel's recovery decides.
+    HostFailed,
+    /// crashlab's ext4 reader declined the state (e2fsprogs read it).
+    HostDeclined,
+}
+
+/// Whether (and why) a host-checked state goes on to the kernel checker.
+fn kernel_tier(env: &CheckEnv, index: usize, state: &CrashState, host: &CheckResult) -> Option<KernelTier> {
+    // Another stream than the read-both-ways sample's.
+    let sampled = splitmix64(!env.sample_seed ^ index as u64).is_multiple_of(config::TIER_KERNEL_EVERY);
+    if sampled {
+        Some(KernelTier::Sampled)
+    } else if !(env.host_passes)(state, host) {
+        Some(KernelTier::HostFailed)
+    } else if host.reads.by_e2fsprogs > 0 {
+        Some(KernelTier::HostDeclined)
+    } else {
+        None
+    }
 }
 
 /// With `--read-files=extents`, one state in this many (seeded), and each
@@ -89,6 +119,9 @@ pub struct StateChecks {
     /// VM with more time, which finished: the first wait was the host's
     /// slowness (an overloaded machine), not a hang of the guest.
     pub timeouts_retried: u64,
+    /// `--checker tiered`: why the kernel checked this state too (`None`:
+    /// the host alone did).
+    pub kernel_tier: Option<KernelTier>,
 }
 
 impl StateChecks {
@@ -101,6 +134,7 @@ impl StateChecks {
             overlay_bytes: 0,
             checker_restarts: 0,
             timeouts_retried: 0,
+            kernel_tier: None,
         }
     }
 }
@@ -232,40 +266,60 @@ pub fn check_in_order(
 impl CheckWorker {
     fn check(&mut self, env: &CheckEnv, index: usize, state: &CrashState, abort: &AtomicBool) -> Result<StateChecks> {
         let mut checks = StateChecks::new(Vec::new());
-        if self.kernel.as_ref().is_some_and(|k| !k.is_usable()) {
-            checks.checker_restarts = self.restart_kernel(env)?;
-        }
         let t = Instant::now();
         let view = env.builder.view(state);
         checks.build_ms = ms_since(t);
-        if let Some(checker) = self.kernel.as_mut() {
-            let t = Instant::now();
-            let read = file_read_for(env, index, checker.checks_done() == 0);
-            let mut result = checker.check(Arc::new(view.clone()), read, abort)?;
-            if result.timed_out {
-                // A hang is a finding only if it is one: on an overloaded
-                // host a slow recovery looks the same. Once, on a fresh
-                // checker VM, with more time; a second timeout stands.
-                checks.checker_restarts += self.restart_kernel(env)?;
-                let checker = self.kernel.as_mut().expect("restarted");
-                let usual_ms = checker.state_timeout_ms();
-                checker.set_state_timeout_ms(usual_ms.saturating_mul(TIMEOUT_RETRY_FACTOR));
-                result = checker.check(Arc::new(view.clone()), read, abort)?;
-                checker.set_state_timeout_ms(usual_ms);
-                checks.timeouts_retried += u64::from(!result.timed_out);
-            }
-            let checker = self.kernel.as_mut().expect("a kernel checker");
-            checks.results.push(("kernel", result));
-            checks.kernel_ms = ms_since(t);
-            checks.overlay_bytes = checker.nbd().overlay_bytes();
-        }
+        let tiered = env.ctx.config.checker == Checker::Tiered;
         if let Some(host) = self.host.as_mut() {
             let t = Instant::now();
             let read = file_read_for(env, index, host.checks_done() == 0);
             checks.results.push(("host", host.check(&view, read)?));
             checks.host_ms = ms_since(t);
         }
+        if tiered {
+            checks.kernel_tier = kernel_tier(env, index, state, &checks.results[0].1);
+        }
+        if self.kernel.is_some() && (!tiered || checks.kernel_tier.is_some()) {
+            let t = Instant::now();
+            let result = self.check_kernel(env, index, &view, &mut checks, abort)?;
+            // The kernel's verdict first: where it ran, it is the state's.
+            checks.results.insert(0, ("kernel", result));
+            checks.kernel_ms = ms_since(t);
+        }
         Ok(checks)
+    }
+
+    /// The kernel path on one state: a timeout is checked once more on a
+    /// fresh checker VM with more time.
+    fn check_kernel(
+        &mut self,
+        env: &CheckEnv,
+        index: usize,
+        view: &StateView,
+        checks: &mut StateChecks,
+        abort: &AtomicBool,
+    ) -> Result<CheckResult> {
+        if self.kernel.as_ref().is_some_and(|k| !k.is_usable()) {
+            checks.checker_restarts += self.restart_kernel(env)?;
+        }
+        let checker = self.kernel.as_mut().expect("a kernel checker");
+        let read = file_read_for(env, index, checker.checks_done() == 0);
+        let mut result = checker.check(Arc::new(view.clone()), read, abort)?;
+        if result.timed_out {
+            // A hang is a finding only if it is one: on an overloaded
+            // host a slow recovery looks the same. Once, on a fresh
+            // checker VM, with more time; a second timeout stands.
+            checks.checker_restarts += self.restart_kernel(env)?;
+            let checker = self.kernel.as_mut().expect("restarted");
+            let usual_ms = checker.state_timeout_ms();
+            checker.set_state_timeout_ms(usual_ms.saturating_mul(TIMEOUT_RETRY_FACTOR));
+            result = checker.check(Arc::new(view.clone()), read, abort)?;
+            checker.set_state_timeout_ms(usual_ms);
+            checks.timeouts_retried += u64::from(!result.timed_out);
+        }
+        let checker = self.kernel.as_ref().expect("a kernel checker");
+        checks.overlay_bytes = checker.nbd().overlay_bytes();
+        Ok(result)
     }
 
     /// Replaces a retired checker VM (its logs stay, under a new name for

@@ -189,7 +189,7 @@ pub fn judge_state(
 /// `check` judged with the protocol seen at `cut`: through the trial's
 /// timeline, or (a protocol the timeline refused) by rebuilding the
 /// history from the events the cut keeps, which names what is wrong.
-fn judge_at(
+pub(super) fn judge_at(
     config: &config::CampaignConfig,
     params: &record::WorkloadParams,
     capture: &Capture,

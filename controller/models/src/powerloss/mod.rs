@@ -44,12 +44,12 @@ pub use capture::{
     ack_area_sectors, acks_in_log, check_acks_match, read_capture, AckPosition, Capture, CaptureSource, CapturedRun,
     LoggedPromises,
 };
-pub use check::StateChecks;
+pub use check::{KernelTier, StateChecks};
 pub use host_check::HostChecker;
 pub use judge::{earliest_crash_position, judge_state, protocol_at, JudgedState};
 pub use kernel_check::{KernelChecker, CHECKER_RESTARTS_MAX, OVERLAY_MAX_BYTES, STATE_TIMEOUT_MS};
 pub use plan::{plan_options, trial_states};
-pub use report::{add_counts, LogFacts, PowerLossRecord, RunRecords, StateLine, Timing};
+pub use report::{add_counts, LogFacts, PowerLossRecord, RunRecords, StateLine, TierCounts, Timing};
 
 use crate::workload_boot::TrialContext;
 
@@ -107,6 +107,10 @@ pub fn check_capture(
     let (states, coverage) = plan::trial_states(config, plan.workload_seed, capture, pctx.ack_area_offset_bytes);
     timing.plan = ms_since(t);
 
+    let host_passes = |state: &blocklog::CrashState, host: &crate::evidence::CheckResult| {
+        let position = blocklog::crash_position(&capture.log, state);
+        judge::judge_at(config, &captured.params, capture, &capture.cuts.cut_at(position), host).passed
+    };
     let env = check::CheckEnv {
         builder: StateBuilder::new(
             &capture.log,
@@ -119,6 +123,7 @@ pub fn check_capture(
         ctx,
         dir,
         sample_seed: plan.workload_seed,
+        host_passes: &host_passes,
     };
     let workers_n = (config.check_workers as usize).clamp(1, states.len().max(1));
     let t = Instant::now();

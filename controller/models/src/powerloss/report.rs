@@ -55,6 +55,9 @@ pub struct PowerLossRecord {
     /// With `--checker both`: failing states where the two paths agree on
     /// the failure but not on its details (violations, lost or torn counts).
     pub checker_detail_differences: u64,
+    /// With `--checker tiered`: which states the kernel checked too, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiered: Option<TierCounts>,
     /// Checker VMs booted again after one died, hung or could not unmount
     /// while recovering a state (that state's verdict says so).
     pub checker_restarts: u64,
@@ -79,6 +82,32 @@ pub struct PowerLossRecord {
     pub check_workers: u64,
     pub rerun: String,
     pub evidence_dir: PathBuf,
+}
+
+/// `--checker tiered`: the host checked every state; the kernel these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TierCounts {
+    /// By the host alone.
+    pub host_only: u64,
+    /// By the kernel too: the seeded sample.
+    pub kernel_sampled: u64,
+    /// By the kernel too: the host's verdict failed.
+    pub kernel_host_failed: u64,
+    /// By the kernel too: crashlab's ext4 reader declined (e2fsprogs read).
+    pub kernel_host_declined: u64,
+}
+
+impl TierCounts {
+    pub fn add(&mut self, other: &TierCounts) {
+        self.host_only = self.host_only.saturating_add(other.host_only);
+        self.kernel_sampled = self.kernel_sampled.saturating_add(other.kernel_sampled);
+        self.kernel_host_failed = self.kernel_host_failed.saturating_add(other.kernel_host_failed);
+        self.kernel_host_declined = self.kernel_host_declined.saturating_add(other.kernel_host_declined);
+    }
+
+    pub fn kernel_checked(&self) -> u64 {
+        self.kernel_sampled + self.kernel_host_failed + self.kernel_host_declined
+    }
 }
 
 /// What a run began and acked, as the host saw it (records, or a
@@ -304,6 +333,7 @@ impl PowerLossRecord {
             states_failed_at_earliest_point: 0,
             checker_disagreements: 0,
             checker_detail_differences: 0,
+            tiered: (config.checker == config::Checker::Tiered).then(TierCounts::default),
             checker_restarts: 0,
             checker_timeouts_retried: 0,
             file_reads: FileReads::default(),
@@ -381,6 +411,15 @@ impl PowerLossRecord {
             self.file_reads.add(&result.reads);
         }
         self.overlay_peak_bytes = self.overlay_peak_bytes.max(checks.overlay_bytes);
+        if let Some(tiered) = self.tiered.as_mut() {
+            use super::check::KernelTier;
+            match checks.kernel_tier {
+                None => tiered.host_only += 1,
+                Some(KernelTier::Sampled) => tiered.kernel_sampled += 1,
+                Some(KernelTier::HostFailed) => tiered.kernel_host_failed += 1,
+                Some(KernelTier::HostDeclined) => tiered.kernel_host_declined += 1,
+            }
+        }
         if let Some(difference) = &judged.disagreement {
             // Pass/fail must agree. On a filesystem the crash left broken,
             // the kernel and e2fsprogs may read different wreckage (a
