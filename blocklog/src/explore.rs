@@ -86,6 +86,65 @@ pub struct Coverage {
     pub largest_epoch: Option<(u64, u64)>,
     /// The exploration stopped at `states_max`.
     pub stopped_at_bound: bool,
+    /// The same by epoch size: one class per power of two of optional
+    /// writes, the classes that have epochs, smallest first (results
+    /// schema 1.5; earlier lines have none).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub by_epoch_size: Vec<EpochClass>,
+}
+
+/// The epochs whose optional writes number `writes_min..=writes_max`
+/// (class 0: none; class k: 2^(k-1) to 2^k - 1), and their states.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct EpochClass {
+    pub writes_min: u64,
+    pub writes_max: u64,
+    pub epochs: u64,
+    /// Counted before equal contents are removed (saturating).
+    pub states_in_model: u64,
+    /// Distinct states checked whose prefix is one of these epochs'.
+    pub states: u64,
+}
+
+/// The class of an epoch with `writes` optional writes.
+pub fn epoch_class(writes: u64) -> usize {
+    (64 - writes.leading_zeros()) as usize
+}
+
+/// Coverage by epoch class of `epochs`, with `states` the ones checked.
+fn by_epoch_size(log: &ParsedLog, epochs: &[Epoch], tears_per_write: u64, states: &[CrashState]) -> Vec<EpochClass> {
+    let mut classes: Vec<EpochClass> = (0..=64)
+        .map(|k: u32| EpochClass {
+            writes_min: if k == 0 { 0 } else { 1u64 << (k - 1) },
+            writes_max: if k == 0 { 0 } else { (1u64 << (k - 1)).saturating_mul(2) - 1 },
+            ..EpochClass::default()
+        })
+        .collect();
+    let mut class_of_prefix = std::collections::HashMap::new();
+    for epoch in epochs {
+        let class = &mut classes[epoch_class(epoch.writes.len() as u64)];
+        class.epochs += 1;
+        class.states_in_model = class.states_in_model.saturating_add(epoch_model_size(log, epoch, tears_per_write));
+        class_of_prefix.insert(epoch.prefix_entries, epoch_class(epoch.writes.len() as u64));
+    }
+    for state in states {
+        if let Some(&class) = class_of_prefix.get(&state.prefix_entries) {
+            classes[class].states += 1;
+        }
+    }
+    classes.retain(|c| c.epochs > 0);
+    classes
+}
+
+/// The states of one epoch's model, counted before equal contents are
+/// removed: each crash point's subsets and torn variants (saturating).
+fn epoch_model_size(log: &ParsedLog, epoch: &Epoch, tears_per_write: u64) -> u64 {
+    cuts(log, epoch).iter().fold(0u64, |total, cut| {
+        let subsets = subsets_of(cut.optional.len() as u32);
+        let tears: u64 = tears_of(log, cut, tears_per_write).iter().map(|(_, t)| t.len() as u64).sum();
+        total.saturating_add(subsets).saturating_add(tears)
+    })
 }
 
 pub struct Exploration {
@@ -150,10 +209,9 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
     coverage.model_exact = coverage.epochs_sampled == 0 && !coverage.stopped_at_bound;
     coverage.states = plan.states.len() as u64;
     coverage.duplicates = coverage.states_generated - coverage.states;
-    Exploration {
-        states: plan.into_states(log, options.states_max.max(1)),
-        coverage,
-    }
+    let states = plan.into_states(log, options.states_max.max(1));
+    coverage.by_epoch_size = by_epoch_size(log, &epochs, options.tears_per_write, &states);
+    Exploration { states, coverage }
 }
 
 /// An exploration under way: the states kept so far and the figures.
@@ -223,8 +281,9 @@ impl Explorer<'_> {
 /// The model's size for a sampled run, without generating its states: the
 /// epochs, the largest, and the states counted before equal contents are
 /// removed (an upper bound on the distinct ones; saturating), with torn
-/// variants as [`explore_states`] would make them.
-pub fn count_model(log: &ParsedLog, options: &ExploreOptions) -> Coverage {
+/// variants as [`explore_states`] would make them; `checked`, the sample,
+/// counted as the states checked.
+pub fn count_model(log: &ParsedLog, options: &ExploreOptions, checked: &[CrashState]) -> Coverage {
     let plan_options = PlanOptions {
         seed: options.seed,
         budget: 0,
@@ -232,25 +291,21 @@ pub fn count_model(log: &ParsedLog, options: &ExploreOptions) -> Coverage {
         ignored_sectors: options.ignored_sectors.clone(),
     };
     let epochs = build_epochs(log, &plan_options);
-    let mut coverage = Coverage {
+    let by_epoch_size = by_epoch_size(log, &epochs, options.tears_per_write, checked);
+    Coverage {
         epochs: epochs.len() as u64,
         largest_epoch: epochs
             .iter()
             .max_by_key(|e| (e.writes.len(), std::cmp::Reverse(e.prefix_entries)))
             .map(|e| (e.prefix_entries, e.writes.len() as u64)),
+        states_in_model: by_epoch_size
+            .iter()
+            .fold(0u64, |total, c| total.saturating_add(c.states_in_model)),
+        states: checked.len() as u64,
+        states_generated: checked.len() as u64,
+        by_epoch_size,
         ..Coverage::default()
-    };
-    for epoch in &epochs {
-        for cut in cuts(log, epoch) {
-            let subsets = subsets_of(cut.optional.len() as u32);
-            let tears: u64 = tears_of(log, &cut, options.tears_per_write)
-                .iter()
-                .map(|(_, t)| t.len() as u64)
-                .sum();
-            coverage.states_in_model = coverage.states_in_model.saturating_add(subsets).saturating_add(tears);
-        }
     }
-    coverage
 }
 
 /// 2^n, saturating at u64::MAX.
@@ -453,9 +508,21 @@ mod tests {
                 tears_per_write: 3,
                 ..options()
             };
-            let counted = count_model(&log, &opts);
-            let explored = explore_states(&log, &opts).coverage;
+            let exploration = explore_states(&log, &opts);
+            let counted = count_model(&log, &opts, &exploration.states);
+            let explored = exploration.coverage;
             assert_eq!(counted.states_in_model, explored.states_in_model, "seed {seed}");
+            // By epoch size: the same classes both ways, summing to the
+            // totals, each epoch in the class of its size.
+            assert_eq!(counted.by_epoch_size, explored.by_epoch_size, "seed {seed}");
+            let classes = &explored.by_epoch_size;
+            assert_eq!(classes.iter().map(|c| c.epochs).sum::<u64>(), explored.epochs);
+            assert_eq!(classes.iter().map(|c| c.states).sum::<u64>(), explored.states);
+            assert_eq!(classes.iter().map(|c| c.states_in_model).sum::<u64>(), explored.states_in_model);
+            assert!(classes.windows(2).all(|w| w[0].writes_max < w[1].writes_min));
+            let (_, largest) = explored.largest_epoch.unwrap();
+            let last = classes.last().unwrap();
+            assert!((last.writes_min..=last.writes_max).contains(&largest), "{last:?}");
             assert_eq!(counted.epochs, explored.epochs);
             assert_eq!(
                 counted.largest_epoch.map(|(_, w)| w),

@@ -104,7 +104,7 @@ pub mod testing;
 pub use device::{apply_device_bug, DeviceBug, DeviceBugEffect, DEVICE_BUG_EVERY_MAX};
 pub use error::{InvalidState, LogError};
 pub use explore::{
-    count_model, explore_states, Coverage, Exploration, ExploreOptions, STATES_MAX_DEFAULT,
+    count_model, epoch_class, explore_states, Coverage, EpochClass, Exploration, ExploreOptions, STATES_MAX_DEFAULT,
     SUBSETS_MAX_PER_EPOCH_DEFAULT,
 };
 pub use file::{read_log_file, read_log_file_with};

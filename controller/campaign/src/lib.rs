@@ -1153,6 +1153,7 @@ mod summary_tests {
                 states: 25,
                 largest_epoch: Some((7, 14)),
                 stopped_at_bound: false,
+                by_epoch_size: Vec::new(),
             }),
             checker_disagreements: 1,
             checker_detail_differences: 0,

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 /// The results schema this crashlab writes: (major, minor). A report reads
 /// any minor version of its major; results without a version are 1.0
 /// (results/README.md lists what each adds).
-pub const RESULTS_SCHEMA: (u64, u64) = (1, 4);
+pub const RESULTS_SCHEMA: (u64, u64) = (1, 5);
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -95,6 +95,8 @@ pub fn case_from_campaign(dir: &Path) -> Result<Case> {
     };
     let system_out = std::fs::read_to_string(dir.join("summary.txt")).unwrap_or_default();
     let time_s = summary["elapsed_s"].as_f64().unwrap_or(0.0);
+    let mut properties = properties;
+    properties.extend(coverage_properties(&summary));
     Ok(Case {
         name,
         classname,
@@ -151,6 +153,41 @@ fn summary_outcome(dir: &Path, model: &str, summary: &serde_json::Value) -> Outc
     } else {
         Outcome::Passed
     }
+}
+
+/// A power-loss campaign's coverage of its model and its checkers'
+/// agreement (summary.json), as `coverage.*` and `checkers.*` properties:
+/// what a CI dashboard plots run over run.
+fn coverage_properties(summary: &serde_json::Value) -> Vec<(String, String)> {
+    let coverage = &summary["coverage"];
+    if coverage["trials"].as_u64().unwrap_or(0) == 0 {
+        return Vec::new();
+    }
+    let mut properties: Vec<(String, String)> = [
+        "states_checked",
+        "states_in_model",
+        "exact",
+        "epochs",
+        "epochs_enumerated",
+        "epochs_sampled",
+        "duplicates",
+        "largest_epoch_writes",
+    ]
+    .iter()
+    .filter(|key| !coverage[**key].is_null())
+    .map(|key| (format!("coverage.{key}"), coverage[*key].to_string()))
+    .collect();
+    for key in ["checker_disagreements", "checker_detail_differences"] {
+        if let Some(n) = summary[key].as_u64() {
+            properties.push((format!("checkers.{}", key.trim_start_matches("checker_")), n.to_string()));
+        }
+    }
+    if let Some(tiered) = summary["tiered"].as_object() {
+        for (key, value) in tiered {
+            properties.push((format!("checkers.tiered.{key}"), value.to_string()));
+        }
+    }
+    properties
 }
 
 /// The guest kernel a campaign ran on (campaign.json's `kernel`; older
@@ -432,6 +469,21 @@ mod tests {
                 },
             },
         });
+        let summary = serde_json::json!({
+            "coverage": {"states_checked": 402, "states_in_model": 402, "exact": true, "epochs": 198,
+                         "epochs_enumerated": 198, "epochs_sampled": 0, "duplicates": 197,
+                         "largest_epoch_writes": 3, "trials": 1},
+            "checker_disagreements": 0, "checker_detail_differences": 1,
+            "tiered": {"host_only": 377, "kernel_sampled": 21, "kernel_host_failed": 0, "kernel_host_declined": 4}
+        });
+        let covered = coverage_properties(&summary);
+        let get = |name: &str| covered.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("coverage.states_in_model"), Some("402"));
+        assert_eq!(get("coverage.exact"), Some("true"));
+        assert_eq!(get("checkers.detail_differences"), Some("1"));
+        assert_eq!(get("checkers.tiered.kernel_sampled"), Some("21"));
+        let none = coverage_properties(&serde_json::json!({"coverage": {"trials": 0}}));
+        assert!(none.is_empty(), "a kernel-crash campaign has no coverage: {none:?}");
         let properties = kernel_properties(&built);
         let get = |name: &str| properties.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         assert_eq!(get("kernel.release"), Some("6.12.118-crashlab"));

@@ -124,9 +124,29 @@ pub struct MinimiseOutcome {
     pub complete: bool,
     /// Keeping each write of `lost`, alone, made the state pass.
     pub one_minimal: bool,
+    /// The state's torn write, if it has one, and whether the state still
+    /// fails with that write whole or absent (neither: the tear fails it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torn: Option<TornOutcome>,
     /// The minimised state, for `replay-state --state-file`.
     pub state_file: PathBuf,
     pub replay: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TornOutcome {
+    pub write: LostWrite,
+    pub sectors_kept: Vec<u64>,
+    pub fails_whole: bool,
+    pub fails_absent: bool,
+}
+
+/// `state` with its torn write whole, and without it.
+fn untorn_variants(state: &CrashState) -> Option<(CrashState, CrashState)> {
+    let torn = state.torn.as_ref()?;
+    let whole = CrashState::new(state.prefix_entries, state.extra_writes.clone(), None);
+    let absent_writes: Vec<u64> = state.extra_writes.iter().copied().filter(|&i| i != torn.entry).collect();
+    Some((whole, CrashState::new(state.prefix_entries, absent_writes, None)))
 }
 
 /// The writes of `state`'s open epoch that it leaves out.
@@ -137,11 +157,11 @@ pub fn lost_writes(log: &blocklog::ParsedLog, state: &CrashState) -> Vec<u64> {
 }
 
 /// The state that loses exactly `lost` of `original`'s epoch (its torn
-/// write, if any, kept), if the crash model allows it.
+/// write, if any, kept as torn: it is one of the extra writes, never a lost
+/// one), if the crash model allows it.
 pub fn state_losing(log: &blocklog::ParsedLog, original: &CrashState, lost: &[u64]) -> Option<CrashState> {
     let kept: Vec<u64> = blocklog::open_epoch(log, original.prefix_entries)
         .filter(|&i| log.entries[i as usize].changes_data() && !lost.contains(&i))
-        .filter(|i| original.torn.as_ref().is_none_or(|t| t.entry != *i))
         .collect();
     let state = CrashState::new(original.prefix_entries, kept, original.torn.clone());
     state.validate(log).ok().map(|()| state)
@@ -188,9 +208,18 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
     };
     let (minimal, complete) = ddmin(&lost_before, CANDIDATES_MAX, &mut fails)?;
     let one_minimal = check_minimal(&minimal, &rule, &mut fails)?;
+    let state = state_losing(log, &original, &minimal).expect("the minimised set was checked as a valid state");
+    let torn = match (untorn_variants(&state), &state.torn) {
+        (Some((whole, absent)), Some(t)) => Some(TornOutcome {
+            write: describe_writes(kept.config.fs, &kept, &state, &[t.entry]).remove(0),
+            sectors_kept: t.sectors_kept.clone(),
+            fails_whole: judge.violated_rule(&whole)?.as_deref() == Some(rule.as_str()),
+            fails_absent: judge.violated_rule(&absent)?.as_deref() == Some(rule.as_str()),
+        }),
+        _ => None,
+    };
     let checked = judge.checked;
     judge.stop()?;
-    let state = state_losing(log, &original, &minimal).expect("the minimised set was checked as a valid state");
     let state_file = kept.trial_dir.join(format!("state-{}-minimised.json", req.at.state));
     machine::durable::write_atomically(&state_file, (serde_json::to_string_pretty(&state)? + "\n").as_bytes())?;
     let replay = replay_command(req, &state_file);
@@ -205,6 +234,7 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         complete,
         one_minimal,
         replay,
+        torn,
         state_file,
     })
 }
@@ -535,6 +565,8 @@ pub fn render(o: &MinimiseOutcome) -> String {
         o.lost_before,
         o.lost.len(),
         match (o.lost.is_empty(), o.one_minimal) {
+            // A torn write's own line says what the tear does.
+            (true, _) if o.torn.is_some() => "; the state fails with every write of its open epoch kept",
             // Nothing the crash dropped matters: the state fails with every
             // write of its open epoch, so the cause is in what was flushed.
             (true, _) =>
@@ -553,6 +585,24 @@ pub fn render(o: &MinimiseOutcome) -> String {
             w.sector,
             w.sector + w.sectors,
             w.holds
+        );
+    }
+    if let Some(t) = &o.torn {
+        s += &format!(
+            "torn write: log entry {} (sectors {}..{}, {}), {} of its {} sectors kept {:?}: {}\n",
+            t.write.log_index,
+            t.write.sector,
+            t.write.sector + t.write.sectors,
+            t.write.holds,
+            t.sectors_kept.len(),
+            t.write.sectors,
+            t.sectors_kept,
+            match (t.fails_whole, t.fails_absent) {
+                (false, false) => "the state passes with that write whole and without it: the tear fails it",
+                (true, true) => "the state fails with that write whole and without it too: the tear does not matter",
+                (true, false) => "the state fails with that write whole too, passes without it",
+                (false, true) => "the state fails without that write too, passes with it whole",
+            }
         );
     }
     s += &format!("replay: {}\n", o.replay);
@@ -579,6 +629,7 @@ mod tests {
             candidates_checked: 5,
             complete: true,
             one_minimal: true,
+            torn: None,
             state_file: PathBuf::from("s.json"),
             replay: "crashlab replay-state".into(),
         }
@@ -605,6 +656,26 @@ mod tests {
             said.contains("1 that matter; keeping any one of them makes it pass"),
             "{said}"
         );
+    }
+
+    /// Found on an ext4 state whose journal commit block was torn:
+    /// minimise rebuilt it without its torn write (which must stay among
+    /// the extra writes), an invalid state, and said it no longer failed.
+    #[test]
+    fn a_torn_state_loses_only_what_it_is_told_to() {
+        let mut w = blocklog::testing::LogWriter::new(512);
+        w.write_fill(0, 8, 1).flush().write_fill(8, 8, 2).write_fill(16, 8, 3).write_fill(24, 8, 4);
+        let log = blocklog::parse_log(w.bytes(), 64 << 10).unwrap();
+        let torn = blocklog::TornWrite {
+            entry: 4,
+            sectors_kept: vec![0],
+        };
+        let original = CrashState::new(2, vec![2, 4], Some(torn.clone()));
+        original.validate(&log).unwrap();
+        assert_eq!(lost_writes(&log, &original), [3]);
+        assert_eq!(state_losing(&log, &original, &[3]), Some(original.clone()));
+        let keeping_all = state_losing(&log, &original, &[]).expect("a valid state");
+        assert_eq!(keeping_all, CrashState::new(2, vec![2, 3, 4], Some(torn)));
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! works on results from any machine, and on older minor versions of the
 //! results schema (missing fields are shown as absent).
 
+mod coverage;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -711,6 +713,7 @@ fn plots_section(campaigns: &[CampaignResults]) -> String {
             plot_rate(&finished),
         ),
     ];
+    h += &coverage::section(campaigns);
     for (id, caption, plot) in plots {
         let _ = write!(h, "<div class=\"plot\" id=\"{id}\"><h3>{}</h3>", esc(&caption));
         match plot {

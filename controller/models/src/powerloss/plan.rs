@@ -54,9 +54,7 @@ pub fn trial_states(
         config::Explore::Sample => {
             let options = plan_options(config, workload_seed, capture, ack_area_offset_bytes);
             let states = blocklog::plan_states(&capture.log, &options);
-            let mut coverage = blocklog::count_model(&capture.log, &explore);
-            coverage.states = states.len() as u64;
-            coverage.states_generated = states.len() as u64;
+            let coverage = blocklog::count_model(&capture.log, &explore, &states);
             (states, coverage)
         }
     }
