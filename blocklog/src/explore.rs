@@ -117,7 +117,11 @@ fn by_epoch_size(log: &ParsedLog, epochs: &[Epoch], tears_per_write: u64, states
     let mut classes: Vec<EpochClass> = (0..=64)
         .map(|k: u32| EpochClass {
             writes_min: if k == 0 { 0 } else { 1u64 << (k - 1) },
-            writes_max: if k == 0 { 0 } else { (1u64 << (k - 1)).saturating_mul(2) - 1 },
+            writes_max: if k == 0 {
+                0
+            } else {
+                (1u64 << (k - 1)).saturating_mul(2) - 1
+            },
             ..EpochClass::default()
         })
         .collect();
@@ -125,7 +129,9 @@ fn by_epoch_size(log: &ParsedLog, epochs: &[Epoch], tears_per_write: u64, states
     for epoch in epochs {
         let class = &mut classes[epoch_class(epoch.writes.len() as u64)];
         class.epochs += 1;
-        class.states_in_model = class.states_in_model.saturating_add(epoch_model_size(log, epoch, tears_per_write));
+        class.states_in_model = class
+            .states_in_model
+            .saturating_add(epoch_model_size(log, epoch, tears_per_write));
         class_of_prefix.insert(epoch.prefix_entries, epoch_class(epoch.writes.len() as u64));
     }
     for state in states {
@@ -142,7 +148,10 @@ fn by_epoch_size(log: &ParsedLog, epochs: &[Epoch], tears_per_write: u64, states
 fn epoch_model_size(log: &ParsedLog, epoch: &Epoch, tears_per_write: u64) -> u64 {
     cuts(log, epoch).iter().fold(0u64, |total, cut| {
         let subsets = subsets_of(cut.optional.len() as u32);
-        let tears: u64 = tears_of(log, cut, tears_per_write).iter().map(|(_, t)| t.len() as u64).sum();
+        let tears: u64 = tears_of(log, cut, tears_per_write)
+            .iter()
+            .map(|(_, t)| t.len() as u64)
+            .sum();
         total.saturating_add(subsets).saturating_add(tears)
     })
 }
@@ -518,7 +527,10 @@ mod tests {
             let classes = &explored.by_epoch_size;
             assert_eq!(classes.iter().map(|c| c.epochs).sum::<u64>(), explored.epochs);
             assert_eq!(classes.iter().map(|c| c.states).sum::<u64>(), explored.states);
-            assert_eq!(classes.iter().map(|c| c.states_in_model).sum::<u64>(), explored.states_in_model);
+            assert_eq!(
+                classes.iter().map(|c| c.states_in_model).sum::<u64>(),
+                explored.states_in_model
+            );
             assert!(classes.windows(2).all(|w| w[0].writes_max < w[1].writes_min));
             let (_, largest) = explored.largest_epoch.unwrap();
             let last = classes.last().unwrap();

@@ -28,8 +28,8 @@ use config::{CampaignConfig, CrashModel};
 use machine::qemu::AccelUsed;
 use machine::{accel, images, qemu, vm};
 use models::kernel_crash::{run_trial, TrialRecord};
-use models::powerloss::TierCounts;
 use models::plan::plan_trial;
+use models::powerloss::TierCounts;
 use models::powerloss::{run_powerloss_trial, PowerLossContext, PowerLossRecord};
 use models::workload_boot::{RunEnd, TrialContext};
 
@@ -332,7 +332,10 @@ impl Summary {
              states.jsonl has both readings of each",
             self.checker_disagreements, self.checker_detail_differences
         );
-        match (&self.tiered, self.checker_disagreements + self.checker_detail_differences) {
+        match (
+            &self.tiered,
+            self.checker_disagreements + self.checker_detail_differences,
+        ) {
             (Some(t), _) => format!(
                 "checkers: tiered: the host checked all {} states, the kernel {} of them too ({} sampled, {} the \
                  host failed, {} the host's reader declined); {differed}\n",

@@ -179,7 +179,10 @@ fn coverage_properties(summary: &serde_json::Value) -> Vec<(String, String)> {
     .collect();
     for key in ["checker_disagreements", "checker_detail_differences"] {
         if let Some(n) = summary[key].as_u64() {
-            properties.push((format!("checkers.{}", key.trim_start_matches("checker_")), n.to_string()));
+            properties.push((
+                format!("checkers.{}", key.trim_start_matches("checker_")),
+                n.to_string(),
+            ));
         }
     }
     if let Some(tiered) = summary["tiered"].as_object() {

@@ -145,7 +145,12 @@ pub struct TornOutcome {
 fn untorn_variants(state: &CrashState) -> Option<(CrashState, CrashState)> {
     let torn = state.torn.as_ref()?;
     let whole = CrashState::new(state.prefix_entries, state.extra_writes.clone(), None);
-    let absent_writes: Vec<u64> = state.extra_writes.iter().copied().filter(|&i| i != torn.entry).collect();
+    let absent_writes: Vec<u64> = state
+        .extra_writes
+        .iter()
+        .copied()
+        .filter(|&i| i != torn.entry)
+        .collect();
     Some((whole, CrashState::new(state.prefix_entries, absent_writes, None)))
 }
 
@@ -664,7 +669,11 @@ mod tests {
     #[test]
     fn a_torn_state_loses_only_what_it_is_told_to() {
         let mut w = blocklog::testing::LogWriter::new(512);
-        w.write_fill(0, 8, 1).flush().write_fill(8, 8, 2).write_fill(16, 8, 3).write_fill(24, 8, 4);
+        w.write_fill(0, 8, 1)
+            .flush()
+            .write_fill(8, 8, 2)
+            .write_fill(16, 8, 3)
+            .write_fill(24, 8, 4);
         let log = blocklog::parse_log(w.bytes(), 64 << 10).unwrap();
         let torn = blocklog::TornWrite {
             entry: 4,

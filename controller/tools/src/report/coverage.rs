@@ -77,7 +77,10 @@ fn plot(classes: &[EpochClass]) -> Plot {
             chart
                 .draw_series(classes.iter().enumerate().map(|(i, c)| {
                     Rectangle::new(
-                        [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, share(c.states, c.states_in_model))],
+                        [
+                            (i as f64 + 0.1, 0.0),
+                            (i as f64 + 0.9, share(c.states, c.states_in_model)),
+                        ],
                         rgb(COVERAGE_COLOUR).filled(),
                     )
                 }))
@@ -146,11 +149,17 @@ mod tests {
         };
         let summed = classes(std::slice::from_ref(&campaign));
         assert_eq!(summed.len(), 2);
-        assert_eq!((summed[0].epochs, summed[0].states_in_model, summed[0].states), (15, 30, 30));
+        assert_eq!(
+            (summed[0].epochs, summed[0].states_in_model, summed[0].states),
+            (15, 30, 30)
+        );
         assert_eq!((summed[1].writes_min, summed[1].states), (4, 16));
         let html = section(std::slice::from_ref(&campaign));
         assert!(html.contains("<svg") && html.contains("#9467BD"), "{html}");
-        assert!(html.contains("<td>4-7</td><td>2</td><td>64</td><td>16</td><td>25.0%</td>"), "{html}");
+        assert!(
+            html.contains("<td>4-7</td><td>2</td><td>64</td><td>16</td><td>25.0%</td>"),
+            "{html}"
+        );
         let none = section(&[]);
         assert!(none.contains("No plot"), "{none}");
     }
