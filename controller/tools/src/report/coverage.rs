@@ -99,7 +99,7 @@ pub(super) fn section(campaigns: &[CampaignResults]) -> String {
     match plot(&classes) {
         Ok(svg) => h += &svg,
         Err(why) => {
-            let _ = write!(h, "<p class=\"none\">No plot: {}.</p></div>\n", esc(&why));
+            let _ = writeln!(h, "<p class=\"none\">No plot: {}.</p></div>", esc(&why));
             return h;
         }
     }
