@@ -15,9 +15,14 @@
 //! 6. Campaign throughput as shards on one machine: the same kernel-crash
 //!    campaign with `--jobs 1` and `--jobs 2`, states per minute of wall
 //!    time. `cargo xtask bench --only jobs` runs this part alone.
+//! 7. Every crash state of a run (`--explore exhaustive`): the default
+//!    trial with torn variants under each checker, and `batch:8` and
+//!    `ms-async-fsync` runs; `--only explore` runs this part alone.
 //!
 //! Absolute times on a shared machine are noise; read the ratios. Run it on
 //! an otherwise idle machine.
+
+mod explore;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -49,14 +54,19 @@ const TARGET_FLAT_RATIO: f64 = 1.2;
 const TARGET_LOG_SLOWDOWN: f64 = 1.3;
 
 pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
-    let only_jobs = extra.windows(2).any(|w| w[0] == "--only" && w[1] == "jobs");
-    let extra: Vec<String> = match only_jobs {
-        true => extra
+    let only = extra.windows(2).find(|w| w[0] == "--only").map(|w| w[1].clone());
+    anyhow::ensure!(
+        matches!(only.as_deref(), None | Some("jobs" | "explore")),
+        "--only {}: the stages that run alone are jobs and explore",
+        only.unwrap_or_default()
+    );
+    let extra: Vec<String> = match &only {
+        Some(stage) => extra
             .iter()
-            .filter(|a| *a != "--only" && *a != "jobs")
+            .filter(|a| *a != "--only" && *a != stage)
             .cloned()
             .collect(),
-        false => extra.to_vec(),
+        None => extra.to_vec(),
     };
     let images = setup(sh)?.display().to_string();
     cmd!(
@@ -70,10 +80,17 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
         extra,
         tag: format!("bench-{}", std::process::id()),
     };
-    if only_jobs {
-        let (one, two) = (bench.jobs_row(1)?, bench.jobs_row(2)?);
-        print_jobs(one, two);
-        return Ok(0);
+    match only.as_deref() {
+        Some("jobs") => {
+            let (one, two) = (bench.jobs_row(1)?, bench.jobs_row(2)?);
+            print_jobs(one, two);
+            return Ok(0);
+        }
+        Some("explore") => {
+            explore::print_explore(&bench.explore_rows()?);
+            return Ok(0);
+        }
+        _ => {}
     }
     // 1. Reboot per crash.
     let reboot = bench.campaign(
@@ -109,6 +126,7 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
     figures.print();
     let (one, two) = (bench.jobs_row(1)?, bench.jobs_row(2)?);
     print_jobs(one, two);
+    explore::print_explore(&bench.explore_rows()?);
     println!("results: results/{}-*", bench.tag);
     Ok(0)
 }
