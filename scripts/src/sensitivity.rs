@@ -14,7 +14,8 @@
 //! states must be the same as the run's), `--explore exhaustive` (each
 //! power-loss run checks every distinct state of its trial, with the host
 //! checker, instead of 100 sampled ones: detection is then not a matter of
-//! the draw; the time to the first failing state is in the table). Results also go
+//! the draw; the time to the first failing state is in the table),
+//! `--crash-model NAME` (that model's rows alone). Results also go
 //! to `results/sensitivity-<pid>/table.{txt,json}`, each run's campaign
 //! beside them.
 
@@ -149,6 +150,7 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
         seeds,
         first_seed,
         only,
+        model: only_model,
         run,
     } = SensitivityArgs::parse(args)?;
     cmd!(
@@ -164,7 +166,7 @@ pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
         if only.as_deref().is_some_and(|o| !entry.name.contains(o)) {
             continue;
         }
-        for &model in BOTH {
+        for &model in BOTH.iter().filter(|m| only_model.is_none_or(|o| o == **m)) {
             if !entry.models.contains(&model) {
                 let why = entry.not_under_kernel_crash.unwrap_or("not applicable");
                 rows.push(format!("{:<26} {:<13} n/a: {why}", entry.name, model.name()));
@@ -190,6 +192,8 @@ struct SensitivityArgs {
     seeds: u64,
     first_seed: u64,
     only: Option<String>,
+    /// `--crash-model NAME`: that model's rows alone.
+    model: Option<Model>,
     run: RunOptions,
 }
 
@@ -208,6 +212,7 @@ impl SensitivityArgs {
             seeds: 20,
             first_seed: 1,
             only: None,
+            model: None,
             run: RunOptions {
                 recheck_paths: false,
                 exhaustive: false,
@@ -223,6 +228,13 @@ impl SensitivityArgs {
                 }
                 "--only" => parsed.only = Some(value("--only")?.clone()),
                 "--recheck-paths" => parsed.run.recheck_paths = true,
+                "--crash-model" => {
+                    parsed.model = match value("--crash-model")?.as_str() {
+                        "kernel-crash" => Some(Model::KernelCrash),
+                        "power-loss" => Some(Model::PowerLoss),
+                        other => bail!("--crash-model {other:?}: use kernel-crash or power-loss"),
+                    }
+                }
                 "--explore" => match value("--explore")?.as_str() {
                     "exhaustive" => parsed.run.exhaustive = true,
                     "sample" => parsed.run.exhaustive = false,
@@ -231,7 +243,7 @@ impl SensitivityArgs {
                 other => {
                     bail!(
                         "unknown flag {other:?}: use --seeds N, --first-seed S, --only SUBSTRING, --recheck-paths, \
-                         --explore sample|exhaustive"
+                         --explore sample|exhaustive, --crash-model kernel-crash|power-loss"
                     )
                 }
             }

@@ -550,12 +550,20 @@ fn ext4_block_size(image: &Path) -> Option<u64> {
     (magic == 0xef53 && log <= 6).then(|| 1024u64 << log)
 }
 
+/// A debugfs request's output. Catastrophic mode (`-c`: no bitmaps read):
+/// the image holds the epoch's writes without the journal replayed, whose
+/// bitmaps may not match their checksums, and a refusal to open it must
+/// not read as "block not found".
 fn debugfs(image: &Path, request: &str) -> Result<String> {
     let out = std::process::Command::new("debugfs")
-        .args(["-R", request])
+        .args(["-c", "-R", request])
         .arg(image)
         .output()
         .context("cannot run debugfs (e2fsprogs)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(line) = stderr.lines().find(|l| l.contains("not open") || l.contains("while opening")) {
+        bail!("debugfs could not open the state's image: {line}");
+    }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
