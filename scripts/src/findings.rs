@@ -36,6 +36,10 @@ pub const FINDINGS: &[Finding] = &[
         name: "f2fs-fsync-data-order",
         rule: "stale-bytes",
     },
+    Finding {
+        name: "ext4-torn-commit-block",
+        rule: "mountable",
+    },
 ];
 
 pub fn run(sh: &Shell, images: &Path, args: &[String]) -> Result<i32> {
