@@ -53,14 +53,16 @@ const TARGET_KERNEL_PER_MIN: f64 = 1000.0;
 const TARGET_FLAT_RATIO: f64 = 1.2;
 const TARGET_LOG_SLOWDOWN: f64 = 1.3;
 
-pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
+/// `--only STAGE` (jobs or explore), and the other arguments (for
+/// `crashlab run`).
+fn only_stage(extra: &[String]) -> Result<(Option<String>, Vec<String>)> {
     let only = extra.windows(2).find(|w| w[0] == "--only").map(|w| w[1].clone());
     anyhow::ensure!(
         matches!(only.as_deref(), None | Some("jobs" | "explore")),
         "--only {}: the stages that run alone are jobs and explore",
         only.unwrap_or_default()
     );
-    let extra: Vec<String> = match &only {
+    let rest = match &only {
         Some(stage) => extra
             .iter()
             .filter(|a| *a != "--only" && *a != stage)
@@ -68,6 +70,11 @@ pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
             .collect(),
         None => extra.to_vec(),
     };
+    Ok((only, rest))
+}
+
+pub fn run(sh: &Shell, extra: &[String]) -> Result<i32> {
+    let (only, extra) = only_stage(extra)?;
     let images = setup(sh)?.display().to_string();
     cmd!(
         sh,

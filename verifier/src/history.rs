@@ -142,7 +142,7 @@ const NEVER: usize = usize::MAX;
 /// the records begun in it, in `BEGIN` order, all of one writer (whose
 /// lines are in program order), so the versions seen at any cut are a
 /// prefix of them.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Timeline {
     writers: u32,
     first_ready: Option<usize>,

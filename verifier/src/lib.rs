@@ -363,22 +363,11 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
     let geometry = params.geometry();
     let total_slots = geometry.total_slots() as usize;
     let mut verdict = Verdict::new();
-    let built;
-    let (timeline, cut) = match evidence.seen {
-        Seen::Cut(timeline, cut) => (timeline, cut.clone()),
-        Seen::All | Seen::Mask(_) => {
-            let mask = match evidence.seen {
-                Seen::Mask(mask) => Some(mask),
-                _ => None,
-            };
-            built = match Timeline::build(evidence.protocol, mask, &geometry, params.records) {
-                Ok(timeline) => timeline,
-                Err(reason) => {
-                    verdict.violation(finding(Rule::ProtocolConsistent, reason));
-                    return verdict;
-                }
-            };
-            (&built, Cut::everything(geometry.writers))
+    let (timeline, cut) = match timeline_of(evidence, &geometry) {
+        Ok(seen) => seen,
+        Err(reason) => {
+            verdict.violation(finding(Rule::ProtocolConsistent, reason));
+            return verdict;
         }
     };
     let history = timeline.at(&cut);
@@ -433,6 +422,21 @@ pub fn verify(evidence: &Evidence, profile: Profile) -> Verdict {
             .collect();
     }
     verdict
+}
+
+/// The timeline the evidence's history is a cut of, and the cut: the
+/// caller's (built once per run), or built here from the events seen.
+fn timeline_of<'a>(
+    evidence: &Evidence<'a>,
+    geometry: &record::Geometry,
+) -> Result<(std::borrow::Cow<'a, Timeline>, Cut), String> {
+    let mask = match evidence.seen {
+        Seen::Cut(timeline, cut) => return Ok((std::borrow::Cow::Borrowed(timeline), cut.clone())),
+        Seen::Mask(mask) => Some(mask),
+        Seen::All => None,
+    };
+    let built = Timeline::build(evidence.protocol, mask, geometry, evidence.params.records)?;
+    Ok((std::borrow::Cow::Owned(built), Cut::everything(geometry.writers)))
 }
 
 /// The rules on one data file as a whole: `file-present`, `file-readable`

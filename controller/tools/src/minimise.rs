@@ -214,15 +214,7 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
     let (minimal, complete) = ddmin(&lost_before, CANDIDATES_MAX, &mut fails)?;
     let one_minimal = check_minimal(&minimal, &rule, &mut fails)?;
     let state = state_losing(log, &original, &minimal).expect("the minimised set was checked as a valid state");
-    let torn = match (untorn_variants(&state), &state.torn) {
-        (Some((whole, absent)), Some(t)) => Some(TornOutcome {
-            write: describe_writes(kept.config.fs, &kept, &state, &[t.entry]).remove(0),
-            sectors_kept: t.sectors_kept.clone(),
-            fails_whole: judge.violated_rule(&whole)?.as_deref() == Some(rule.as_str()),
-            fails_absent: judge.violated_rule(&absent)?.as_deref() == Some(rule.as_str()),
-        }),
-        _ => None,
-    };
+    let torn = torn_outcome(&mut judge, &kept, &state, &rule)?;
     let checked = judge.checked;
     judge.stop()?;
     let state_file = kept.trial_dir.join(format!("state-{}-minimised.json", req.at.state));
@@ -242,6 +234,25 @@ pub fn minimise(req: &MinimiseRequest) -> Result<MinimiseOutcome> {
         torn,
         state_file,
     })
+}
+
+/// For a torn state: its torn write, and whether the state fails `rule`
+/// with that write whole and without it.
+fn torn_outcome(
+    judge: &mut CandidateJudge,
+    kept: &KeptTrial,
+    state: &CrashState,
+    rule: &str,
+) -> Result<Option<TornOutcome>> {
+    let (Some((whole, absent)), Some(t)) = (untorn_variants(state), &state.torn) else {
+        return Ok(None);
+    };
+    Ok(Some(TornOutcome {
+        write: describe_writes(kept.config.fs, kept, state, &[t.entry]).remove(0),
+        sectors_kept: t.sectors_kept.clone(),
+        fails_whole: judge.violated_rule(&whole)?.as_deref() == Some(rule),
+        fails_absent: judge.violated_rule(&absent)?.as_deref() == Some(rule),
+    }))
 }
 
 /// The command that replays the minimised state, with the campaign's
@@ -561,7 +572,10 @@ fn debugfs(image: &Path, request: &str) -> Result<String> {
         .output()
         .context("cannot run debugfs (e2fsprogs)")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if let Some(line) = stderr.lines().find(|l| l.contains("not open") || l.contains("while opening")) {
+    if let Some(line) = stderr
+        .lines()
+        .find(|l| l.contains("not open") || l.contains("while opening"))
+    {
         bail!("debugfs could not open the state's image: {line}");
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
