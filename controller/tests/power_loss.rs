@@ -289,3 +289,58 @@ fn torn_writes_may_break_the_filesystem_but_never_the_data_rules() {
     let again = host_recheck_read_both_ways(&h.results.path().join("torn"));
     assert_eq!(u(&again, "states_checked"), 60, "{again}");
 }
+
+/// `--explore exhaustive` with `--checker tiered`: every distinct state of
+/// a run checked (the coverage says exactly how many the model holds, by
+/// epoch size too), the host on each, the kernel on a seeded sample; and
+/// on a run whose states fail, the kernel on every one the host failed,
+/// agreeing with it.
+#[test]
+#[ignore = "boots QEMU guests: `cargo xtask test` runs it"]
+fn every_state_of_a_run_is_checked_by_the_tiered_checkers() {
+    let h = vm_harness("pl_tiered");
+    let (code, t) = run(&h, "exhaustive", &["--explore=exhaustive", "--checker=tiered"]);
+    assert_eq!(code, Some(0), "{t}");
+    let c = &t["coverage"];
+    let states = u(&t, "states_checked");
+    assert_eq!(c["model_exact"], true, "{c}");
+    assert_eq!(
+        (u(c, "states"), u(c, "states_in_model") - u(c, "duplicates")),
+        (states, states),
+        "{c}"
+    );
+    assert_eq!(u(c, "epochs_enumerated"), u(c, "epochs"), "{c}");
+    let classes = c["by_epoch_size"].as_array().unwrap();
+    let sum = |key: &str| classes.iter().map(|k| u(k, key)).sum::<u64>();
+    assert_eq!((sum("states"), sum("epochs")), (states, u(c, "epochs")), "{c}");
+    let tiers = &t["tiered"];
+    let kernel = u(tiers, "kernel_sampled") + u(tiers, "kernel_host_failed") + u(tiers, "kernel_host_declined");
+    assert_eq!(u(tiers, "host_only") + kernel, states, "{tiers}");
+    assert!(u(tiers, "kernel_sampled") > 0, "the kernel checks a sample: {tiers}");
+    assert_eq!(u(tiers, "kernel_host_failed"), 0, "{tiers}");
+    assert_eq!(u(&t, "checker_disagreements"), 0, "{t}");
+    let summary = std::fs::read_to_string(h.results.path().join("exhaustive/summary.txt")).unwrap();
+    assert!(
+        summary.contains(&format!(
+            "{states} distinct states checked of exactly {states} in the model (100.0%)"
+        )),
+        "{summary}"
+    );
+    assert!(summary.contains("checkers: tiered: the host checked all"), "{summary}");
+
+    let (code, t) = run(
+        &h,
+        "barrier0",
+        &["--mount-opts=barrier=0", "--checker=tiered", "--state-budget=30"],
+    );
+    assert_eq!(code, Some(1), "{t}");
+    let tiers = &t["tiered"];
+    assert!(u(&t, "states_failed") > 0, "{t}");
+    // Every failing state was the kernel's verdict too: none fails on the
+    // host's word alone, and the two agree.
+    assert_eq!(u(&t, "checker_disagreements"), 0, "{t}");
+    assert!(
+        u(tiers, "kernel_host_failed") + u(tiers, "kernel_sampled") >= u(&t, "states_failed"),
+        "{t}"
+    );
+}

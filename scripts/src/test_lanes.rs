@@ -46,7 +46,7 @@ const LANES_MAX: usize = 16;
 const EXPECTED_SECONDS: &[(&str, u32)] = &[
     ("campaign", 600),
     ("examples", 400),
-    ("power_loss", 235),
+    ("power_loss", 290),
     ("patterns", 220),
     ("program", 450),
     ("minimise", 75),
