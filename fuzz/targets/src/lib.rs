@@ -117,9 +117,76 @@ pub fn protocol(data: &[u8]) {
             assert_eq!(record::items::CheckerLine::parse(&parsed.to_string()), Ok(parsed));
         }
     }
-    let _ = record::protocol::parse_log(&text);
+    if let Ok(log) = record::protocol::parse_log(&text) {
+        let _ = cuts_answer_as_rebuilds(&log, data);
+    }
     let report = record::items::CheckerReport::from_output(&text, 0);
     assert!(report.items.len() <= record::items::CHECKER_ITEMS_MAX);
+}
+
+/// A protocol log the whole-run timeline accepts: every cut of it (a few,
+/// drawn from the input's bytes) answers as the history rebuilt from the
+/// events the cut keeps, which must be accepted too (a cut keeps each
+/// `ACK`'s `BEGIN`, so it cannot break a rule the whole log keeps).
+/// Returns the cuts checked (none when the timeline refused the log).
+pub fn cuts_answer_as_rebuilds(log: &record::ProtocolLog, data: &[u8]) -> usize {
+    const SLOTS_MAX: u64 = 1 << 12;
+    const RECORDS_MAX: u64 = 1 << 12;
+    let writers = u32::from(data.first().copied().unwrap_or(0) % 3) + 1;
+    // The log's own READY and seqs, within bounds, so that the seeds'
+    // runs are accepted and cut.
+    let slots = log.events.iter().find_map(|e| match e {
+        record::Event::Ready { slots } => Some(*slots),
+        _ => None,
+    });
+    let geometry = record::Geometry {
+        files: 1,
+        slots_per_file: slots.filter(|s| (1..=SLOTS_MAX).contains(s)).unwrap_or(8),
+        writers,
+        log_slots: 0,
+        initial_size_bytes: 4096,
+        growth_step_bytes: 0,
+    };
+    let records_max = log
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            record::Event::Begin { seq, .. } => Some(seq.saturating_add(1)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(1)
+        .min(RECORDS_MAX);
+    let Ok(whole) = verifier::Timeline::build(log, None, &geometry, records_max) else {
+        return 0;
+    };
+    let events = log.events.len();
+    let mut checked = 0;
+    for (k, chunk) in data.chunks(4).take(8).enumerate() {
+        checked += 1;
+        let pick = |i: usize| chunk.get(i).map(|&b| usize::from(b) * events / 255);
+        let cut = verifier::Cut {
+            ready_given: k % 2 == 0,
+            first_ack_not_given: (0..writers as usize).map(|w| pick(w).filter(|&i| i < events)).collect(),
+        };
+        let mask = cut.mask(log);
+        let rebuilt = verifier::Timeline::build(log, Some(&mask), &geometry, records_max)
+            .expect("a cut of an accepted log is accepted");
+        let (at_cut, all) = (whole.at(&cut), rebuilt.at(&verifier::Cut::everything(writers)));
+        assert_eq!(
+            (at_cut.ready, at_cut.begun, at_cut.ack_count),
+            (all.ready, all.begun, all.ack_count)
+        );
+        assert_eq!(at_cut.msyncs, all.msyncs);
+        for slot in 0..geometry.total_slots() {
+            assert_eq!(at_cut.versions_in(slot), all.versions_in(slot));
+        }
+        for seq in 0..records_max {
+            assert_eq!(at_cut.is_acked(seq), all.is_acked(seq));
+            assert_eq!(at_cut.slot_of(seq), all.slot_of(seq));
+        }
+    }
+    checked
 }
 
 /// crashlab-ext4 over an untrusted image: the input is a 2 MiB image

@@ -165,3 +165,12 @@ fn every_target_has_a_libfuzzer_binary_and_every_binary_a_target() {
     names.sort();
     assert_eq!(binaries, names);
 }
+
+/// The protocol target's cut check is not vacuous: the records seed is a
+/// run the timeline accepts, and its cuts are checked.
+#[test]
+fn the_protocol_seed_is_cut_and_checked() {
+    let seed = std::fs::read(fuzz_dir().join("seeds/protocol/records-head")).unwrap();
+    let log = record::protocol::parse_log(&String::from_utf8_lossy(&seed)).unwrap();
+    assert!(fuzz_targets::cuts_answer_as_rebuilds(&log, &seed) > 0);
+}
