@@ -25,7 +25,9 @@ use std::ops::Range;
 
 use crate::parse::ParsedLog;
 use crate::rng::SplitMix64;
-use crate::state::{build_epochs, crash_position_unchecked, CrashState, Epoch, Plan, PlanOptions, TornWrite};
+use crate::state::{
+    build_epochs, crash_position_unchecked, tear_points, CrashState, Epoch, Plan, PlanOptions, TearUnit, TornWrite,
+};
 
 /// How far to explore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +37,10 @@ pub struct ExploreOptions {
     /// Subsets per crash point of an epoch enumerated at most; an epoch
     /// with more is sampled (this many subsets) and counted as sampled.
     pub subsets_max_per_epoch: u64,
-    /// Torn variants per multi-sector write (0: none).
+    /// Torn variants per multi-sector write and tear unit (0: none).
     pub tears_per_write: u64,
+    /// At which units writes tear (each of `TearUnit::Both`'s, in turn).
+    pub tear_unit: TearUnit,
     /// Sectors no check reads (crashlab's ack area), as in [`PlanOptions`].
     pub ignored_sectors: Range<u64>,
     /// States returned at most (a memory bound); past it the exploration
@@ -55,6 +59,7 @@ impl Default for ExploreOptions {
             seed: 0,
             subsets_max_per_epoch: SUBSETS_MAX_PER_EPOCH_DEFAULT,
             tears_per_write: 4,
+            tear_unit: TearUnit::Sector,
             ignored_sectors: 0..0,
             states_max: STATES_MAX_DEFAULT,
         }
@@ -113,7 +118,12 @@ pub fn epoch_class(writes: u64) -> usize {
 }
 
 /// Coverage by epoch class of `epochs`, with `states` the ones checked.
-fn by_epoch_size(log: &ParsedLog, epochs: &[Epoch], tears_per_write: u64, states: &[CrashState]) -> Vec<EpochClass> {
+fn by_epoch_size(
+    log: &ParsedLog,
+    epochs: &[Epoch],
+    options: &ExploreOptions,
+    states: &[CrashState],
+) -> Vec<EpochClass> {
     let mut classes: Vec<EpochClass> = (0..=64)
         .map(|k: u32| EpochClass {
             writes_min: if k == 0 { 0 } else { 1u64 << (k - 1) },
@@ -131,7 +141,7 @@ fn by_epoch_size(log: &ParsedLog, epochs: &[Epoch], tears_per_write: u64, states
         class.epochs += 1;
         class.states_in_model = class
             .states_in_model
-            .saturating_add(epoch_model_size(log, epoch, tears_per_write));
+            .saturating_add(epoch_model_size(log, epoch, options));
         class_of_prefix.insert(epoch.prefix_entries, epoch_class(epoch.writes.len() as u64));
     }
     for state in states {
@@ -145,13 +155,10 @@ fn by_epoch_size(log: &ParsedLog, epochs: &[Epoch], tears_per_write: u64, states
 
 /// The states of one epoch's model, counted before equal contents are
 /// removed: each crash point's subsets and torn variants (saturating).
-fn epoch_model_size(log: &ParsedLog, epoch: &Epoch, tears_per_write: u64) -> u64 {
+fn epoch_model_size(log: &ParsedLog, epoch: &Epoch, options: &ExploreOptions) -> u64 {
     cuts(log, epoch).iter().fold(0u64, |total, cut| {
         let subsets = subsets_of(cut.optional.len() as u32);
-        let tears: u64 = tears_of(log, cut, tears_per_write)
-            .iter()
-            .map(|(_, t)| t.len() as u64)
-            .sum();
+        let tears: u64 = tears_of(log, cut, options).iter().map(|(_, t)| t.len() as u64).sum();
         total.saturating_add(subsets).saturating_add(tears)
     })
 }
@@ -188,6 +195,7 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
         seed: options.seed,
         budget: options.states_max,
         torn: options.tears_per_write > 0,
+        tear_unit: options.tear_unit,
         ignored_sectors: options.ignored_sectors.clone(),
     };
     let mut epochs: Vec<Epoch> = build_epochs(log, &plan_options);
@@ -219,7 +227,7 @@ pub fn explore_states(log: &ParsedLog, options: &ExploreOptions) -> Exploration 
     coverage.states = plan.states.len() as u64;
     coverage.duplicates = coverage.states_generated - coverage.states;
     let states = plan.into_states(log, options.states_max.max(1));
-    coverage.by_epoch_size = by_epoch_size(log, &epochs, options.tears_per_write, &states);
+    coverage.by_epoch_size = by_epoch_size(log, &epochs, options, &states);
     Exploration { states, coverage }
 }
 
@@ -270,13 +278,9 @@ impl Explorer<'_> {
                     return sampled;
                 }
             }
-            for (write, tears) in tears_of(self.log, &cut, self.options.tears_per_write) {
+            for (_, tears) in tears_of(self.log, &cut, self.options) {
                 self.coverage.states_in_model = self.coverage.states_in_model.saturating_add(tears.len() as u64);
-                for sectors_kept in tears {
-                    let torn = TornWrite {
-                        entry: write,
-                        sectors_kept,
-                    };
+                for torn in tears {
                     if !self.offer(epoch, state_of(epoch, &cut, u128::MAX, Some(torn))) {
                         return sampled;
                     }
@@ -297,10 +301,11 @@ pub fn count_model(log: &ParsedLog, options: &ExploreOptions, checked: &[CrashSt
         seed: options.seed,
         budget: 0,
         torn: options.tears_per_write > 0,
+        tear_unit: options.tear_unit,
         ignored_sectors: options.ignored_sectors.clone(),
     };
     let epochs = build_epochs(log, &plan_options);
-    let by_epoch_size = by_epoch_size(log, &epochs, options.tears_per_write, checked);
+    let by_epoch_size = by_epoch_size(log, &epochs, options, checked);
     Coverage {
         epochs: epochs.len() as u64,
         largest_epoch: epochs
@@ -362,10 +367,12 @@ fn random_mask(rng: &mut SplitMix64, n: u32) -> u128 {
     }
 }
 
-/// The torn variants of a crash point: each kept-or-optional plain write
-/// of two sectors or more, keeping its first k sectors for up to `per_write`
-/// values of k spread over 1..sectors.
-fn tears_of(log: &ParsedLog, cut: &Cut, per_write: u64) -> Vec<(u64, Vec<Vec<u64>>)> {
+/// The torn variants of each optional plain write of `cut`: per tear unit,
+/// up to `tears_per_write` kept prefixes, ending on unit boundaries of the
+/// device spread over the write (a write within one unit does not tear at
+/// it).
+fn tears_of(log: &ParsedLog, cut: &Cut, options: &ExploreOptions) -> Vec<(u64, Vec<TornWrite>)> {
+    let per_write = options.tears_per_write;
     if per_write == 0 {
         return Vec::new();
     }
@@ -374,14 +381,24 @@ fn tears_of(log: &ParsedLog, cut: &Cut, per_write: u64) -> Vec<(u64, Vec<Vec<u64
         .copied()
         .filter_map(|index| {
             let entry = &log.entries[index as usize];
-            let sectors = entry.nr_sectors;
-            if !entry.is_data_write() || entry.flags.is_fua() || sectors < 2 {
+            if !entry.is_data_write() || entry.flags.is_fua() {
                 return None;
             }
-            let choices = per_write.min(sectors - 1);
-            let mut lengths: Vec<u64> = (0..choices).map(|i| 1 + i * (sectors - 1) / choices).collect();
-            lengths.dedup();
-            Some((index, lengths.into_iter().map(|k| (0..k).collect()).collect()))
+            let mut tears = Vec::new();
+            for &unit in options.tear_unit.units_sectors() {
+                let points = tear_points(entry.sector, entry.nr_sectors, unit);
+                let choices = (per_write as usize).min(points.len());
+                let mut picked: Vec<u64> = (0..choices)
+                    .map(|i| points[i * points.len() / choices.max(1)])
+                    .collect();
+                picked.dedup();
+                tears.extend(picked.into_iter().map(|k| TornWrite {
+                    entry: index,
+                    sectors_kept: (0..k).collect(),
+                    unit_sectors: unit,
+                }));
+            }
+            (!tears.is_empty()).then_some((index, tears))
         })
         .collect()
 }

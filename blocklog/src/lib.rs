@@ -119,8 +119,8 @@ pub use parse::{
 };
 pub use source::{BlockSink, LogSource};
 pub use state::{
-    crash_position, open_epoch, plan_states, prefix_states, random_states, state_key, CrashState, PlanOptions,
-    StateKey, StateKind, TornWrite,
+    crash_position, open_epoch, plan_states, prefix_states, random_states, state_key, tear_points, CrashState,
+    PlanOptions, StateKey, StateKind, TearUnit, TornWrite, PAGE_SECTORS,
 };
 
 #[cfg(test)]

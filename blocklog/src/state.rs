@@ -32,6 +32,72 @@ pub struct TornWrite {
     /// Kept sectors, relative to the write's first sector, strictly
     /// increasing, non-empty and fewer than the write's sectors.
     pub sectors_kept: Vec<u64>,
+    /// The device's atomic unit the tear respects, in sectors: 1 (512-byte
+    /// writes are atomic) or [`PAGE_SECTORS`] (4 KiB, device-aligned, are):
+    /// the kept sectors are whole units. Absent in a state before results
+    /// schema 1.5, and then 1.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default = "one_sector", skip_serializing_if = "is_one_sector")
+    )]
+    pub unit_sectors: u64,
+}
+
+/// Sectors of a 4 KiB page: the atomic unit of a 4Kn or 512e device.
+pub const PAGE_SECTORS: u64 = 8;
+
+#[cfg(feature = "serde")]
+fn one_sector() -> u64 {
+    1
+}
+
+#[cfg(feature = "serde")]
+fn is_one_sector(unit: &u64) -> bool {
+    *unit == 1
+}
+
+impl TornWrite {
+    /// A tear at sector granularity.
+    pub fn sectors(entry: u64, sectors_kept: Vec<u64>) -> TornWrite {
+        TornWrite {
+            entry,
+            sectors_kept,
+            unit_sectors: 1,
+        }
+    }
+}
+
+/// Which tears a plan or an exploration makes (with torn writes on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TearUnit {
+    /// 512-byte sectors: any sector of a write may be lost.
+    #[default]
+    Sector,
+    /// 4 KiB pages, device-aligned: a write tears only between pages.
+    Page,
+    /// Either, chosen per state (recorded in the state).
+    Both,
+}
+
+impl TearUnit {
+    /// The units, in sectors, this choice tears at.
+    pub fn units_sectors(self) -> &'static [u64] {
+        match self {
+            TearUnit::Sector => &[1],
+            TearUnit::Page => &[PAGE_SECTORS],
+            TearUnit::Both => &[1, PAGE_SECTORS],
+        }
+    }
+}
+
+/// Where `entry` (its first device sector, `nr_sectors` long) may tear at
+/// `unit`: the kept-prefix lengths that end on a unit boundary of the
+/// device, inside the write.
+pub fn tear_points(first_sector: u64, nr_sectors: u64, unit_sectors: u64) -> Vec<u64> {
+    assert!(unit_sectors > 0);
+    (1..nr_sectors)
+        .filter(|&k| (first_sector + k).is_multiple_of(unit_sectors))
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -127,6 +193,28 @@ impl CrashState {
         }
         let nr_sectors = entry.nr_sectors;
         let kept = &torn.sectors_kept;
+        let unit = torn.unit_sectors;
+        if unit != 1 && unit != PAGE_SECTORS {
+            return Err(format!(
+                "torn write {} tears at units of {unit} sectors: 1 or {PAGE_SECTORS}",
+                torn.entry
+            ));
+        }
+        // Whole units: a unit of the device the write covers is kept in
+        // full or not at all.
+        let unit_of = |s: u64| (entry.sector + s) / unit;
+        let whole = (0..nr_sectors).all(|s| {
+            let in_unit = kept.binary_search(&s).is_ok();
+            (0..nr_sectors)
+                .filter(|&t| unit_of(t) == unit_of(s))
+                .all(|t| kept.binary_search(&t).is_ok() == in_unit)
+        });
+        if !whole {
+            return Err(format!(
+                "torn write {} keeps sectors {kept:?}: not whole {unit}-sector units of the device",
+                torn.entry
+            ));
+        }
         let increasing = kept.windows(2).all(|pair| pair[0] < pair[1]);
         let in_range = kept.last().is_some_and(|&last| last < nr_sectors);
         if !increasing || !in_range || kept.len() as u64 >= nr_sectors {
@@ -204,6 +292,8 @@ pub struct PlanOptions {
     pub budget: usize,
     /// Tear one write in about half of the random states.
     pub torn: bool,
+    /// At which unit the tears fall.
+    pub tear_unit: TearUnit,
     /// 512-byte sectors that no check reads (crashlab's ack area): writes
     /// that lie wholly inside are never drawn, and these sectors are not
     /// part of a state's identity.
@@ -252,7 +342,7 @@ fn draw_into(log: &ParsedLog, options: &PlanOptions, epochs: &[Epoch], plan: &mu
             break;
         }
         let epoch = &epochs[picker.pick(&mut rng)];
-        let state = draw_state(&mut rng, log, epoch, options.torn);
+        let state = draw_state(&mut rng, log, epoch, options.torn.then_some(options.tear_unit));
         let key = epoch.key_of(log, &state, options);
         let position = crash_position_unchecked(log, &state);
         plan.offer(state, key, position);
@@ -359,7 +449,7 @@ impl EpochPicker {
     }
 }
 
-fn draw_state(rng: &mut SplitMix64, log: &ParsedLog, epoch: &Epoch, torn: bool) -> CrashState {
+fn draw_state(rng: &mut SplitMix64, log: &ParsedLog, epoch: &Epoch, torn: Option<TearUnit>) -> CrashState {
     // The crash point: before one of the epoch's FUA writes completed, or
     // just before the closing flush.
     let cut = match epoch.fua_writes.len() {
@@ -378,37 +468,63 @@ fn draw_state(rng: &mut SplitMix64, log: &ParsedLog, epoch: &Epoch, torn: bool) 
         .filter(|&index| index < cut)
         .filter(|&index| log.entries[index as usize].flags.is_fua() || rng.unit_f64() < keep_probability)
         .collect();
-    let torn_write = if torn && rng.coin() {
-        draw_torn(rng, log, &extra_writes)
-    } else {
-        None
+    let torn_write = match torn {
+        Some(tear_unit) if rng.coin() => {
+            // No draw for one unit: plans made before page tears existed
+            // (sector tears only) stay the same, state for state.
+            let unit = match tear_unit.units_sectors() {
+                [unit] => *unit,
+                units => units[rng.below(units.len() as u64) as usize],
+            };
+            draw_torn(rng, log, &extra_writes, unit)
+        }
+        _ => None,
     };
     CrashState::new(epoch.prefix_entries, extra_writes, torn_write)
 }
 
-/// Tears one kept plain write of at least two sectors: half of the time a
-/// prefix of its sectors (a write cut off in order), otherwise any proper
-/// subset (sectors reaching the media out of order).
-fn draw_torn(rng: &mut SplitMix64, log: &ParsedLog, extra_writes: &[u64]) -> Option<TornWrite> {
+/// Tears one kept plain write that spans at least two units of `unit`
+/// sectors: half of the time a prefix of its units (a write cut off in
+/// order), otherwise any proper subset of them (units reaching the media
+/// out of order).
+fn draw_torn(rng: &mut SplitMix64, log: &ParsedLog, extra_writes: &[u64], unit: u64) -> Option<TornWrite> {
     let candidates: Vec<u64> = extra_writes
         .iter()
         .copied()
         .filter(|&index| {
             let entry = &log.entries[index as usize];
-            entry.is_data_write() && !entry.flags.is_fua() && entry.nr_sectors >= 2
+            entry.is_data_write()
+                && !entry.flags.is_fua()
+                && !tear_points(entry.sector, entry.nr_sectors, unit).is_empty()
         })
         .collect();
     if candidates.is_empty() {
         return None;
     }
     let entry = candidates[rng.below(candidates.len() as u64) as usize];
-    let nr_sectors = log.entries[entry as usize].nr_sectors;
-    let sectors_kept = if rng.coin() {
-        (0..1 + rng.below(nr_sectors - 1)).collect()
+    let (first, nr_sectors) = (
+        log.entries[entry as usize].sector,
+        log.entries[entry as usize].nr_sectors,
+    );
+    // The write's units, as ranges of its sectors.
+    let mut bounds = vec![0];
+    bounds.extend(tear_points(first, nr_sectors, unit));
+    bounds.push(nr_sectors);
+    let units = bounds.len() as u64 - 1;
+    let kept_units: Vec<u64> = if rng.coin() {
+        (0..1 + rng.below(units - 1)).collect()
     } else {
-        random_proper_subset(rng, nr_sectors)
+        random_proper_subset(rng, units)
     };
-    Some(TornWrite { entry, sectors_kept })
+    let sectors_kept = kept_units
+        .iter()
+        .flat_map(|&u| bounds[u as usize]..bounds[u as usize + 1])
+        .collect();
+    Some(TornWrite {
+        entry,
+        sectors_kept,
+        unit_sectors: unit,
+    })
 }
 
 fn random_proper_subset(rng: &mut SplitMix64, nr_sectors: u64) -> Vec<u64> {
@@ -581,6 +697,7 @@ mod tests {
             seed: 9,
             budget: 0,
             torn: true,
+            tear_unit: crate::TearUnit::Sector,
             ignored_sectors: 0..0,
         }
     }
@@ -615,7 +732,7 @@ mod tests {
             let mut rng = SplitMix64::new(9);
             for _ in 0..300 {
                 let epoch = &epochs[rng.below(epochs.len() as u64) as usize];
-                let state = draw_state(&mut rng, &log, epoch, true);
+                let state = draw_state(&mut rng, &log, epoch, Some(TearUnit::Sector));
                 assert_eq!(
                     epoch.key_of(&log, &state, &options),
                     state_key(&log, &state, &options.ignored_sectors),

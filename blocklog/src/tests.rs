@@ -87,6 +87,7 @@ fn opts(seed: u64, budget: usize, torn: bool) -> PlanOptions {
         seed,
         budget,
         torn,
+        tear_unit: crate::TearUnit::Sector,
         ignored_sectors: NONE,
     }
 }
@@ -605,6 +606,7 @@ fn torn_state_keeps_exactly_the_chosen_sectors() {
     let torn = TornWrite {
         entry: 0,
         sectors_kept: vec![0, 2],
+        unit_sectors: 1,
     };
     let state = CrashState::new(0, vec![0, 1], Some(torn));
     assert_eq!(state.kind, StateKind::Torn);
@@ -729,6 +731,7 @@ fn validate_rejects_states_outside_the_model() {
         Some(TornWrite {
             entry: 3,
             sectors_kept: kept,
+            unit_sectors: 1,
         })
     };
     assert!(reason(CrashState::new(3, vec![], torn(vec![0]))).contains("not one of extra_writes"));
@@ -792,6 +795,7 @@ fn a_fua_write_left_out_is_the_crash_point() {
     let torn = TornWrite {
         entry: 1,
         sectors_kept: vec![0],
+        unit_sectors: 1,
     };
     assert!(CrashState::new(0, vec![1], Some(torn)).validate(&log).is_err());
 }
@@ -1007,4 +1011,115 @@ mod properties {
             }
         }
     }
+}
+
+/// Page tears (`TearUnit::Page`): a write tears only at the device's 4 KiB
+/// boundaries inside it; the planner and the exploration make such tears
+/// with `Both`, each valid and recording its unit; sector tears are what
+/// they were (no unit in their serialised form, so earlier states keep
+/// their identity).
+#[test]
+fn page_tears_fall_on_device_page_boundaries() {
+    assert_eq!(tear_points(4, 16, PAGE_SECTORS), [4, 12]);
+    assert_eq!(
+        tear_points(0, 8, PAGE_SECTORS),
+        Vec::<u64>::new(),
+        "one aligned page does not tear"
+    );
+    assert_eq!(tear_points(0, 3, 1), [1, 2]);
+
+    let mut writer = LogWriter::new(512);
+    writer
+        .write_fill(0, 8, 1)
+        .flush()
+        .write_fill(4, 16, 2)
+        .write_fill(40, 8, 3)
+        .flush();
+    let log = parse_log(writer.bytes(), DEVICE_SIZE_BYTES).unwrap();
+    let torn = |kept: std::ops::Range<u64>, unit: u64| {
+        CrashState::new(
+            2,
+            vec![2],
+            Some(TornWrite {
+                entry: 2,
+                sectors_kept: kept.collect(),
+                unit_sectors: unit,
+            }),
+        )
+    };
+    torn(0..4, PAGE_SECTORS).validate(&log).unwrap();
+    torn(0..12, PAGE_SECTORS).validate(&log).unwrap();
+    let err = torn(0..3, PAGE_SECTORS).validate(&log).unwrap_err().to_string();
+    assert!(err.contains("not whole 8-sector units"), "{err}");
+    assert!(torn(0..4, 3).validate(&log).is_err(), "a unit is 1 or 8 sectors");
+
+    let explore = |tear_unit| {
+        explore_states(
+            &log,
+            &ExploreOptions {
+                tear_unit,
+                ..ExploreOptions::default()
+            },
+        )
+    };
+    let (page, sector, both) = (
+        explore(TearUnit::Page),
+        explore(TearUnit::Sector),
+        explore(TearUnit::Both),
+    );
+    for state in page.states.iter().chain(&both.states) {
+        state.validate(&log).unwrap();
+    }
+    let page_tears: Vec<(u64, usize)> = page
+        .states
+        .iter()
+        .filter_map(|s| s.torn.as_ref())
+        .map(|t| (t.unit_sectors, t.sectors_kept.len()))
+        .collect();
+    assert_eq!(
+        page_tears,
+        [(PAGE_SECTORS, 4), (PAGE_SECTORS, 12)],
+        "the 16-sector write at sector 4 tears at its two page boundaries, the 8-sector writes not at all"
+    );
+    // Sector tears keep 1, 4, 8 and 12 of the 16 sectors: the page tears'
+    // contents are among them, so both units give the sector states, the
+    // equal ones counted as duplicates.
+    assert_eq!(both.coverage.states, sector.coverage.states);
+    assert_eq!(both.coverage.duplicates, sector.coverage.duplicates + 2);
+
+    let mut options = opts(5, 200, true);
+    options.tear_unit = TearUnit::Both;
+    let planned = plan_states(&log, &options);
+    let units: std::collections::BTreeSet<u64> = planned
+        .iter()
+        .filter_map(|s| s.torn.as_ref())
+        .map(|t| t.unit_sectors)
+        .collect();
+    assert_eq!(units, [1, PAGE_SECTORS].into_iter().collect(), "both units are drawn");
+    for state in &planned {
+        state.validate(&log).unwrap();
+    }
+    options.tear_unit = TearUnit::Page;
+    for state in plan_states(&log, &options) {
+        if let Some(t) = &state.torn {
+            assert_eq!(t.unit_sectors, PAGE_SECTORS);
+            state.validate(&log).unwrap();
+            assert_eq!(t.entry, 2, "only the write that crosses a page boundary tears");
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn a_sector_tear_serialises_as_before_page_tears() {
+    let sector = TornWrite::sectors(7, vec![0, 1]);
+    let text = serde_json::to_string(&sector).unwrap();
+    assert_eq!(text, r#"{"entry":7,"sectors_kept":[0,1]}"#);
+    let back: TornWrite = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, sector);
+    let page = TornWrite {
+        unit_sectors: PAGE_SECTORS,
+        ..sector
+    };
+    assert!(serde_json::to_string(&page).unwrap().contains(r#""unit_sectors":8"#));
 }

@@ -241,13 +241,14 @@ fn torn_writes_may_break_the_filesystem_but_never_the_data_rules() {
     let h = vm_harness("pl_torn");
     // Batches of 8 in a file of 64 slots that 400 records wrap around:
     // overwrites of whole batches, so a torn write lands in records in
-    // flight.
+    // flight. Tears at sectors and at 4 KiB pages, chosen per state.
     let args = [
         "--crash-model=power-loss",
         "--trials=1",
         "--crash-points=end",
         "--seed=21",
         "--torn-writes",
+        "--tear-unit=both",
         "--mode=batch:8",
         "--file-size=256K",
         "--records=400",
@@ -270,6 +271,13 @@ fn torn_writes_may_break_the_filesystem_but_never_the_data_rules() {
     );
     // Not vacuous: torn records in flight were seen, and counted, not flagged.
     assert!(t["state_counts"]["torn"].as_u64().unwrap() > 0, "{t}");
+    // Both units were drawn, each recorded in its state: 8-sector (4 KiB
+    // page) tears of batch:8's multi-page writes, and sector tears.
+    let page_torn = states.iter().filter(|s| s["tear_unit_sectors"] == 8).count();
+    assert!(
+        page_torn > 0 && page_torn < torn_states,
+        "page tears {page_torn} of {torn_states}"
+    );
     for s in &states {
         if s["passed"] == true {
             continue;

@@ -72,6 +72,7 @@ fn config(images_dir: &std::path::Path) -> CampaignConfig {
         checker: Checker::Kernel,
         read_files: FileRead::Extents,
         torn_writes: false,
+        tear_unit: config::TearUnit::Sector,
         fsck_states: false,
         check_workers: 1,
         trace_msync: false,

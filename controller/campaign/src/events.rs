@@ -238,6 +238,7 @@ mod tests {
             prefix_entries: 10,
             extra_writes: 0,
             torn: false,
+            tear_unit_sectors: None,
             crash_position: 10,
             acked: 1,
             checker: "kernel",

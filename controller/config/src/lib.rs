@@ -146,6 +146,30 @@ impl Checker {
 /// the kernel, whatever the host said.
 pub const TIER_KERNEL_EVERY: u64 = 16;
 
+/// Power loss, torn writes: the device's atomic write unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TearUnit {
+    /// 512-byte sectors: a write may keep any of its sectors.
+    #[default]
+    Sector,
+    /// 4 KiB pages, device-aligned (a 4Kn or 512e device): a write tears
+    /// only between pages.
+    Page,
+    /// Either, chosen per state (each torn state records its unit).
+    Both,
+}
+
+impl From<TearUnit> for blocklog::TearUnit {
+    fn from(unit: TearUnit) -> blocklog::TearUnit {
+        match unit {
+            TearUnit::Sector => blocklog::TearUnit::Sector,
+            TearUnit::Page => blocklog::TearUnit::Page,
+            TearUnit::Both => blocklog::TearUnit::Both,
+        }
+    }
+}
+
 /// Power loss: which of a trial's crash states are checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -223,6 +247,10 @@ pub struct CampaignConfig {
     pub read_files: FileRead,
     /// Power loss: also tear one write per state at 512-byte granularity.
     pub torn_writes: bool,
+    /// Power loss, with torn writes: the device's atomic unit the tears
+    /// respect (results schema 1.5; absent: sectors).
+    #[serde(default)]
+    pub tear_unit: TearUnit,
     /// Power loss: a sample of states, or all of them.
     #[serde(default)]
     pub explore: Explore,
@@ -549,6 +577,9 @@ impl CampaignConfig {
 
     /// Flags that need another model, pattern or workload, and timeouts.
     fn validate_combinations(&self) -> Result<(), String> {
+        if self.tear_unit != TearUnit::Sector && !self.torn_writes {
+            return Err("--tear-unit chooses how torn writes tear: add --torn-writes".into());
+        }
         if self.inject_write_error.is_some() && self.crash_model != CrashModel::KernelCrash {
             return Err(
                 "--inject-write-error runs under --crash-model kernel-crash (the disk the guest writes \
@@ -635,6 +666,9 @@ impl CampaignConfig {
         }
         if self.torn_writes {
             args.push("--torn-writes".into());
+        }
+        if self.tear_unit != TearUnit::Sector {
+            args.push(format!("--tear-unit={}", kebab(&self.tear_unit)));
         }
         if self.explore == Explore::Exhaustive {
             args.push("--explore=exhaustive".into());
@@ -838,6 +872,7 @@ pub fn sample_config() -> CampaignConfig {
         checker: Checker::Kernel,
         read_files: FileRead::Extents,
         torn_writes: false,
+        tear_unit: TearUnit::Sector,
         explore: Explore::Sample,
         fsck_states: false,
         check_workers: 2,

@@ -479,6 +479,11 @@ pub struct RunArgs {
     /// Power loss: also tear one write per state at 512-byte granularity.
     #[arg(long)]
     pub torn_writes: bool,
+    /// Power loss, with --torn-writes: the device's atomic unit the tears
+    /// respect (sector: any 512-byte sector may be lost; page: 4 KiB,
+    /// device-aligned; both: chosen per state, recorded in it).
+    #[arg(long, value_enum, default_value = "sector")]
+    pub tear_unit: config::TearUnit,
     /// Power loss: check a seeded sample of up to --state-budget states, or
     /// every distinct state of the model (exhaustive: coverage figures say
     /// which epochs were too large and were sampled).
@@ -588,6 +593,7 @@ pub fn config_from(args: &RunArgs) -> Result<CampaignConfig, String> {
         checker: args.checker,
         read_files: args.read_files,
         torn_writes: args.torn_writes,
+        tear_unit: args.tear_unit,
         explore: args.explore,
         fsck_states: args.fsck_states,
         trace_msync: !args.no_msync_trace,

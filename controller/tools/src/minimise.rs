@@ -700,6 +700,7 @@ mod tests {
         let torn = blocklog::TornWrite {
             entry: 4,
             sectors_kept: vec![0],
+            unit_sectors: 1,
         };
         let original = CrashState::new(2, vec![2, 4], Some(torn.clone()));
         original.validate(&log).unwrap();

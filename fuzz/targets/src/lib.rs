@@ -92,6 +92,7 @@ pub fn blocklog(data: &[u8]) {
         seed: data.len() as u64,
         budget: 16,
         torn: true,
+        tear_unit: blocklog::TearUnit::Sector,
         ignored_sectors: 1024..2048,
     };
     for state in blocklog::plan_states(&log, &options) {

@@ -16,12 +16,13 @@ pub fn plan_options(
         seed: workload_seed,
         budget: config.state_budget_per_trial(),
         torn: config.torn_writes,
+        tear_unit: config.tear_unit.into(),
         ignored_sectors: ack_area_sectors(ack_area_offset_bytes, capture.device_size_bytes),
     }
 }
 
 /// The exploration's options for a trial: torn variants with
-/// `--torn-writes` (4 sector counts per write), the ack area left out.
+/// `--torn-writes` (4 kept lengths per write and tear unit, `--tear-unit`), the ack area left out.
 pub fn explore_options(
     config: &config::CampaignConfig,
     workload_seed: u64,
@@ -31,6 +32,7 @@ pub fn explore_options(
     blocklog::ExploreOptions {
         seed: workload_seed,
         tears_per_write: if config.torn_writes { 4 } else { 0 },
+        tear_unit: config.tear_unit.into(),
         ignored_sectors: ack_area_sectors(ack_area_offset_bytes, capture.device_size_bytes),
         ..blocklog::ExploreOptions::default()
     }

@@ -236,6 +236,10 @@ pub struct StateLine {
     pub prefix_entries: u64,
     pub extra_writes: usize,
     pub torn: bool,
+    /// A torn state's unit, in sectors, when it is not 1 (results schema
+    /// 1.5): 8 for a tear between 4 KiB pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tear_unit_sectors: Option<u64>,
     /// The latest log position that leaves this state's contents: acks
     /// logged before it are judged as given.
     pub crash_position: u64,
@@ -381,6 +385,7 @@ impl PowerLossRecord {
             prefix_entries: state.prefix_entries,
             extra_writes: state.extra_writes.len(),
             torn: state.torn.is_some(),
+            tear_unit_sectors: state.torn.as_ref().map(|t| t.unit_sectors).filter(|&u| u != 1),
             crash_position: judged.position,
             acked: verdict.counts.acked,
             checker: checker_name,

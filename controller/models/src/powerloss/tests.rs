@@ -338,6 +338,7 @@ fn judge_all(w: &LogWriter, serial_text: &str, device_bug: Option<&str>) -> (usi
         seed: 3,
         budget: 400,
         torn: false,
+        tear_unit: blocklog::TearUnit::Sector,
         ignored_sectors: ack_area_sectors(AREA_SECTOR * 512, DEVICE_BYTES),
     };
     let states = blocklog::plan_states(&capture.log, &options);
