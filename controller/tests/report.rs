@@ -115,12 +115,16 @@ fn a_barrier0_report_draws_every_plot_in_chromium() {
         html.contains("expected ") && html.contains("<b class=\"d\">"),
         "no byte diff in the report"
     );
-    assert_eq!(html.matches("<svg").count(), 3, "three plots");
+    assert_eq!(html.matches("<svg").count(), 4, "four plots");
+    // The coverage plot's table: barrier=0 leaves one epoch of all the
+    // run's writes, sampled (its share of a model past 10^19 draws no bar).
+    assert!(html.contains("Coverage of the power-loss model by epoch size"), "no coverage section");
+    assert!(html.contains("<th>optional writes</th>"), "no coverage table");
 
     let shot = h.results.path().join("report.png");
     let mut chromium = std::process::Command::new("chromium")
         .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
-        .arg("--window-size=1280,3200")
+        .arg("--window-size=1280,4400")
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", page.display()))
         .stdout(std::process::Stdio::null())
