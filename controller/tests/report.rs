@@ -118,7 +118,10 @@ fn a_barrier0_report_draws_every_plot_in_chromium() {
     assert_eq!(html.matches("<svg").count(), 4, "four plots");
     // The coverage plot's table: barrier=0 leaves one epoch of all the
     // run's writes, sampled (its share of a model past 10^19 draws no bar).
-    assert!(html.contains("Coverage of the power-loss model by epoch size"), "no coverage section");
+    assert!(
+        html.contains("Coverage of the power-loss model by epoch size"),
+        "no coverage section"
+    );
     assert!(html.contains("<th>optional writes</th>"), "no coverage table");
 
     let shot = h.results.path().join("report.png");
